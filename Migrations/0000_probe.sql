@@ -1,0 +1,2 @@
+CREATE TABLE probe(x);
+-- has """ and \ and #" and é

@@ -1,0 +1,87 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// livecopy: a live block copy orchestrator for QEMU virtual machines.
+///
+/// Module map (each does one job):
+/// - `QMP`: the QMP client (SwiftNIO over a UNIX socket) and typed block commands.
+/// - `LivecopyModel`: plans, policies, states, the transition table and the store protocol.
+/// - `LivecopyStore`: the SQLite store (GRDB) and the migration runner.
+/// - `EmbeddedFiles`: `Migrations/` and `Policies/` compiled into the binary by a build-tool plugin.
+/// - `LivecopyEngine`: the workflow engine; it sees QMP and the store through protocols.
+/// - `LivecopyCommands`: the CLI (swift-argument-parser), testable in-process.
+/// - `livecopy`: the tiny executable that calls `LivecopyCommands`.
+let package = Package(
+    name: "livecopy",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "livecopy", targets: ["livecopy"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        .target(
+            name: "QMP",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
+        .executableTarget(name: "EmbedFilesTool"),
+        .plugin(
+            name: "EmbedFilesPlugin",
+            capability: .buildTool(),
+            dependencies: ["EmbedFilesTool"]),
+        .target(
+            name: "EmbeddedFiles",
+            plugins: ["EmbedFilesPlugin"]),
+        .target(
+            name: "LivecopyModel",
+            dependencies: [
+                "EmbeddedFiles",
+                .product(name: "Yams", package: "Yams"),
+            ]),
+        .target(
+            name: "LivecopyStore",
+            dependencies: [
+                "LivecopyModel",
+                "EmbeddedFiles",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]),
+        .target(
+            name: "LivecopyEngine",
+            dependencies: ["LivecopyModel", "QMP"]),
+        .target(
+            name: "LivecopyCommands",
+            dependencies: [
+                "LivecopyModel", "LivecopyStore", "LivecopyEngine", "QMP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(
+            name: "livecopy",
+            dependencies: ["LivecopyCommands"]),
+
+        // Test support: real QEMU fixtures and a scripted fake QMP peer.
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                "QMP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport"),
+        .testTarget(name: "QMPTests", dependencies: ["QMP", "TestSupport"]),
+        .testTarget(name: "LivecopyModelTests", dependencies: ["LivecopyModel"]),
+        .testTarget(name: "LivecopyStoreTests", dependencies: ["LivecopyStore", "LivecopyModel"]),
+        .testTarget(
+            name: "LivecopyEngineTests",
+            dependencies: ["LivecopyEngine", "LivecopyStore", "LivecopyModel", "QMP", "TestSupport"]),
+        .testTarget(
+            name: "LivecopyCommandsTests",
+            dependencies: ["LivecopyCommands", "LivecopyStore", "LivecopyModel", "QMP", "TestSupport", "livecopy"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,78 @@
+import Foundation
+import LivecopyModel
+
+/// The one place a disk's record changes: every state transition, every intent before
+/// a side effect and every outcome after it is checked here and persisted, with an
+/// event, before the engine goes on.
+final class DiskLedger: @unchecked Sendable {
+    private(set) var disk: DiskRecord
+    private let store: any WorkflowStore
+    private let observer: any EngineObserver
+    private var lastProgressWrite = Date.distantPast
+
+    init(disk: DiskRecord, store: any WorkflowStore, observer: any EngineObserver) {
+        self.disk = disk
+        self.store = store
+        self.observer = observer
+    }
+
+    /// Moves the disk to `next` if the transition table allows it, applying `update` in
+    /// the same write. This is the only function that changes a disk's state.
+    func transition(to next: DiskState, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) throws {
+        let previous = disk.state
+        guard previous.canMove(to: next) else {
+            throw IllegalTransition(subject: "disk \(disk.id)", from: previous.rawValue, to: next.rawValue)
+        }
+        var updated = disk
+        update(&updated)
+        updated.state = next
+        if next == .completed || next == .rolledBack { updated.intent = nil }
+        try store.save(disk: updated, expecting: previous,
+                       event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
+                       at: Date())
+        disk = updated
+        observer.diskMoved(updated, from: previous, detail: detail)
+    }
+
+    /// Records that `action` is about to be attempted; call before the side effect.
+    func intend(_ action: String, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) throws {
+        var updated = disk
+        update(&updated)
+        updated.intent = action
+        try store.save(disk: updated, expecting: disk.state,
+                       event: NewEvent(kind: .intent, from: disk.state.rawValue, to: disk.state.rawValue,
+                                       detail: "\(action): \(detail)"),
+                       at: Date())
+        disk = updated
+    }
+
+    /// Records the outcome of the pending intent; call after the side effect.
+    func outcome(_ detail: String, update: (inout DiskRecord) -> Void = { _ in }) throws {
+        var updated = disk
+        update(&updated)
+        let action = updated.intent ?? "check"
+        updated.intent = nil
+        try store.save(disk: updated, expecting: disk.state,
+                       event: NewEvent(kind: .outcome, from: disk.state.rawValue, to: disk.state.rawValue,
+                                       detail: "\(action): \(detail)"),
+                       at: Date())
+        disk = updated
+    }
+
+    /// Appends a note to the timeline (no state change).
+    func note(_ detail: String) throws {
+        try store.appendEvent(planId: disk.planId, diskId: disk.id, event: NewEvent(kind: .note, detail: detail), at: Date())
+        observer.note(disk, detail)
+    }
+
+    /// Reports progress; persisted at most every `persistEvery` seconds.
+    func progress(done: Int64, total: Int64, persistEvery: Double) {
+        disk.bytesDone = done
+        disk.bytesTotal = total
+        observer.diskProgress(disk, bytesDone: done, bytesTotal: total)
+        let now = Date()
+        guard now.timeIntervalSince(lastProgressWrite) >= persistEvery || done == total else { return }
+        lastProgressWrite = now
+        try? store.saveProgress(diskId: disk.id, bytesDone: done, bytesTotal: total, at: now)
+    }
+}

@@ -1,0 +1,356 @@
+import Foundation
+import LivecopyModel
+import QMP
+
+/// A disk whose VM shows something livecopy must not guess about.
+struct NeedsAttention: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Drives one disk through the recipe: snapshot, stream, verify, retire; or back out
+/// through rollback. Each step first reconciles with what QEMU and the files say, so
+/// the same code resumes a disk after any interruption.
+final class DiskWorkflow: @unchecked Sendable {
+    let ledger: DiskLedger
+    let session: any QMPSession
+    let policy: Policy
+
+    init(ledger: DiskLedger, session: any QMPSession, policy: Policy) {
+        self.ledger = ledger
+        self.session = session
+        self.policy = policy
+    }
+
+    private var disk: DiskRecord { ledger.disk }
+
+    /// Runs the disk until it rests: completed, failed, rolled back or needing attention.
+    /// A disk that starts `failed` is resumed once.
+    func run() async throws {
+        if disk.state == .failed { try await resumeFailed() }
+        while true {
+            do {
+                switch disk.state {
+                case .pending: try await startSnapshot()
+                case .snapshotting: try await reconcileSnapshot()
+                case .streaming: try await stream()
+                case .retiring: try await retire()
+                case .rollingBack: try await rollback()
+                case .completed, .failed, .rolledBack, .needsAttention: return
+                }
+            } catch let error as NeedsAttention {
+                try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+            } catch let error as IllegalTransition {
+                throw error
+            } catch let error as StoreConflict {
+                throw error
+            } catch let error as StoreFailure {
+                throw error
+            } catch {
+                try fail(because: describe(error))
+            }
+        }
+    }
+
+    /// Moves to `failed`, or to `rolling_back` when the policy says so and the VM is on the destination.
+    private func fail(because reason: String) throws {
+        switch disk.state {
+        case .streaming where policy.onFailure == .rollback:
+            try ledger.transition(to: .rollingBack, "copy failed, on_failure: rollback: \(reason)") { $0.error = reason }
+        case .pending, .snapshotting, .streaming, .retiring, .rollingBack:
+            try ledger.transition(to: .failed, reason) { $0.error = reason }
+        case .failed, .completed, .rolledBack, .needsAttention:
+            throw StoreFailure(reason)
+        }
+    }
+
+    // MARK: - Where the VM is
+
+    /// The disk's entry in `query-block`.
+    private func locateDevice() async throws -> BlockDeviceInfo {
+        let devices = try await session.queryBlock()
+        let names = [disk.qmpDevice, disk.device].compactMap { $0 }
+        for name in names {
+            if let found = devices.first(where: { $0.device == name || $0.qdev == name || $0.inserted?.nodeName == name }) {
+                return found
+            }
+        }
+        throw NeedsAttention(description: "device '\(disk.device)' is no longer in VM '\(disk.vmName)'")
+    }
+
+    /// How block commands name this disk's active layer right now.
+    private func target(_ entry: BlockDeviceInfo) throws -> BlockTarget {
+        if !entry.device.isEmpty { return .device(entry.device) }
+        guard let node = entry.inserted?.nodeName else {
+            throw NeedsAttention(description: "device '\(disk.device)' has no medium")
+        }
+        return .node(node)
+    }
+
+    private func deviceName(_ entry: BlockDeviceInfo) throws -> String {
+        switch try target(entry) {
+        case .device(let name), .node(let name): return name
+        }
+    }
+
+    private func job(_ id: String) async throws -> JobInfo? {
+        try await session.queryJobs().first(where: { $0.id == id })
+    }
+
+    // MARK: - Snapshot
+
+    private func startSnapshot() async throws {
+        let entry = try await locateDevice()
+        guard let active = entry.inserted?.file, active == disk.source else {
+            throw NeedsAttention(
+                description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), not on the recorded source \(disk.source ?? "?")")
+        }
+        try DestinationCheck.refuseExisting(disk.destination)
+        try ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
+        try await takeSnapshot(entry)
+    }
+
+    /// Records the intent, sends `blockdev-snapshot-sync`, then records what QEMU shows.
+    private func takeSnapshot(_ entry: BlockDeviceInfo) async throws {
+        try ledger.intend("blockdev-snapshot-sync", "create \(disk.destination) on top of \(disk.source ?? "?")") {
+            $0.destinationCreated = true
+        }
+        do {
+            try await session.blockdevSnapshotSync(
+                target: try target(entry), snapshotFile: disk.destination, snapshotNodeName: disk.destinationNodeName,
+                mode: "absolute-paths")
+        } catch let error as QMPCommandError {
+            // QEMU switched nothing; remove what it may have created, and fail.
+            try await reconcileFailedSnapshot(error.description)
+            return
+        }
+        let after = try await locateDevice()
+        guard after.inserted?.file == disk.destination else {
+            throw NeedsAttention(description: "snapshot reported success but the VM is on \(after.inserted?.file ?? "no image")")
+        }
+        try ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
+        try ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
+    }
+
+    private func reconcileFailedSnapshot(_ reason: String) async throws {
+        let entry = try await locateDevice()
+        if entry.inserted?.file == disk.destination {
+            try ledger.outcome("the VM is on \(disk.destination) despite the error")
+            try ledger.transition(to: .streaming, "destination overlay active")
+            return
+        }
+        removeDestinationIfOurs()
+        try ledger.outcome("failed: \(reason)") { $0.destinationCreated = false }
+        try ledger.transition(to: .failed, reason) { $0.error = reason }
+    }
+
+    /// After an interruption in `snapshotting`: did the snapshot happen?
+    private func reconcileSnapshot() async throws {
+        let entry = try await locateDevice()
+        switch entry.inserted?.file {
+        case disk.destination?:
+            try ledger.outcome("the snapshot had happened: the VM is on \(disk.destination)") {
+                $0.qmpDevice = try? deviceName(entry)
+            }
+            try ledger.transition(to: .streaming, "destination overlay active")
+        case disk.source?:
+            removeDestinationIfOurs()
+            try ledger.outcome("the snapshot had not happened; retrying") { $0.destinationCreated = false }
+            try DestinationCheck.refuseExisting(disk.destination)
+            try await takeSnapshot(entry)
+        default:
+            throw NeedsAttention(
+                description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
+        }
+    }
+
+    /// Deletes the destination only if livecopy created it and the VM does not use it.
+    private func removeDestinationIfOurs() {
+        guard disk.destinationCreated else { return }
+        unlink(disk.destination)
+    }
+
+    // MARK: - Stream
+
+    private func stream() async throws {
+        let jobId = disk.streamJobId
+        if let existing = try await job(jobId) {
+            try ledger.note("re-attaching to job \(jobId) (\(existing.status))")
+        } else {
+            let entry = try await locateDevice()
+            guard entry.inserted?.file == disk.destination else {
+                throw NeedsAttention(
+                    description: "VM '\(disk.vmName)' device '\(disk.device)' runs on \(entry.inserted?.file ?? "no image") although \(disk.destination) holds its newest writes; start it on \(disk.destination) (never on \(disk.source ?? "the source")), then run livecopy recover")
+            }
+            if let backing = entry.inserted?.backingFile {
+                guard backing == disk.source else {
+                    throw NeedsAttention(description: "\(disk.destination) is backed by \(backing), not by the source \(disk.source ?? "?")")
+                }
+                try ledger.intend("block-stream", "job \(jobId), speed \(policy.speed), on-error \(policy.onError.rawValue)")
+                try await session.blockStream(
+                    device: try deviceName(entry), jobId: jobId, speed: policy.speed, onError: policy.onError.rawValue)
+                try ledger.outcome("job \(jobId) started")
+            }
+        }
+        if try await job(jobId) != nil {
+            let error = try await watch(jobId: jobId, ready: nil)
+            if let error {
+                throw StreamFailure(description: "stream job \(jobId) failed: \(error)")
+            }
+        }
+        try await verifyStandalone()
+        try ledger.transition(to: .retiring, "\(disk.destination) stands alone")
+    }
+
+    private struct StreamFailure: Error, CustomStringConvertible { let description: String }
+
+    private func watch(jobId: String, ready: (() async throws -> Void)?) async throws -> String? {
+        let ledger = self.ledger
+        var callbacks = JobWatcher.Callbacks()
+        callbacks.progress = { job in
+            ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
+        }
+        callbacks.ready = ready
+        callbacks.ioError = { message in try? ledger.note("job \(jobId): \(message)") }
+        let watcher = JobWatcher(session: session, jobId: jobId, pollInterval: policy.progressInterval, ioErrorWait: policy.ioErrorWait)
+        do {
+            return try await watcher.waitForConclusion(callbacks)
+        } catch let error as JobWatchError {
+            if case .ioErrorTimeout = error {
+                try? await session.blockJobCancel(jobId: jobId, force: true)
+                _ = try? await JobWatcher(session: session, jobId: jobId, pollInterval: 1, ioErrorWait: .infinity)
+                    .waitForConclusion(JobWatcher.Callbacks())
+            }
+            throw error
+        }
+    }
+
+    /// The VM's active image is the destination, with no backing file, and no block
+    /// node still opens the source.
+    private func verifyStandalone() async throws {
+        let entry = try await locateDevice()
+        guard entry.inserted?.file == disk.destination, entry.inserted?.backingFile == nil else {
+            throw NeedsAttention(
+                description: "after the stream the VM is on \(entry.inserted?.file ?? "no image") with backing \(entry.inserted?.backingFile ?? "none")")
+        }
+        if let source = disk.source, let holder = try await session.queryNamedBlockNodes().first(where: { $0.file == source }) {
+            throw NeedsAttention(description: "block node '\(holder.nodeName)' still opens the source \(source)")
+        }
+        try ledger.note("verified: \(disk.destination) is active with no backing file; nothing opens the source")
+    }
+
+    // MARK: - Retire
+
+    private func retire() async throws {
+        guard let source = disk.source else { throw NeedsAttention(description: "no source recorded") }
+        switch policy.retireSource {
+        case .keep:
+            try ledger.transition(to: .completed, "source kept at \(source) (retire_source: keep)")
+        case .rename:
+            let retired = source + ".retired"
+            try ledger.intend("rename", "\(source) → \(retired)")
+            if FileManager.default.fileExists(atPath: source) {
+                guard rename(source, retired) == 0 else {
+                    throw NeedsAttention(description: "cannot rename \(source): \(String(cString: strerror(errno)))")
+                }
+            }
+            try ledger.outcome("source renamed")
+            try ledger.transition(to: .completed, "source retired to \(retired)")
+        case .delete:
+            try ledger.intend("delete", source)
+            if unlink(source) != 0 && errno != ENOENT {
+                throw NeedsAttention(description: "cannot delete \(source): \(String(cString: strerror(errno)))")
+            }
+            try ledger.outcome("source deleted")
+            try ledger.transition(to: .completed, "source \(source) deleted")
+        }
+    }
+
+    // MARK: - Failed disks
+
+    /// Picks up a failed disk where reality says it is.
+    private func resumeFailed() async throws {
+        if try await job(disk.commitJobId) != nil {
+            try ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
+            return
+        }
+        let entry = try await locateDevice()
+        switch entry.inserted?.file {
+        case disk.destination?:
+            if entry.inserted?.backingFile == nil, try await job(disk.streamJobId) == nil {
+                try ledger.transition(to: .streaming, "resuming: the destination already stands alone") { $0.error = nil }
+            } else {
+                try ledger.transition(to: .streaming, "resuming the stream") { $0.error = nil }
+            }
+        case disk.source?:
+            try ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
+        default:
+            throw NeedsAttention(description: "VM is on \(entry.inserted?.file ?? "no image"), neither source nor destination")
+        }
+    }
+
+    // MARK: - Rollback
+
+    /// Commits the destination back into the source, pivots the VM to the source, and
+    /// deletes the destination if livecopy created it.
+    private func rollback() async throws {
+        if let stream = try await job(disk.streamJobId) {
+            if stream.status != "concluded" {
+                try ledger.intend("block-job-cancel", "job \(disk.streamJobId)")
+                try await session.blockJobCancel(jobId: disk.streamJobId, force: true)
+            }
+            _ = try await watch(jobId: disk.streamJobId, ready: nil)
+            try ledger.outcome("stream job cancelled and dismissed")
+        }
+        let commitId = disk.commitJobId
+        if try await job(commitId) == nil {
+            let entry = try await locateDevice()
+            if entry.inserted?.file == disk.source {
+                try finishRollback()
+                return
+            }
+            guard entry.inserted?.file == disk.destination, let source = disk.source else {
+                throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image")")
+            }
+            guard let base = try await session.queryNamedBlockNodes().first(where: { $0.file == source }) else {
+                throw NeedsAttention(description: "rollback: no block node opens the source \(source) any more; the destination holds all data")
+            }
+            try ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
+            try await session.blockCommit(device: try deviceName(entry), jobId: commitId, baseNode: base.nodeName, speed: 0)
+            try ledger.outcome("commit job started")
+        }
+        let session = self.session
+        let ledger = self.ledger
+        let error = try await watch(jobId: commitId) {
+            try ledger.intend("block-job-complete", "pivot to the source")
+            try await session.blockJobComplete(jobId: commitId)
+            try ledger.outcome("pivot requested")
+        }
+        if let error { throw NeedsAttention(description: "rollback commit job \(commitId) failed: \(error)") }
+        let entry = try await locateDevice()
+        guard entry.inserted?.file == disk.source else {
+            throw NeedsAttention(description: "after the rollback the VM is on \(entry.inserted?.file ?? "no image"), not on the source")
+        }
+        try finishRollback()
+    }
+
+    private func finishRollback() throws {
+        if disk.destinationCreated {
+            try ledger.intend("delete", disk.destination)
+            unlink(disk.destination)
+            try ledger.outcome("destination deleted")
+        }
+        try ledger.transition(to: .rolledBack, "the VM is back on \(disk.source ?? "the source") with every write")
+    }
+}
+
+/// An error that must stop the engine rather than fail a disk (the record itself is in doubt).
+struct StoreFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One line for any error.
+func describe(_ error: Error) -> String {
+    if let error = error as? CustomStringConvertible { return error.description.replacingOccurrences(of: "\n", with: " ") }
+    return String(describing: error)
+}

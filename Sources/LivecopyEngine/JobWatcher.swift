@@ -1,0 +1,147 @@
+import Foundation
+import QMP
+
+/// Why watching a job stopped without the job concluding.
+enum JobWatchError: Error, CustomStringConvertible {
+    /// The job is no longer in `query-jobs` (someone else dismissed it).
+    case vanished(String)
+    /// The job stayed paused by an I/O error for longer than the policy allows.
+    case ioErrorTimeout(jobId: String, ioStatus: String, seconds: Double)
+
+    var description: String {
+        switch self {
+        case .vanished(let id): return "job \(id) vanished from query-jobs"
+        case .ioErrorTimeout(let id, let status, let seconds):
+            return "job \(id) stayed paused by an I/O error (\(status)) for \(Int(seconds)) s"
+        }
+    }
+}
+
+/// Follows one QMP job to its conclusion. Completion is driven by events
+/// (`JOB_STATUS_CHANGE`, `BLOCK_JOB_*`); `query-jobs` is polled only for progress and
+/// as a safety net, so the poll interval never adds to the wall time.
+struct JobWatcher {
+    let session: any QMPSession
+    let jobId: String
+    let pollInterval: Double
+    let ioErrorWait: Double
+
+    /// What the watcher tells its caller while it waits.
+    struct Callbacks {
+        var progress: (JobInfo) -> Void = { _ in }
+        /// Called once when the job is ready (commit jobs: time to `block-job-complete`).
+        var ready: (() async throws -> Void)?
+        /// Called for `BLOCK_JOB_ERROR` and for a job paused by an I/O error.
+        var ioError: (String) -> Void = { _ in }
+    }
+
+    private enum Signal {
+        case status(String)
+        case ioErrorEvent(String)
+        case tick
+        case lost
+    }
+
+    /// Waits until the job concludes, reads its `error`, dismisses it and returns the
+    /// error (nil on success). The events subscription starts before the first query,
+    /// so nothing is missed.
+    func waitForConclusion(_ callbacks: Callbacks) async throws -> String? {
+        let (signals, continuation) = AsyncStream<Signal>.makeStream()
+        let events = session.events()
+        let jobId = self.jobId
+        let eventTask = Task {
+            for await event in events {
+                switch event.name {
+                case "JOB_STATUS_CHANGE" where event.data["id"]?.stringValue == jobId:
+                    continuation.yield(.status(event.data["status"]?.stringValue ?? ""))
+                case "BLOCK_JOB_READY" where event.data["device"]?.stringValue == jobId:
+                    continuation.yield(.status("ready"))
+                case "BLOCK_JOB_ERROR" where event.data["device"]?.stringValue == jobId:
+                    let operation = event.data["operation"]?.stringValue ?? "?"
+                    let action = event.data["action"]?.stringValue ?? "?"
+                    continuation.yield(.ioErrorEvent("I/O error on \(operation), action \(action)"))
+                default:
+                    continue
+                }
+            }
+            continuation.yield(.lost)
+        }
+        let interval = pollInterval
+        let tickTask = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(interval))
+                continuation.yield(.tick)
+            }
+        }
+        defer {
+            eventTask.cancel()
+            tickTask.cancel()
+            continuation.finish()
+        }
+        continuation.yield(.tick)
+
+        var readyHandled = false
+        var pausedByErrorSince: Date?
+        var lastResumeAttempt = Date.distantPast
+        for await signal in signals {
+            switch signal {
+            case .status("concluded"):
+                return try await concludeAndDismiss()
+            case .status("ready"):
+                if !readyHandled, let ready = callbacks.ready {
+                    readyHandled = true
+                    try await ready()
+                }
+            case .status:
+                continue
+            case .ioErrorEvent(let what):
+                callbacks.ioError(what)
+            case .lost:
+                throw QMPClientError.connectionLost(reason: "event stream ended while watching job \(jobId)")
+            case .tick:
+                guard let job = try await session.queryJobs().first(where: { $0.id == jobId }) else {
+                    throw JobWatchError.vanished(jobId)
+                }
+                callbacks.progress(job)
+                switch job.status {
+                case "concluded":
+                    return try await concludeAndDismiss()
+                case "ready":
+                    if !readyHandled, let ready = callbacks.ready {
+                        readyHandled = true
+                        try await ready()
+                    }
+                case "paused":
+                    let ioStatus = try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok"
+                    guard ioStatus != "ok" else {
+                        pausedByErrorSince = nil  // paused on purpose (block-job-pause)
+                        continue
+                    }
+                    let now = Date()
+                    if pausedByErrorSince == nil {
+                        pausedByErrorSince = now
+                        callbacks.ioError("job paused by an I/O error (io-status \(ioStatus)); waiting up to \(Int(ioErrorWait)) s, retrying every 10 s")
+                    }
+                    if let since = pausedByErrorSince, now.timeIntervalSince(since) >= ioErrorWait {
+                        throw JobWatchError.ioErrorTimeout(jobId: jobId, ioStatus: ioStatus, seconds: ioErrorWait)
+                    }
+                    if now.timeIntervalSince(lastResumeAttempt) >= 10 {
+                        lastResumeAttempt = now
+                        try? await session.blockJobResume(jobId: jobId)
+                    }
+                default:
+                    pausedByErrorSince = nil
+                }
+            }
+        }
+        throw QMPClientError.connectionLost(reason: "stopped watching job \(jobId)")
+    }
+
+    /// Reads the concluded job's error, then dismisses it.
+    private func concludeAndDismiss() async throws -> String? {
+        let job = try await session.queryJobs().first(where: { $0.id == jobId })
+        guard let job else { throw JobWatchError.vanished(jobId) }
+        try await session.jobDismiss(jobId: jobId)
+        return job.error
+    }
+}

@@ -1,0 +1,127 @@
+import Foundation
+import LivecopyModel
+import QMP
+
+/// A plan refused before anything was touched, with a one-line reason naming the disk.
+public struct PreflightError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// File checks on a destination path, made without following links.
+enum DestinationCheck {
+    /// Refuses a destination that exists, even as a dangling symlink.
+    static func refuseExisting(_ path: String) throws {
+        var info = stat()
+        guard lstat(path, &info) != 0 else {
+            let kind = (info.st_mode & S_IFMT) == S_IFLNK ? "is a symlink" : "already exists"
+            throw PreflightError("destination \(path) \(kind)")
+        }
+    }
+
+    /// The destination's directory must exist, be a directory and be writable.
+    static func checkDirectory(of path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) else {
+            throw PreflightError("destination directory \(directory) does not exist")
+        }
+        guard isDirectory.boolValue else { throw PreflightError("destination directory \(directory) is not a directory") }
+        guard access(directory, W_OK) == 0 else { throw PreflightError("destination directory \(directory) is not writable") }
+    }
+
+    /// The path with its directory's symlinks resolved (the file itself need not exist).
+    static func resolved(_ path: String) -> String {
+        let directory = (path as NSString).deletingLastPathComponent
+        let name = (path as NSString).lastPathComponent
+        guard let real = realpath(directory, nil) else { return path }
+        defer { free(real) }
+        return (String(cString: real) as NSString).appendingPathComponent(name)
+    }
+}
+
+/// Checks a plan against the VMs and the file system before anything is recorded or
+/// touched, and discovers each disk's source image from `query-block`.
+struct Preflight {
+    let sessions: VMSessions
+    let store: any WorkflowStore
+
+    func run(_ plan: Plan, policy: Policy) async throws -> [NewPlan.Disk] {
+        try checkOtherPlans(plan)
+        var disks: [NewPlan.Disk] = []
+        var sources = Set<String>()
+        for vm in plan.vms {
+            let session: any QMPSession
+            do {
+                session = try await sessions.session(for: vm.qmp)
+            } catch {
+                throw PreflightError("VM '\(vm.name)': \(describe(error))")
+            }
+            let devices: [BlockDeviceInfo]
+            do {
+                devices = try await session.queryBlock()
+            } catch {
+                throw PreflightError("VM '\(vm.name)': query-block failed: \(describe(error))")
+            }
+            for disk in vm.disks {
+                let name = "VM '\(vm.name)' disk '\(disk.device)'"
+                let found = try check(disk, of: vm, in: devices, name: name, policy: policy)
+                guard sources.insert(found.source ?? "").inserted else {
+                    throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
+                }
+                disks.append(found)
+            }
+        }
+        return disks
+    }
+
+    private func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [BlockDeviceInfo], name: String, policy: Policy) throws -> NewPlan.Disk {
+        guard let entry = devices.first(where: { $0.device == disk.device })
+            ?? devices.first(where: { $0.qdev == disk.device })
+            ?? devices.first(where: { $0.inserted?.nodeName == disk.device })
+        else {
+            let known = devices.map { $0.device.isEmpty ? ($0.qdev ?? "?") : $0.device }.joined(separator: ", ")
+            throw PreflightError("\(name): no such device in the VM (devices: \(known))")
+        }
+        guard let inserted = entry.inserted else { throw PreflightError("\(name): the device has no medium") }
+        let source = inserted.image.filename
+        guard source.hasPrefix("/") else {
+            throw PreflightError("\(name): source \(source) is not a plain file (json: and network protocols are refused)")
+        }
+        try DestinationCheck.refuseExisting(disk.destination)
+        try DestinationCheck.checkDirectory(of: disk.destination)
+        let destination = DestinationCheck.resolved(disk.destination)
+        for image in inserted.image.chain {
+            if image.filename == disk.destination || DestinationCheck.resolved(image.filename) == destination {
+                throw PreflightError("\(name): destination \(disk.destination) is an image of the source chain (\(image.filename))")
+            }
+        }
+        if policy.retireSource == .rename {
+            var info = stat()
+            if lstat(source + ".retired", &info) == 0 {
+                throw PreflightError("\(name): \(source).retired already exists, so the source cannot be retired by renaming")
+            }
+        }
+        let qmpDevice = entry.device.isEmpty ? (entry.qdev ?? inserted.nodeName ?? disk.device) : entry.device
+        return NewPlan.Disk(
+            vmName: vm.name, qmpSocket: vm.qmp, device: disk.device, destination: disk.destination,
+            source: source, sourceFormat: inserted.image.format, qmpDevice: qmpDevice)
+    }
+
+    /// A plan not yet final must not claim the same destination or the same VM disk.
+    private func checkOtherPlans(_ plan: Plan) throws {
+        let active = try store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
+        for other in active {
+            for claimed in try store.disks(ofPlan: other.id) where !claimed.state.isFinal {
+                for (vm, disk) in plan.allDisks {
+                    if claimed.destination == disk.destination {
+                        throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': destination \(disk.destination) is claimed by plan \(other.id) (\(other.state.rawValue))")
+                    }
+                    if claimed.qmpSocket == vm.qmp && claimed.device == disk.device {
+                        throw PreflightError("VM '\(vm.name)' disk '\(disk.device)' is already being copied by plan \(other.id) (\(other.state.rawValue))")
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+import Foundation
+
+/// The JSON document scripts read from `submit --json`, `history --json`, `status --json`
+/// and `show --json`. Its shape is a contract: add fields, never rename them.
+public struct PlanDocument: Codable, Sendable, Equatable {
+    /// One disk in a plan document.
+    public struct Disk: Codable, Sendable, Equatable {
+        public var vm: String
+        public var device: String
+        public var source: String?
+        public var destination: String
+        public var state: String
+        public var bytesDone: Int64
+        public var bytesTotal: Int64
+        public var error: String?
+        /// The image the VM must boot from if restarted now (null while unknown).
+        public var bootImage: String?
+
+        enum CodingKeys: String, CodingKey {
+            case vm, device, source, destination, state, error
+            case bytesDone = "bytes_done"
+            case bytesTotal = "bytes_total"
+            case bootImage = "boot_image"
+        }
+    }
+
+    /// One entry of a plan's timeline (`show` only).
+    public struct Event: Codable, Sendable, Equatable {
+        public var at: String
+        /// `vm/device` of the disk, or null for plan-level events.
+        public var disk: String?
+        public var kind: String
+        public var from: String?
+        public var to: String?
+        public var detail: String
+    }
+
+    public var id: Int64
+    public var name: String?
+    public var state: String
+    public var policy: String
+    public var createdAt: String
+    public var finishedAt: String?
+    public var error: String?
+    public var disks: [Disk]
+    public var events: [Event]?
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, state, policy, error, disks, events
+        case createdAt = "created_at"
+        case finishedAt = "finished_at"
+    }
+
+    public init(plan: PlanRecord, disks: [DiskRecord], events: [EventRecord]? = nil) {
+        id = plan.id
+        name = plan.name
+        state = plan.state.rawValue
+        policy = plan.policyReference ?? "default"
+        createdAt = ISO8601.string(plan.createdAt)
+        finishedAt = plan.finishedAt.map(ISO8601.string)
+        error = plan.error
+        self.disks = disks.map {
+            Disk(vm: $0.vmName, device: $0.device, source: $0.source, destination: $0.destination,
+                 state: $0.state.rawValue, bytesDone: $0.bytesDone, bytesTotal: $0.bytesTotal,
+                 error: $0.error, bootImage: $0.bootImage)
+        }
+        let names = Dictionary(uniqueKeysWithValues: disks.map { ($0.id, "\($0.vmName)/\($0.device)") })
+        self.events = events?.map {
+            Event(at: ISO8601.string($0.at), disk: $0.diskId.flatMap { names[$0] }, kind: $0.kind.rawValue,
+                  from: $0.from, to: $0.to, detail: $0.detail)
+        }
+    }
+
+    /// Pretty, stable JSON (sorted keys).
+    public static func encode<T: Encodable>(_ value: T) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}
+
+/// ISO-8601 timestamps with milliseconds, in UTC.
+public enum ISO8601 {
+    public static func string(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+}

@@ -1,0 +1,242 @@
+import EmbeddedFiles
+import Foundation
+
+/// How a plan is carried out: throttling, parallelism, what to do on failure and
+/// after a restart, and what becomes of each source image.
+///
+/// Policies are YAML files. The shipped ones (`Policies/*.yaml`) are compiled into
+/// the binary; a `policy:` value containing a `/` names a file instead. A policy
+/// file may leave keys out: they take the value of the shipped `default` policy.
+public struct Policy: Codable, Sendable, Equatable {
+    /// What becomes of the source image once the destination stands alone.
+    public enum RetireSource: String, Codable, CaseIterable, Sendable {
+        /// Remove the source file.
+        case delete
+        /// Rename the source file to `<source>.retired`.
+        case rename
+        /// Leave the source file where it is.
+        case keep
+    }
+
+    /// What a failed copy does.
+    public enum OnFailure: String, Codable, CaseIterable, Sendable {
+        /// Commit the destination back into the source and pivot the VM back to it.
+        case rollback
+        /// Leave the disk `failed` on its destination overlay, resumable later.
+        case stop
+    }
+
+    /// What `recover` does with a plan interrupted by a crash.
+    public enum AfterRestart: String, Codable, CaseIterable, Sendable {
+        /// Carry on copying.
+        case resume
+        /// Undo the copy, back to the source.
+        case rollback
+    }
+
+    /// QEMU's `on-error` for the stream job.
+    public enum OnIOError: String, Codable, CaseIterable, Sendable {
+        /// Pause the job on any I/O error.
+        case stop
+        /// Pause on "no space left", fail on other errors.
+        case enospc
+        /// Fail the job at once.
+        case report
+    }
+
+    public var retireSource: RetireSource
+    /// Bytes per second per disk; 0 means unlimited.
+    public var speed: Int64
+    /// How many disks are copied at the same time across the plan.
+    public var maxParallelDisks: Int
+    public var onFailure: OnFailure
+    public var afterRestart: AfterRestart
+    public var onError: OnIOError
+    /// How long a job paused by an I/O error waits for the operator (for example to
+    /// free space) before `on_failure` applies, in seconds.
+    public var ioErrorWait: Double
+    /// How often running jobs are asked for progress, in seconds.
+    public var progressInterval: Double
+    /// How long any single QMP command may take, in seconds.
+    public var commandTimeout: Double
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case retireSource = "retire_source"
+        case speed
+        case maxParallelDisks = "max_parallel_disks"
+        case onFailure = "on_failure"
+        case afterRestart = "after_restart"
+        case onError = "on_error"
+        case ioErrorWait = "io_error_wait"
+        case progressInterval = "progress_interval"
+        case commandTimeout = "command_timeout"
+    }
+
+    /// The built-in values, used only if the shipped `default.yaml` is somehow absent.
+    static let fallback = Policy(
+        retireSource: .rename, speed: 0, maxParallelDisks: 4, onFailure: .stop, afterRestart: .resume,
+        onError: .enospc, ioErrorWait: 300, progressInterval: 1, commandTimeout: 30)
+
+    public init(
+        retireSource: RetireSource, speed: Int64, maxParallelDisks: Int, onFailure: OnFailure,
+        afterRestart: AfterRestart, onError: OnIOError, ioErrorWait: Double, progressInterval: Double,
+        commandTimeout: Double
+    ) {
+        self.retireSource = retireSource
+        self.speed = speed
+        self.maxParallelDisks = maxParallelDisks
+        self.onFailure = onFailure
+        self.afterRestart = afterRestart
+        self.onError = onError
+        self.ioErrorWait = ioErrorWait
+        self.progressInterval = progressInterval
+        self.commandTimeout = commandTimeout
+    }
+}
+
+extension Policy {
+    /// The names of the policies compiled into this binary.
+    public static var shippedNames: [String] {
+        EmbeddedFiles.policies.map { ($0.name as NSString).deletingPathExtension }
+    }
+
+    /// The shipped `default` policy.
+    public static func shippedDefault() throws -> Policy {
+        guard let file = EmbeddedFiles.policies.first(where: { $0.name == "default.yaml" }) else { return fallback }
+        return try parse(file.contents, source: "policy 'default'", base: fallback)
+    }
+
+    /// Resolves a plan's `policy:` value: nil means `default`; a value with a `/` is a
+    /// file path (relative paths are taken from `relativeTo`); anything else names a
+    /// shipped policy.
+    public static func resolve(_ reference: String?, relativeTo directory: URL? = nil) throws -> Policy {
+        let base = try shippedDefault()
+        guard let reference, reference != "default" else { return base }
+        if reference.contains("/") {
+            let url = reference.hasPrefix("/")
+                ? URL(fileURLWithPath: reference)
+                : URL(fileURLWithPath: reference, relativeTo: directory ?? URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
+            let text = try readTextFile(url.path, what: "policy file")
+            return try parse(text, source: url.path, base: base)
+        }
+        guard let file = EmbeddedFiles.policies.first(where: { $0.name == "\(reference).yaml" }) else {
+            throw InputError(
+                "unknown policy '\(reference)' (shipped: \(shippedNames.joined(separator: ", ")); a path must contain '/')")
+        }
+        return try parse(file.contents, source: "policy '\(reference)'", base: base)
+    }
+
+    /// Parses a policy document; keys it leaves out keep `base`'s values.
+    public static func parse(_ text: String, source: String, base: Policy) throws -> Policy {
+        let document = try StrictYAML.parse(text, source: source)
+        let members = try document.mapping(allowed: Set(CodingKeys.allCases.map(\.rawValue)))
+        var policy = base
+        for key in CodingKeys.allCases {
+            guard let value = members[key.rawValue] else { continue }
+            switch key {
+            case .retireSource: policy.retireSource = try value.choice(RetireSource.self)
+            case .speed: policy.speed = try value.byteSize()
+            case .maxParallelDisks:
+                let count = try value.positiveInteger()
+                policy.maxParallelDisks = count
+            case .onFailure: policy.onFailure = try value.choice(OnFailure.self)
+            case .afterRestart: policy.afterRestart = try value.choice(AfterRestart.self)
+            case .onError: policy.onError = try value.choice(OnIOError.self)
+            case .ioErrorWait: policy.ioErrorWait = try value.duration(allowZero: true)
+            case .progressInterval: policy.progressInterval = try value.duration(allowZero: false)
+            case .commandTimeout: policy.commandTimeout = try value.duration(allowZero: false)
+            }
+        }
+        return policy
+    }
+}
+
+/// Reads a whole UTF-8 text file, with one-line errors.
+func readTextFile(_ path: String, what: String) throws -> String {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+        throw InputError("\(what) \(path) does not exist")
+    }
+    guard !isDirectory.boolValue else { throw InputError("\(what) \(path) is a directory") }
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw InputError("\(what) \(path) cannot be read (permission denied?)")
+    }
+    guard let text = String(data: data, encoding: .utf8) else {
+        throw InputError("\(what) \(path) is not UTF-8 text")
+    }
+    return text
+}
+
+extension StrictYAML {
+    /// A byte count such as `0`, `65536`, `512K`, `64M`, `1G`, `2T` (binary units; `KiB`/`MB` spellings accepted).
+    func byteSize() throws -> Int64 {
+        let raw = try string()
+        guard let value = ByteSize.parse(raw) else {
+            throw fail("has invalid value '\(raw)' (expected bytes, such as 0, 512K, 64M or 1G)")
+        }
+        return value
+    }
+
+    func positiveInteger() throws -> Int {
+        let raw = try string()
+        guard let value = Int(raw), value > 0, value <= 10_000 else {
+            throw fail("has invalid value '\(raw)' (expected a whole number from 1 to 10000)")
+        }
+        return value
+    }
+
+    /// A duration such as `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
+    func duration(allowZero: Bool) throws -> Double {
+        let raw = try string()
+        guard let value = Duration.seconds(parsing: raw), allowZero || value > 0 else {
+            throw fail("has invalid value '\(raw)' (expected a duration such as 500ms, 30s, 5m or 1h)")
+        }
+        return value
+    }
+}
+
+/// Byte sizes as people write them.
+public enum ByteSize {
+    /// Parses `0`, `4096`, `512K`, `64M`, `1G`, `1T` (also `64MiB`, `64MB`, lower case); nil if invalid.
+    public static func parse(_ text: String) -> Int64? {
+        var digits = text.trimmingCharacters(in: .whitespaces).uppercased()
+        for suffix in ["IB", "B"] where digits.hasSuffix(suffix) && digits.count > suffix.count {
+            digits.removeLast(suffix.count)
+            break
+        }
+        var multiplier: Int64 = 1
+        if let unit = digits.last, let power = "KMGT".firstIndex(of: unit) {
+            multiplier = Int64(1) << (10 * ("KMGT".distance(from: "KMGT".startIndex, to: power) + 1))
+            digits.removeLast()
+        }
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let number = Int64(digits), number >= 0 else { return nil }
+        let (product, overflow) = number.multipliedReportingOverflow(by: multiplier)
+        return overflow ? nil : product
+    }
+
+    /// A human-readable size: `1.5 GiB`, `64.0 MiB`, `512 B`.
+    public static func format(_ bytes: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1024 && unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
+
+extension Duration {
+    /// Parses `500ms`, `30s`, `5m`, `1h` or a plain number of seconds into seconds.
+    static func seconds(parsing text: String) -> Double? {
+        let raw = text.trimmingCharacters(in: .whitespaces).lowercased()
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, scale) in units where raw.hasSuffix(suffix) {
+            guard let number = Double(raw.dropLast(suffix.count)), number.isFinite, number >= 0 else { return nil }
+            return number * scale
+        }
+        guard let number = Double(raw), number.isFinite, number >= 0 else { return nil }
+        return number
+    }
+}

@@ -1,0 +1,187 @@
+import Foundation
+
+/// A plan as persisted.
+public struct PlanRecord: Sendable, Equatable {
+    public let id: Int64
+    public var name: String?
+    /// The `policy:` value as written in the plan (nil: `default`).
+    public var policyReference: String?
+    /// The policy resolved at submission, stored whole so a later run uses the same values.
+    public var policy: Policy
+    public var state: PlanState
+    public var createdAt: Date
+    public var finishedAt: Date?
+    /// Why the plan was refused or did not complete, in one line.
+    public var error: String?
+
+    public init(
+        id: Int64, name: String?, policyReference: String?, policy: Policy, state: PlanState,
+        createdAt: Date, finishedAt: Date?, error: String?
+    ) {
+        self.id = id
+        self.name = name
+        self.policyReference = policyReference
+        self.policy = policy
+        self.state = state
+        self.createdAt = createdAt
+        self.finishedAt = finishedAt
+        self.error = error
+    }
+}
+
+/// One disk of a plan as persisted: what livecopy knows and what it is about to do.
+public struct DiskRecord: Sendable, Equatable {
+    public let id: Int64
+    public let planId: Int64
+    public var vmName: String
+    public var qmpSocket: String
+    /// The device as the plan names it.
+    public var device: String
+    public var destination: String
+    /// The VM's active image when the copy started, discovered from `query-block`.
+    public var source: String?
+    /// The source image's format (`qcow2`, `raw`, …).
+    public var sourceFormat: String?
+    /// What QMP commands address: the `query-block` device name, or the top node name.
+    public var qmpDevice: String?
+    public var state: DiskState
+    public var bytesDone: Int64
+    public var bytesTotal: Int64
+    public var error: String?
+    /// A side effect that was started and whose outcome is not recorded yet (for
+    /// example `blockdev-snapshot-sync`). After a crash it says what to reconcile.
+    public var intent: String?
+    /// True once livecopy asked QEMU to create the destination: only then may livecopy delete it.
+    public var destinationCreated: Bool
+    public var updatedAt: Date
+
+    public init(
+        id: Int64, planId: Int64, vmName: String, qmpSocket: String, device: String, destination: String,
+        source: String?, sourceFormat: String?, qmpDevice: String?, state: DiskState, bytesDone: Int64,
+        bytesTotal: Int64, error: String?, intent: String?, destinationCreated: Bool, updatedAt: Date
+    ) {
+        self.id = id
+        self.planId = planId
+        self.vmName = vmName
+        self.qmpSocket = qmpSocket
+        self.device = device
+        self.destination = destination
+        self.source = source
+        self.sourceFormat = sourceFormat
+        self.qmpDevice = qmpDevice
+        self.state = state
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+        self.error = error
+        self.intent = intent
+        self.destinationCreated = destinationCreated
+        self.updatedAt = updatedAt
+    }
+
+    /// The deterministic QMP job id of this disk's stream job.
+    public var streamJobId: String { "livecopy-stream-\(id)" }
+    /// The deterministic QMP job id of this disk's rollback commit job.
+    public var commitJobId: String { "livecopy-commit-\(id)" }
+    /// The node name given to the destination overlay at snapshot time.
+    public var destinationNodeName: String { "livecopy-dst-\(id)" }
+
+    /// The image the VM must be started from right now if it is restarted, given what is recorded.
+    public var bootImage: String? {
+        switch state {
+        case .pending, .rolledBack: return source
+        case .snapshotting: return intent == nil ? source : nil  // unknown until reconciled with QEMU
+        case .streaming, .retiring, .completed, .failed: return destinationCreated ? destination : source
+        case .rollingBack, .needsAttention: return nil
+        }
+    }
+}
+
+/// What an event row records.
+public enum EventKind: String, Codable, CaseIterable, Sendable {
+    /// A state change (from → to).
+    case transition
+    /// A side effect about to be attempted.
+    case intent
+    /// The result of a side effect.
+    case outcome
+    /// Something worth keeping that changes no state (a policy applied, a warning).
+    case note
+}
+
+/// One row of the events table: the plan's timeline.
+public struct EventRecord: Sendable, Equatable {
+    public let id: Int64
+    public let planId: Int64
+    public let diskId: Int64?
+    public let at: Date
+    public let kind: EventKind
+    public let from: String?
+    public let to: String?
+    public let detail: String
+
+    public init(id: Int64, planId: Int64, diskId: Int64?, at: Date, kind: EventKind, from: String?, to: String?, detail: String) {
+        self.id = id
+        self.planId = planId
+        self.diskId = diskId
+        self.at = at
+        self.kind = kind
+        self.from = from
+        self.to = to
+        self.detail = detail
+    }
+}
+
+/// An event to append together with a write.
+public struct NewEvent: Sendable, Equatable {
+    public let kind: EventKind
+    public let from: String?
+    public let to: String?
+    public let detail: String
+
+    public init(kind: EventKind, from: String? = nil, to: String? = nil, detail: String) {
+        self.kind = kind
+        self.from = from
+        self.to = to
+        self.detail = detail
+    }
+}
+
+/// A plan about to be recorded.
+public struct NewPlan: Sendable {
+    public struct Disk: Sendable {
+        public var vmName: String
+        public var qmpSocket: String
+        public var device: String
+        public var destination: String
+        public var source: String?
+        public var sourceFormat: String?
+        public var qmpDevice: String?
+
+        public init(vmName: String, qmpSocket: String, device: String, destination: String,
+                    source: String? = nil, sourceFormat: String? = nil, qmpDevice: String? = nil) {
+            self.vmName = vmName
+            self.qmpSocket = qmpSocket
+            self.device = device
+            self.destination = destination
+            self.source = source
+            self.sourceFormat = sourceFormat
+            self.qmpDevice = qmpDevice
+        }
+    }
+
+    public var name: String?
+    public var policyReference: String?
+    public var policy: Policy
+    public var state: PlanState
+    public var error: String?
+    public var disks: [Disk]
+
+    public init(name: String?, policyReference: String?, policy: Policy, state: PlanState, error: String? = nil, disks: [Disk]) {
+        self.name = name
+        self.policyReference = policyReference
+        self.policy = policy
+        self.state = state
+        self.error = error
+        self.disks = disks
+    }
+}

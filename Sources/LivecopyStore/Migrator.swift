@@ -1,0 +1,81 @@
+import EmbeddedFiles
+import Foundation
+import GRDB
+
+/// One numbered schema migration, `Migrations/NNNN_name.sql`.
+public struct Migration: Sendable, Equatable {
+    public let version: Int
+    public let name: String
+    public let sql: String
+
+    /// FNV-1a 64 of the file's text: detects a shipped migration that was edited.
+    public var checksum: String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in sql.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        return String(format: "%016llx", hash)
+    }
+
+    /// Parses `0003_add_lease.sql` into version 3, name `add_lease`.
+    public init?(fileName: String, sql: String) {
+        guard fileName.hasSuffix(".sql") else { return nil }
+        let stem = fileName.dropLast(4)
+        guard let underscore = stem.firstIndex(of: "_"), let version = Int(stem[..<underscore]), version > 0 else {
+            return nil
+        }
+        self.version = version
+        self.name = String(stem[stem.index(after: underscore)...])
+        self.sql = sql
+    }
+
+    /// The migrations compiled into this binary, in order.
+    public static var embedded: [Migration] {
+        EmbeddedFiles.migrations.compactMap { Migration(fileName: $0.name, sql: $0.contents) }
+            .sorted { $0.version < $1.version }
+    }
+}
+
+/// Applies migrations forward only, each in its own transaction, recording each one
+/// with its checksum in `schema_migrations`.
+struct Migrator {
+    let migrations: [Migration]
+
+    func migrate(_ writer: any DatabaseWriter, path: String) throws {
+        try writer.writeWithoutTransaction { db in
+            try db.execute(sql: """
+                CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version INTEGER PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    checksum TEXT NOT NULL,
+                    applied_at REAL NOT NULL)
+                """)
+            let applied = try Row.fetchAll(db, sql: "SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+            let known = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
+            let newest = migrations.last?.version ?? 0
+            for row in applied {
+                let version: Int = row["version"]
+                guard let migration = known[version] else {
+                    throw StoreError(
+                        "database \(path) was written by a newer livecopy (schema version \(version), this one knows up to \(newest)); upgrade livecopy")
+                }
+                let checksum: String = row["checksum"]
+                guard checksum == migration.checksum else {
+                    throw StoreError(
+                        "database \(path): migration \(version)_\(migration.name) differs from the one applied (checksum \(checksum), now \(migration.checksum))")
+                }
+            }
+            let done = Set(applied.map { $0["version"] as Int })
+            for migration in migrations where !done.contains(migration.version) {
+                try db.inTransaction {
+                    try db.execute(sql: migration.sql)
+                    try db.execute(
+                        sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
+                        arguments: [migration.version, migration.name, migration.checksum, Date().timeIntervalSince1970])
+                    return .commit
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+import Foundation
+import GRDB
+import LivecopyModel
+
+/// A one-line error about the database, for the operator.
+public struct StoreError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The SQLite store: WAL, `synchronous=FULL`, a busy timeout, and the schema from the
+/// migrations embedded in the binary.
+public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
+    private let queue: DatabaseQueue
+    public let path: String
+
+    /// Opens (creating if needed) the database at `path`. Its directory is created with
+    /// owner-only permissions when missing, and so is the file.
+    public init(path: String, busyTimeout: Double = 5, migrations: [Migration] = Migration.embedded) throws {
+        self.path = path
+        let directory = (path as NSString).deletingLastPathComponent
+        if !directory.isEmpty && !FileManager.default.fileExists(atPath: directory) {
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw StoreError("cannot create database directory \(directory): \(Self.reason(error))")
+            }
+        }
+        if !FileManager.default.fileExists(atPath: path) {
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            if fd < 0 && errno != EEXIST {
+                throw StoreError("cannot create database \(path): \(String(cString: strerror(errno)))")
+            }
+            if fd >= 0 { close(fd) }
+        }
+        var config = Configuration()
+        config.journalMode = .wal
+        config.busyMode = .timeout(busyTimeout)
+        config.foreignKeysEnabled = true
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        do {
+            queue = try DatabaseQueue(path: path, configuration: config)
+            try Migrator(migrations: migrations).migrate(queue, path: path)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError("cannot open database \(path): \(Self.reason(error))")
+        }
+    }
+
+    /// A short, one-line reason for a database or file error.
+    static func reason(_ error: Error) -> String {
+        if let error = error as? DatabaseError {
+            switch error.resultCode {
+            case .SQLITE_NOTADB: return "not an SQLite database"
+            case .SQLITE_CORRUPT: return "the database file is corrupt"
+            case .SQLITE_BUSY, .SQLITE_LOCKED: return "the database is locked by another process (busy timeout expired)"
+            case .SQLITE_CANTOPEN: return "cannot open the file (missing directory or no permission)"
+            case .SQLITE_READONLY: return "the database is read-only (no permission to write)"
+            case .SQLITE_PERM, .SQLITE_AUTH: return "permission denied"
+            case .SQLITE_FULL: return "the disk is full"
+            default: return (error.message ?? "\(error.resultCode)").replacingOccurrences(of: "\n", with: " ")
+            }
+        }
+        if let error = error as? CocoaError, let underlying = error.userInfo[NSUnderlyingErrorKey] as? NSError {
+            return underlying.localizedDescription
+        }
+        return String(describing: error).replacingOccurrences(of: "\n", with: " ")
+    }
+
+    /// Runs a write, turning database errors into `StoreError`s.
+    private func write<T>(_ body: (Database) throws -> T) throws -> T {
+        do {
+            return try queue.write(body)
+        } catch let error as StoreConflict {
+            throw error
+        } catch let error as DatabaseError {
+            throw StoreError("database \(path): \(Self.reason(error))")
+        }
+    }
+
+    private func read<T>(_ body: (Database) throws -> T) throws -> T {
+        do {
+            return try queue.read(body)
+        } catch let error as DatabaseError {
+            throw StoreError("database \(path): \(Self.reason(error))")
+        }
+    }
+
+    // MARK: - WorkflowStore
+
+    public func insertPlan(_ plan: NewPlan, at: Date) throws -> (PlanRecord, [DiskRecord]) {
+        let policyJSON = String(decoding: try JSONEncoder().encode(plan.policy), as: UTF8.self)
+        let planId: Int64 = try write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO plans (name, policy_reference, policy_json, state, created_at, finished_at, error)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [plan.name, plan.policyReference, policyJSON, plan.state.rawValue, at.timeIntervalSince1970,
+                            plan.state.isFinal ? at.timeIntervalSince1970 : nil, plan.error])
+            let planId = db.lastInsertedRowID
+            for disk in plan.disks {
+                try db.execute(
+                    sql: """
+                        INSERT INTO disks (plan_id, vm_name, qmp_socket, device, destination, source, source_format,
+                                           qmp_device, state, updated_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)
+                        """,
+                    arguments: [planId, disk.vmName, disk.qmpSocket, disk.device, disk.destination, disk.source,
+                                disk.sourceFormat, disk.qmpDevice, at.timeIntervalSince1970])
+            }
+            let detail = plan.error.map { "plan \(plan.state.rawValue): \($0)" }
+                ?? "plan recorded with \(plan.disks.count) disk(s), policy \(plan.policyReference ?? "default")"
+            try Self.insertEvent(db, planId: planId, diskId: nil,
+                                 event: NewEvent(kind: .transition, from: nil, to: plan.state.rawValue, detail: detail), at: at)
+            return planId
+        }
+        guard let record = try self.plan(id: planId) else { throw StoreError("plan \(planId) vanished after insert") }
+        return (record, try disks(ofPlan: planId))
+    }
+
+    public func plan(id: Int64) throws -> PlanRecord? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM plans WHERE id = ?", arguments: [id]).map(Self.planRecord)
+        }
+    }
+
+    public func disks(ofPlan planId: Int64) throws -> [DiskRecord] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM disks WHERE plan_id = ? ORDER BY id", arguments: [planId])
+                .map(Self.diskRecord)
+        }
+    }
+
+    public func events(ofPlan planId: Int64) throws -> [EventRecord] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM events WHERE plan_id = ? ORDER BY id", arguments: [planId])
+                .map(Self.eventRecord)
+        }
+    }
+
+    public func plans(states: Set<PlanState>?, vm: String?, limit: Int?) throws -> [PlanRecord] {
+        var clauses: [String] = []
+        var arguments: StatementArguments = []
+        if let states {
+            clauses.append("state IN (\(states.map { _ in "?" }.joined(separator: ", ")))")
+            for state in states.sorted(by: { $0.rawValue < $1.rawValue }) { _ = arguments.append(contentsOf: [state.rawValue]) }
+        }
+        if let vm {
+            clauses.append("id IN (SELECT plan_id FROM disks WHERE vm_name = ?)")
+            _ = arguments.append(contentsOf: [vm])
+        }
+        var sql = "SELECT * FROM plans"
+        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        sql += " ORDER BY id DESC"
+        if let limit {
+            sql += " LIMIT ?"
+            _ = arguments.append(contentsOf: [limit])
+        }
+        return try read { db in try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.planRecord) }
+    }
+
+    public func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) throws {
+        try write { db in
+            try db.execute(
+                sql: """
+                    UPDATE disks SET source = ?, source_format = ?, qmp_device = ?, state = ?, bytes_done = ?,
+                        bytes_total = ?, error = ?, intent = ?, destination_created = ?, updated_at = ?
+                    WHERE id = ? AND state = ?
+                    """,
+                arguments: [disk.source, disk.sourceFormat, disk.qmpDevice, disk.state.rawValue, disk.bytesDone,
+                            disk.bytesTotal, disk.error, disk.intent, disk.destinationCreated,
+                            at.timeIntervalSince1970, disk.id, expecting.rawValue])
+            guard db.changesCount == 1 else {
+                throw StoreConflict("disk \(disk.id) is no longer \(expecting.rawValue)")
+            }
+            if let event {
+                try Self.insertEvent(db, planId: disk.planId, diskId: disk.id, event: event, at: at)
+            }
+        }
+    }
+
+    public func save(plan: PlanRecord, expecting: PlanState, event: NewEvent?, at: Date) throws {
+        try write { db in
+            try db.execute(
+                sql: "UPDATE plans SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state = ?",
+                arguments: [plan.state.rawValue, plan.finishedAt?.timeIntervalSince1970, plan.error, plan.id,
+                            expecting.rawValue])
+            guard db.changesCount == 1 else {
+                throw StoreConflict("plan \(plan.id) is no longer \(expecting.rawValue)")
+            }
+            if let event {
+                try Self.insertEvent(db, planId: plan.id, diskId: nil, event: event, at: at)
+            }
+        }
+    }
+
+    public func saveProgress(diskId: Int64, bytesDone: Int64, bytesTotal: Int64, at: Date) throws {
+        try write { db in
+            try db.execute(
+                sql: "UPDATE disks SET bytes_done = ?, bytes_total = ?, updated_at = ? WHERE id = ?",
+                arguments: [bytesDone, bytesTotal, at.timeIntervalSince1970, diskId])
+        }
+    }
+
+    public func appendEvent(planId: Int64, diskId: Int64?, event: NewEvent, at: Date) throws {
+        try write { db in try Self.insertEvent(db, planId: planId, diskId: diskId, event: event, at: at) }
+    }
+
+    // MARK: - Rows
+
+    private static func insertEvent(_ db: Database, planId: Int64, diskId: Int64?, event: NewEvent, at: Date) throws {
+        try db.execute(
+            sql: "INSERT INTO events (plan_id, disk_id, at, kind, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            arguments: [planId, diskId, at.timeIntervalSince1970, event.kind.rawValue, event.from, event.to, event.detail])
+    }
+
+    private static func date(_ row: Row, _ column: String) -> Date? {
+        (row[column] as Double?).map(Date.init(timeIntervalSince1970:))
+    }
+
+    private static func planRecord(_ row: Row) throws -> PlanRecord {
+        let stateText: String = row["state"]
+        guard let state = PlanState(rawValue: stateText) else { throw StoreError("plan has unknown state '\(stateText)'") }
+        let policyJSON: String = row["policy_json"]
+        let policy = try JSONDecoder().decode(Policy.self, from: Data(policyJSON.utf8))
+        return PlanRecord(
+            id: row["id"], name: row["name"], policyReference: row["policy_reference"], policy: policy, state: state,
+            createdAt: date(row, "created_at") ?? Date(timeIntervalSince1970: 0), finishedAt: date(row, "finished_at"),
+            error: row["error"])
+    }
+
+    private static func diskRecord(_ row: Row) throws -> DiskRecord {
+        let stateText: String = row["state"]
+        guard let state = DiskState(rawValue: stateText) else { throw StoreError("disk has unknown state '\(stateText)'") }
+        return DiskRecord(
+            id: row["id"], planId: row["plan_id"], vmName: row["vm_name"], qmpSocket: row["qmp_socket"],
+            device: row["device"], destination: row["destination"], source: row["source"],
+            sourceFormat: row["source_format"], qmpDevice: row["qmp_device"], state: state,
+            bytesDone: row["bytes_done"], bytesTotal: row["bytes_total"], error: row["error"], intent: row["intent"],
+            destinationCreated: row["destination_created"], updatedAt: date(row, "updated_at") ?? Date())
+    }
+
+    private static func eventRecord(_ row: Row) throws -> EventRecord {
+        let kindText: String = row["kind"]
+        guard let kind = EventKind(rawValue: kindText) else { throw StoreError("event has unknown kind '\(kindText)'") }
+        return EventRecord(
+            id: row["id"], planId: row["plan_id"], diskId: row["disk_id"], at: date(row, "at") ?? Date(), kind: kind,
+            from: row["from_state"], to: row["to_state"], detail: row["detail"])
+    }
+}

@@ -1,0 +1,187 @@
+import Foundation
+
+/// One entry of `query-block`: a block device and the image chain inserted in it.
+public struct BlockDeviceInfo: Decodable, Sendable {
+    /// The BlockBackend name (`-drive id=…`); empty for `-blockdev` disks attached to a device.
+    public let device: String
+    /// The qdev id or path of the guest device, if any.
+    public let qdev: String?
+    public let inserted: InsertedImage?
+
+    /// The medium in the device.
+    public struct InsertedImage: Decodable, Sendable {
+        /// The active (top) image's file name.
+        public let file: String
+        /// The active image's node name.
+        public let nodeName: String?
+        /// The active image's backing file name, if it has one.
+        public let backingFile: String?
+        /// The active image's driver (`qcow2`, `raw`, …).
+        public let drv: String
+        public let image: ImageInfo
+
+        enum CodingKeys: String, CodingKey {
+            case file, drv, image
+            case nodeName = "node-name"
+            case backingFile = "backing_file"
+        }
+    }
+}
+
+/// QEMU's `ImageInfo`: one image and, recursively, its backing chain.
+public final class ImageInfo: Decodable, Sendable {
+    public let filename: String
+    public let format: String
+    public let virtualSize: Int64
+    public let actualSize: Int64?
+    public let backingFilename: String?
+    public let backingFilenameFormat: String?
+    public let backingImage: ImageInfo?
+
+    enum CodingKeys: String, CodingKey {
+        case filename, format
+        case virtualSize = "virtual-size"
+        case actualSize = "actual-size"
+        case backingFilename = "backing-filename"
+        case backingFilenameFormat = "backing-filename-format"
+        case backingImage = "backing-image"
+    }
+
+    /// This image and every image below it, top first.
+    public var chain: [ImageInfo] {
+        var images: [ImageInfo] = [self]
+        while let next = images.last?.backingImage { images.append(next) }
+        return images
+    }
+}
+
+/// One entry of `query-jobs`.
+public struct JobInfo: Decodable, Sendable {
+    public let id: String
+    public let type: String
+    /// created, running, paused, ready, standby, waiting, pending, aborting, concluded, null, undefined.
+    public let status: String
+    public let currentProgress: Int64
+    public let totalProgress: Int64
+    /// Set on a concluded job that failed.
+    public let error: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, type, status, error
+        case currentProgress = "current-progress"
+        case totalProgress = "total-progress"
+    }
+}
+
+/// One entry of `query-block-jobs` (used for `io-status`, which `query-jobs` lacks).
+public struct BlockJobInfo: Decodable, Sendable {
+    /// The job id (block jobs report it as `device`).
+    public let device: String
+    public let type: String
+    public let paused: Bool
+    public let speed: Int64
+    /// ok, failed or nospace.
+    public let ioStatus: String?
+
+    enum CodingKeys: String, CodingKey {
+        case device, type, paused, speed
+        case ioStatus = "io-status"
+    }
+}
+
+/// One entry of `query-named-block-nodes`.
+public struct BlockNodeInfo: Decodable, Sendable {
+    public let nodeName: String
+    public let file: String
+    public let drv: String
+    public let backingFile: String?
+
+    enum CodingKeys: String, CodingKey {
+        case file, drv
+        case nodeName = "node-name"
+        case backingFile = "backing_file"
+    }
+}
+
+/// The block-layer commands livecopy sends, typed. Each is one QMP command.
+extension QMPSession {
+    public func queryBlock() async throws -> [BlockDeviceInfo] {
+        try await execute("query-block").decode([BlockDeviceInfo].self)
+    }
+
+    public func queryJobs() async throws -> [JobInfo] {
+        try await execute("query-jobs").decode([JobInfo].self)
+    }
+
+    public func queryBlockJobs() async throws -> [BlockJobInfo] {
+        try await execute("query-block-jobs").decode([BlockJobInfo].self)
+    }
+
+    public func queryNamedBlockNodes() async throws -> [BlockNodeInfo] {
+        try await execute("query-named-block-nodes", ["flat": true]).decode([BlockNodeInfo].self)
+    }
+
+    /// `blockdev-snapshot-sync`: puts a new qcow2 overlay `file` on top of the device's
+    /// active image. `target` names the device (`device:`) or the top node (`node-name:`).
+    public func blockdevSnapshotSync(
+        target: BlockTarget, snapshotFile: String, snapshotNodeName: String, mode: String
+    ) async throws {
+        var arguments: [String: JSONValue] = [
+            "snapshot-file": .string(snapshotFile), "snapshot-node-name": .string(snapshotNodeName),
+            "format": "qcow2", "mode": .string(mode),
+        ]
+        switch target {
+        case .device(let name): arguments["device"] = .string(name)
+        case .node(let name): arguments["node-name"] = .string(name)
+        }
+        try await execute("blockdev-snapshot-sync", arguments)
+    }
+
+    /// `block-stream` into the active layer of `device`, as job `jobId`, never auto-dismissed.
+    public func blockStream(device: String, jobId: String, speed: Int64, onError: String) async throws {
+        try await execute("block-stream", [
+            "device": .string(device), "job-id": .string(jobId), "auto-dismiss": false,
+            "speed": .int(speed), "on-error": .string(onError),
+        ])
+    }
+
+    /// Active `block-commit` of `device`'s top image into `baseNode`, as job `jobId`.
+    public func blockCommit(device: String, jobId: String, baseNode: String, speed: Int64) async throws {
+        try await execute("block-commit", [
+            "device": .string(device), "job-id": .string(jobId), "base-node": .string(baseNode),
+            "auto-dismiss": false, "speed": .int(speed),
+        ])
+    }
+
+    public func blockJobComplete(jobId: String) async throws {
+        try await execute("block-job-complete", ["device": .string(jobId)])
+    }
+
+    public func blockJobCancel(jobId: String, force: Bool) async throws {
+        try await execute("block-job-cancel", ["device": .string(jobId), "force": .bool(force)])
+    }
+
+    public func blockJobResume(jobId: String) async throws {
+        try await execute("block-job-resume", ["device": .string(jobId)])
+    }
+
+    public func blockJobPause(jobId: String) async throws {
+        try await execute("block-job-pause", ["device": .string(jobId)])
+    }
+
+    public func blockJobSetSpeed(jobId: String, speed: Int64) async throws {
+        try await execute("block-job-set-speed", ["device": .string(jobId), "speed": .int(speed)])
+    }
+
+    public func jobDismiss(jobId: String) async throws {
+        try await execute("job-dismiss", ["id": .string(jobId)])
+    }
+}
+
+/// How a block command names what it acts on.
+public enum BlockTarget: Sendable, Equatable {
+    /// A BlockBackend (device) name.
+    case device(String)
+    /// A graph node name.
+    case node(String)
+}
