@@ -75,7 +75,9 @@ let package = Package(
             path: "Tests/TestSupport"),
         .testTarget(name: "QMPTests", dependencies: ["QMP", "TestSupport"]),
         .testTarget(name: "LivecopyModelTests", dependencies: ["LivecopyModel"]),
-        .testTarget(name: "LivecopyStoreTests", dependencies: ["LivecopyStore", "LivecopyModel"]),
+        .testTarget(
+            name: "LivecopyStoreTests",
+            dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(
             name: "LivecopyEngineTests",
             dependencies: ["LivecopyEngine", "LivecopyStore", "LivecopyModel", "QMP", "TestSupport"]),

@@ -1,10 +1,45 @@
 import ArgumentParser
+import Foundation
 
-/// The `livecopy` command line.
+/// The `livecopy` command line: one file per subcommand.
 public struct LivecopyCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "livecopy",
-        abstract: "Live block copy orchestrator for QEMU virtual machines.")
+        abstract: "Live block copy orchestrator for QEMU virtual machines.",
+        discussion: """
+            Moves running VMs' disks to new qcow2 images with QEMU's image streaming: snapshot onto the
+            destination, stream the source into it, watch the job, retire the source. Every step is kept
+            in SQLite, so an interrupted plan can be resumed or rolled back.
+            """,
+        subcommands: [Submit.self, Run.self, Status.self, History.self, Show.self])
 
     public init() {}
+}
+
+extension LivecopyCommand {
+    /// Parses `arguments` and runs the chosen subcommand, returning the exit status
+    /// instead of exiting: the executable's whole body, and callable from tests.
+    public static func execute(_ arguments: [String]) async -> Int32 {
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+            return 0
+        } catch {
+            let code = exitCode(for: error).rawValue
+            let message = fullMessage(for: error)
+            if !message.isEmpty {
+                let text = message.hasSuffix("\n") ? message : message + "\n"
+                if code == 0 {
+                    print(text, terminator: "")
+                } else {
+                    FileHandle.standardError.write(Data(text.utf8))
+                }
+            }
+            return code
+        }
+    }
 }

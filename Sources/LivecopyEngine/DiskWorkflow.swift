@@ -351,6 +351,5 @@ struct StoreFailure: Error, CustomStringConvertible {
 
 /// One line for any error.
 func describe(_ error: Error) -> String {
-    if let error = error as? CustomStringConvertible { return error.description.replacingOccurrences(of: "\n", with: " ") }
-    return String(describing: error)
+    String(describing: error).replacingOccurrences(of: "\n", with: " ")
 }

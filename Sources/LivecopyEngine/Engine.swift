@@ -122,3 +122,10 @@ public final class Engine: @unchecked Sendable {
         return plan
     }
 }
+
+extension Engine {
+    /// The checks that need no VM: destinations and other plans' claims. For `submit --detach`.
+    public func checkOffline(_ plan: Plan) throws {
+        try Preflight(sessions: sessions, store: store).checkOffline(plan)
+    }
+}

@@ -86,7 +86,7 @@ struct JobWatcher {
         for await signal in signals {
             switch signal {
             case .status("concluded"):
-                return try await concludeAndDismiss()
+                return try await concludeAndDismiss(callbacks)
             case .status("ready"):
                 if !readyHandled, let ready = callbacks.ready {
                     readyHandled = true
@@ -105,7 +105,7 @@ struct JobWatcher {
                 callbacks.progress(job)
                 switch job.status {
                 case "concluded":
-                    return try await concludeAndDismiss()
+                    return try await concludeAndDismiss(callbacks)
                 case "ready":
                     if !readyHandled, let ready = callbacks.ready {
                         readyHandled = true
@@ -138,9 +138,10 @@ struct JobWatcher {
     }
 
     /// Reads the concluded job's error, then dismisses it.
-    private func concludeAndDismiss() async throws -> String? {
+    private func concludeAndDismiss(_ callbacks: Callbacks) async throws -> String? {
         let job = try await session.queryJobs().first(where: { $0.id == jobId })
         guard let job else { throw JobWatchError.vanished(jobId) }
+        callbacks.progress(job)
         try await session.jobDismiss(jobId: jobId)
         return job.error
     }

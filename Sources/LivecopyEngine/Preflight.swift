@@ -88,8 +88,12 @@ struct Preflight {
         guard source.hasPrefix("/") else {
             throw PreflightError("\(name): source \(source) is not a plain file (json: and network protocols are refused)")
         }
-        try DestinationCheck.refuseExisting(disk.destination)
-        try DestinationCheck.checkDirectory(of: disk.destination)
+        do {
+            try DestinationCheck.refuseExisting(disk.destination)
+            try DestinationCheck.checkDirectory(of: disk.destination)
+        } catch let error as PreflightError {
+            throw PreflightError("\(name): \(error.description)")
+        }
         let destination = DestinationCheck.resolved(disk.destination)
         for image in inserted.image.chain {
             if image.filename == disk.destination || DestinationCheck.resolved(image.filename) == destination {
@@ -106,6 +110,19 @@ struct Preflight {
         return NewPlan.Disk(
             vmName: vm.name, qmpSocket: vm.qmp, device: disk.device, destination: disk.destination,
             source: source, sourceFormat: inserted.image.format, qmpDevice: qmpDevice)
+    }
+
+    /// The checks that need no VM.
+    func checkOffline(_ plan: Plan) throws {
+        try checkOtherPlans(plan)
+        for (vm, disk) in plan.allDisks {
+            do {
+                try DestinationCheck.refuseExisting(disk.destination)
+                try DestinationCheck.checkDirectory(of: disk.destination)
+            } catch let error as PreflightError {
+                throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': \(error.description)")
+            }
+        }
     }
 
     /// A plan not yet final must not claim the same destination or the same VM disk.

@@ -22,6 +22,20 @@ public struct PlanDocument: Codable, Sendable, Equatable {
             case bytesTotal = "bytes_total"
             case bootImage = "boot_image"
         }
+
+        /// Absent values are written as `null`: every key of the contract is always present.
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(vm, forKey: .vm)
+            try container.encode(device, forKey: .device)
+            try container.encode(source, forKey: .source)
+            try container.encode(destination, forKey: .destination)
+            try container.encode(state, forKey: .state)
+            try container.encode(bytesDone, forKey: .bytesDone)
+            try container.encode(bytesTotal, forKey: .bytesTotal)
+            try container.encode(error, forKey: .error)
+            try container.encode(bootImage, forKey: .bootImage)
+        }
     }
 
     /// One entry of a plan's timeline (`show` only).
@@ -33,6 +47,16 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         public var from: String?
         public var to: String?
         public var detail: String
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(at, forKey: .at)
+            try container.encode(disk, forKey: .disk)
+            try container.encode(kind, forKey: .kind)
+            try container.encode(from, forKey: .from)
+            try container.encode(to, forKey: .to)
+            try container.encode(detail, forKey: .detail)
+        }
     }
 
     public var id: Int64
@@ -49,6 +73,20 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         case id, name, state, policy, error, disks, events
         case createdAt = "created_at"
         case finishedAt = "finished_at"
+    }
+
+    /// Absent values are written as `null`; `events` only when present (`show`).
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(id, forKey: .id)
+        try container.encode(name, forKey: .name)
+        try container.encode(state, forKey: .state)
+        try container.encode(policy, forKey: .policy)
+        try container.encode(createdAt, forKey: .createdAt)
+        try container.encode(finishedAt, forKey: .finishedAt)
+        try container.encode(error, forKey: .error)
+        try container.encode(disks, forKey: .disks)
+        try container.encodeIfPresent(events, forKey: .events)
     }
 
     public init(plan: PlanRecord, disks: [DiskRecord], events: [EventRecord]? = nil) {
@@ -72,7 +110,7 @@ public struct PlanDocument: Codable, Sendable, Equatable {
     }
 
     /// Pretty, stable JSON (sorted keys).
-    public static func encode<T: Encodable>(_ value: T) throws -> String {
+    public static func json<T: Encodable>(_ value: T) throws -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return String(decoding: try encoder.encode(value), as: UTF8.self)

@@ -113,9 +113,9 @@ extension Policy {
         let base = try shippedDefault()
         guard let reference, reference != "default" else { return base }
         if reference.contains("/") {
+            let folder = directory ?? URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
             let url = reference.hasPrefix("/")
-                ? URL(fileURLWithPath: reference)
-                : URL(fileURLWithPath: reference, relativeTo: directory ?? URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
+                ? URL(fileURLWithPath: reference) : folder.appendingPathComponent(reference).standardizedFileURL
             let text = try readTextFile(url.path, what: "policy file")
             return try parse(text, source: url.path, base: base)
         }

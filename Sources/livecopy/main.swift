@@ -1,4 +1,5 @@
+import Foundation
 import LivecopyCommands
 
 // The tiny executable: everything lives in LivecopyCommands, so commands are testable in-process.
-await LivecopyCommand.main()
+exit(await LivecopyCommand.execute(Array(CommandLine.arguments.dropFirst())))

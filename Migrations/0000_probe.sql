@@ -1,2 +1,0 @@
-CREATE TABLE probe(x);
--- has """ and \ and #" and é

@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import LivecopyModel
+import LivecopyStore
+
+/// Options every subcommand takes.
+struct CommonOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "The state database.", discussion: "Default: $LIVECOPY_DB, else /var/lib/livecopy/livecopy.db.",
+        valueName: "path"))
+    var db: String?
+
+    /// The database path in force.
+    var databasePath: String {
+        if let db { return db }
+        if let fromEnvironment = ProcessInfo.processInfo.environment["LIVECOPY_DB"], !fromEnvironment.isEmpty {
+            return fromEnvironment
+        }
+        return "/var/lib/livecopy/livecopy.db"
+    }
+
+    func validate() throws {
+        if let db, db.isEmpty { throw ValidationError("--db must not be empty") }
+    }
+
+    /// Opens the store (creating it and its directory if missing).
+    func openStore() throws -> SQLiteStore {
+        let path = databasePath.hasPrefix("/") ? databasePath
+            : FileManager.default.currentDirectoryPath + "/" + databasePath
+        return try SQLiteStore(path: path)
+    }
+}
+
+/// Exit codes scripts can rely on.
+enum ExitStatus {
+    /// Every disk of every plan touched completed (or, for queries, the query worked).
+    static let success: Int32 = 0
+    /// A plan ended in another state than completed.
+    static let planNotCompleted: Int32 = 1
+    /// Bad input, a refused plan, or an unusable database: nothing was touched.
+    static let refused: Int32 = 2
+}
+
+/// Prints a one-line error to stderr and exits with `code`, for every failure a command
+/// expects; anything unexpected is still reported in one line.
+func reportingErrors(_ body: () async throws -> Int32) async throws {
+    let code: Int32
+    do {
+        code = try await body()
+    } catch let error as ExitCode {
+        throw error
+    } catch let error as CleanExit {
+        throw error
+    } catch {
+        printError(oneLine(error))
+        throw ExitCode(ExitStatus.refused)
+    }
+    if code != 0 { throw ExitCode(code) }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data("livecopy: error: \(message)\n".utf8))
+}
+
+func printErr(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+func oneLine(_ error: Error) -> String {
+    String(describing: error).replacingOccurrences(of: "\n", with: " ")
+}
+
+/// A plan id argument, validated.
+func requirePlan(_ id: Int64, in store: SQLiteStore) throws -> PlanRecord {
+    guard let plan = try store.plan(id: id) else { throw InputError("no plan with id \(id)") }
+    return plan
+}

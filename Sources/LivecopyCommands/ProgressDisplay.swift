@@ -1,0 +1,125 @@
+import Foundation
+import LivecopyEngine
+import LivecopyModel
+
+/// Shows the engine's progress on stderr: on a terminal, one live line per disk with a
+/// bar, percent, rate and ETA; otherwise a plain line per disk every few seconds.
+/// State changes are always printed as lines of their own.
+final class ProgressDisplay: EngineObserver, @unchecked Sendable {
+    private struct Line {
+        var label: String
+        var state: DiskState
+        var done: Int64 = 0
+        var total: Int64 = 0
+        var rate: Double = 0
+        var lastSample: (Date, Int64)?
+        var lastPlainPrint = Date.distantPast
+    }
+
+    private let lock = NSLock()
+    private let isTerminal: Bool
+    private let plainInterval: Double
+    private var lines: [Int64: Line] = [:]
+    private var order: [Int64] = []
+    private var drawnLines = 0
+    private var lastDraw = Date.distantPast
+
+    init(plainInterval: Double = 5) {
+        isTerminal = isatty(STDERR_FILENO) == 1 && ProcessInfo.processInfo.environment["TERM"] != "dumb"
+        self.plainInterval = plainInterval
+    }
+
+    func diskMoved(_ disk: DiskRecord, from: DiskState, detail: String) {
+        lock.withLock {
+            var line = lines[disk.id] ?? Line(label: "\(disk.vmName)/\(disk.device)", state: disk.state)
+            line.state = disk.state
+            if lines[disk.id] == nil { order.append(disk.id) }
+            lines[disk.id] = line
+            emit("\(line.label): \(from.rawValue) → \(disk.state.rawValue): \(detail)")
+        }
+    }
+
+    func diskProgress(_ disk: DiskRecord, bytesDone: Int64, bytesTotal: Int64) {
+        lock.withLock {
+            var line = lines[disk.id] ?? Line(label: "\(disk.vmName)/\(disk.device)", state: disk.state)
+            if lines[disk.id] == nil { order.append(disk.id) }
+            let now = Date()
+            if let (at, done) = line.lastSample, now.timeIntervalSince(at) > 0.2 {
+                let instant = Double(bytesDone - done) / now.timeIntervalSince(at)
+                line.rate = line.rate == 0 ? instant : 0.7 * line.rate + 0.3 * instant
+                line.lastSample = (now, bytesDone)
+            } else if line.lastSample == nil {
+                line.lastSample = (now, bytesDone)
+            }
+            line.done = bytesDone
+            line.total = bytesTotal
+            if !isTerminal && now.timeIntervalSince(line.lastPlainPrint) >= plainInterval {
+                line.lastPlainPrint = now
+                lines[disk.id] = line
+                emit(describe(line))
+                return
+            }
+            lines[disk.id] = line
+            if isTerminal && now.timeIntervalSince(lastDraw) >= 0.2 { redraw() }
+        }
+    }
+
+    func note(_ disk: DiskRecord?, _ message: String) {
+        lock.withLock {
+            emit(disk.map { "\($0.vmName)/\($0.device): \(message)" } ?? message)
+        }
+    }
+
+    /// Clears the live block (terminal) so later output starts on a clean line.
+    func finish() {
+        lock.withLock {
+            clearBlock()
+        }
+    }
+
+    // MARK: - Rendering (lock held)
+
+    private func emit(_ message: String) {
+        clearBlock()
+        FileHandle.standardError.write(Data((message + "\n").utf8))
+        if isTerminal { redraw() }
+    }
+
+    private func clearBlock() {
+        guard isTerminal, drawnLines > 0 else { return }
+        FileHandle.standardError.write(Data("\u{1B}[\(drawnLines)A\u{1B}[J".utf8))
+        drawnLines = 0
+    }
+
+    private func redraw() {
+        clearBlock()
+        let active = order.compactMap { lines[$0] }.filter { $0.state == .streaming && $0.total > 0 }
+        guard !active.isEmpty else { return }
+        let text = active.map(bar).joined(separator: "\n") + "\n"
+        FileHandle.standardError.write(Data(text.utf8))
+        drawnLines = active.count
+        lastDraw = Date()
+    }
+
+    private func bar(_ line: Line) -> String {
+        let fraction = line.total > 0 ? min(1, Double(line.done) / Double(line.total)) : 0
+        let width = 30
+        let filled = Int(fraction * Double(width))
+        return "\(line.label.padding(toLength: 18, withPad: " ", startingAt: 0)) ["
+            + String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled) + "] "
+            + String(format: "%5.1f%%", fraction * 100) + "  \(ByteSize.format(Int64(line.rate)))/s  ETA \(eta(line))"
+    }
+
+    private func describe(_ line: Line) -> String {
+        let fraction = line.total > 0 ? Double(line.done) / Double(line.total) * 100 : 0
+        return "\(line.label): \(line.state.rawValue) " + String(format: "%.1f%%", fraction)
+            + " (\(ByteSize.format(line.done)) of \(ByteSize.format(line.total)), \(ByteSize.format(Int64(line.rate)))/s, ETA \(eta(line)))"
+    }
+
+    private func eta(_ line: Line) -> String {
+        guard line.rate > 1, line.total > line.done else { return line.total > 0 && line.done >= line.total ? "0s" : "--" }
+        let seconds = Int(Double(line.total - line.done) / line.rate)
+        return seconds >= 3600 ? "\(seconds / 3600)h\(seconds % 3600 / 60)m"
+            : seconds >= 60 ? "\(seconds / 60)m\(seconds % 60)s" : "\(seconds)s"
+    }
+}

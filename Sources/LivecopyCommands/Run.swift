@@ -1,0 +1,49 @@
+import ArgumentParser
+import LivecopyEngine
+import LivecopyModel
+
+/// `livecopy run [--plan ID]`: drive pending plans (or one named plan) to a final state.
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Drive every pending plan, or the one named, to a final state, then exit.",
+        discussion: "Exits 0 only when every plan it ran completed.")
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: ArgumentHelp("Run only this plan (pending or failed).", valueName: "id"))
+    var plan: Int64?
+
+    func run() async throws {
+        try await reportingErrors {
+            let store = try common.openStore()
+            let plans: [PlanRecord]
+            if let plan {
+                plans = [try requirePlan(plan, in: store)]
+            } else {
+                plans = try store.plans(states: [.pending], vm: nil, limit: nil).reversed()
+            }
+            if plans.isEmpty { printErr("livecopy: no pending plan") }
+            var status = ExitStatus.success
+            for record in plans {
+                let display = ProgressDisplay()
+                let engine = Engine(store: store, connector: RealQMPConnector(), observer: display,
+                                    commandTimeout: record.policy.commandTimeout)
+                printErr("livecopy: running plan \(record.id)\(record.name.map { " (\($0))" } ?? "")")
+                let final: PlanRecord
+                do {
+                    final = try await engine.run(planId: record.id)
+                } catch {
+                    await engine.shutdown()
+                    display.finish()
+                    throw error
+                }
+                await engine.shutdown()
+                display.finish()
+                if try report(final, store: store, json: false) != ExitStatus.success {
+                    status = ExitStatus.planNotCompleted
+                }
+            }
+            return status
+        }
+    }
+}

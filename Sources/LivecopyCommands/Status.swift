@@ -1,0 +1,40 @@
+import ArgumentParser
+import LivecopyModel
+
+/// `livecopy status [ID]`: plans not yet final, with each disk's state, progress and boot image.
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show plans that are not final: each disk's state, progress, and the image the VM must boot from now.")
+
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: ArgumentHelp("Show only this plan (final or not).", valueName: "id"))
+    var id: Int64?
+
+    @Flag(help: "Print plan documents as JSON (one object with an id, else an array).")
+    var json = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let store = try common.openStore()
+            let plans = try id.map { [try requirePlan($0, in: store)] }
+                ?? store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
+            let documents = try plans.map { PlanDocument(plan: $0, disks: try store.disks(ofPlan: $0.id)) }
+            if json {
+                if id != nil, let document = documents.first {
+                    print(try PlanDocument.json(document))
+                } else {
+                    print(try PlanDocument.json(documents))
+                }
+                return ExitStatus.success
+            }
+            if plans.isEmpty { print("no plan in progress") }
+            for plan in plans {
+                let disks = try store.disks(ofPlan: plan.id)
+                print(PlanText.summary(plan, disks: disks))
+                for disk in disks { print(PlanText.disk(disk)) }
+            }
+            return ExitStatus.success
+        }
+    }
+}

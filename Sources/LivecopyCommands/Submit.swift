@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import LivecopyEngine
+import LivecopyModel
+
+/// `livecopy submit PLAN`: validate, preflight, record, then run the plan to its end.
+struct Submit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check a copy plan, record it, and run it to its end.",
+        discussion: "Progress goes to stderr. Exits 0 only when every disk completed.")
+
+    @OptionGroup var common: CommonOptions
+
+    @Argument(help: ArgumentHelp("The plan file (YAML or JSON).", valueName: "plan"))
+    var planPath: String
+
+    @Flag(help: "Record the plan as pending without touching any VM, print its id, and exit.")
+    var detach = false
+
+    @Flag(help: "Print the final plan document as JSON on stdout.")
+    var json = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let plan = try Plan.load(path: planPath)
+            let planDirectory = URL(fileURLWithPath: planPath).deletingLastPathComponent()
+            let policy = try Policy.resolve(plan.policyReference, relativeTo: planDirectory)
+            let store = try common.openStore()
+
+            if detach {
+                let engine = Engine(store: store, connector: RealQMPConnector(), commandTimeout: policy.commandTimeout)
+                try engine.checkOffline(plan)
+                let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map {
+                    NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device,
+                                 destination: $0.disk.destination)
+                })
+                if json {
+                    print(try PlanDocument.json(PlanDocument(plan: record, disks: try store.disks(ofPlan: record.id))))
+                } else {
+                    print(record.id)
+                }
+                return ExitStatus.success
+            }
+
+            let display = ProgressDisplay()
+            let engine = Engine(store: store, connector: RealQMPConnector(), observer: display,
+                                commandTimeout: policy.commandTimeout)
+            let disks: [NewPlan.Disk]
+            do {
+                disks = try await engine.preflight(plan, policy: policy)
+            } catch let error as PreflightError {
+                await engine.shutdown()
+                let refused = try engine.recordRefused(plan, policy: policy, reason: error.description)
+                printError("plan refused (recorded as plan \(refused.id)): \(error.description)")
+                return ExitStatus.refused
+            }
+            let record = try engine.record(plan, policy: policy, disks: disks)
+            printErr("livecopy: plan \(record.id)\(plan.name.map { " (\($0))" } ?? ""): \(disks.count) disk(s), policy \(plan.policyReference ?? "default")")
+            let final: PlanRecord
+            do {
+                final = try await engine.run(planId: record.id)
+            } catch {
+                await engine.shutdown()
+                display.finish()
+                throw error
+            }
+            await engine.shutdown()
+            display.finish()
+            return try report(final, store: store, json: json)
+        }
+    }
+}
+
+/// Prints a plan's outcome (JSON document or a summary) and returns the exit status.
+func report(_ plan: PlanRecord, store: any WorkflowStore, json: Bool) throws -> Int32 {
+    let disks = try store.disks(ofPlan: plan.id)
+    if json {
+        print(try PlanDocument.json(PlanDocument(plan: plan, disks: disks)))
+    }
+    printErr("livecopy: plan \(plan.id) \(plan.state.rawValue)")
+    for disk in disks where disk.state != .completed {
+        printErr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? "")"
+            + (disk.bootImage.map { "; the VM must boot from \($0)" } ?? ""))
+    }
+    return plan.state == .completed ? ExitStatus.success : ExitStatus.planNotCompleted
+}

@@ -1,0 +1,168 @@
+import Foundation
+import GRDB
+import LivecopyModel
+import LivecopyStore
+import Testing
+
+/// A fresh directory per test, removed afterwards.
+final class Scratch {
+    let path: String
+    init() throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("lc-store-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+struct MigrationTests {
+    @Test func embeddedMigrationsAreNumberedInOrder() {
+        let migrations = Migration.embedded
+        #expect(!migrations.isEmpty)
+        #expect(migrations.map(\.version) == Array(1...migrations.count))
+    }
+
+    @Test func anEmptyDatabaseGetsEveryMigrationWithItsChecksum() throws {
+        let scratch = try Scratch()
+        let path = scratch.path + "/sub/dir/livecopy.db"
+        _ = try SQLiteStore(path: path)
+        let queue = try DatabaseQueue(path: path)
+        let rows = try queue.read { db in try Row.fetchAll(db, sql: "SELECT version, checksum FROM schema_migrations ORDER BY version") }
+        #expect(rows.map { $0["version"] as Int } == Migration.embedded.map(\.version))
+        #expect(rows.map { $0["checksum"] as String } == Migration.embedded.map(\.checksum))
+        let tables = try queue.read { db in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table'") }
+        for table in ["plans", "disks", "events"] { #expect(tables.contains(table)) }
+        // Reopening applies nothing twice.
+        _ = try SQLiteStore(path: path)
+        let count = try queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM schema_migrations") }
+        #expect(count == Migration.embedded.count)
+    }
+
+    @Test func aDatabaseFromANewerSchemaIsRefused() throws {
+        let scratch = try Scratch()
+        let path = scratch.path + "/livecopy.db"
+        _ = try SQLiteStore(path: path)
+        let queue = try DatabaseQueue(path: path)
+        try queue.write { db in
+            try db.execute(sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (9999, 'future', 'x', 0)")
+        }
+        do {
+            _ = try SQLiteStore(path: path)
+            Issue.record("opened a newer database")
+        } catch let error as StoreError {
+            #expect(error.message.contains("newer livecopy"))
+            #expect(error.message.contains("9999"))
+        }
+    }
+
+    @Test func anEditedMigrationIsDetected() throws {
+        let scratch = try Scratch()
+        let path = scratch.path + "/livecopy.db"
+        _ = try SQLiteStore(path: path)
+        var edited = Migration.embedded
+        let first = edited[0]
+        edited[0] = Migration(fileName: "0001_\(first.name).sql", sql: first.sql + "\n-- edited\n")!
+        #expect(throws: StoreError.self) { try SQLiteStore(path: path, migrations: edited) }
+    }
+
+    @Test func eachMigrationRunsInItsOwnTransaction() throws {
+        let scratch = try Scratch()
+        let path = scratch.path + "/livecopy.db"
+        let good = Migration(fileName: "0001_good.sql", sql: "CREATE TABLE a (x);")!
+        let bad = Migration(fileName: "0002_bad.sql", sql: "CREATE TABLE b (x); THIS IS NOT SQL;")!
+        #expect(throws: StoreError.self) { try SQLiteStore(path: path, migrations: [good, bad]) }
+        let queue = try DatabaseQueue(path: path)
+        let versions = try queue.read { db in try Int.fetchAll(db, sql: "SELECT version FROM schema_migrations") }
+        #expect(versions == [1])
+        let tables = try queue.read { db in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table'") }
+        #expect(tables.contains("a"))
+        #expect(!tables.contains("b"))
+    }
+
+    @Test func parsesMigrationFileNames() {
+        #expect(Migration(fileName: "0003_add_lease.sql", sql: "")?.version == 3)
+        #expect(Migration(fileName: "0003_add_lease.sql", sql: "")?.name == "add_lease")
+        #expect(Migration(fileName: "README.md", sql: "") == nil)
+        #expect(Migration(fileName: "x_y.sql", sql: "") == nil)
+    }
+}
+
+struct SQLiteStoreTests {
+    static func newPlan(disks: Int = 2) throws -> NewPlan {
+        NewPlan(name: "t", policyReference: nil, policy: try Policy.resolve(nil), state: .pending,
+                disks: (0..<disks).map {
+                    NewPlan.Disk(vmName: "vm", qmpSocket: "/q", device: "drive\($0)", destination: "/d\($0).qcow2",
+                                 source: "/s\($0).qcow2", sourceFormat: "qcow2", qmpDevice: "drive\($0)")
+                })
+    }
+
+    @Test func usesWALFullSyncAndOwnerOnlyPermissions() throws {
+        let scratch = try Scratch()
+        let path = scratch.path + "/new/livecopy.db"
+        _ = try SQLiteStore(path: path)
+        let queue = try DatabaseQueue(path: path)
+        let mode = try queue.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") }
+        #expect(mode == "wal")
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+        let directory = try FileManager.default.attributesOfItem(atPath: scratch.path + "/new")
+        #expect((directory[.posixPermissions] as? Int) == 0o700)
+    }
+
+    @Test func recordsPlansDisksAndEvents() throws {
+        let scratch = try Scratch()
+        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+        let (plan, disks) = try store.insertPlan(try Self.newPlan(), at: Date())
+        #expect(plan.state == .pending)
+        #expect(disks.count == 2)
+        #expect(disks.allSatisfy { $0.state == .pending })
+        var disk = disks[0]
+        disk.state = .snapshotting
+        try store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, from: "pending", to: "snapshotting", detail: "go"), at: Date())
+        #expect(try store.disks(ofPlan: plan.id)[0].state == .snapshotting)
+        let events = try store.events(ofPlan: plan.id)
+        #expect(events.count == 2)
+        #expect(events.last?.from == "pending")
+        #expect(events.last?.to == "snapshotting")
+        #expect(events.last?.diskId == disk.id)
+        #expect(try store.plan(id: plan.id)?.policy == (try Policy.resolve(nil)))
+    }
+
+    @Test func aWriteExpectingAnotherStateIsRefusedAndChangesNothing() throws {
+        let scratch = try Scratch()
+        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+        let (plan, disks) = try store.insertPlan(try Self.newPlan(), at: Date())
+        var disk = disks[0]
+        disk.state = .streaming
+        #expect(throws: StoreConflict.self) {
+            try store.save(disk: disk, expecting: .snapshotting, event: NewEvent(kind: .transition, detail: "x"), at: Date())
+        }
+        #expect(try store.disks(ofPlan: plan.id)[0].state == .pending)
+        #expect(try store.events(ofPlan: plan.id).count == 1)
+    }
+
+    @Test func listsPlansNewestFirstWithFilters() throws {
+        let scratch = try Scratch()
+        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+        let first = try store.insertPlan(try Self.newPlan(), at: Date()).0
+        var other = try Self.newPlan(disks: 1)
+        other.disks[0].vmName = "other"
+        let second = try store.insertPlan(other, at: Date()).0
+        #expect(try store.plans(states: nil, vm: nil, limit: nil).map(\.id) == [second.id, first.id])
+        #expect(try store.plans(states: nil, vm: "other", limit: nil).map(\.id) == [second.id])
+        #expect(try store.plans(states: nil, vm: nil, limit: 1).map(\.id) == [second.id])
+        #expect(try store.plans(states: [.completed], vm: nil, limit: nil).isEmpty)
+    }
+
+    @Test func aFileThatIsNotSQLiteGetsAOneLineError() throws {
+        let scratch = try Scratch()
+        let path = scratch.path + "/junk.db"
+        try String(repeating: "this is not a database\n", count: 200).write(toFile: path, atomically: true, encoding: .utf8)
+        do {
+            _ = try SQLiteStore(path: path)
+            Issue.record("opened a junk file")
+        } catch let error as StoreError {
+            #expect(error.message.contains("not an SQLite database"), "\(error.message)")
+            #expect(!error.message.contains("\n"))
+        }
+    }
+}
