@@ -220,7 +220,8 @@ public final class FakeQMPPeer: @unchecked Sendable {
     }
 
     /// Stops listening, drops the clients, fails anyone waiting, and removes the directory.
-    /// Closing happens in the background; calling it again is harmless.
+    /// Closing and removing happen in the background (moments later); calling it again is
+    /// harmless.
     public func stop() {
         let (alreadyStopped, clients, waiters) = withState { state -> (Bool, [Channel], [Waiter]) in
             defer {
@@ -231,7 +232,12 @@ public final class FakeQMPPeer: @unchecked Sendable {
             return (state.stopped, Array(state.clients.values), Array(state.waiters.values))
         }
         guard !alreadyStopped else { return }
-        serverChannel.close(promise: nil)
+        // The directory goes once the listener is closed: removing it while the close
+        // is still unlinking the socket would race and could leave it behind.
+        let directory = self.directory
+        serverChannel.close().whenComplete { _ in
+            try? FileManager.default.removeItem(atPath: directory)
+        }
         for client in clients {
             client.close(promise: nil)
         }
@@ -239,7 +245,6 @@ public final class FakeQMPPeer: @unchecked Sendable {
             waiter.timer?.cancel()
             waiter.continuation.resume(throwing: FakeQMPPeerError.stopped)
         }
-        try? FileManager.default.removeItem(atPath: directory)
     }
 
     // MARK: Observing

@@ -1,0 +1,134 @@
+import Foundation
+import LivecopyModel
+import QMP
+import TestSupport
+import Testing
+
+/// Bad input gets a one-line error and a non-zero exit, and nothing is touched: no
+/// destination file, no plan left pending or running.
+struct BadInputTests {
+    /// A fake VM whose `query-block` shows one qcow2 disk `drive0` on `source`.
+    static func fakeVM(source: String) async throws -> FakeQMPPeer {
+        let image: JSONValue = ["filename": .string(source), "format": "qcow2", "virtual-size": 1_048_576]
+        let devices: JSONValue = [[
+            "device": "drive0", "qdev": "",
+            "inserted": ["file": .string(source), "node-name": "#block100", "drv": "qcow2", "image": image],
+        ]]
+        return try await FakeQMPPeer.start { name, _, _ in
+            name == "query-block" ? .return(devices) : nil
+        }
+    }
+
+    static func plan(socket: String, device: String = "drive0", destination: String, extra: String = "") -> String {
+        """
+        \(extra)vms:
+          - name: vm1
+            qmp: \(socket)
+            disks:
+              - device: \(device)
+                destination: \(destination)
+        """
+    }
+
+    /// Runs `livecopy ARGS`, expects exit `status` and one stderr line containing `fragment`.
+    static func expectRefusal(_ livecopy: LivecopyProcess, _ arguments: [String], status: Int32 = 2,
+                              _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let result = try await livecopy.run(arguments)
+        #expect(result.status == status, "exit \(result.status): \(result.stderr)", sourceLocation: sourceLocation)
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "one line, got: \(result.stderr)", sourceLocation: sourceLocation)
+        #expect(result.stderr.contains(fragment), "\(result.stderr)", sourceLocation: sourceLocation)
+        #expect(!result.stderr.contains("Fatal error"), sourceLocation: sourceLocation)
+    }
+
+    /// No plan of the database is pending or running.
+    static func expectNothingInProgress(_ livecopy: LivecopyProcess, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let status = try await livecopy.run(["status", "--json"])
+        let plans = try JSONDecoder().decode([PlanDocument].self, from: Data(status.stdout.utf8))
+        #expect(plans.isEmpty, "plans in progress: \(plans.map(\.state))", sourceLocation: sourceLocation)
+    }
+
+    @Test func badPlanFilesAreRefusedInOneLine() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-bad")
+        defer { scratch.remove() }
+        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
+        let planPath = scratch.appending("plan.yaml")
+
+        try await Self.expectRefusal(livecopy, ["submit", scratch.appending("missing.yaml")], "does not exist")
+        try "".write(toFile: planPath, atomically: true, encoding: .utf8)
+        try await Self.expectRefusal(livecopy, ["submit", planPath], "empty")
+        try "vms: [\n".write(toFile: planPath, atomically: true, encoding: .utf8)
+        try await Self.expectRefusal(livecopy, ["submit", planPath], "not valid YAML")
+        try Self.plan(socket: "/s", destination: "/d.qcow2", extra: "colour: blue\n")
+            .write(toFile: planPath, atomically: true, encoding: .utf8)
+        try await Self.expectRefusal(livecopy, ["submit", planPath], "unknown key 'colour'")
+        try Self.plan(socket: "/s", destination: "relative.qcow2").write(toFile: planPath, atomically: true, encoding: .utf8)
+        try await Self.expectRefusal(livecopy, ["submit", planPath], "must be an absolute path")
+        try Self.plan(socket: "/s", destination: "/d.qcow2", extra: "policy: turbo\n")
+            .write(toFile: planPath, atomically: true, encoding: .utf8)
+        try await Self.expectRefusal(livecopy, ["submit", planPath], "unknown policy 'turbo'")
+        try "speed: warp\n".write(toFile: scratch.appending("p.yaml"), atomically: true, encoding: .utf8)
+        try Self.plan(socket: "/s", destination: "/d.qcow2", extra: "policy: ./p.yaml\n")
+            .write(toFile: planPath, atomically: true, encoding: .utf8)
+        try await Self.expectRefusal(livecopy, ["submit", planPath], "'speed' has invalid value 'warp'")
+
+        try await Self.expectNothingInProgress(livecopy)
+        let history = try await livecopy.run(["history", "--json"])
+        #expect(history.stdout.contains("[") && !history.stdout.contains("\"id\""), "no plan was recorded")
+    }
+
+    @Test func preflightRefusalsTouchNothing() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-pre")
+        defer { scratch.remove() }
+        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
+        let source = scratch.appending("src.qcow2")
+        let vm = try await Self.fakeVM(source: source)
+        defer { vm.stop() }
+        let planPath = scratch.appending("plan.yaml")
+        func submit(_ text: String, _ fragment: String) async throws {
+            try text.write(toFile: planPath, atomically: true, encoding: .utf8)
+            try await Self.expectRefusal(livecopy, ["submit", planPath], fragment)
+        }
+
+        try await submit(Self.plan(socket: scratch.appending("nosuch.qmp"), destination: scratch.appending("d.qcow2")),
+                         "no such file")
+        try await submit(Self.plan(socket: planPath, destination: scratch.appending("d.qcow2")), "not a socket")
+        try await submit(Self.plan(socket: vm.socketPath, device: "drive9", destination: scratch.appending("d.qcow2")),
+                         "disk 'drive9': no such device")
+        let existing = scratch.appending("existing.qcow2")
+        try "precious".write(toFile: existing, atomically: true, encoding: .utf8)
+        try await submit(Self.plan(socket: vm.socketPath, destination: existing), "already exists")
+        #expect(try String(contentsOfFile: existing, encoding: .utf8) == "precious")
+        let link = scratch.appending("link.qcow2")
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: scratch.appending("nowhere"))
+        try await submit(Self.plan(socket: vm.socketPath, destination: link), "is a symlink")
+        #expect(!FileManager.default.fileExists(atPath: scratch.appending("nowhere")))
+        try await submit(Self.plan(socket: vm.socketPath, destination: scratch.appending("no/dir/d.qcow2")),
+                         "does not exist")
+        try await submit(Self.plan(socket: vm.socketPath, destination: source), "source chain")
+
+        // The VM saw queries only, never a command that changes anything.
+        let sent = Set(vm.receivedCommandNames)
+        #expect(sent.isSubset(of: ["qmp_capabilities", "query-block"]), "\(sent)")
+        try await Self.expectNothingInProgress(livecopy)
+        let refused = try await livecopy.run(["history", "--state", "refused", "--json"])
+        let plans = try JSONDecoder().decode([PlanDocument].self, from: Data(refused.stdout.utf8))
+        #expect(plans.count == 7)
+        #expect(plans.allSatisfy { $0.error != nil })
+    }
+
+    @Test func badCommandArgumentsAndDatabases() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-args")
+        defer { scratch.remove() }
+        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
+        try await Self.expectRefusal(livecopy, ["show", "999"], "no plan with id 999")
+        let badState = try await livecopy.run(["history", "--state", "bogus"])
+        #expect(badState.status != 0)
+        #expect(badState.stderr.contains("unknown state 'bogus'"))
+
+        let junk = scratch.appending("junk.db")
+        try String(repeating: "not sqlite\n", count: 500).write(toFile: junk, atomically: true, encoding: .utf8)
+        try await Self.expectRefusal(LivecopyProcess(database: junk), ["history"], "not an SQLite database")
+        try await Self.expectRefusal(LivecopyProcess(database: "/proc/livecopy/x.db"), ["history"], "cannot create database directory")
+    }
+}
