@@ -19,6 +19,12 @@ public struct Plan: Sendable, Equatable {
         /// Path of the VM's QMP UNIX socket.
         public var qmp: String
         public var disks: [Disk]
+
+        public init(name: String, qmp: String, disks: [Disk]) {
+            self.name = name
+            self.qmp = qmp
+            self.disks = disks
+        }
     }
 
     /// One disk to move: a QEMU block device and the qcow2 image it moves to.
@@ -27,6 +33,11 @@ public struct Plan: Sendable, Equatable {
         public var device: String
         /// Absolute path of the new qcow2 image; it must not exist yet.
         public var destination: String
+
+        public init(device: String, destination: String) {
+            self.device = device
+            self.destination = destination
+        }
     }
 
     /// An optional label.

@@ -150,11 +150,10 @@ struct QMPConnectionTests {
         let connection = try await QMPConnection.connect(socketPath: peer.socketPath)
         defer { Task { await connection.close() } }
         let kept = connection.events()
+        let cancelled = connection.events()
+        #expect(connection.subscriberCountForTesting == 2)
         let consumer = Task {
-            for await _ in connection.events() {}
-        }
-        try await withTimeout(5, "two subscribers") {
-            while connection.subscriberCountForTesting < 2 { await Task.yield() }
+            for await _ in cancelled {}
         }
         consumer.cancel()
         await consumer.value

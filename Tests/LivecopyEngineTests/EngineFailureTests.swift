@@ -1,0 +1,162 @@
+import Foundation
+import LivecopyEngine
+import LivecopyModel
+import LivecopyStore
+import QMP
+import TestSupport
+import Testing
+
+/// Connects the engine to real QEMU monitors.
+struct TestConnector: QMPConnector {
+    func connect(socketPath: String, commandTimeout: Double) async throws -> any QMPSession {
+        try await QMPConnection.connect(socketPath: socketPath, connectTimeout: 5, commandTimeout: commandTimeout)
+    }
+}
+
+/// A tmpfs mounted for a test: real ENOSPC for the destination. Needs root.
+final class SmallFilesystem {
+    let path: String
+    init?(path: String, size: String) {
+        self.path = path
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        guard (try? QEMUTools.run("mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", path]))?.status == 0 else { return nil }
+    }
+    func resize(_ size: String) throws {
+        let result = try QEMUTools.run("mount", ["-o", "remount,size=\(size)", path])
+        guard result.status == 0 else { throw WaitTimeout(what: "remount: \(result.stderr)") }
+    }
+    deinit { _ = try? QEMUTools.run("umount", ["-l", path]) }
+
+    static var canMount: Bool {
+        getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/bin/mount")
+    }
+}
+
+/// Copy failures against real QEMU with a real ENOSPC on the destination: `on_failure`
+/// rolls back (the VM ends on its source holding every write) or stops (the disk waits,
+/// failed, on its destination overlay, and a later run completes it).
+@Suite(.enabled(if: QEMUTools.isAvailable && SmallFilesystem.canMount, "needs QEMU and root (to mount a small tmpfs)"))
+struct EngineFailureTests {
+    struct Setup {
+        let scratch: TemporaryDirectory
+        let filesystem: SmallFilesystem
+        let vm: QEMUVirtualMachine
+        let store: SQLiteStore
+        let source: String
+        let destination: String
+    }
+
+    /// A VM whose drive0 holds 24 MiB of 0x11, and a 6 MiB tmpfs for the destination.
+    static func setUp(_ name: String) throws -> Setup {
+        let scratch = try TemporaryDirectory(prefix: name)
+        guard let filesystem = SmallFilesystem(path: scratch.appending("small"), size: "6m") else {
+            throw WaitTimeout(what: "mount tmpfs")
+        }
+        let source = scratch.appending("src.qcow2")
+        try QEMUImage.create(source, size: "64M")
+        try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "24M")
+        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [(id: "drive0", image: source, format: "qcow2")])
+        let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
+        return Setup(scratch: scratch, filesystem: filesystem, vm: vm, store: store, source: source,
+                     destination: filesystem.path + "/dst.qcow2")
+    }
+
+    static func plan(_ setup: Setup) -> Plan {
+        Plan(name: "enospc", policyReference: nil, vms: [
+            .init(name: "vm", qmp: setup.vm.livecopySocket, disks: [.init(device: "drive0", destination: setup.destination)]),
+        ])
+    }
+
+    static func policy(onFailure: Policy.OnFailure) throws -> Policy {
+        var policy = try Policy.resolve(nil)
+        policy.onError = .report
+        policy.onFailure = onFailure
+        policy.speed = 8 << 20
+        policy.retireSource = .keep
+        policy.progressInterval = 0.2
+        return policy
+    }
+
+    /// Starts the plan and writes into the guest while it streams; returns the run's task.
+    static func startAndWriteDuringCopy(_ setup: Setup, engine: Engine, policy: Policy) async throws -> (Int64, Task<PlanRecord, Error>) {
+        let disks = try await engine.preflight(plan(setup), policy: policy)
+        let record = try engine.record(plan(setup), policy: policy, disks: disks)
+        let run = Task { try await engine.run(planId: record.id) }
+        let deadline = Date().addingTimeInterval(30)
+        while try setup.store.disks(ofPlan: record.id).first?.state != .streaming {
+            guard Date() < deadline else { throw WaitTimeout(what: "streaming") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try await setup.vm.guestWrite(drive: "drive0", pattern: 0x55, offset: "60M", length: "64k")
+        return (record.id, run)
+    }
+
+    static func activeImage(_ vm: QEMUVirtualMachine) async throws -> (file: String?, backing: String?) {
+        let devices = try await vm.testMonitor().queryBlock()
+        let inserted = devices.first { $0.device == "drive0" }?.inserted
+        return (inserted?.file, inserted?.backingFile)
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func aFailedCopyRollsBackToTheSourceWithEveryWrite() async throws {
+        let setup = try Self.setUp("lc-rollback")
+        defer { setup.scratch.remove() }
+        let engine = Engine(store: setup.store, connector: TestConnector())
+        let (planId, run) = try await Self.startAndWriteDuringCopy(setup, engine: engine, policy: try Self.policy(onFailure: .rollback))
+        let plan = try await run.value
+        await engine.shutdown()
+
+        #expect(plan.state == .rolledBack)
+        let disk = try #require(try setup.store.disks(ofPlan: planId).first)
+        #expect(disk.state == .rolledBack)
+        #expect(disk.error?.contains("failed") == true, "\(disk.error ?? "no error")")
+        let active = try await Self.activeImage(setup.vm)
+        #expect(active.file == setup.source)
+        #expect(active.backing == nil)
+        #expect(!FileManager.default.fileExists(atPath: setup.destination), "the destination livecopy created is deleted")
+        let transitions = try setup.store.events(ofPlan: planId).filter { $0.kind == .transition && $0.diskId != nil }
+            .map { "\($0.from ?? "")→\($0.to ?? "")" }
+        #expect(transitions == ["pending→snapshotting", "snapshotting→streaming", "streaming→rolling_back", "rolling_back→rolled_back"])
+
+        await setup.vm.stop()
+        #expect(try QEMUImage.verify(setup.source, pattern: 0x11, offset: "0", length: "24M"))
+        #expect(try QEMUImage.verify(setup.source, pattern: 0x55, offset: "60M", length: "64k"), "the guest write made during the copy is in the source")
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func aStoppedCopyWaitsOnItsOverlayAndResumesLater() async throws {
+        let setup = try Self.setUp("lc-stop")
+        defer { setup.scratch.remove() }
+        let engine = Engine(store: setup.store, connector: TestConnector())
+        let (planId, run) = try await Self.startAndWriteDuringCopy(setup, engine: engine, policy: try Self.policy(onFailure: .stop))
+        let stopped = try await run.value
+
+        #expect(stopped.state == .failed)
+        let failed = try #require(try setup.store.disks(ofPlan: planId).first)
+        #expect(failed.state == .failed)
+        #expect(failed.bootImage == setup.destination)
+        let active = try await Self.activeImage(setup.vm)
+        #expect(active.file == setup.destination, "the VM stays on its destination overlay")
+        #expect(active.backing == setup.source)
+
+        // The operator frees space; running the plan again finishes the copy.
+        try setup.filesystem.resize("128m")
+        let resumed = try await engine.run(planId: planId)
+        await engine.shutdown()
+        #expect(resumed.state == .completed)
+        let after = try await Self.activeImage(setup.vm)
+        #expect(after.file == setup.destination)
+        #expect(after.backing == nil)
+
+        await setup.vm.stop()
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
+        #expect(try QEMUImage.info(setup.destination).backingFilename == nil)
+        #expect(FileManager.default.fileExists(atPath: setup.source), "retire_source: keep")
+    }
+}
+
+struct WaitTimeout: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out or failed: \(what)" }
+}
