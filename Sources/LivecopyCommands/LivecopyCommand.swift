@@ -11,7 +11,7 @@ public struct LivecopyCommand: AsyncParsableCommand {
             destination, stream the source into it, watch the job, retire the source. Every step is kept
             in SQLite, so an interrupted plan can be resumed or rolled back.
             """,
-        subcommands: [Submit.self, Run.self, Status.self, History.self, Show.self])
+        subcommands: [Submit.self, Run.self, Recover.self, Cancel.self, Status.self, History.self, Show.self])
 
     public init() {}
 }

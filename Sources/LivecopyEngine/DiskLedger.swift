@@ -31,6 +31,7 @@ final class DiskLedger: @unchecked Sendable {
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
         disk = updated
+        CrashPoint.reach("transition:\(next.rawValue)")
         observer.diskMoved(updated, from: previous, detail: detail)
     }
 
@@ -44,6 +45,12 @@ final class DiskLedger: @unchecked Sendable {
                                        detail: "\(action): \(detail)"),
                        at: Date())
         disk = updated
+        CrashPoint.reach("intent:\(action)")
+    }
+
+    /// Marks the end of the side effect announced by the pending intent (for crash tests).
+    func sent() {
+        CrashPoint.reach("sent:\(disk.intent ?? "check")")
     }
 
     /// Records the outcome of the pending intent; call after the side effect.
@@ -57,6 +64,7 @@ final class DiskLedger: @unchecked Sendable {
                                        detail: "\(action): \(detail)"),
                        at: Date())
         disk = updated
+        CrashPoint.reach("outcome:\(action)")
     }
 
     /// Appends a note to the timeline (no state change).

@@ -14,11 +14,13 @@ final class DiskWorkflow: @unchecked Sendable {
     let ledger: DiskLedger
     let session: any QMPSession
     let policy: Policy
+    let inspector: any ImageInspector
 
-    init(ledger: DiskLedger, session: any QMPSession, policy: Policy) {
+    init(ledger: DiskLedger, session: any QMPSession, policy: Policy, inspector: any ImageInspector) {
         self.ledger = ledger
         self.session = session
         self.policy = policy
+        self.inspector = inspector
     }
 
     private var disk: DiskRecord { ledger.disk }
@@ -26,8 +28,15 @@ final class DiskWorkflow: @unchecked Sendable {
     /// Runs the disk until it rests: completed, failed, rolled back or needing attention.
     /// A disk that starts `failed` is resumed once.
     func run() async throws {
-        if disk.state == .failed { try await resumeFailed() }
+        if disk.state == .failed || disk.state == .needsAttention {
+            do {
+                try await resumeFailed()
+            } catch let error as NeedsAttention {
+                try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+            }
+        }
         while true {
+            if Task.isCancelled { return }
             do {
                 switch disk.state {
                 case .pending: try await startSnapshot()
@@ -37,6 +46,8 @@ final class DiskWorkflow: @unchecked Sendable {
                 case .rollingBack: try await rollback()
                 case .completed, .failed, .rolledBack, .needsAttention: return
                 }
+            } catch is CancellationError {
+                return  // The plan is being cancelled: the next owner of the disk reconciles.
             } catch let error as NeedsAttention {
                 try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
             } catch let error as IllegalTransition {
@@ -46,8 +57,23 @@ final class DiskWorkflow: @unchecked Sendable {
             } catch let error as StoreFailure {
                 throw error
             } catch {
+                if Task.isCancelled { return }
                 try fail(because: describe(error))
             }
+        }
+    }
+
+    /// Turns a disk that is not final toward `rolled_back`: pending disks are simply
+    /// dropped; disks already retiring finish (their source may be gone); disks that
+    /// need attention are left to the operator.
+    func beginRollback(_ reason: String) throws {
+        switch disk.state {
+        case .pending:
+            try ledger.transition(to: .rolledBack, "\(reason): nothing had been done")
+        case .snapshotting, .streaming, .failed:
+            try ledger.transition(to: .rollingBack, reason)
+        case .retiring, .completed, .rollingBack, .rolledBack, .needsAttention:
+            return
         }
     }
 
@@ -99,6 +125,7 @@ final class DiskWorkflow: @unchecked Sendable {
     // MARK: - Snapshot
 
     private func startSnapshot() async throws {
+        if disk.source == nil { try await discoverSource() }
         let entry = try await locateDevice()
         guard let active = entry.inserted?.file, active == disk.source else {
             throw NeedsAttention(
@@ -107,6 +134,20 @@ final class DiskWorkflow: @unchecked Sendable {
         try DestinationCheck.refuseExisting(disk.destination)
         try ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
         try await takeSnapshot(entry)
+    }
+
+    /// A plan recorded with `submit --detach` learns its source now, with the same checks
+    /// as preflight at submission.
+    private func discoverSource() async throws {
+        let vm = Plan.VM(name: disk.vmName, qmp: disk.qmpSocket, disks: [])
+        let found = try Preflight.check(
+            Plan.Disk(device: disk.device, destination: disk.destination), of: vm, in: try await session.queryBlock(),
+            name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
+        try ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
+            $0.source = found.source
+            $0.sourceFormat = found.sourceFormat
+            $0.qmpDevice = found.qmpDevice
+        }
     }
 
     /// Records the intent, sends `blockdev-snapshot-sync`, then records what QEMU shows.
@@ -118,6 +159,7 @@ final class DiskWorkflow: @unchecked Sendable {
             try await session.blockdevSnapshotSync(
                 target: try target(entry), snapshotFile: disk.destination, snapshotNodeName: disk.destinationNodeName,
                 mode: "absolute-paths")
+            ledger.sent()
         } catch let error as QMPCommandError {
             // QEMU switched nothing; remove what it may have created, and fail.
             try await reconcileFailedSnapshot(error.description)
@@ -153,6 +195,7 @@ final class DiskWorkflow: @unchecked Sendable {
             }
             try ledger.transition(to: .streaming, "destination overlay active")
         case disk.source?:
+            try refuseSplitBrain(activeImage: disk.source ?? "")
             removeDestinationIfOurs()
             try ledger.outcome("the snapshot had not happened; retrying") { $0.destinationCreated = false }
             try DestinationCheck.refuseExisting(disk.destination)
@@ -160,6 +203,23 @@ final class DiskWorkflow: @unchecked Sendable {
         default:
             throw NeedsAttention(
                 description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
+        }
+    }
+
+    /// The VM runs on the source; if the destination exists with writes of its own, they
+    /// are newer than the source (a VM restarted on the wrong image): touch nothing.
+    private func refuseSplitBrain(activeImage: String) throws {
+        var info = stat()
+        guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return }
+        let holdsWrites: Bool
+        do {
+            holdsWrites = try inspector.hasOwnData(disk.destination)
+        } catch {
+            throw NeedsAttention(description: "the VM runs on \(activeImage) and \(disk.destination) exists but cannot be inspected (\(describe(error))); touching neither")
+        }
+        if holdsWrites {
+            throw NeedsAttention(
+                description: "split brain: the VM runs on \(activeImage) but \(disk.destination) holds newer guest writes; neither image was touched. Stop the VM and start it on \(disk.destination) (never on \(disk.source ?? "the source")), then run livecopy recover; or, if the writes in \(disk.destination) must be discarded, delete it yourself")
         }
     }
 
@@ -188,6 +248,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 try ledger.intend("block-stream", "job \(jobId), speed \(policy.speed), on-error \(policy.onError.rawValue)")
                 try await session.blockStream(
                     device: try deviceName(entry), jobId: jobId, speed: policy.speed, onError: policy.onError.rawValue)
+                ledger.sent()
                 try ledger.outcome("job \(jobId) started")
             }
         }
@@ -253,6 +314,7 @@ final class DiskWorkflow: @unchecked Sendable {
                     throw NeedsAttention(description: "cannot rename \(source): \(String(cString: strerror(errno)))")
                 }
             }
+            ledger.sent()
             try ledger.outcome("source renamed")
             try ledger.transition(to: .completed, "source retired to \(retired)")
         case .delete:
@@ -260,6 +322,7 @@ final class DiskWorkflow: @unchecked Sendable {
             if unlink(source) != 0 && errno != ENOENT {
                 throw NeedsAttention(description: "cannot delete \(source): \(String(cString: strerror(errno)))")
             }
+            ledger.sent()
             try ledger.outcome("source deleted")
             try ledger.transition(to: .completed, "source \(source) deleted")
         }
@@ -267,7 +330,7 @@ final class DiskWorkflow: @unchecked Sendable {
 
     // MARK: - Failed disks
 
-    /// Picks up a failed disk where reality says it is.
+    /// Picks up a failed disk, or one that needed attention, where reality says it is.
     private func resumeFailed() async throws {
         if try await job(disk.commitJobId) != nil {
             try ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
@@ -291,41 +354,53 @@ final class DiskWorkflow: @unchecked Sendable {
     // MARK: - Rollback
 
     /// Commits the destination back into the source, pivots the VM to the source, and
-    /// deletes the destination if livecopy created it.
+    /// deletes the destination if livecopy created it. Re-entrant: each step first
+    /// looks at QEMU's jobs and the VM's active image.
     private func rollback() async throws {
         if let stream = try await job(disk.streamJobId) {
             if stream.status != "concluded" {
                 try ledger.intend("block-job-cancel", "job \(disk.streamJobId)")
                 try await session.blockJobCancel(jobId: disk.streamJobId, force: true)
+                ledger.sent()
             }
             _ = try await watch(jobId: disk.streamJobId, ready: nil)
-            try ledger.outcome("stream job cancelled and dismissed")
+            try ledger.outcome("stream job \(disk.streamJobId) ended and dismissed")
         }
         let commitId = disk.commitJobId
         if try await job(commitId) == nil {
             let entry = try await locateDevice()
             if entry.inserted?.file == disk.source {
+                // Either the pivot is done (the intent to delete says so, or nothing was
+                // ever written to the destination) or the VM was restarted on its source.
+                if disk.intent != "delete" { try refuseSplitBrain(activeImage: disk.source ?? "the source") }
                 try finishRollback()
                 return
             }
             guard entry.inserted?.file == disk.destination, let source = disk.source else {
-                throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image")")
+                throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
             }
             guard let base = try await session.queryNamedBlockNodes().first(where: { $0.file == source }) else {
-                throw NeedsAttention(description: "rollback: no block node opens the source \(source) any more; the destination holds all data")
+                throw NeedsAttention(description: "rollback: no block node opens the source \(source) any more; \(disk.destination) holds all data")
             }
             try ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
             try await session.blockCommit(device: try deviceName(entry), jobId: commitId, baseNode: base.nodeName, speed: 0)
+            ledger.sent()
             try ledger.outcome("commit job started")
         }
         let session = self.session
         let ledger = self.ledger
         let error = try await watch(jobId: commitId) {
             try ledger.intend("block-job-complete", "pivot to the source")
-            try await session.blockJobComplete(jobId: commitId)
+            do {
+                try await session.blockJobComplete(jobId: commitId)
+            } catch let error as QMPCommandError {
+                // Already completing (asked before a crash): the job's conclusion tells.
+                try ledger.note("block-job-complete: \(error.desc)")
+            }
+            ledger.sent()
             try ledger.outcome("pivot requested")
         }
-        if let error { throw NeedsAttention(description: "rollback commit job \(commitId) failed: \(error)") }
+        if let error { throw NeedsAttention(description: "rollback commit job \(commitId) failed: \(error); \(disk.destination) still holds the newest writes") }
         let entry = try await locateDevice()
         guard entry.inserted?.file == disk.source else {
             throw NeedsAttention(description: "after the rollback the VM is on \(entry.inserted?.file ?? "no image"), not on the source")
@@ -333,11 +408,15 @@ final class DiskWorkflow: @unchecked Sendable {
         try finishRollback()
     }
 
+    /// The VM is on its source with every write: delete the destination if ours.
     private func finishRollback() throws {
         if disk.destinationCreated {
-            try ledger.intend("delete", disk.destination)
-            unlink(disk.destination)
-            try ledger.outcome("destination deleted")
+            if disk.intent != "delete" { try ledger.intend("delete", disk.destination) }
+            if unlink(disk.destination) != 0 && errno != ENOENT {
+                throw NeedsAttention(description: "cannot delete \(disk.destination): \(String(cString: strerror(errno)))")
+            }
+            ledger.sent()
+            try ledger.outcome("destination deleted") { $0.destinationCreated = false }
         }
         try ledger.transition(to: .rolledBack, "the VM is back on \(disk.source ?? "the source") with every write")
     }

@@ -2,21 +2,39 @@ import Foundation
 import LivecopyModel
 import QMP
 
+/// What a run does with the disks it picks up.
+public enum RunMode: Sendable {
+    /// Carry every disk forward to `completed`.
+    case resume
+    /// Roll every disk that is not completed back to its source.
+    case rollback
+}
+
 /// The workflow engine: checks a plan, records it, and drives every disk of it to a
 /// final state, persisting each step through the store before going on.
 ///
 /// It sees QMP only through `QMPConnector`/`QMPSession` and SQLite only through
-/// `WorkflowStore`.
+/// `WorkflowStore`. One engine at a time drives a plan: it holds the plan's lease,
+/// renews it every second, and watches for a cancel request meanwhile.
 public final class Engine: @unchecked Sendable {
     private let store: any WorkflowStore
     private let observer: any EngineObserver
+    private let inspector: any ImageInspector
     private let sessions: VMSessions
+    private let me: PlanOwner
+
+    /// How long an owner may stay silent before its lease counts as abandoned.
+    public static let leaseTimeout: Double = 10
+    /// How often an owner renews its lease and looks for a cancel request.
+    public static let heartbeatInterval: Double = 1
 
     public init(store: any WorkflowStore, connector: any QMPConnector, observer: any EngineObserver = SilentObserver(),
-                commandTimeout: Double = 30) {
+                inspector: any ImageInspector = QemuImgInspector(), commandTimeout: Double = 30) {
         self.store = store
         self.observer = observer
+        self.inspector = inspector
         self.sessions = VMSessions(connector: connector, commandTimeout: commandTimeout)
+        self.me = PlanOwner(pid: getpid(), host: ProcessInfo.processInfo.hostName, heartbeat: Date())
     }
 
     /// Closes every QMP session the engine opened.
@@ -28,6 +46,11 @@ public final class Engine: @unchecked Sendable {
     /// with their sources discovered. Throws `PreflightError`.
     public func preflight(_ plan: Plan, policy: Policy) async throws -> [NewPlan.Disk] {
         try await Preflight(sessions: sessions, store: store).run(plan, policy: policy)
+    }
+
+    /// The checks that need no VM: destinations and other plans' claims. For `submit --detach`.
+    public func checkOffline(_ plan: Plan) throws {
+        try Preflight(sessions: sessions, store: store).checkOffline(plan)
     }
 
     /// Records a checked plan as `pending` (to be run later or now).
@@ -46,86 +69,199 @@ public final class Engine: @unchecked Sendable {
         return try store.insertPlan(new, at: Date()).0
     }
 
-    /// Drives plan `id` until every disk rests, and returns the plan in its new state.
-    public func run(planId: Int64) async throws -> PlanRecord {
-        guard var plan = try store.plan(id: planId) else { throw PreflightError("no plan \(planId)") }
-        if plan.state != .running {
-            let previous = plan.state
-            guard previous.canMove(to: .running) else {
-                throw PreflightError("plan \(planId) is \(previous.rawValue) and cannot run")
-            }
-            plan.state = .running
-            plan.error = nil
-            try store.save(plan: plan, expecting: previous,
-                           event: NewEvent(kind: .transition, from: previous.rawValue, to: PlanState.running.rawValue,
-                                           detail: "started by pid \(getpid())"),
-                           at: Date())
+    // MARK: - Ownership
+
+    /// Whether a lease holder is gone: silent for too long, or a dead process on this host.
+    public static func isGone(_ owner: PlanOwner, now: Date = Date()) -> Bool {
+        if now.timeIntervalSince(owner.heartbeat) > leaseTimeout { return true }
+        if owner.host == ProcessInfo.processInfo.hostName {
+            return kill(owner.pid, 0) != 0 && errno == ESRCH
         }
-        let disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal && $0.state != .needsAttention }
-        let policy = plan.policy
-        var engineError: Error?
+        return false
+    }
+
+    /// Whether a live process other than this one drives plan `id`.
+    public func liveOwner(ofPlan id: Int64) throws -> PlanOwner? {
+        guard let owner = try store.owner(ofPlan: id), owner != me, !Self.isGone(owner) else { return nil }
+        return owner.pid == me.pid && owner.host == me.host ? nil : owner
+    }
+
+    // MARK: - Running
+
+    /// Drives plan `id` until every disk rests, and returns the plan in its new state.
+    /// `mode` rolls back instead of resuming; a cancel request (from `livecopy cancel`)
+    /// seen meanwhile stops the forward work and rolls back too.
+    public func run(planId: Int64, mode: RunMode = .resume) async throws -> PlanRecord {
+        guard let plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
+        guard !plan.state.isFinal else { throw PreflightError("plan \(planId) is \(plan.state.rawValue) already") }
+        if let previous = try store.acquireLease(planId: planId, owner: me, isGone: { Self.isGone($0) }) {
+            observer.note(nil, "plan \(planId): took over from \(previous), which is gone")
+        }
+        defer { try? store.releaseLease(planId: planId, owner: me) }
+        try movePlan(planId, to: .running, detail: "driven by \(me)")
+
+        let cancelled = CancelFlag()
+        let forward = Task { () -> Error? in
+            if mode == .rollback || (try? self.store.isCancelRequested(planId: planId)) == true { return nil }
+            return await self.driveDisks(planId: planId, policy: plan.policy) { try await $0.run() }
+        }
+        let heartbeat = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(Self.heartbeatInterval))
+                if Task.isCancelled { break }
+                _ = try? self.store.renewLease(planId: planId, owner: self.me, at: Date())
+                if (try? self.store.isCancelRequested(planId: planId)) == true, !cancelled.isSet {
+                    cancelled.set()
+                    self.observer.note(nil, "plan \(planId): cancel requested; rolling back")
+                    forward.cancel()
+                }
+            }
+        }
+        let forwardError = await forward.value
+        var rollbackError: Error?
+        let cancelRequested = try store.isCancelRequested(planId: planId)
+        if mode == .rollback || cancelled.isSet || cancelRequested {
+            let reason = mode == .rollback ? "rollback requested" : "plan cancelled"
+            rollbackError = await driveDisks(planId: planId, policy: plan.policy) { workflow in
+                try workflow.beginRollback(reason)
+                try await workflow.run()
+            }
+        }
+        heartbeat.cancel()
+        if let error = forwardError ?? rollbackError { throw error }
+        let final = try finish(planId: planId)
+        CrashPoint.reach("plan:\(final.state.rawValue)")
+        return final
+    }
+
+    /// A flag set once, read from several tasks.
+    private final class CancelFlag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = false
+        var isSet: Bool { lock.withLock { value } }
+        func set() { lock.withLock { value = true } }
+    }
+
+    /// Runs `step` for every disk of the plan that is not final, at most
+    /// `max_parallel_disks` at a time. Returns the first error that puts a record in doubt.
+    private func driveDisks(planId: Int64, policy: Policy, _ step: @escaping @Sendable (DiskWorkflow) async throws -> Void) async -> Error? {
+        let disks: [DiskRecord]
+        do {
+            disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal }
+        } catch {
+            return error
+        }
+        var firstError: Error?
         await withTaskGroup(of: Error?.self) { group in
             var running = 0
             for disk in disks {
                 if running == policy.maxParallelDisks {
-                    if let error = await group.next() ?? nil { engineError = engineError ?? error }
+                    if let error = await group.next() ?? nil { firstError = firstError ?? error }
                     running -= 1
                 }
-                group.addTask { await self.drive(disk, policy: policy) }
+                group.addTask { await self.drive(disk, policy: policy, step) }
                 running += 1
             }
-            for await error in group where error != nil { engineError = engineError ?? error }
+            for await error in group where error != nil { firstError = firstError ?? error }
         }
-        if let engineError { throw engineError }
-        return try finish(planId: planId)
+        return firstError
     }
 
-    /// Drives one disk; returns an error only when the record itself is in doubt.
-    private func drive(_ disk: DiskRecord, policy: Policy) async -> Error? {
+    /// Drives one disk; returns an error only when the record itself is in doubt. A VM
+    /// that cannot be reached leaves the disk's state as it is (the plan is interrupted).
+    private func drive(_ disk: DiskRecord, policy: Policy, _ step: (DiskWorkflow) async throws -> Void) async -> Error? {
         let ledger = DiskLedger(disk: disk, store: store, observer: observer)
         do {
             let session: any QMPSession
             do {
                 session = try await sessions.session(for: disk.qmpSocket)
             } catch {
-                let reason = "VM '\(disk.vmName)' unreachable: \(describe(error))"
-                if disk.state.canMove(to: .failed) {
-                    try ledger.transition(to: .failed, reason) { $0.error = reason }
-                } else {
-                    try ledger.note(reason)
-                }
+                if Task.isCancelled { return nil }
+                let boot = disk.bootImage.map { "; start it on \($0)" } ?? ""
+                try ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
                 return nil
             }
-            try await DiskWorkflow(ledger: ledger, session: session, policy: policy).run()
+            try await step(DiskWorkflow(ledger: ledger, session: session, policy: policy, inspector: inspector))
+            return nil
+        } catch is CancellationError {
             return nil
         } catch {
             return error
         }
     }
 
+    /// Moves the plan through the plan transition table (a no-op if already there).
+    private func movePlan(_ planId: Int64, to next: PlanState, detail: String) throws {
+        guard var plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
+        let previous = plan.state
+        guard previous != next else { return }
+        guard previous.canMove(to: next) else {
+            throw IllegalTransition(subject: "plan \(planId)", from: previous.rawValue, to: next.rawValue)
+        }
+        plan.state = next
+        plan.finishedAt = next.isFinal ? Date() : nil
+        if next == .running { plan.error = nil }
+        if next != .running {
+            let disks = try store.disks(ofPlan: planId)
+            let troubled = disks.filter { $0.error != nil && $0.state != .completed && $0.state != .rolledBack }
+            plan.error = troubled.isEmpty ? nil
+                : troubled.map { "\($0.vmName)/\($0.device): \($0.error ?? "")" }.joined(separator: "; ")
+        }
+        try store.save(plan: plan, expecting: previous,
+                       event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
+                       at: Date())
+        CrashPoint.reach("plan:\(next.rawValue)")
+    }
+
     /// Sets the plan's state from its disks' states.
     private func finish(planId: Int64) throws -> PlanRecord {
-        guard var plan = try store.plan(id: planId) else { throw PreflightError("no plan \(planId)") }
         let disks = try store.disks(ofPlan: planId)
         let outcome = PlanState.outcome(of: disks.map(\.state))
-        let previous = plan.state
-        guard previous != outcome else { return plan }
-        plan.state = outcome
-        plan.finishedAt = outcome.isFinal ? Date() : nil
-        let troubled = disks.filter { $0.error != nil && $0.state != .completed && $0.state != .rolledBack }
-        plan.error = troubled.isEmpty ? nil
-            : troubled.map { "\($0.vmName)/\($0.device): \($0.error ?? "")" }.joined(separator: "; ")
-        try store.save(plan: plan, expecting: previous,
-                       event: NewEvent(kind: .transition, from: previous.rawValue, to: outcome.rawValue,
-                                       detail: "\(disks.filter { $0.state == .completed }.count) of \(disks.count) disk(s) completed"),
-                       at: Date())
+        let completed = disks.filter { $0.state == .completed }.count
+        try movePlan(planId, to: outcome, detail: "\(completed) of \(disks.count) disk(s) completed")
+        guard let plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
         return plan
     }
 }
 
 extension Engine {
-    /// The checks that need no VM: destinations and other plans' claims. For `submit --detach`.
-    public func checkOffline(_ plan: Plan) throws {
-        try Preflight(sessions: sessions, store: store).checkOffline(plan)
+    /// What QEMU and the files say about each disk of a plan that is not final, in one
+    /// line per disk, without changing anything. `recover` prints it before acting.
+    public func reconciliationReport(planId: Int64) async throws -> [(disk: DiskRecord, finding: String)] {
+        var report: [(disk: DiskRecord, finding: String)] = []
+        for disk in try store.disks(ofPlan: planId) where !disk.state.isFinal {
+            var recorded = "recorded \(disk.state.rawValue)"
+            if let intent = disk.intent { recorded += " (unfinished: \(intent))" }
+            let session: any QMPSession
+            do {
+                session = try await sessions.session(for: disk.qmpSocket)
+            } catch {
+                report.append((disk, "\(recorded); VM unreachable (\(describe(error))); it must boot from \(bootImage(of: disk))"))
+                continue
+            }
+            do {
+                let devices = try await session.queryBlock()
+                let names = [disk.qmpDevice, disk.device].compactMap { $0 }
+                let entry = devices.first { device in names.contains { device.device == $0 || device.qdev == $0 } }
+                let image = entry?.inserted.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
+                    ?? "device not found"
+                let jobs = try await session.queryJobs().filter { $0.id == disk.streamJobId || $0.id == disk.commitJobId }
+                let jobText = jobs.isEmpty ? "no livecopy job" : jobs.map { "job \($0.id) \($0.status)" }.joined(separator: ", ")
+                report.append((disk, "\(recorded); \(image); \(jobText)"))
+            } catch {
+                report.append((disk, "\(recorded); QEMU did not answer (\(describe(error)))"))
+            }
+        }
+        return report
+    }
+
+    /// The image a disk's VM must be started from if it is restarted now, looking at
+    /// the destination file when the record alone cannot tell.
+    public func bootImage(of disk: DiskRecord) -> String {
+        if let image = disk.bootImage { return image }
+        var info = stat()
+        guard lstat(disk.destination, &info) == 0, disk.destinationCreated else { return disk.source ?? "?" }
+        if (try? inspector.hasOwnData(disk.destination)) == false { return disk.source ?? "?" }
+        return disk.destination
     }
 }

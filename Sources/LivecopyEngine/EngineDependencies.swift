@@ -62,3 +62,43 @@ actor VMSessions {
         sessions = [:]
     }
 }
+
+/// Looks inside images on disk, to tell whether a destination overlay holds guest
+/// writes of its own before anything would delete it.
+public protocol ImageInspector: Sendable {
+    /// True when the qcow2 image at `path` has data allocated in its own layer (not in
+    /// its backing chain).
+    func hasOwnData(_ path: String) throws -> Bool
+}
+
+/// Asks `qemu-img map` (read-only, shared lock) which ranges the top layer holds.
+public struct QemuImgInspector: ImageInspector {
+    public init() {}
+
+    public func hasOwnData(_ path: String) throws -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["qemu-img", "map", "-U", "--output=json", "-f", "qcow2", path]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0,
+              let ranges = try? JSONDecoder().decode([MapRange].self, from: data) else {
+            throw InspectionFailed(path: path)
+        }
+        return ranges.contains { $0.depth == 0 && $0.data }
+    }
+
+    private struct MapRange: Decodable {
+        let depth: Int
+        let data: Bool
+    }
+
+    struct InspectionFailed: Error, CustomStringConvertible {
+        let path: String
+        var description: String { "cannot inspect \(path) with qemu-img map" }
+    }
+}

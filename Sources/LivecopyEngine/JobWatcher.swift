@@ -143,6 +143,7 @@ struct JobWatcher {
         guard let job else { throw JobWatchError.vanished(jobId) }
         callbacks.progress(job)
         try await session.jobDismiss(jobId: jobId)
+        CrashPoint.reach("sent:job-dismiss")
         return job.error
     }
 }

@@ -65,7 +65,7 @@ struct Preflight {
             }
             for disk in vm.disks {
                 let name = "VM '\(vm.name)' disk '\(disk.device)'"
-                let found = try check(disk, of: vm, in: devices, name: name, policy: policy)
+                let found = try Self.check(disk, of: vm, in: devices, name: name, policy: policy)
                 guard sources.insert(found.source ?? "").inserted else {
                     throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
                 }
@@ -75,7 +75,7 @@ struct Preflight {
         return disks
     }
 
-    private func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [BlockDeviceInfo], name: String, policy: Policy) throws -> NewPlan.Disk {
+    static func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [BlockDeviceInfo], name: String, policy: Policy) throws -> NewPlan.Disk {
         guard let entry = devices.first(where: { $0.device == disk.device })
             ?? devices.first(where: { $0.qdev == disk.device })
             ?? devices.first(where: { $0.inserted?.nodeName == disk.device })

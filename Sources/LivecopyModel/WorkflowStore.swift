@@ -28,6 +28,57 @@ public protocol WorkflowStore: AnyObject, Sendable {
 
     /// Appends an event that changes no row.
     func appendEvent(planId: Int64, diskId: Int64?, event: NewEvent, at: Date) throws
+
+    // MARK: Ownership and cancellation
+
+    /// The process that holds the plan's lease, if any.
+    func owner(ofPlan planId: Int64) throws -> PlanOwner?
+
+    /// Takes the plan's lease for `owner` when it is free or when `isGone` says its
+    /// holder is gone, in one transaction. Returns the holder taken over from, if any;
+    /// throws `LeaseHeld` when a live process holds it.
+    @discardableResult
+    func acquireLease(planId: Int64, owner: PlanOwner, isGone: (PlanOwner) -> Bool) throws -> PlanOwner?
+
+    /// Refreshes the lease's heartbeat; false when `owner` no longer holds it.
+    func renewLease(planId: Int64, owner: PlanOwner, at: Date) throws -> Bool
+
+    /// Gives the lease up if `owner` holds it.
+    func releaseLease(planId: Int64, owner: PlanOwner) throws
+
+    /// Records that the plan must be cancelled (rolled back).
+    func requestCancel(planId: Int64, at: Date) throws
+
+    func isCancelRequested(planId: Int64) throws -> Bool
+}
+
+/// A process that drives a plan: who it is and when it last said it is alive.
+public struct PlanOwner: Sendable, Equatable, CustomStringConvertible {
+    public let pid: Int32
+    public let host: String
+    public var heartbeat: Date
+
+    public init(pid: Int32, host: String, heartbeat: Date) {
+        self.pid = pid
+        self.host = host
+        self.heartbeat = heartbeat
+    }
+
+    public var description: String { "pid \(pid) on \(host)" }
+}
+
+/// The plan is driven by another live process.
+public struct LeaseHeld: Error, CustomStringConvertible, Sendable {
+    public let planId: Int64
+    public let owner: PlanOwner
+    public init(planId: Int64, owner: PlanOwner) {
+        self.planId = planId
+        self.owner = owner
+    }
+    public var description: String {
+        let age = String(format: "%.1f", Date().timeIntervalSince(owner.heartbeat))
+        return "plan \(planId) is owned by a live livecopy (\(owner), heartbeat \(age) s ago); use livecopy cancel \(planId) to stop it"
+    }
 }
 
 /// A compare-and-set write found the row in another state than expected.

@@ -78,6 +78,8 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
             return try queue.write(body)
         } catch let error as StoreConflict {
             throw error
+        } catch let error as LeaseHeld {
+            throw error
         } catch let error as DatabaseError {
             throw StoreError("database \(path): \(Self.reason(error))")
         }
@@ -212,7 +214,71 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         try write { db in try Self.insertEvent(db, planId: planId, diskId: diskId, event: event, at: at) }
     }
 
+    // MARK: - Ownership and cancellation
+
+    public func owner(ofPlan planId: Int64) throws -> PlanOwner? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT owner_pid, owner_host, owner_heartbeat FROM plans WHERE id = ?", arguments: [planId])
+                .flatMap(Self.owner)
+        }
+    }
+
+    public func acquireLease(planId: Int64, owner: PlanOwner, isGone: (PlanOwner) -> Bool) throws -> PlanOwner? {
+        try write { db in
+            guard let row = try Row.fetchOne(
+                db, sql: "SELECT owner_pid, owner_host, owner_heartbeat FROM plans WHERE id = ?", arguments: [planId])
+            else { throw StoreError("no plan with id \(planId)") }
+            let current = Self.owner(row)
+            if let current, current.pid != owner.pid || current.host != owner.host, !isGone(current) {
+                throw LeaseHeld(planId: planId, owner: current)
+            }
+            try db.execute(
+                sql: "UPDATE plans SET owner_pid = ?, owner_host = ?, owner_heartbeat = ? WHERE id = ?",
+                arguments: [owner.pid, owner.host, owner.heartbeat.timeIntervalSince1970, planId])
+            let detail = current.map { "lease taken over from \($0) by \(owner)" } ?? "lease taken by \(owner)"
+            try Self.insertEvent(db, planId: planId, diskId: nil, event: NewEvent(kind: .note, detail: detail), at: owner.heartbeat)
+            return current
+        }
+    }
+
+    public func renewLease(planId: Int64, owner: PlanOwner, at: Date) throws -> Bool {
+        try write { db in
+            try db.execute(
+                sql: "UPDATE plans SET owner_heartbeat = ? WHERE id = ? AND owner_pid = ? AND owner_host = ?",
+                arguments: [at.timeIntervalSince1970, planId, owner.pid, owner.host])
+            return db.changesCount == 1
+        }
+    }
+
+    public func releaseLease(planId: Int64, owner: PlanOwner) throws {
+        try write { db in
+            try db.execute(
+                sql: "UPDATE plans SET owner_pid = NULL, owner_host = NULL, owner_heartbeat = NULL WHERE id = ? AND owner_pid = ? AND owner_host = ?",
+                arguments: [planId, owner.pid, owner.host])
+        }
+    }
+
+    public func requestCancel(planId: Int64, at: Date) throws {
+        try write { db in
+            try db.execute(sql: "UPDATE plans SET cancel_requested = 1 WHERE id = ?", arguments: [planId])
+            try Self.insertEvent(db, planId: planId, diskId: nil,
+                                 event: NewEvent(kind: .note, detail: "cancel requested by pid \(getpid())"), at: at)
+        }
+    }
+
+    public func isCancelRequested(planId: Int64) throws -> Bool {
+        try read { db in
+            try Bool.fetchOne(db, sql: "SELECT cancel_requested FROM plans WHERE id = ?", arguments: [planId]) ?? false
+        }
+    }
+
     // MARK: - Rows
+
+    private static func owner(_ row: Row) -> PlanOwner? {
+        guard let pid = row["owner_pid"] as Int32?, let host = row["owner_host"] as String?,
+              let heartbeat = row["owner_heartbeat"] as Double? else { return nil }
+        return PlanOwner(pid: pid, host: host, heartbeat: Date(timeIntervalSince1970: heartbeat))
+    }
 
     private static func insertEvent(_ db: Database, planId: Int64, diskId: Int64?, event: NewEvent, at: Date) throws {
         try db.execute(

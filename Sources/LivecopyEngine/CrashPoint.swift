@@ -1,0 +1,45 @@
+import Foundation
+
+/// Named places in the workflow where a test can make livecopy die at once, to prove
+/// that recovery works from every persisted step boundary.
+///
+/// `LIVECOPY_CRASH_AT=<name>` makes the process `_exit(86)` the first time it reaches
+/// `<name>`. Names: `plan:<state>` after a plan transition is written,
+/// `transition:<state>` after a disk transition is written, `intent:<action>` after an
+/// intent is written (just before its side effect), `sent:<action>` right after the
+/// side effect returned (before its outcome is written), `outcome:<action>` after the
+/// outcome is written.
+public enum CrashPoint {
+    /// The exit status of a deliberate crash.
+    public static let exitStatus: Int32 = 86
+
+    private static let target = ProcessInfo.processInfo.environment["LIVECOPY_CRASH_AT"]
+
+    /// Every crash point of a forward copy with `retire_source: rename`, in the order a disk reaches them.
+    public static let forwardNames = [
+        "plan:running",
+        "transition:snapshotting", "intent:blockdev-snapshot-sync", "sent:blockdev-snapshot-sync",
+        "outcome:blockdev-snapshot-sync", "transition:streaming",
+        "intent:block-stream", "sent:block-stream", "outcome:block-stream", "sent:job-dismiss",
+        "transition:retiring", "intent:rename", "sent:rename", "outcome:rename", "transition:completed",
+        "plan:completed",
+    ]
+
+    /// The crash points of a rollback that had to commit (cancel after the snapshot).
+    public static let rollbackNames = [
+        "transition:rolling_back", "intent:block-job-cancel", "sent:block-job-cancel", "outcome:block-job-cancel",
+        "intent:block-commit", "sent:block-commit", "outcome:block-commit",
+        "intent:block-job-complete", "sent:block-job-complete", "outcome:block-job-complete",
+        "intent:delete", "sent:delete", "outcome:delete", "transition:rolled_back", "plan:rolled_back",
+    ]
+
+    /// Every name, for tests.
+    public static var names: [String] { forwardNames + rollbackNames }
+
+    /// Dies here if this is the point named by `LIVECOPY_CRASH_AT`.
+    static func reach(_ name: String) {
+        guard let target, target == name else { return }
+        FileHandle.standardError.write(Data("livecopy: crash point \(name) reached (LIVECOPY_CRASH_AT)\n".utf8))
+        _exit(exitStatus)
+    }
+}
