@@ -379,13 +379,23 @@ final class DiskWorkflow: @unchecked Sendable {
             guard entry.inserted?.file == disk.destination, let source = disk.source else {
                 throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
             }
-            guard let base = try await session.queryNamedBlockNodes().first(where: { $0.file == source }) else {
-                throw NeedsAttention(description: "rollback: no block node opens the source \(source) any more; \(disk.destination) holds all data")
+            if entry.inserted?.backingFile == source,
+               let base = try await session.queryNamedBlockNodes().first(where: { $0.file == source }) {
+                try ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
+                try await session.blockCommit(device: try deviceName(entry), jobId: commitId, baseNode: base.nodeName, speed: 0)
+                ledger.sent()
+                try ledger.outcome("commit job started")
+            } else {
+                // The stream already finished: the destination stands alone. Mirror it back
+                // into the source file, which still holds the old data and its own chain.
+                guard FileManager.default.fileExists(atPath: source), let format = disk.sourceFormat else {
+                    throw NeedsAttention(description: "rollback: \(disk.destination) stands alone and the source \(source) is gone; \(disk.destination) holds all data")
+                }
+                try ledger.intend("drive-mirror", "job \(commitId): \(disk.destination) back into \(source)")
+                try await session.driveMirrorToExisting(device: try deviceName(entry), jobId: commitId, target: source, format: format)
+                ledger.sent()
+                try ledger.outcome("mirror job started")
             }
-            try ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
-            try await session.blockCommit(device: try deviceName(entry), jobId: commitId, baseNode: base.nodeName, speed: 0)
-            ledger.sent()
-            try ledger.outcome("commit job started")
         }
         let session = self.session
         let ledger = self.ledger

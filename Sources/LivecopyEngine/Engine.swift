@@ -34,7 +34,7 @@ public final class Engine: @unchecked Sendable {
         self.observer = observer
         self.inspector = inspector
         self.sessions = VMSessions(connector: connector, commandTimeout: commandTimeout)
-        self.me = PlanOwner(pid: getpid(), host: ProcessInfo.processInfo.hostName, heartbeat: Date())
+        self.me = PlanOwner(pid: getpid(), host: Self.thisHost, heartbeat: Date())
     }
 
     /// Closes every QMP session the engine opened.
@@ -71,13 +71,31 @@ public final class Engine: @unchecked Sendable {
 
     // MARK: - Ownership
 
-    /// Whether a lease holder is gone: silent for too long, or a dead process on this host.
+    /// This host as lease records name it: the host name and the kernel's boot id, so a
+    /// lease left by a process before a reboot is never mistaken for a live one.
+    static let thisHost: String = {
+        let bootId = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines).prefix(8) ?? "unknown"
+        return "\(ProcessInfo.processInfo.hostName) boot \(bootId)"
+    }()
+
+    /// Whether a lease holder is gone. On this host (same boot) the process itself is
+    /// asked: a live owner keeps its plan even when stalled (stopped, swapped out), since
+    /// taking over would make two processes drive one disk. A holder elsewhere, or from
+    /// before a reboot, is gone once its heartbeat is older than `leaseTimeout`.
     public static func isGone(_ owner: PlanOwner, now: Date = Date()) -> Bool {
-        if now.timeIntervalSince(owner.heartbeat) > leaseTimeout { return true }
-        if owner.host == ProcessInfo.processInfo.hostName {
-            return kill(owner.pid, 0) != 0 && errno == ESRCH
+        if owner.host == thisHost {
+            return !isLivecopyProcess(owner.pid)
         }
-        return false
+        return now.timeIntervalSince(owner.heartbeat) > leaseTimeout
+    }
+
+    /// Whether `pid` is a running process of a livecopy binary (not a reused pid).
+    private static func isLivecopyProcess(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8) else { return true }
+        let own = (try? String(contentsOfFile: "/proc/self/comm", encoding: .utf8)) ?? ""
+        return name == own || name.contains("livecopy")
     }
 
     /// Whether a live process other than this one drives plan `id`.
@@ -101,6 +119,7 @@ public final class Engine: @unchecked Sendable {
         try movePlan(planId, to: .running, detail: "driven by \(me)")
 
         let cancelled = CancelFlag()
+        let lost = CancelFlag()
         let forward = Task { () -> Error? in
             if mode == .rollback || (try? self.store.isCancelRequested(planId: planId)) == true { return nil }
             return await self.driveDisks(planId: planId, policy: plan.policy) { try await $0.run() }
@@ -109,7 +128,12 @@ public final class Engine: @unchecked Sendable {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(Self.heartbeatInterval))
                 if Task.isCancelled { break }
-                _ = try? self.store.renewLease(planId: planId, owner: self.me, at: Date())
+                if (try? self.store.renewLease(planId: planId, owner: self.me, at: Date())) == false {
+                    lost.set()
+                    self.observer.note(nil, "plan \(planId): lease lost to another process; stopping")
+                    forward.cancel()
+                    break
+                }
                 if (try? self.store.isCancelRequested(planId: planId)) == true, !cancelled.isSet {
                     cancelled.set()
                     self.observer.note(nil, "plan \(planId): cancel requested; rolling back")
@@ -118,6 +142,10 @@ public final class Engine: @unchecked Sendable {
             }
         }
         let forwardError = await forward.value
+        if lost.isSet {
+            heartbeat.cancel()
+            throw PreflightError("plan \(planId): another livecopy took the plan over; this one stopped")
+        }
         var rollbackError: Error?
         let cancelRequested = try store.isCancelRequested(planId: planId)
         if mode == .rollback || cancelled.isSet || cancelRequested {

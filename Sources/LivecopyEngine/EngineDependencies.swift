@@ -89,12 +89,14 @@ public struct QemuImgInspector: ImageInspector {
               let ranges = try? JSONDecoder().decode([MapRange].self, from: data) else {
             throw InspectionFailed(path: path)
         }
-        return ranges.contains { $0.depth == 0 && $0.data }
+        // Allocated in the top layer: data, or zeroes the guest wrote over older data.
+        return ranges.contains { $0.depth == 0 && ($0.present ?? $0.data) }
     }
 
     private struct MapRange: Decodable {
         let depth: Int
         let data: Bool
+        let present: Bool?
     }
 
     struct InspectionFailed: Error, CustomStringConvertible {

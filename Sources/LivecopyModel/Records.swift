@@ -89,7 +89,10 @@ public struct DiskRecord: Sendable, Equatable {
     public var bootImage: String? {
         switch state {
         case .pending, .rolledBack: return source
-        case .snapshotting: return intent == nil ? source : nil  // unknown until reconciled with QEMU
+        case .snapshotting:
+            // With a snapshot under way the answer is QEMU's (or the destination file's) to give.
+            guard intent == nil else { return nil }
+            return destinationCreated ? destination : source
         case .streaming, .retiring, .completed, .failed: return destinationCreated ? destination : source
         case .rollingBack, .needsAttention: return nil
         }

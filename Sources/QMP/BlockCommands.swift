@@ -153,6 +153,15 @@ extension QMPSession {
         ])
     }
 
+    /// `drive-mirror` of `device`'s whole chain into the existing image `target`, as job
+    /// `jobId`; `block-job-complete` then pivots the device onto `target`.
+    public func driveMirrorToExisting(device: String, jobId: String, target: String, format: String) async throws {
+        try await execute("drive-mirror", [
+            "device": .string(device), "job-id": .string(jobId), "target": .string(target), "format": .string(format),
+            "mode": "existing", "sync": "full", "auto-dismiss": false,
+        ])
+    }
+
     public func blockJobComplete(jobId: String) async throws {
         try await execute("block-job-complete", ["device": .string(jobId)])
     }

@@ -67,6 +67,7 @@ struct RecoveryIntegrationTests {
             await rig.vm.stop()
 
             try rig.expectDestinationHoldsEverything(point)
+            try rig.expectUnbrokenTimeline(point)
             #expect(!FileManager.default.fileExists(atPath: rig.source), "[\(point)] the source is renamed away")
             #expect(FileManager.default.fileExists(atPath: rig.source + ".retired"), "[\(point)] the source is retired to .retired")
         }
@@ -117,6 +118,7 @@ struct RecoveryIntegrationTests {
         #expect(try await rig.streamJob() == nil, "the stream job is dismissed: \(context)")
         await rig.vm.stop()
         try rig.expectDestinationHoldsEverything(context)
+        try rig.expectUnbrokenTimeline(context)
         #expect(FileManager.default.fileExists(atPath: rig.source + ".retired"), "\(context)")
     }
 
@@ -428,6 +430,7 @@ struct RecoveryIntegrationTests {
             try await rig.write(slot: 3)
             await rig.vm.stop()
             try rig.expectSourceHoldsEverything(point)
+            try rig.expectUnbrokenTimeline(point)
         }
     }
 
@@ -681,6 +684,44 @@ struct RecoveryIntegrationTests {
         }
     }
 
+    // MARK: - 9b. recover --rollback from every crash point of the copy
+
+    /// Before the disk is `retiring`, a rollback brings the VM back to its source with
+    /// every write; from `retiring` on, the copy is past the point of no return and completes.
+    @Test(.timeLimit(.minutes(4)))
+    func recoverRollbackFromEveryCrashPoint() async throws {
+        let pointOfNoReturn = try #require(CrashPoint.forwardNames.firstIndex(of: "transition:retiring"))
+        for (index, point) in CrashPoint.forwardNames.enumerated() {
+            let rig = try Rig("lc-rbpoint", dataMiB: 8, policy: "retire_source: rename\nprogress_interval: 200ms\n")
+            defer { rig.scratch.remove() }
+            try await rig.write(slot: 0)
+            let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": point])
+            #expect(submit.status == Self.crashStatus, "[\(point)] submit: \(submit.stderr)")
+            try await rig.write(slot: 1)
+
+            let recover = try await rig.livecopy.run(["recover", "--rollback"])
+            let planId = try rig.planId()
+            let state = try rig.store().plan(id: planId)?.state
+            #expect(recover.status == 0, "[\(point)] recover --rollback: \(recover.status)\n\(recover.stderr)")
+            let active = try await rig.activeImage()
+            if index < pointOfNoReturn {
+                let error = try rig.store().disks(ofPlan: planId).first?.error ?? ""
+                #expect(state == .rolledBack, "[\(point)] plan is \(state?.rawValue ?? "?"): \(error)")
+                #expect(active.file == rig.source && active.backing == nil, "[\(point)] VM on \(active.file ?? "nil")")
+                #expect(!FileManager.default.fileExists(atPath: rig.destination), "[\(point)] the destination is deleted")
+            } else {
+                #expect(state == .completed, "[\(point)] past the point of no return the copy completes: \(state?.rawValue ?? "?")")
+            }
+            try await rig.write(slot: 2)
+            await rig.vm.stop()
+            if let image = active.file {
+                let result = try Self.verify(image, rig.expectedChecks)
+                #expect(result.ok, "[\(point)] the VM's image \(image) lacks data:\n\(result.output)")
+            }
+            try rig.expectUnbrokenTimeline(point)
+        }
+    }
+
     // MARK: - 10. Rolling back once the stream has concluded, before the disk moved on
 
     /// The stream has concluded and been dismissed but the disk is still recorded
@@ -850,6 +891,21 @@ struct RecoveryIntegrationTests {
             let store = try SQLiteStore(path: database)
             openedStore = store
             return store
+        }
+
+        /// The timeline of the plan and of each disk is one unbroken chain of transitions
+        /// (each starts where the previous ended): no step was recorded twice or skipped.
+        func expectUnbrokenTimeline(_ context: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let planId = try planId()
+            let transitions = try store().events(ofPlan: planId).filter { $0.kind == .transition }
+            for subject in Set(transitions.map(\.diskId)) {
+                let chain = transitions.filter { $0.diskId == subject }
+                let text = chain.map { "\($0.from ?? "∅")→\($0.to ?? "∅")" }.joined(separator: ", ")
+                for (previous, next) in zip(chain, chain.dropFirst()) {
+                    #expect(next.from == previous.to, "[\(context)] \(subject.map { "disk \($0)" } ?? "plan"): \(text)",
+                            sourceLocation: sourceLocation)
+                }
+            }
         }
 
         /// The id of the (only) plan.
