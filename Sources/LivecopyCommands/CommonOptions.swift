@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LivecopyModel
+import LivecopyEngine
 import LivecopyStore
 
 /// Options every subcommand takes.
@@ -37,8 +38,12 @@ enum ExitStatus {
     static let success: Int32 = 0
     /// A plan ended in another state than completed.
     static let planNotCompleted: Int32 = 1
-    /// Bad input, a refused plan, or an unusable database: nothing was touched.
+    /// Bad input, a refused plan, a plan owned by another process, or an unusable
+    /// database: nothing was touched.
     static let refused: Int32 = 2
+    /// The run stopped on an unexpected error after it had started; the plan is kept
+    /// and `livecopy recover` picks it up.
+    static let interrupted: Int32 = 3
 }
 
 /// Prints a one-line error to stderr and exits with `code`, for every failure a command
@@ -51,9 +56,21 @@ func reportingErrors(_ body: () async throws -> Int32) async throws {
         throw error
     } catch let error as CleanExit {
         throw error
-    } catch {
-        printError(oneLine(error))
+    } catch let error as InputError {
+        printError(error.message)
         throw ExitCode(ExitStatus.refused)
+    } catch let error as StoreError {
+        printError(error.message)
+        throw ExitCode(ExitStatus.refused)
+    } catch let error as LeaseHeld {
+        printError(error.description)
+        throw ExitCode(ExitStatus.refused)
+    } catch let error as PreflightError {
+        printError(error.description)
+        throw ExitCode(ExitStatus.refused)
+    } catch {
+        printError("\(oneLine(error)); the plan is kept: livecopy recover picks it up")
+        throw ExitCode(ExitStatus.interrupted)
     }
     if code != 0 { throw ExitCode(code) }
 }

@@ -7,9 +7,9 @@ public struct LivecopyCommand: AsyncParsableCommand {
         commandName: "livecopy",
         abstract: "Live block copy orchestrator for QEMU virtual machines.",
         discussion: """
-            Moves running VMs' disks to new qcow2 images with QEMU's image streaming: snapshot onto the
-            destination, stream the source into it, watch the job, retire the source. Every step is kept
-            in SQLite, so an interrupted plan can be resumed or rolled back.
+            Moves running VMs' disks to new qcow2 images with QEMU's image streaming: snapshot onto the \
+            destination, stream the source into it, watch the job, retire the source. Every step is kept \
+            in SQLite, so an interrupted plan can be resumed or rolled back (livecopy recover, livecopy cancel).
             """,
         subcommands: [Submit.self, Run.self, Recover.self, Cancel.self, Status.self, History.self, Show.self])
 

@@ -10,7 +10,7 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Option(help: ArgumentHelp("Run only this plan (pending or failed).", valueName: "id"))
+    @Option(help: ArgumentHelp("Run only this plan (any state that is not final), reconciling it with QEMU first.", valueName: "id"))
     var plan: Int64?
 
     func run() async throws {

@@ -2,6 +2,13 @@ import Foundation
 import LivecopyModel
 import QMP
 
+/// This process's lease on a plan was taken over (it stalled past the lease timeout
+/// while another host's livecopy took the plan); it stopped driving the plan.
+public struct LeaseLost: Error, CustomStringConvertible {
+    public let planId: Int64
+    public var description: String { "plan \(planId): another livecopy took the plan over; this one stopped driving it" }
+}
+
 /// What a run does with the disks it picks up.
 public enum RunMode: Sendable {
     /// Carry every disk forward to `completed`.
@@ -144,7 +151,7 @@ public final class Engine: @unchecked Sendable {
         let forwardError = await forward.value
         if lost.isSet {
             heartbeat.cancel()
-            throw PreflightError("plan \(planId): another livecopy took the plan over; this one stopped")
+            throw LeaseLost(planId: planId)
         }
         var rollbackError: Error?
         let cancelRequested = try store.isCancelRequested(planId: planId)

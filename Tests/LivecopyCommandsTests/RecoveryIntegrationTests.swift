@@ -434,6 +434,78 @@ struct RecoveryIntegrationTests {
         }
     }
 
+    // MARK: - 7b. A rollback by mirror (the stream had concluded) interrupted at every step
+
+    @Test(.timeLimit(.minutes(3)))
+    func recoverResumesAMirrorRollbackInterruptedAtEveryStep() async throws {
+        let points = ["transition:rolling_back", "intent:drive-mirror", "sent:drive-mirror", "outcome:drive-mirror",
+                      "intent:block-job-complete", "sent:block-job-complete", "outcome:block-job-complete",
+                      "sent:job-dismiss", "intent:delete", "sent:delete", "outcome:delete", "transition:rolled_back"]
+        for point in points {
+            let rig = try Rig("lc-mirror", dataMiB: 8, policy: "retire_source: rename\nprogress_interval: 200ms\n")
+            defer { rig.scratch.remove() }
+            try await rig.write(slot: 0)
+            // The stream has concluded and been dismissed: the destination stands alone.
+            let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": "sent:job-dismiss"])
+            #expect(submit.status == Self.crashStatus, "[\(point)] submit: \(submit.stderr)")
+            try await rig.write(slot: 1)  // into the destination only
+            let planId = try rig.planId()
+
+            let cancel = try await rig.livecopy.run(["cancel", String(planId)], environment: ["LIVECOPY_CRASH_AT": point])
+            #expect(cancel.status == Self.crashStatus, "[\(point)] cancel should stop there: \(cancel.status)\n\(cancel.stderr)")
+            try await rig.write(slot: 2)  // wherever the VM is now
+
+            let recover = try await rig.livecopy.run(["recover"])
+            #expect(recover.status == 0, "[\(point)] recover: \(recover.status)\n\(recover.stderr)")
+            let disk = try rig.store().disks(ofPlan: planId).first
+            #expect(disk?.state == .rolledBack, "[\(point)] disk is \(disk?.state.rawValue ?? "?"): \(disk?.error ?? "")")
+            let active = try await rig.activeImage()
+            #expect(active.file == rig.source && active.backing == nil, "[\(point)] VM on \(active.file ?? "nil")")
+            #expect(try await rig.vm.testMonitor().queryJobs().isEmpty, "[\(point)] no job is left behind")
+            #expect(!FileManager.default.fileExists(atPath: rig.destination), "[\(point)] the destination is deleted")
+            try await rig.write(slot: 3)
+            await rig.vm.stop()
+            try rig.expectSourceHoldsEverything(point)
+            try rig.expectUnbrokenTimeline(point)
+        }
+    }
+
+    // MARK: - 7c. Crash between the commit job's dismissal and its record
+
+    /// After a host reboot the VM runs on the destination with no stream job; cancel
+    /// commits it back, pivots, dismisses the commit job, and dies before recording it.
+    /// The VM is then on its source with every write: not a split brain.
+    @Test(.timeLimit(.minutes(2)))
+    func aCrashJustAfterTheCommitJobIsDismissedIsNotASplitBrain() async throws {
+        let rig = try Rig("lc-dismissed", dataMiB: 16, policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
+        defer { rig.scratch.remove() }
+        try await rig.write(slot: 0)
+        let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": "outcome:block-stream"])
+        #expect(submit.status == Self.crashStatus, "submit: \(submit.stderr)")
+        try await rig.write(slot: 1)
+        rig.vm.kill()
+        rig.vm = try QEMUVirtualMachine(name: "vm", directory: rig.scratch.url, drives: [(id: "drive0", image: rig.destination, format: "qcow2")])
+        try await rig.write(slot: 2)
+        let planId = try rig.planId()
+
+        // The first job this cancel dismisses is its commit job, after the pivot.
+        let cancel = try await rig.livecopy.run(["cancel", String(planId)], environment: ["LIVECOPY_CRASH_AT": "sent:job-dismiss"])
+        #expect(cancel.status == Self.crashStatus, "cancel: \(cancel.status)\n\(cancel.stderr)")
+        let pivoted = try await rig.activeImage()
+        #expect(pivoted.file == rig.source, "the pivot happened before the crash")
+        try await rig.write(slot: 3)  // into the source
+
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status == 0, "recover: \(recover.status)\n\(recover.stderr)")
+        #expect(!recover.stderr.contains("never on \(rig.source)"), "livecopy must not advise leaving the image holding the newest writes:\n\(recover.stderr)")
+        let disk = try rig.store().disks(ofPlan: planId).first
+        #expect(disk?.state == .rolledBack, "disk is \(disk?.state.rawValue ?? "?"): \(disk?.error ?? "")")
+        #expect(!FileManager.default.fileExists(atPath: rig.destination), "the destination is deleted")
+        try await rig.write(slot: 4)
+        await rig.vm.stop()
+        try rig.expectSourceHoldsEverything("commit dismissed")
+    }
+
     // MARK: - 8. One owner at a time
 
     @Test(.timeLimit(.minutes(2)))
