@@ -30,7 +30,8 @@ struct Cancel: AsyncParsableCommand {
             }
             guard !plan.state.isFinal else { throw InputError("plan \(id) is \(plan.state.rawValue); there is nothing to cancel") }
             try store.requestCancel(planId: id, at: Date())
-            let engine = Engine(store: store, connector: RealQMPConnector(), observer: ProgressDisplay(),
+            let display = ProgressDisplay()
+            let engine = Engine(store: store, connector: RealQMPConnector(), observer: display,
                                 commandTimeout: plan.policy.commandTimeout)
             if let owner = try engine.liveOwner(ofPlan: id) {
                 printErr("livecopy: cancel of plan \(id) requested; its owner (\(owner)) rolls it back")
@@ -49,14 +50,7 @@ struct Cancel: AsyncParsableCommand {
                 }
             }
             printErr("livecopy: rolling back plan \(id)")
-            let final: PlanRecord
-            do {
-                final = try await engine.run(planId: id, mode: .rollback)
-            } catch {
-                await engine.shutdown()
-                throw error
-            }
-            await engine.shutdown()
+            let final = try await drive(engine, planId: id, mode: .rollback, display: display)
             _ = try report(final, store: store, json: false)
             return final.state == .rolledBack ? ExitStatus.success : ExitStatus.planNotCompleted
         }

@@ -92,3 +92,17 @@ func requirePlan(_ id: Int64, in store: SQLiteStore) throws -> PlanRecord {
     guard let plan = try store.plan(id: id) else { throw InputError("no plan with id \(id)") }
     return plan
 }
+
+/// Runs a plan with `engine` to its end, then closes the engine's QMP sessions and the
+/// progress display, whatever happened.
+func drive(_ engine: Engine, planId: Int64, mode: RunMode = .resume, display: ProgressDisplay) async throws -> PlanRecord {
+    defer { display.finish() }
+    do {
+        let final = try await engine.run(planId: planId, mode: mode)
+        await engine.shutdown()
+        return final
+    } catch {
+        await engine.shutdown()
+        throw error
+    }
+}

@@ -20,6 +20,7 @@ extension LivecopyCommand {
     /// Parses `arguments` and runs the chosen subcommand, returning the exit status
     /// instead of exiting: the executable's whole body, and callable from tests.
     public static func execute(_ arguments: [String]) async -> Int32 {
+        installInterruptMessage()
         do {
             var command = try parseAsRoot(arguments)
             if var asyncCommand = command as? AsyncParsableCommand {
@@ -42,4 +43,17 @@ extension LivecopyCommand {
             return code
         }
     }
+}
+
+/// On Ctrl-C or SIGTERM livecopy stops at once: every step is already persisted, and the
+/// QEMU jobs carry on. Say so, and how to pick the plan up again.
+private func installInterruptMessage() {
+    let handler: @convention(c) (Int32) -> Void = { signal in
+        // Only async-signal-safe calls here: a static string, write(2), _exit(2).
+        let message: StaticString = "\nlivecopy: interrupted; QEMU's jobs carry on and the plan is kept: livecopy recover resumes it, livecopy cancel ID rolls it back\n"
+        _ = write(STDERR_FILENO, message.utf8Start, message.utf8CodeUnitCount)
+        _exit(128 + signal)
+    }
+    signal(SIGINT, handler)
+    signal(SIGTERM, handler)
 }

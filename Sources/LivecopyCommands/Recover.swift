@@ -48,7 +48,6 @@ struct Recover: AsyncParsableCommand {
                 let display = ProgressDisplay()
                 let engine = Engine(store: store, connector: RealQMPConnector(), observer: display,
                                     commandTimeout: record.policy.commandTimeout)
-                defer { display.finish() }
                 if let owner = try engine.liveOwner(ofPlan: record.id) {
                     let message = "plan \(record.id) is driven by a live livecopy (\(owner)); not touching it"
                     if plan != nil { throw InputError(message) }
@@ -61,19 +60,12 @@ struct Recover: AsyncParsableCommand {
                 for (disk, finding) in try await engine.reconciliationReport(planId: record.id) {
                     printErr("  \(disk.vmName)/\(disk.device): \(finding)")
                 }
-                let final: PlanRecord
-                do {
-                    final = try await engine.run(planId: record.id, mode: mode)
-                } catch {
-                    await engine.shutdown()
-                    throw error
-                }
+                let final = try await drive(engine, planId: record.id, mode: mode, display: display)
                 let disks = try store.disks(ofPlan: record.id)
                 for disk in disks where disk.state != .completed && disk.state != .rolledBack {
                     printErr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? ""); "
-                             + "the VM must boot from \(engine.bootImage(of: disk))")
+                             + engine.bootAdvice(for: disk))
                 }
-                await engine.shutdown()
                 printErr("livecopy: plan \(record.id) \(final.state.rawValue)")
                 if final.state != .completed && final.state != .rolledBack { status = ExitStatus.planNotCompleted }
                 documents.append(PlanDocument(plan: final, disks: disks))

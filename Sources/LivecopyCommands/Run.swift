@@ -29,16 +29,7 @@ struct Run: AsyncParsableCommand {
                 let engine = Engine(store: store, connector: RealQMPConnector(), observer: display,
                                     commandTimeout: record.policy.commandTimeout)
                 printErr("livecopy: running plan \(record.id)\(record.name.map { " (\($0))" } ?? "")")
-                let final: PlanRecord
-                do {
-                    final = try await engine.run(planId: record.id)
-                } catch {
-                    await engine.shutdown()
-                    display.finish()
-                    throw error
-                }
-                await engine.shutdown()
-                display.finish()
+                let final = try await drive(engine, planId: record.id, display: display)
                 if try report(final, store: store, json: false) != ExitStatus.success {
                     status = ExitStatus.planNotCompleted
                 }

@@ -56,16 +56,7 @@ struct Submit: AsyncParsableCommand {
             }
             let record = try engine.record(plan, policy: policy, disks: disks)
             printErr("livecopy: plan \(record.id)\(plan.name.map { " (\($0))" } ?? ""): \(disks.count) disk(s), policy \(plan.policyReference ?? "default")")
-            let final: PlanRecord
-            do {
-                final = try await engine.run(planId: record.id)
-            } catch {
-                await engine.shutdown()
-                display.finish()
-                throw error
-            }
-            await engine.shutdown()
-            display.finish()
+            let final = try await drive(engine, planId: record.id, display: display)
             return try report(final, store: store, json: json)
         }
     }

@@ -37,15 +37,10 @@ final class DiskLedger: @unchecked Sendable {
 
     /// Records that `action` is about to be attempted; call before the side effect.
     func intend(_ action: String, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) throws {
-        var updated = disk
-        update(&updated)
-        updated.intent = action
-        try store.save(disk: updated, expecting: disk.state,
-                       event: NewEvent(kind: .intent, from: disk.state.rawValue, to: disk.state.rawValue,
-                                       detail: "\(action): \(detail)"),
-                       at: Date())
-        disk = updated
-        CrashPoint.reach("intent:\(action)")
+        try record(.intent, action: action, detail) {
+            update(&$0)
+            $0.intent = action
+        }
     }
 
     /// Marks the end of the side effect announced by the pending intent (for crash tests).
@@ -53,18 +48,26 @@ final class DiskLedger: @unchecked Sendable {
         CrashPoint.reach("sent:\(disk.intent ?? "check")")
     }
 
-    /// Records the outcome of the pending intent; call after the side effect.
-    func outcome(_ detail: String, update: (inout DiskRecord) -> Void = { _ in }) throws {
+    /// Records the outcome of the pending intent; call after the side effect. `next`
+    /// records the following intent in the same write, when the outcome proves it safe.
+    func outcome(_ detail: String, next: String? = nil, update: (inout DiskRecord) -> Void = { _ in }) throws {
+        try record(.outcome, action: disk.intent ?? "check", detail + (next.map { "; next: \($0)" } ?? "")) {
+            update(&$0)
+            $0.intent = next
+        }
+        if let next { CrashPoint.reach("intent:\(next)") }
+    }
+
+    /// Writes an intent or outcome: the disk's new columns and the event, in one transaction.
+    private func record(_ kind: EventKind, action: String, _ detail: String, update: (inout DiskRecord) -> Void) throws {
         var updated = disk
         update(&updated)
-        let action = updated.intent ?? "check"
-        updated.intent = nil
         try store.save(disk: updated, expecting: disk.state,
-                       event: NewEvent(kind: .outcome, from: disk.state.rawValue, to: disk.state.rawValue,
+                       event: NewEvent(kind: kind, from: disk.state.rawValue, to: disk.state.rawValue,
                                        detail: "\(action): \(detail)"),
                        at: Date())
         disk = updated
-        CrashPoint.reach("outcome:\(action)")
+        CrashPoint.reach("\(kind.rawValue):\(action)")
     }
 
     /// Appends a note to the timeline (no state change).

@@ -265,12 +265,17 @@ final class DiskWorkflow: @unchecked Sendable {
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
 
     private func watch(jobId: String, ready: (() async throws -> Void)?) async throws -> String? {
-        let ledger = self.ledger
         var callbacks = JobWatcher.Callbacks()
+        callbacks.ready = ready
+        return try await watch(jobId: jobId, callbacks: callbacks)
+    }
+
+    private func watch(jobId: String, callbacks given: JobWatcher.Callbacks) async throws -> String? {
+        let ledger = self.ledger
+        var callbacks = given
         callbacks.progress = { job in
             ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
         }
-        callbacks.ready = ready
         callbacks.ioError = { message in try? ledger.note("job \(jobId): \(message)") }
         let watcher = JobWatcher(session: session, jobId: jobId, pollInterval: policy.progressInterval, ioErrorWait: policy.ioErrorWait)
         do {
@@ -399,7 +404,9 @@ final class DiskWorkflow: @unchecked Sendable {
         }
         let session = self.session
         let ledger = self.ledger
-        let error = try await watch(jobId: commitId) {
+        let disk = self.disk
+        var callbacks = JobWatcher.Callbacks()
+        callbacks.ready = {
             try ledger.intend("block-job-complete", "pivot to the source")
             do {
                 try await session.blockJobComplete(jobId: commitId)
@@ -408,9 +415,19 @@ final class DiskWorkflow: @unchecked Sendable {
                 try ledger.note("block-job-complete: \(error.desc)")
             }
             ledger.sent()
-            try ledger.outcome("pivot requested")
         }
-        if let error { throw NeedsAttention(description: "rollback commit job \(commitId) failed: \(error); \(disk.destination) still holds the newest writes") }
+        callbacks.concluded = { error in
+            // Persist what the conclusion proves before job-dismiss erases it from QEMU.
+            guard error == nil else { return }
+            let devices = try await session.queryBlock()
+            let names = [disk.qmpDevice, disk.device].compactMap { $0 }
+            let active = devices.first { device in names.contains { device.device == $0 || device.qdev == $0 } }?.inserted?.file
+            if active == disk.source {
+                try ledger.outcome("the VM is on the source with every write", next: "delete")
+            }
+        }
+        let error = try await watch(jobId: commitId, callbacks: callbacks)
+        if let error { throw NeedsAttention(description: "rollback job \(commitId) failed: \(error); \(disk.destination) still holds the newest writes") }
         let entry = try await locateDevice()
         guard entry.inserted?.file == disk.source else {
             throw NeedsAttention(description: "after the rollback the VM is on \(entry.inserted?.file ?? "no image"), not on the source")

@@ -271,7 +271,7 @@ extension Engine {
             do {
                 session = try await sessions.session(for: disk.qmpSocket)
             } catch {
-                report.append((disk, "\(recorded); VM unreachable (\(describe(error))); it must boot from \(bootImage(of: disk))"))
+                report.append((disk, "\(recorded); VM unreachable (\(describe(error))); \(bootAdvice(for: disk))"))
                 continue
             }
             do {
@@ -291,12 +291,23 @@ extension Engine {
     }
 
     /// The image a disk's VM must be started from if it is restarted now, looking at
-    /// the destination file when the record alone cannot tell.
-    public func bootImage(of disk: DiskRecord) -> String {
+    /// the files when the record alone cannot tell; nil when nobody can tell (a pivot
+    /// back to the source was requested just before QEMU stopped, and the images differ).
+    public func bootImage(of disk: DiskRecord) -> String? {
         if let image = disk.bootImage { return image }
         var info = stat()
-        guard lstat(disk.destination, &info) == 0, disk.destinationCreated else { return disk.source ?? "?" }
-        if (try? inspector.hasOwnData(disk.destination)) == false { return disk.source ?? "?" }
+        guard lstat(disk.destination, &info) == 0, disk.destinationCreated else { return disk.source }
+        if disk.state == .rollingBack, let source = disk.source, let format = disk.sourceFormat {
+            let same = try? inspector.sameContents(source, format: format, disk.destination, format: "qcow2")
+            return same == true ? source : nil
+        }
+        if (try? inspector.hasOwnData(disk.destination)) == false { return disk.source }
         return disk.destination
+    }
+
+    /// `bootImage(of:)` as a sentence for the operator.
+    public func bootAdvice(for disk: DiskRecord) -> String {
+        if let image = bootImage(of: disk) { return "the VM must boot from \(image)" }
+        return "the VM must boot from an image nobody can name for sure: a pivot back to \(disk.source ?? "the source") was requested just before QEMU stopped; if `qemu-img compare` finds both images identical, use \(disk.source ?? "the source"), otherwise compare their contents before choosing"
     }
 }

@@ -69,6 +69,9 @@ public protocol ImageInspector: Sendable {
     /// True when the qcow2 image at `path` has data allocated in its own layer (not in
     /// its backing chain).
     func hasOwnData(_ path: String) throws -> Bool
+
+    /// True when the guest sees the same bytes in both images (formats given, never probed).
+    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool
 }
 
 /// Asks `qemu-img map` (read-only, shared lock) which ranges the top layer holds.
@@ -76,21 +79,32 @@ public struct QemuImgInspector: ImageInspector {
     public init() {}
 
     public func hasOwnData(_ path: String) throws -> Bool {
+        let (status, data) = try qemuImg(["map", "-U", "--output=json", "-f", "qcow2", path])
+        guard status == 0, let ranges = try? JSONDecoder().decode([MapRange].self, from: data) else {
+            throw InspectionFailed(path: path)
+        }
+        // Allocated in the top layer: data, or zeroes the guest wrote over older data.
+        return ranges.contains { $0.depth == 0 && ($0.present ?? $0.data) }
+    }
+
+    /// `qemu-img compare` exits 0 for identical contents and 1 for different ones.
+    public func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool {
+        let (status, _) = try qemuImg(["compare", "-U", "-f", firstFormat, "-F", secondFormat, first, second])
+        guard status == 0 || status == 1 else { throw InspectionFailed(path: "\(first) and \(second)") }
+        return status == 0
+    }
+
+    private func qemuImg(_ arguments: [String]) throws -> (Int32, Data) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["qemu-img", "map", "-U", "--output=json", "-f", "qcow2", path]
+        process.arguments = ["qemu-img"] + arguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        guard process.terminationStatus == 0,
-              let ranges = try? JSONDecoder().decode([MapRange].self, from: data) else {
-            throw InspectionFailed(path: path)
-        }
-        // Allocated in the top layer: data, or zeroes the guest wrote over older data.
-        return ranges.contains { $0.depth == 0 && ($0.present ?? $0.data) }
+        return (process.terminationStatus, data)
     }
 
     private struct MapRange: Decodable {

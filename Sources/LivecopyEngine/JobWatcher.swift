@@ -33,6 +33,9 @@ struct JobWatcher {
         var ready: (() async throws -> Void)?
         /// Called for `BLOCK_JOB_ERROR` and for a job paused by an I/O error.
         var ioError: (String) -> Void = { _ in }
+        /// Called with the concluded job's error before `job-dismiss`, so the caller can
+        /// persist what the conclusion proves while QEMU still shows the job.
+        var concluded: ((String?) async throws -> Void)?
     }
 
     private enum Signal {
@@ -142,6 +145,7 @@ struct JobWatcher {
         let job = try await session.queryJobs().first(where: { $0.id == jobId })
         guard let job else { throw JobWatchError.vanished(jobId) }
         callbacks.progress(job)
+        try await callbacks.concluded?(job.error)
         try await session.jobDismiss(jobId: jobId)
         CrashPoint.reach("sent:job-dismiss")
         return job.error

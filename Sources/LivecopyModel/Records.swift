@@ -94,7 +94,15 @@ public struct DiskRecord: Sendable, Equatable {
             guard intent == nil else { return nil }
             return destinationCreated ? destination : source
         case .streaming, .retiring, .completed, .failed: return destinationCreated ? destination : source
-        case .rollingBack, .needsAttention: return nil
+        case .rollingBack:
+            // Once the rollback job concluded on the source, "delete" is the intent; while a
+            // pivot may be under way nobody can tell without looking.
+            switch intent {
+            case "delete"?: return source
+            case "block-job-complete"?: return nil
+            default: return destinationCreated ? destination : source
+            }
+        case .needsAttention: return nil
         }
     }
 }

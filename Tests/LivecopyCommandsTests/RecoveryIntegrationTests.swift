@@ -506,6 +506,60 @@ struct RecoveryIntegrationTests {
         try rig.expectSourceHoldsEverything("commit dismissed")
     }
 
+    // MARK: - 7d. Host reboot in the middle of a rollback: livecopy's boot advice is right
+
+    /// cancel dies at a rollback step, the guest writes (flushed), then QEMU dies too. The
+    /// operator restarts the VM on the image livecopy names, and recover finishes the
+    /// rollback with every write in the source.
+    @Test(.timeLimit(.minutes(4)))
+    func afterAHostRebootMidRollbackTheAdvisedBootImageHoldsEveryWrite() async throws {
+        for point in CrashPoint.rollbackNames {
+            let rig = try Rig("lc-rbadvice", dataMiB: 24, policy: "speed: 8M\nretire_source: rename\nprogress_interval: 200ms\n")
+            defer { rig.scratch.remove() }
+            try await rig.write(slot: 0)
+            let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": "outcome:block-stream"])
+            #expect(submit.status == Self.crashStatus, "[\(point)] submit: \(submit.stderr)")
+            try await rig.write(slot: 1)
+            let planId = try rig.planId()
+            // Let the stream copy past the slots, so the destination's copies would shadow later writes.
+            let deadline = Date().addingTimeInterval(30)
+            while (try await rig.streamJob()?.currentProgress ?? 0) < 6 << 20 {
+                guard Date() < deadline else { throw WaitTimeout(what: "the stream passes 6 MiB") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let cancel = try await rig.livecopy.run(["cancel", String(planId)], environment: ["LIVECOPY_CRASH_AT": point])
+            #expect(cancel.status == Self.crashStatus, "[\(point)] cancel: \(cancel.stderr)")
+            try await rig.write(slot: 2)
+            let before = try await rig.activeImage().file ?? "?"
+            rig.vm.kill()
+
+            let down = try await rig.livecopy.run(["recover"])
+            let status = try await rig.livecopy.run(["status", String(planId), "--json"])
+            let recorded = (try? JSONDecoder().decode(PlanDocument.self, from: Data(status.stdout.utf8)))?.disks.first?.bootImage
+            let printed = down.stderr.components(separatedBy: "must boot from ").dropFirst().last
+                .map { String($0.prefix { !$0.isWhitespace && $0 != ";" && $0 != ")" }) }
+            if let recorded, let printed {
+                #expect(recorded == printed, "[\(point)] status says \(recorded), recover says \(printed)")
+            }
+            guard let advice = recorded ?? printed else {
+                Issue.record("[\(point)] livecopy names no boot image:\n\(down.stderr)\n\(status.stdout)")
+                continue
+            }
+            #expect(advice == before, "[\(point)] the VM ran on \(before) before the reboot, livecopy advises \(advice)\n\(down.stderr)")
+
+            rig.vm = try QEMUVirtualMachine(name: "vm", directory: rig.scratch.url, drives: [(id: "drive0", image: advice, format: "qcow2")])
+            let recover = try await rig.livecopy.run(["recover"])
+            #expect(recover.status == 0, "[\(point)] recover after restarting on \(advice): \(recover.stderr)")
+            let state = try rig.store().plan(id: planId)?.state
+            #expect(state == .rolledBack, "[\(point)] plan is \(state?.rawValue ?? "?")")
+            let active = try await rig.activeImage()
+            #expect(active.file == rig.source && active.backing == nil, "[\(point)] VM on \(active.file ?? "nil")")
+            try await rig.write(slot: 3)
+            await rig.vm.stop()
+            try rig.expectSourceHoldsEverything("\(point), booted from \(advice)")
+        }
+    }
+
     // MARK: - 8. One owner at a time
 
     @Test(.timeLimit(.minutes(2)))
