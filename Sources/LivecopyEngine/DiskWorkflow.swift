@@ -25,6 +25,9 @@ final class DiskWorkflow: @unchecked Sendable {
 
     private var disk: DiskRecord { ledger.disk }
 
+    /// The disk's state as last persisted.
+    var state: DiskState { ledger.disk.state }
+
     /// Runs the disk until it rests: completed, failed, rolled back or needing attention.
     /// A disk that starts `failed` is resumed once.
     func run() async throws {

@@ -157,16 +157,21 @@ public final class Engine: @unchecked Sendable {
         let cancelRequested = try store.isCancelRequested(planId: planId)
         if mode == .rollback || cancelled.isSet || cancelRequested {
             let reason = mode == .rollback ? "rollback requested" : "plan cancelled"
+            // Disks never started need no VM to be dropped.
+            for disk in try store.disks(ofPlan: planId) where disk.state == .pending {
+                try DiskLedger(disk: disk, store: store, observer: observer)
+                    .transition(to: .rolledBack, "\(reason): nothing had been done")
+            }
             rollbackError = await driveDisks(planId: planId, policy: plan.policy) { workflow in
                 try workflow.beginRollback(reason)
+                // Only disks now rolling back go on; one that needs attention stays put.
+                guard workflow.state == .rollingBack else { return }
                 try await workflow.run()
             }
         }
         heartbeat.cancel()
         if let error = forwardError ?? rollbackError { throw error }
-        let final = try finish(planId: planId)
-        CrashPoint.reach("plan:\(final.state.rawValue)")
-        return final
+        return try finish(planId: planId)
     }
 
     /// A flag set once, read from several tasks.
