@@ -74,7 +74,7 @@ let package = Package(
             ],
             path: "Tests/TestSupport"),
         .testTarget(name: "QMPTests", dependencies: ["QMP", "TestSupport"]),
-        .testTarget(name: "LivecopyModelTests", dependencies: ["LivecopyModel"]),
+        .testTarget(name: "LivecopyModelTests", dependencies: ["LivecopyModel", "TestSupport"]),
         .testTarget(
             name: "LivecopyStoreTests",
             dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift")]),
@@ -83,7 +83,10 @@ let package = Package(
             dependencies: ["LivecopyEngine", "LivecopyStore", "LivecopyModel", "QMP", "TestSupport"]),
         .testTarget(
             name: "LivecopyCommandsTests",
-            dependencies: ["LivecopyCommands", "LivecopyStore", "LivecopyModel", "QMP", "TestSupport", "livecopy"]),
+            dependencies: [
+                "LivecopyCommands", "LivecopyEngine", "LivecopyStore", "LivecopyModel", "QMP", "TestSupport", "livecopy",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -64,7 +64,7 @@ struct Recover: AsyncParsableCommand {
                 let disks = try store.disks(ofPlan: record.id)
                 for disk in disks where disk.state != .completed && disk.state != .rolledBack {
                     printErr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? ""); "
-                             + engine.bootAdvice(for: disk))
+                             + (await engine.bootAdvice(for: disk)))
                 }
                 printErr("livecopy: plan \(record.id) \(final.state.rawValue)")
                 if final.state != .completed && final.state != .rolledBack { status = ExitStatus.planNotCompleted }

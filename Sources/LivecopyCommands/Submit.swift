@@ -29,7 +29,7 @@ struct Submit: AsyncParsableCommand {
 
             if detach {
                 let engine = Engine(store: store, connector: RealQMPConnector(), commandTimeout: policy.commandTimeout)
-                try engine.checkOffline(plan)
+                try engine.checkOffline(plan, policy: policy)
                 let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map {
                     NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device,
                                  destination: $0.disk.destination)

@@ -30,7 +30,7 @@ public enum CrashPoint {
         "transition:rolling_back", "intent:block-job-cancel", "sent:block-job-cancel", "outcome:block-job-cancel",
         "intent:block-commit", "sent:block-commit", "outcome:block-commit",
         "intent:block-job-complete", "sent:block-job-complete", "outcome:block-job-complete",
-        "intent:delete", "sent:delete", "outcome:delete", "transition:rolled_back", "plan:rolled_back",
+        "intent:delete-destination", "sent:delete-destination", "outcome:delete-destination", "transition:rolled_back", "plan:rolled_back",
     ]
 
     /// Every name, for tests.

@@ -15,12 +15,15 @@ final class DiskWorkflow: @unchecked Sendable {
     let session: any QMPSession
     let policy: Policy
     let inspector: any ImageInspector
+    let creator: any DestinationCreator
 
-    init(ledger: DiskLedger, session: any QMPSession, policy: Policy, inspector: any ImageInspector) {
+    init(ledger: DiskLedger, session: any QMPSession, policy: Policy, inspector: any ImageInspector,
+         creator: any DestinationCreator) {
         self.ledger = ledger
         self.session = session
         self.policy = policy
         self.inspector = inspector
+        self.creator = creator
     }
 
     private var disk: DiskRecord { ledger.disk }
@@ -67,15 +70,18 @@ final class DiskWorkflow: @unchecked Sendable {
     }
 
     /// Turns a disk that is not final toward `rolled_back`: pending disks are simply
-    /// dropped; disks already retiring finish (their source may be gone); disks that
-    /// need attention are left to the operator.
+    /// dropped; disks already retiring finish (their source may be gone); the others
+    /// roll back, each step of which first checks that it is safe.
     func beginRollback(_ reason: String) throws {
         switch disk.state {
         case .pending:
             try ledger.transition(to: .rolledBack, "\(reason): nothing had been done")
         case .snapshotting, .streaming, .failed:
             try ledger.transition(to: .rollingBack, reason)
-        case .retiring, .completed, .rollingBack, .rolledBack, .needsAttention:
+        case .needsAttention:
+            // Rolling back re-checks everything first and stops again if still unsafe.
+            try ledger.transition(to: .rollingBack, "\(reason); checking again what stopped it")
+        case .retiring, .completed, .rollingBack, .rolledBack:
             return
         }
     }
@@ -153,18 +159,18 @@ final class DiskWorkflow: @unchecked Sendable {
         }
     }
 
-    /// Records the intent, sends `blockdev-snapshot-sync`, then records what QEMU shows.
+    /// Creates the destination overlay (recording the intent to snapshot with its outcome),
+    /// sends `blockdev-snapshot-sync` (`mode: existing`: QEMU opens the file livecopy made,
+    /// never creates one), then records what QEMU shows.
     private func takeSnapshot(_ entry: BlockDeviceInfo) async throws {
-        try ledger.intend("blockdev-snapshot-sync", "create \(disk.destination) on top of \(disk.source ?? "?")") {
-            $0.destinationCreated = true
-        }
+        try createDestination(entry)
         do {
             try await session.blockdevSnapshotSync(
                 target: try target(entry), snapshotFile: disk.destination, snapshotNodeName: disk.destinationNodeName,
-                mode: "absolute-paths")
+                mode: "existing")
             ledger.sent()
         } catch let error as QMPCommandError {
-            // QEMU switched nothing; remove what it may have created, and fail.
+            // QEMU switched nothing; remove the file livecopy made, and fail.
             try await reconcileFailedSnapshot(error.description)
             return
         }
@@ -174,6 +180,30 @@ final class DiskWorkflow: @unchecked Sendable {
         }
         try ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
         try ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
+    }
+
+    /// Makes the destination file, exclusively, with the source as its backing file and the
+    /// source's format recorded. The file counts as livecopy's (`destinationCreated`) only
+    /// once the exclusive create succeeded: a crash before that outcome is written leaves a
+    /// file that no later step deletes.
+    private func createDestination(_ entry: BlockDeviceInfo) throws {
+        guard let image = entry.inserted?.image, let source = disk.source, image.filename == source else {
+            throw NeedsAttention(description: "device '\(disk.device)' is not on the recorded source \(disk.source ?? "?")")
+        }
+        try ledger.intend("create-destination", "\(disk.destination): qcow2 of \(image.virtualSize) bytes, backing \(source) (\(image.format))") {
+            $0.destinationCreated = false
+        }
+        do {
+            try creator.createOverlay(at: disk.destination, backing: source, backingFormat: image.format, virtualSize: image.virtualSize)
+        } catch {
+            try ledger.outcome("refused: \(describe(error))")
+            throw error
+        }
+        ledger.sent()
+        // The intent to snapshot goes in the same write: the record never shows the new file
+        // as livecopy's with nothing under way (which would name it as the image to boot).
+        try ledger.outcome("created \(disk.destination) (mode 0600, backing \(source), backing format \(image.format))",
+                           next: "blockdev-snapshot-sync") { $0.destinationCreated = true }
     }
 
     private func reconcileFailedSnapshot(_ reason: String) async throws {
@@ -200,6 +230,11 @@ final class DiskWorkflow: @unchecked Sendable {
         case disk.source?:
             try refuseSplitBrain(activeImage: disk.source ?? "")
             removeDestinationIfOurs()
+            var info = stat()
+            if !disk.destinationCreated, disk.intent == "create-destination", lstat(disk.destination, &info) == 0 {
+                throw NeedsAttention(
+                    description: "livecopy was interrupted while creating \(disk.destination) and cannot prove the file there is its own, so it left it; delete it if nothing else uses it, then run livecopy recover")
+            }
             try ledger.outcome("the snapshot had not happened; retrying") { $0.destinationCreated = false }
             try DestinationCheck.refuseExisting(disk.destination)
             try await takeSnapshot(entry)
@@ -224,6 +259,20 @@ final class DiskWorkflow: @unchecked Sendable {
             throw NeedsAttention(
                 description: "split brain: the VM runs on \(activeImage) but \(disk.destination) holds newer guest writes; neither image was touched. Stop the VM and start it on \(disk.destination) (never on \(disk.source ?? "the source")), then run livecopy recover; or, if the writes in \(disk.destination) must be discarded, delete it yourself")
         }
+    }
+
+    /// A pivot back to the source was requested, then QEMU went away before its job
+    /// concluded; the VM now runs on the source. If the images differ, nobody can tell
+    /// whether the source got every write: touch nothing.
+    private func refuseAmbiguousPivot() throws {
+        var info = stat()
+        guard disk.destinationCreated, lstat(disk.destination, &info) == 0, let source = disk.source else { return }
+        let same = disk.sourceFormat.flatMap {
+            try? inspector.sameContents(source, format: $0, disk.destination, format: "qcow2")
+        }
+        guard same != true else { return }
+        throw NeedsAttention(
+            description: "a pivot back to \(source) was requested just before QEMU stopped, and the VM now runs on \(source), which differs from \(disk.destination): livecopy cannot tell which holds the newest writes and touched neither; compare them, keep the newest, delete the other yourself, then run livecopy recover")
     }
 
     /// Deletes the destination only if livecopy created it and the VM does not use it.
@@ -326,7 +375,7 @@ final class DiskWorkflow: @unchecked Sendable {
             try ledger.outcome("source renamed")
             try ledger.transition(to: .completed, "source retired to \(retired)")
         case .delete:
-            try ledger.intend("delete", source)
+            try ledger.intend("delete-source", source)
             if unlink(source) != 0 && errno != ENOENT {
                 throw NeedsAttention(description: "cannot delete \(source): \(String(cString: strerror(errno)))")
             }
@@ -338,9 +387,12 @@ final class DiskWorkflow: @unchecked Sendable {
 
     // MARK: - Failed disks
 
+    /// Intents only a rollback records: a disk stopped with one of them goes on rolling back.
+    static let rollbackIntents: Set<String> = ["block-job-cancel", "block-commit", "drive-mirror", "block-job-complete", "delete-destination"]
+
     /// Picks up a failed disk, or one that needed attention, where reality says it is.
     private func resumeFailed() async throws {
-        if try await job(disk.commitJobId) != nil {
+        if try await job(disk.commitJobId) != nil || DiskWorkflow.rollbackIntents.contains(disk.intent ?? "") {
             try ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
             return
         }
@@ -380,7 +432,14 @@ final class DiskWorkflow: @unchecked Sendable {
             if entry.inserted?.file == disk.source {
                 // Either the pivot is done (the intent to delete says so, or nothing was
                 // ever written to the destination) or the VM was restarted on its source.
-                if disk.intent != "delete" { try refuseSplitBrain(activeImage: disk.source ?? "the source") }
+                switch disk.intent {
+                case "delete-destination"?:
+                    break  // the rollback job concluded on the source: the pivot is done
+                case "block-job-complete"?:
+                    try refuseAmbiguousPivot()
+                default:
+                    try refuseSplitBrain(activeImage: disk.source ?? "the source")
+                }
                 try finishRollback()
                 return
             }
@@ -426,7 +485,7 @@ final class DiskWorkflow: @unchecked Sendable {
             let names = [disk.qmpDevice, disk.device].compactMap { $0 }
             let active = devices.first { device in names.contains { device.device == $0 || device.qdev == $0 } }?.inserted?.file
             if active == disk.source {
-                try ledger.outcome("the VM is on the source with every write", next: "delete")
+                try ledger.outcome("the VM is on the source with every write", next: "delete-destination")
             }
         }
         let error = try await watch(jobId: commitId, callbacks: callbacks)
@@ -441,7 +500,7 @@ final class DiskWorkflow: @unchecked Sendable {
     /// The VM is on its source with every write: delete the destination if ours.
     private func finishRollback() throws {
         if disk.destinationCreated {
-            if disk.intent != "delete" { try ledger.intend("delete", disk.destination) }
+            if disk.intent != "delete-destination" { try ledger.intend("delete-destination", disk.destination) }
             if unlink(disk.destination) != 0 && errno != ENOENT {
                 throw NeedsAttention(description: "cannot delete \(disk.destination): \(String(cString: strerror(errno)))")
             }

@@ -27,6 +27,7 @@ public final class Engine: @unchecked Sendable {
     private let store: any WorkflowStore
     private let observer: any EngineObserver
     private let inspector: any ImageInspector
+    private let creator: any DestinationCreator
     private let sessions: VMSessions
     private let me: PlanOwner
 
@@ -36,10 +37,12 @@ public final class Engine: @unchecked Sendable {
     public static let heartbeatInterval: Double = 1
 
     public init(store: any WorkflowStore, connector: any QMPConnector, observer: any EngineObserver = SilentObserver(),
-                inspector: any ImageInspector = QemuImgInspector(), commandTimeout: Double = 30) {
+                inspector: any ImageInspector = QemuImgInspector(), creator: any DestinationCreator = QemuImgDestinationCreator(),
+                commandTimeout: Double = 30) {
         self.store = store
         self.observer = observer
         self.inspector = inspector
+        self.creator = creator
         self.sessions = VMSessions(connector: connector, commandTimeout: commandTimeout)
         self.me = PlanOwner(pid: getpid(), host: Self.thisHost, heartbeat: Date())
     }
@@ -55,9 +58,10 @@ public final class Engine: @unchecked Sendable {
         try await Preflight(sessions: sessions, store: store).run(plan, policy: policy)
     }
 
-    /// The checks that need no VM: destinations and other plans' claims. For `submit --detach`.
-    public func checkOffline(_ plan: Plan) throws {
-        try Preflight(sessions: sessions, store: store).checkOffline(plan)
+    /// The checks that need no VM: QMP sockets' owners and modes, destinations and other
+    /// plans' claims. For `submit --detach`.
+    public func checkOffline(_ plan: Plan, policy: Policy) throws {
+        try Preflight(sessions: sessions, store: store).checkOffline(plan, policy: policy)
     }
 
     /// Records a checked plan as `pending` (to be run later or now).
@@ -212,6 +216,13 @@ public final class Engine: @unchecked Sendable {
     private func drive(_ disk: DiskRecord, policy: Policy, _ step: (DiskWorkflow) async throws -> Void) async -> Error? {
         let ledger = DiskLedger(disk: disk, store: store, observer: observer)
         do {
+            do {
+                try SocketCheck.check(disk.qmpSocket, policy: policy)
+            } catch {
+                // Checked again at every run: the socket may have changed since the plan was checked.
+                try ledger.note("VM '\(disk.vmName)': \(describe(error)); not connecting")
+                return nil
+            }
             let session: any QMPSession
             do {
                 session = try await sessions.session(for: disk.qmpSocket)
@@ -221,7 +232,7 @@ public final class Engine: @unchecked Sendable {
                 try ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
                 return nil
             }
-            try await step(DiskWorkflow(ledger: ledger, session: session, policy: policy, inspector: inspector))
+            try await step(DiskWorkflow(ledger: ledger, session: session, policy: policy, inspector: inspector, creator: creator))
             return nil
         } catch is CancellationError {
             return nil
@@ -276,7 +287,7 @@ extension Engine {
             do {
                 session = try await sessions.session(for: disk.qmpSocket)
             } catch {
-                report.append((disk, "\(recorded); VM unreachable (\(describe(error))); \(bootAdvice(for: disk))"))
+                report.append((disk, "\(recorded); VM unreachable (\(describe(error))); \(await bootAdvice(for: disk))"))
                 continue
             }
             do {
@@ -295,24 +306,37 @@ extension Engine {
         return report
     }
 
-    /// The image a disk's VM must be started from if it is restarted now, looking at
-    /// the files when the record alone cannot tell; nil when nobody can tell (a pivot
-    /// back to the source was requested just before QEMU stopped, and the images differ).
-    public func bootImage(of disk: DiskRecord) -> String? {
+    /// The image a disk's VM must be started from if it is restarted now: the record's
+    /// answer when it has one; else QEMU's, when the VM runs; else the files'. Nil when
+    /// nobody can tell (a pivot back to the source was requested just before QEMU
+    /// stopped, and the two images differ).
+    public func bootImage(of disk: DiskRecord) async -> String? {
         if let image = disk.bootImage { return image }
-        var info = stat()
-        guard lstat(disk.destination, &info) == 0, disk.destinationCreated else { return disk.source }
-        if disk.state == .rollingBack, let source = disk.source, let format = disk.sourceFormat {
-            let same = try? inspector.sameContents(source, format: format, disk.destination, format: "qcow2")
+        guard let source = disk.source else { return nil }
+        if disk.intent == "block-job-complete" {
+            let same = disk.sourceFormat.flatMap {
+                try? inspector.sameContents(source, format: $0, disk.destination, format: "qcow2")
+            }
             return same == true ? source : nil
         }
-        if (try? inspector.hasOwnData(disk.destination)) == false { return disk.source }
-        return disk.destination
+        var info = stat()
+        guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return source }
+        // A running VM on the destination: that is the image with every write. (Its qcow2
+        // metadata may not be on disk yet, so the file alone would mislead.)
+        if let session = try? await sessions.session(for: disk.qmpSocket),
+           let devices = try? await session.queryBlock() {
+            let names = [disk.qmpDevice, disk.device].compactMap { $0 }
+            let active = devices.first { device in names.contains { device.device == $0 || device.qdev == $0 } }?.inserted?.file
+            if active == disk.destination { return disk.destination }
+        }
+        // QEMU does not hold the destination: its own data, if any, is newer than the source.
+        return (try? inspector.hasOwnData(disk.destination)) == false ? source : disk.destination
     }
 
     /// `bootImage(of:)` as a sentence for the operator.
-    public func bootAdvice(for disk: DiskRecord) -> String {
-        if let image = bootImage(of: disk) { return "the VM must boot from \(image)" }
-        return "the VM must boot from an image nobody can name for sure: a pivot back to \(disk.source ?? "the source") was requested just before QEMU stopped; if `qemu-img compare` finds both images identical, use \(disk.source ?? "the source"), otherwise compare their contents before choosing"
+    public func bootAdvice(for disk: DiskRecord) async -> String {
+        if let image = await bootImage(of: disk) { return "the VM must boot from \(image)" }
+        let source = disk.source ?? "the source"
+        return "nobody can tell which image the VM must boot from: a pivot back to \(source) was requested just before QEMU stopped, and \(source) and \(disk.destination) differ; compare them, keep the one with the newest data, delete the other yourself, then run livecopy recover"
     }
 }

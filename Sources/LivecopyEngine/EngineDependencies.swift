@@ -118,3 +118,130 @@ public struct QemuImgInspector: ImageInspector {
         var description: String { "cannot inspect \(path) with qemu-img map" }
     }
 }
+
+/// Creates a destination overlay. Livecopy never lets QEMU create or overwrite a file
+/// (`blockdev-snapshot-sync` in its default mode truncates an existing file and follows
+/// symlinks): it makes the file itself and then snapshots with `mode: existing`.
+public protocol DestinationCreator: Sendable {
+    /// Creates `path` exclusively (mode 0600, never through a symlink, its directory not a
+    /// symlink) and writes into it a qcow2 header of `virtualSize` bytes backed by
+    /// `backing`, whose format `backingFormat` is recorded (never probed).
+    ///
+    /// Throws `DestinationRefused` when something is at `path` already or its directory is
+    /// a symlink: then nothing was created and that file was not touched. Any other error
+    /// leaves nothing of livecopy's behind either.
+    func createOverlay(at path: String, backing: String, backingFormat: String, virtualSize: Int64) throws
+}
+
+/// A destination livecopy will not create, because something is there already or its
+/// directory is a symlink. Nothing was touched.
+public struct DestinationRefused: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Creates the file with `open(2)` (`O_CREAT|O_EXCL|O_NOFOLLOW`, relative to the directory
+/// opened with `O_NOFOLLOW`), then runs `qemu-img create -u` on that very file, handed
+/// over as the child's stdin (`/dev/stdin`), so a file swapped in at the path meanwhile
+/// can never be the one written.
+public struct QemuImgDestinationCreator: DestinationCreator {
+    public init() {}
+
+    public func createOverlay(at path: String, backing: String, backingFormat: String, virtualSize: Int64) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        let name = (path as NSString).lastPathComponent
+        var info = stat()
+        if lstat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK {
+            throw DestinationRefused(description: "destination directory \(directory) is a symlink; livecopy creates nothing through a link")
+        }
+        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard directoryFD >= 0 else {
+            let code = errno
+            if code == ELOOP || code == ENOTDIR {
+                throw DestinationRefused(description: "destination directory \(directory) is a symlink or not a directory")
+            }
+            throw CreationFailed(description: "cannot open destination directory \(directory): \(String(cString: strerror(code)))")
+        }
+        defer { close(directoryFD) }
+        let fd = openat(directoryFD, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            let code = errno
+            if code == EEXIST || code == ELOOP {
+                let kind = lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFLNK ? "a symlink" : "a file"
+                throw DestinationRefused(description: "destination \(path) appeared meanwhile (\(kind) livecopy did not create); it was left untouched")
+            }
+            throw CreationFailed(description: "cannot create \(path): \(String(cString: strerror(code)))")
+        }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        do {
+            try writeHeader(into: handle, path: path, backing: backing, backingFormat: backingFormat, virtualSize: virtualSize)
+        } catch {
+            // Remove the file only if the name still leads to the one created here.
+            var created = stat()
+            var named = stat()
+            if fstat(fd, &created) == 0, fstatat(directoryFD, name, &named, AT_SYMLINK_NOFOLLOW) == 0,
+               created.st_dev == named.st_dev, created.st_ino == named.st_ino {
+                unlinkat(directoryFD, name, 0)
+            }
+            throw error
+        }
+    }
+
+    /// `qemu-img create -f qcow2 -u -b BACKING -F FORMAT /dev/stdin SIZE` with the new file
+    /// as stdin (`-u`: the backing file is not opened), then `qemu-img info` of the same file
+    /// to check what was written.
+    private func writeHeader(into file: FileHandle, path: String, backing: String, backingFormat: String, virtualSize: Int64) throws {
+        let create = try run(["create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", backingFormat, "/dev/stdin", String(virtualSize)], stdin: file)
+        guard create.status == 0 else {
+            throw CreationFailed(description: "qemu-img create of \(path) failed: \(create.stderr)")
+        }
+        let check = try run(["info", "-f", "qcow2", "--output=json", "/dev/stdin"], stdin: file)
+        guard check.status == 0, let header = try? JSONDecoder().decode(Header.self, from: check.stdout),
+              header.backingFilename == backing, header.backingFilenameFormat == backingFormat,
+              header.virtualSize == virtualSize
+        else {
+            throw CreationFailed(description: "the qcow2 header written into \(path) is not as requested: \(String(decoding: check.stdout, as: UTF8.self)) \(check.stderr)")
+        }
+    }
+
+    private func run(_ arguments: [String], stdin: FileHandle) throws -> (status: Int32, stdout: Data, stderr: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["qemu-img"] + arguments
+        process.standardInput = stdin
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        let errorBox = OutputBox()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async {
+            errorBox.data = errors.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        process.waitUntilExit()
+        let text = String(decoding: errorBox.data, as: UTF8.self)
+            .split(whereSeparator: \.isNewline).joined(separator: " ")
+        return (process.terminationStatus, data, text)
+    }
+
+    private final class OutputBox: @unchecked Sendable { var data = Data() }
+
+    private struct Header: Decodable {
+        let virtualSize: Int64
+        let backingFilename: String?
+        let backingFilenameFormat: String?
+        enum CodingKeys: String, CodingKey {
+            case virtualSize = "virtual-size"
+            case backingFilename = "backing-filename"
+            case backingFilenameFormat = "backing-filename-format"
+        }
+    }
+
+    struct CreationFailed: Error, CustomStringConvertible {
+        let description: String
+    }
+}

@@ -19,9 +19,13 @@ enum DestinationCheck {
         }
     }
 
-    /// The destination's directory must exist, be a directory and be writable.
+    /// The destination's directory must exist, be a directory (not a symlink to one) and be writable.
     static func checkDirectory(of path: String) throws {
         let directory = (path as NSString).deletingLastPathComponent
+        var info = stat()
+        if lstat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK {
+            throw PreflightError("destination directory \(directory) is a symlink; name the real directory")
+        }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) else {
             throw PreflightError("destination directory \(directory) does not exist")
@@ -40,6 +44,26 @@ enum DestinationCheck {
     }
 }
 
+/// QMP sockets are root-equivalent: whoever can write to one commands the VM.
+enum SocketCheck {
+    /// Refuses a socket that is group- or world-writable or owned by another user than
+    /// this process's, unless the policy says `allow_shared_socket: true`.
+    static func check(_ socket: String, policy: Policy) throws {
+        guard !policy.allowSharedSocket else { return }
+        var info = stat()
+        // The socket a connection reaches (through any symlink); a missing one is reported by connect.
+        guard stat(socket, &info) == 0 else { return }
+        let mode = String(info.st_mode & 0o7777, radix: 8)
+        if info.st_uid != geteuid() {
+            throw PreflightError("QMP socket \(socket) is owned by uid \(info.st_uid), not by livecopy's uid \(geteuid()); whoever owns it controls the VM (set allow_shared_socket: true in the policy to accept it)")
+        }
+        let writable = [(S_IWGRP, "group"), (S_IWOTH, "world")].filter { info.st_mode & $0.0 != 0 }.map(\.1)
+        if !writable.isEmpty {
+            throw PreflightError("QMP socket \(socket) is \(writable.joined(separator: "- and "))-writable (mode 0\(mode)); anyone who can write to it controls the VM (chmod it 0700, or set allow_shared_socket: true in the policy)")
+        }
+    }
+}
+
 /// Checks a plan against the VMs and the file system before anything is recorded or
 /// touched, and discovers each disk's source image from `query-block`.
 struct Preflight {
@@ -51,6 +75,11 @@ struct Preflight {
         var disks: [NewPlan.Disk] = []
         var sources = Set<String>()
         for vm in plan.vms {
+            do {
+                try SocketCheck.check(vm.qmp, policy: policy)
+            } catch let error as PreflightError {
+                throw PreflightError("VM '\(vm.name)': \(error.description)")
+            }
             let session: any QMPSession
             do {
                 session = try await sessions.session(for: vm.qmp)
@@ -88,6 +117,7 @@ struct Preflight {
         guard source.hasPrefix("/") else {
             throw PreflightError("\(name): source \(source) is not a plain file (json: and network protocols are refused)")
         }
+        try checkChain(inserted.image, name: name)
         do {
             try DestinationCheck.refuseExisting(disk.destination)
             try DestinationCheck.checkDirectory(of: disk.destination)
@@ -112,11 +142,26 @@ struct Preflight {
             source: source, sourceFormat: inserted.image.format, qmpDevice: qmpDevice)
     }
 
+    /// Every image of the source chain is a plain file, and every backing link records its
+    /// format: a link without one makes QEMU guess the format from the backing file's
+    /// contents (a raw disk whose guest wrote a qcow2 header would open any file it names).
+    static func checkChain(_ top: ImageInfo, name: String) throws {
+        for image in top.chain {
+            guard image.filename.hasPrefix("/") else {
+                throw PreflightError("\(name): image \(image.filename) of the source chain is not a plain file (json: and network protocols are refused)")
+            }
+            if let backing = image.backingFilename, image.backingFilenameFormat?.isEmpty ?? true {
+                throw PreflightError("\(name): \(image.filename) names its backing file \(backing) without a backing format, so QEMU guesses it from the contents; record it with qemu-img rebase -u -F <format> -b \(backing) \(image.filename) while the VM is stopped")
+            }
+        }
+    }
+
     /// The checks that need no VM.
-    func checkOffline(_ plan: Plan) throws {
+    func checkOffline(_ plan: Plan, policy: Policy) throws {
         try checkOtherPlans(plan)
         for (vm, disk) in plan.allDisks {
             do {
+                try SocketCheck.check(vm.qmp, policy: policy)
                 try DestinationCheck.refuseExisting(disk.destination)
                 try DestinationCheck.checkDirectory(of: disk.destination)
             } catch let error as PreflightError {

@@ -59,6 +59,9 @@ public struct Policy: Codable, Sendable, Equatable {
     public var progressInterval: Double
     /// How long any single QMP command may take, in seconds.
     public var commandTimeout: Double
+    /// Whether a QMP socket that others may write to (group- or world-writable, or owned
+    /// by another user) is accepted. The socket is root-equivalent, so the default is no.
+    public var allowSharedSocket: Bool
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case retireSource = "retire_source"
@@ -70,17 +73,18 @@ public struct Policy: Codable, Sendable, Equatable {
         case ioErrorWait = "io_error_wait"
         case progressInterval = "progress_interval"
         case commandTimeout = "command_timeout"
+        case allowSharedSocket = "allow_shared_socket"
     }
 
     /// The built-in values, used only if the shipped `default.yaml` is somehow absent.
     static let fallback = Policy(
         retireSource: .rename, speed: 0, maxParallelDisks: 4, onFailure: .stop, afterRestart: .resume,
-        onError: .enospc, ioErrorWait: 300, progressInterval: 1, commandTimeout: 30)
+        onError: .enospc, ioErrorWait: 300, progressInterval: 1, commandTimeout: 30, allowSharedSocket: false)
 
     public init(
         retireSource: RetireSource, speed: Int64, maxParallelDisks: Int, onFailure: OnFailure,
         afterRestart: AfterRestart, onError: OnIOError, ioErrorWait: Double, progressInterval: Double,
-        commandTimeout: Double
+        commandTimeout: Double, allowSharedSocket: Bool = false
     ) {
         self.retireSource = retireSource
         self.speed = speed
@@ -91,6 +95,22 @@ public struct Policy: Codable, Sendable, Equatable {
         self.ioErrorWait = ioErrorWait
         self.progressInterval = progressInterval
         self.commandTimeout = commandTimeout
+        self.allowSharedSocket = allowSharedSocket
+    }
+
+    /// Decodes a stored policy; one recorded before `allow_shared_socket` existed gets false.
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        retireSource = try container.decode(RetireSource.self, forKey: .retireSource)
+        speed = try container.decode(Int64.self, forKey: .speed)
+        maxParallelDisks = try container.decode(Int.self, forKey: .maxParallelDisks)
+        onFailure = try container.decode(OnFailure.self, forKey: .onFailure)
+        afterRestart = try container.decode(AfterRestart.self, forKey: .afterRestart)
+        onError = try container.decode(OnIOError.self, forKey: .onError)
+        ioErrorWait = try container.decode(Double.self, forKey: .ioErrorWait)
+        progressInterval = try container.decode(Double.self, forKey: .progressInterval)
+        commandTimeout = try container.decode(Double.self, forKey: .commandTimeout)
+        allowSharedSocket = try container.decodeIfPresent(Bool.self, forKey: .allowSharedSocket) ?? false
     }
 }
 
@@ -145,6 +165,7 @@ extension Policy {
             case .ioErrorWait: policy.ioErrorWait = try value.duration(allowZero: true)
             case .progressInterval: policy.progressInterval = try value.duration(allowZero: false)
             case .commandTimeout: policy.commandTimeout = try value.duration(allowZero: false)
+            case .allowSharedSocket: policy.allowSharedSocket = try value.boolean()
             }
         }
         return policy
@@ -175,6 +196,16 @@ extension StrictYAML {
             throw fail("has invalid value '\(raw)' (expected bytes, such as 0, 512K, 64M or 1G)")
         }
         return value
+    }
+
+    /// `true` or `false`.
+    func boolean() throws -> Bool {
+        let raw = try string()
+        switch raw {
+        case "true": return true
+        case "false": return false
+        default: throw fail("has invalid value '\(raw)' (expected true or false)")
+        }
     }
 
     func positiveInteger() throws -> Int {
@@ -233,10 +264,18 @@ extension Duration {
         let raw = text.trimmingCharacters(in: .whitespaces).lowercased()
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
         for (suffix, scale) in units where raw.hasSuffix(suffix) {
-            guard let number = Double(raw.dropLast(suffix.count)), number.isFinite, number >= 0 else { return nil }
-            return number * scale
+            guard let number = Double(raw.dropLast(suffix.count)) else { return nil }
+            return bounded(number * scale)
         }
-        guard let number = Double(raw), number.isFinite, number >= 0 else { return nil }
-        return number
+        return Double(raw).flatMap(bounded)
+    }
+
+    /// The longest duration accepted, in seconds (about 31 years): far above any sane
+    /// wait, far below where `Duration.seconds(_:)` (about 1.7e20 s) and `Int(_:)`
+    /// (about 9.2e18 s) trap when the engine uses the value.
+    static let maxPolicySeconds: Double = 1_000_000_000
+
+    private static func bounded(_ seconds: Double) -> Double? {
+        seconds.isFinite && seconds >= 0 && seconds <= maxPolicySeconds ? seconds : nil
     }
 }

@@ -95,10 +95,10 @@ public struct DiskRecord: Sendable, Equatable {
             return destinationCreated ? destination : source
         case .streaming, .retiring, .completed, .failed: return destinationCreated ? destination : source
         case .rollingBack:
-            // Once the rollback job concluded on the source, "delete" is the intent; while a
+            // Once the rollback job concluded on the source, "delete-destination" is the intent; while a
             // pivot may be under way nobody can tell without looking.
             switch intent {
-            case "delete"?: return source
+            case "delete-destination"?: return source
             case "block-job-complete"?: return nil
             default: return destinationCreated ? destination : source
             }

@@ -1,11 +1,29 @@
+import CYaml
 import Foundation
 import Yams
 
 /// A one-line error about a plan or policy file: what is wrong and where.
 public struct InputError: Error, CustomStringConvertible, Sendable, Equatable {
     public let message: String
-    public init(_ message: String) { self.message = message }
+    /// Line breaks and other control characters in `message` (it quotes the file's own
+    /// keys and values) are escaped, `\n` or `\u{85}`, so the error stays one line.
+    public init(_ message: String) { self.message = Self.oneLine(message) }
     public var description: String { message }
+
+    static func oneLine(_ text: String) -> String {
+        func breaks(_ scalar: Unicode.Scalar) -> Bool {
+            switch scalar.properties.generalCategory {
+            case .control, .lineSeparator, .paragraphSeparator: return true
+            default: return false
+            }
+        }
+        guard text.unicodeScalars.contains(where: breaks) else { return text }
+        var escaped = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars {
+            if breaks(scalar) { escaped.append(contentsOf: scalar.escaped(asASCII: true).unicodeScalars) } else { escaped.append(scalar) }
+        }
+        return String(escaped)
+    }
 }
 
 /// A read-only view of a YAML node that knows where it sits, for strict parsing with
@@ -19,6 +37,7 @@ struct StrictYAML {
     /// Parses `text` into its single document. Empty documents, syntax errors and
     /// duplicated keys are `InputError`s with a line number.
     static func parse(_ text: String, source: String) throws -> StrictYAML {
+        try refuseAliases(text, source: source)
         let node: Node?
         do {
             node = try Yams.compose(yaml: text)
@@ -29,6 +48,33 @@ struct StrictYAML {
         }
         guard let node else { throw InputError("\(source): the file is empty") }
         return StrictYAML(node: node, path: "", source: source)
+    }
+
+    /// Refuses YAML aliases (`*name`) before Yams composes the document. Yams copies an
+    /// aliased node wherever it is used and hashes whole mapping keys to find duplicates,
+    /// so a few hundred bytes of nested aliases used as a key ("billion laughs") take
+    /// hours of CPU. Plans and policies have no use for aliases. Syntax errors are left to
+    /// `Yams.compose`, which reports them.
+    private static func refuseAliases(_ text: String, source: String) throws {
+        let bytes = Array(text.utf8)
+        guard !bytes.isEmpty else { return }
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) == 1 else { return }
+        defer { yaml_parser_delete(&parser) }
+        yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
+        try bytes.withUnsafeBufferPointer { buffer in
+            yaml_parser_set_input_string(&parser, buffer.baseAddress, buffer.count)
+            var event = yaml_event_t()
+            while yaml_parser_parse(&parser, &event) == 1 {
+                let type = event.type
+                let line = event.start_mark.line + 1
+                yaml_event_delete(&event)
+                if type == YAML_ALIAS_EVENT {
+                    throw InputError("\(source):\(line): YAML aliases (*name) are not allowed; write the value out")
+                }
+                if type == YAML_STREAM_END_EVENT { return }
+            }
+        }
     }
 
     private static func describe(_ error: YamlError) -> String {

@@ -55,18 +55,18 @@ struct Migrator {
             let known = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
             let newest = migrations.last?.version ?? 0
             for row in applied {
-                let version: Int = row["version"]
+                let version: Int = try row.decode(forColumn: "version")
                 guard let migration = known[version] else {
                     throw StoreError(
                         "database \(path) was written by a newer livecopy (schema version \(version), this one knows up to \(newest)); upgrade livecopy")
                 }
-                let checksum: String = row["checksum"]
+                let checksum: String = try row.decode(forColumn: "checksum")
                 guard checksum == migration.checksum else {
                     throw StoreError(
                         "database \(path): migration \(version)_\(migration.name) differs from the one applied (checksum \(checksum), now \(migration.checksum))")
                 }
             }
-            let done = Set(applied.map { $0["version"] as Int })
+            let done = Set(try applied.map { try $0.decode(Int.self, forColumn: "version") })
             for migration in migrations where !done.contains(migration.version) {
                 try db.inTransaction {
                     try db.execute(sql: migration.sql)

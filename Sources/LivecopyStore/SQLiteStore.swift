@@ -59,15 +59,17 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
             case .SQLITE_NOTADB: return "not an SQLite database"
             case .SQLITE_CORRUPT: return "the database file is corrupt"
             case .SQLITE_BUSY, .SQLITE_LOCKED: return "the database is locked by another process (busy timeout expired)"
-            case .SQLITE_CANTOPEN: return "cannot open the file (missing directory or no permission)"
+            case .SQLITE_CANTOPEN: return "cannot open the file (missing directory, no permission, or a read-only file system)"
             case .SQLITE_READONLY: return "the database is read-only (no permission to write)"
             case .SQLITE_PERM, .SQLITE_AUTH: return "permission denied"
             case .SQLITE_FULL: return "the disk is full"
             default: return (error.message ?? "\(error.resultCode)").replacingOccurrences(of: "\n", with: " ")
             }
         }
-        if let error = error as? CocoaError, let underlying = error.userInfo[NSUnderlyingErrorKey] as? NSError {
-            return underlying.localizedDescription
+        if let error = error as? CocoaError, let underlying = error.underlying {
+            // On Linux the underlying error is a `POSIXError`, not an `NSError`.
+            if let posix = underlying as? POSIXError { return String(cString: strerror(posix.code.rawValue)) }
+            return (underlying as NSError).localizedDescription
         }
         return String(describing: error).replacingOccurrences(of: "\n", with: " ")
     }
@@ -228,7 +230,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
             guard let row = try Row.fetchOne(
                 db, sql: "SELECT owner_pid, owner_host, owner_heartbeat FROM plans WHERE id = ?", arguments: [planId])
             else { throw StoreError("no plan with id \(planId)") }
-            let current = Self.owner(row)
+            let current = try Self.owner(row)
             if let current, current.pid != owner.pid || current.host != owner.host, !isGone(current) {
                 throw LeaseHeld(planId: planId, owner: current)
             }
@@ -274,9 +276,10 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     // MARK: - Rows
 
-    private static func owner(_ row: Row) -> PlanOwner? {
-        guard let pid = row["owner_pid"] as Int32?, let host = row["owner_host"] as String?,
-              let heartbeat = row["owner_heartbeat"] as Double? else { return nil }
+    private static func owner(_ row: Row) throws -> PlanOwner? {
+        guard let pid = try column(row, "owner_pid", of: "plans") as Int32?,
+              let host = try column(row, "owner_host", of: "plans") as String?,
+              let heartbeat = try column(row, "owner_heartbeat", of: "plans") as Double? else { return nil }
         return PlanOwner(pid: pid, host: host, heartbeat: Date(timeIntervalSince1970: heartbeat))
     }
 
@@ -286,37 +289,60 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
             arguments: [planId, diskId, at.timeIntervalSince1970, event.kind.rawValue, event.from, event.to, event.detail])
     }
 
-    private static func date(_ row: Row, _ column: String) -> Date? {
-        (row[column] as Double?).map(Date.init(timeIntervalSince1970:))
+    /// A column's value. GRDB's subscripts trap on a value of the wrong type (text in a REAL
+    /// column, a blob that is not UTF-8): a database edited by hand or damaged must give an
+    /// error, not a crash.
+    private static func column<Value: DatabaseValueConvertible>(_ row: Row, _ name: String, of table: String) throws -> Value {
+        do {
+            return try row.decode(Value.self, forColumn: name)
+        } catch {
+            let id = row["id"] as DatabaseValue
+            let value = row[name] as DatabaseValue
+            throw StoreError("\(table) row \(id) has an unreadable \(name) (\(value)); the database was edited or is damaged")
+        }
+    }
+
+    private static func date(_ row: Row, _ name: String, of table: String) throws -> Date? {
+        (try column(row, name, of: table) as Double?).map(Date.init(timeIntervalSince1970:))
     }
 
     private static func planRecord(_ row: Row) throws -> PlanRecord {
-        let stateText: String = row["state"]
+        func value<Value: DatabaseValueConvertible>(_ name: String) throws -> Value { try column(row, name, of: "plans") }
+        let stateText: String = try value("state")
         guard let state = PlanState(rawValue: stateText) else { throw StoreError("plan has unknown state '\(stateText)'") }
-        let policyJSON: String = row["policy_json"]
-        let policy = try JSONDecoder().decode(Policy.self, from: Data(policyJSON.utf8))
+        let policyJSON: String = try value("policy_json")
+        let policy: Policy
+        do {
+            policy = try JSONDecoder().decode(Policy.self, from: Data(policyJSON.utf8))
+        } catch {
+            throw StoreError("plans row \(row["id"] as DatabaseValue) has an unreadable policy_json; the database was edited or is damaged")
+        }
         return PlanRecord(
-            id: row["id"], name: row["name"], policyReference: row["policy_reference"], policy: policy, state: state,
-            createdAt: date(row, "created_at") ?? Date(timeIntervalSince1970: 0), finishedAt: date(row, "finished_at"),
-            error: row["error"])
+            id: try value("id"), name: try value("name"), policyReference: try value("policy_reference"), policy: policy,
+            state: state, createdAt: try date(row, "created_at", of: "plans") ?? Date(timeIntervalSince1970: 0),
+            finishedAt: try date(row, "finished_at", of: "plans"), error: try value("error"))
     }
 
     private static func diskRecord(_ row: Row) throws -> DiskRecord {
-        let stateText: String = row["state"]
+        func value<Value: DatabaseValueConvertible>(_ name: String) throws -> Value { try column(row, name, of: "disks") }
+        let stateText: String = try value("state")
         guard let state = DiskState(rawValue: stateText) else { throw StoreError("disk has unknown state '\(stateText)'") }
         return DiskRecord(
-            id: row["id"], planId: row["plan_id"], vmName: row["vm_name"], qmpSocket: row["qmp_socket"],
-            device: row["device"], destination: row["destination"], source: row["source"],
-            sourceFormat: row["source_format"], qmpDevice: row["qmp_device"], state: state,
-            bytesDone: row["bytes_done"], bytesTotal: row["bytes_total"], error: row["error"], intent: row["intent"],
-            destinationCreated: row["destination_created"], updatedAt: date(row, "updated_at") ?? Date())
+            id: try value("id"), planId: try value("plan_id"), vmName: try value("vm_name"), qmpSocket: try value("qmp_socket"),
+            device: try value("device"), destination: try value("destination"), source: try value("source"),
+            sourceFormat: try value("source_format"), qmpDevice: try value("qmp_device"), state: state,
+            bytesDone: try value("bytes_done"), bytesTotal: try value("bytes_total"), error: try value("error"),
+            intent: try value("intent"), destinationCreated: try value("destination_created"),
+            updatedAt: try date(row, "updated_at", of: "disks") ?? Date())
     }
 
     private static func eventRecord(_ row: Row) throws -> EventRecord {
-        let kindText: String = row["kind"]
+        func value<Value: DatabaseValueConvertible>(_ name: String) throws -> Value { try column(row, name, of: "events") }
+        let kindText: String = try value("kind")
         guard let kind = EventKind(rawValue: kindText) else { throw StoreError("event has unknown kind '\(kindText)'") }
         return EventRecord(
-            id: row["id"], planId: row["plan_id"], diskId: row["disk_id"], at: date(row, "at") ?? Date(), kind: kind,
-            from: row["from_state"], to: row["to_state"], detail: row["detail"])
+            id: try value("id"), planId: try value("plan_id"), diskId: try value("disk_id"),
+            at: try date(row, "at", of: "events") ?? Date(), kind: kind,
+            from: try value("from_state"), to: try value("to_state"), detail: try value("detail"))
     }
 }

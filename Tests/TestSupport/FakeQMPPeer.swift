@@ -156,6 +156,8 @@ public final class FakeQMPPeer: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
+        // Owner-only whatever the umask: livecopy refuses a socket that others may write to.
+        _ = chmod(socketPath, 0o700)
         let peer = FakeQMPPeer(
             socketPath: socketPath, directory: directory, serverChannel: serverChannel,
             greeting: greeting, handler: handler)

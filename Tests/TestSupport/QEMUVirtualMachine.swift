@@ -106,6 +106,11 @@ public final class QEMUVirtualMachine: @unchecked Sendable {
             }
             usleep(20_000)
         }
+        // QEMU creates its sockets with the process umask; livecopy refuses a socket that
+        // others may write to, so make both owner-only whatever the umask.
+        for socket in [livecopySocket, testSocket] {
+            _ = chmod(socket, 0o700)
+        }
     }
 
     deinit {
