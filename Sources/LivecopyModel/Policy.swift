@@ -163,7 +163,7 @@ extension Policy {
             case .afterRestart: policy.afterRestart = try value.choice(AfterRestart.self)
             case .onError: policy.onError = try value.choice(OnIOError.self)
             case .ioErrorWait: policy.ioErrorWait = try value.duration(allowZero: true)
-            case .progressInterval: policy.progressInterval = try value.duration(allowZero: false)
+            case .progressInterval: policy.progressInterval = try value.duration(allowZero: false, atLeast: 0.05)
             case .commandTimeout: policy.commandTimeout = try value.duration(allowZero: false)
             case .allowSharedSocket: policy.allowSharedSocket = try value.boolean()
             }
@@ -217,10 +217,11 @@ extension StrictYAML {
     }
 
     /// A duration such as `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
-    func duration(allowZero: Bool) throws -> Double {
+    func duration(allowZero: Bool, atLeast minimum: Double = 0) throws -> Double {
         let raw = try string()
-        guard let value = Duration.seconds(parsing: raw), allowZero || value > 0 else {
-            throw fail("has invalid value '\(raw)' (expected a duration such as 500ms, 30s, 5m or 1h)")
+        guard let value = Duration.seconds(parsing: raw), allowZero || value > 0, value >= minimum else {
+            let floor = minimum > 0 ? " of at least \(Int(minimum * 1000))ms" : ""
+            throw fail("has invalid value '\(raw)' (expected a duration\(floor) such as 500ms, 30s, 5m or 1h)")
         }
         return value
     }

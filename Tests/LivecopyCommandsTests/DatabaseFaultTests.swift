@@ -66,6 +66,17 @@ struct DatabaseFaultTests {
         return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
+    /// Writes zeros to `path` until the file system is full.
+    static func fill(_ path: String) {
+        FileManager.default.createFile(atPath: path, contents: nil)
+        guard let handle = FileHandle(forWritingAtPath: path) else { return }
+        defer { try? handle.close() }
+        let chunk = Data(count: 4096)
+        for _ in 0..<100_000 {
+            guard (try? handle.write(contentsOf: chunk)) != nil else { return }
+        }
+    }
+
     static func mount(_ options: String, at directory: String) -> Bool {
         tool("/bin/mount", ["-t", "tmpfs", "-o", options, "tmpfs", directory]).status == 0
     }
@@ -114,13 +125,13 @@ struct DatabaseFaultTests {
             livecopy = LivecopyProcess(database: database ?? scratch.appending("livecopy.db"))
         }
 
-        /// A plan file copying drive0 to `destination` (in the scratch directory).
-        func plan(_ name: String, disks: Int = 1) throws -> String {
+        /// A plan file copying `drive<firstDevice>`… of the VM to new images in the scratch directory.
+        func plan(_ name: String, disks: Int = 1, firstDevice: Int = 0) throws -> String {
             let path = scratch.appending("\(name).yaml")
             var text = "vms:\n  - name: vm1\n    qmp: \(vm.socketPath)\n    disks:\n"
             for index in 0..<disks {
                 let padding = String(repeating: "x", count: disks > 1 ? 100 : 0)
-                text += "      - device: drive\(index)\n        destination: \(scratch.appending("\(name)-\(index)\(padding).qcow2"))\n"
+                text += "      - device: drive\(firstDevice + index)\n        destination: \(scratch.appending("\(name)-\(index)\(padding).qcow2"))\n"
             }
             try text.write(toFile: path, atomically: true, encoding: .utf8)
             return path
@@ -217,13 +228,16 @@ struct DatabaseFaultTests {
         let big = try rig.plan("big", disks: 400)
         try await Self.expectFault(livecopy, ["submit", "--detach", big], ["the disk is full", "disk I/O error"],
                                    case: "disk nearly full, submit --detach")
-        // Completely full: even opening fails.
-        let rest = Int(statvfs(mountPoint, &stats) == 0 ? stats.f_bavail * stats.f_frsize : 0)
-        if rest > 0 { try? Data(count: rest).write(to: URL(fileURLWithPath: mountPoint + "/filler2")) }
-        try await Self.expectFault(livecopy, ["history"], ["the disk is full", "disk I/O error"], case: "disk full, history")
+        // Reading still works, and nothing was half-written.
+        #expect(try await Self.expectSuccess(livecopy, ["history"]).contains("no plans"), "nothing half-written")
+        // No -shm file (nobody has the database open) and not a byte free: even opening fails.
+        try? FileManager.default.removeItem(atPath: mountPoint + "/livecopy.db-shm")
+        Self.fill(mountPoint + "/filler2")
+        try await Self.expectFault(livecopy, ["history"], ["the disk is full", "disk I/O error"], case: "disk full, no -shm, history")
         try FileManager.default.removeItem(atPath: mountPoint + "/filler")
         try? FileManager.default.removeItem(atPath: mountPoint + "/filler2")
-        #expect(try await Self.expectSuccess(livecopy, ["history"]).contains("no plans"), "nothing half-written")
+        try await Self.expectSuccess(livecopy, ["submit", "--detach", try rig.plan("p1")])
+        #expect(try await Self.expectSuccess(livecopy, ["history"]).contains("pending"), "works again once there is room")
     }
 
     // MARK: - Locks
@@ -246,7 +260,7 @@ struct DatabaseFaultTests {
             try db.execute(sql: "UPDATE plans SET name = 'held' WHERE id = 1")
         }
         // Both at once, so the suite waits one busy timeout, not two.
-        let plan = try rig.plan("p2")
+        let plan = try rig.plan("p2", firstDevice: 1)
         async let history = Self.expectFault(rig.livecopy, ["history"], ["the database is locked by another process (busy timeout expired)"],
                                              case: "\(lock) held, history")
         async let submit = Self.expectFault(rig.livecopy, ["submit", "--detach", plan],
@@ -318,7 +332,8 @@ struct DatabaseFaultTests {
             let path = scratch.appending("\(variant.name.replacingOccurrences(of: " ", with: "-")).db")
             try variant.data.write(to: URL(fileURLWithPath: path))
             let livecopy = LivecopyProcess(database: path)
-            try await Self.expectFault(livecopy, ["history"], variant.fragments, case: "\(variant.name), history")
+            // Every plan, so every page of the plans table is read.
+            try await Self.expectFault(livecopy, ["history", "--limit", "1000"], variant.fragments, case: "\(variant.name), history")
             try await Self.expectFault(livecopy, ["show", "75"], variant.fragments + ["no plan with id 75"],
                                        case: "\(variant.name), show")
         }
@@ -339,7 +354,8 @@ struct DatabaseFaultTests {
          "plan has unknown state 'bogus'"),
         ("UPDATE disks SET bytes_done = 'lots' WHERE plan_id = 150", ["show", "150"], "has an unreadable bytes_done"),
         ("UPDATE events SET at = x'01' WHERE plan_id = 150", ["show", "150"], "has an unreadable at"),
-        ("UPDATE schema_migrations SET checksum = 12 WHERE version = 1", ["history"], "cannot open database"),
+        ("UPDATE schema_migrations SET checksum = 12 WHERE version = 1", ["history"], "differs from the one applied (checksum 12,"),
+        ("UPDATE schema_migrations SET checksum = x'00ff' WHERE version = 1", ["history"], "cannot open database"),
     ])
     func rowsOfTheWrongType(statement: String, arguments: [String], fragment: String) async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-rows")

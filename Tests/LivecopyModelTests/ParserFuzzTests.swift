@@ -258,7 +258,8 @@ struct ParserFuzzTests {
         ("speed: 8388607T", true), ("speed: 8388608T", false), ("speed: 9223372036854775807", true),
         ("speed: 9223372036854775808", false), ("speed: -0", true), ("speed: 1.5M", false), ("speed: 0x10", false),
         ("io_error_wait: 0", true), ("io_error_wait: 0ms", true), ("io_error_wait: -1", false),
-        ("progress_interval: 0", false), ("progress_interval: 1ms", true), ("progress_interval: 1e-300", true),
+        ("progress_interval: 0", false), ("progress_interval: 1ms", false), ("progress_interval: 1e-300", false),
+        ("progress_interval: 50ms", true),
         ("command_timeout: inf", false), ("command_timeout: nan", false), ("command_timeout: 1e308h", false),
         ("command_timeout: 1e308", false), ("io_error_wait: 1e19", false), ("progress_interval: 1e21", false),
         ("io_error_wait: 1000000000", true), ("io_error_wait: 1000000001", false), ("command_timeout: 16666666m", true),
@@ -363,7 +364,7 @@ struct ParserFuzzTests {
             if policy.speed < 0 { return "negative speed \(policy.speed)" }
             if !(1...10_000).contains(policy.maxParallelDisks) { return "max_parallel_disks \(policy.maxParallelDisks)" }
             if !(policy.ioErrorWait >= 0 && policy.ioErrorWait <= maxSeconds) { return "io_error_wait \(policy.ioErrorWait)" }
-            if !(policy.progressInterval > 0 && policy.progressInterval <= maxSeconds) {
+            if !(policy.progressInterval >= 0.05 && policy.progressInterval <= maxSeconds) {
                 return "progress_interval \(policy.progressInterval)"
             }
             if !(policy.commandTimeout > 0 && policy.commandTimeout <= maxSeconds) {
@@ -627,16 +628,18 @@ enum FuzzGen {
             return ("\(count)", { $0.maxParallelDisks = count })
         },
         "io_error_wait": { rng in duration(&rng, allowZero: true) { $0.ioErrorWait = $1 } },
-        "progress_interval": { rng in duration(&rng, allowZero: false) { $0.progressInterval = $1 } },
+        "progress_interval": { rng in duration(&rng, allowZero: false, atLeast: 0.05) { $0.progressInterval = $1 } },
         "command_timeout": { rng in duration(&rng, allowZero: false) { $0.commandTimeout = $1 } },
     ]
 
     private static func duration(
-        _ rng: inout SplitMix64, allowZero: Bool, _ set: @escaping (inout Policy, Double) -> Void
+        _ rng: inout SplitMix64, allowZero: Bool, atLeast minimum: Double = 0,
+        _ set: @escaping (inout Policy, Double) -> Void
     ) -> (String, (inout Policy) -> Void) {
-        let number = Int.random(in: allowZero ? 0...10_000 : 1...10_000, using: &rng)
         let (suffix, scale) = [("", 1.0), ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("S", 1), ("H", 3600)]
             .randomElement(using: &rng)!
+        let lowest = max(allowZero ? 0 : 1, Int((minimum / scale).rounded(.up)))
+        let number = Int.random(in: lowest...max(lowest, 10_000), using: &rng)
         let seconds = Double(number) * scale
         return ("\(number)\(suffix)", { set(&$0, seconds) })
     }
