@@ -16,14 +16,17 @@ final class DiskWorkflow: @unchecked Sendable {
     let policy: Policy
     let inspector: any ImageInspector
     let creator: any DestinationCreator
+    /// The operator's settings for the plan (`livecopy throttle`, `pause`), read when a job starts.
+    let controls: @Sendable () -> PlanControls
 
     init(ledger: DiskLedger, session: any QMPSession, policy: Policy, inspector: any ImageInspector,
-         creator: any DestinationCreator) {
+         creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() }) {
         self.ledger = ledger
         self.session = session
         self.policy = policy
         self.inspector = inspector
         self.creator = creator
+        self.controls = controls
     }
 
     private var disk: DiskRecord { ledger.disk }
@@ -32,13 +35,17 @@ final class DiskWorkflow: @unchecked Sendable {
     var state: DiskState { ledger.disk.state }
 
     /// Runs the disk until it rests: completed, failed, rolled back or needing attention.
-    /// A disk that starts `failed` is resumed once.
+    /// A disk that starts `failed` or `needs_attention` is reconciled and resumed once.
     func run() async throws {
         if disk.state == .failed || disk.state == .needsAttention {
             do {
                 try await resumeFailed()
             } catch let error as NeedsAttention {
-                try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+                if disk.state == .needsAttention {
+                    try ledger.note("still needs attention: \(error.description)")
+                } else {
+                    try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+                }
             }
         }
         while true {
@@ -102,13 +109,7 @@ final class DiskWorkflow: @unchecked Sendable {
 
     /// The disk's entry in `query-block`.
     private func locateDevice() async throws -> BlockDeviceInfo {
-        let devices = try await session.queryBlock()
-        let names = [disk.qmpDevice, disk.device].compactMap { $0 }
-        for name in names {
-            if let found = devices.first(where: { $0.device == name || $0.qdev == name || $0.inserted?.nodeName == name }) {
-                return found
-            }
-        }
+        if let found = try await session.queryBlock().entry(for: disk) { return found }
         throw NeedsAttention(description: "device '\(disk.device)' is no longer in VM '\(disk.vmName)'")
     }
 
@@ -285,6 +286,7 @@ final class DiskWorkflow: @unchecked Sendable {
 
     private func stream() async throws {
         let jobId = disk.streamJobId
+        var earlyEvents: AsyncStream<QMPEvent>?
         if let existing = try await job(jobId) {
             try ledger.note("re-attaching to job \(jobId) (\(existing.status))")
         } else {
@@ -297,15 +299,19 @@ final class DiskWorkflow: @unchecked Sendable {
                 guard backing == disk.source else {
                     throw NeedsAttention(description: "\(disk.destination) is backed by \(backing), not by the source \(disk.source ?? "?")")
                 }
-                try ledger.intend("block-stream", "job \(jobId), speed \(policy.speed), on-error \(policy.onError.rawValue)")
+                let speed = controls().speedOverride ?? policy.speed
+                try ledger.intend("block-stream", "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
+                // Subscribed before the job exists: an I/O error reported at once is not missed.
+                earlyEvents = session.events()
                 try await session.blockStream(
-                    device: try deviceName(entry), jobId: jobId, speed: policy.speed, onError: policy.onError.rawValue)
+                    device: try deviceName(entry), jobId: jobId, speed: speed, onError: policy.onError.rawValue)
                 ledger.sent()
                 try ledger.outcome("job \(jobId) started")
             }
         }
+        try await applyControls(to: jobId)
         if try await job(jobId) != nil {
-            let error = try await watch(jobId: jobId, ready: nil)
+            let error = try await watch(jobId: jobId, callbacks: JobWatcher.Callbacks(), events: earlyEvents)
             if let error {
                 throw StreamFailure(description: "stream job \(jobId) failed: \(error)")
             }
@@ -316,20 +322,47 @@ final class DiskWorkflow: @unchecked Sendable {
 
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
 
+    /// Brings a job just started or re-attached to in line with the operator's settings,
+    /// read after the job exists (a request recorded earlier may have found no job).
+    private func applyControls(to jobId: String) async throws {
+        let settings = controls()
+        guard let job = try await job(jobId), ["created", "running", "paused", "ready", "standby"].contains(job.status) else { return }
+        // QEMU refusing a control (the job concluded meanwhile, say) fails nothing: the
+        // watch that follows reads the job's fate.
+        do {
+            if let speed = settings.speedOverride {
+                try await session.blockJobSetSpeed(jobId: jobId, speed: speed)
+                try ledger.note("job \(jobId): speed \(OperatorAction.speedText(speed)) (livecopy throttle)")
+            }
+            if settings.paused, job.status != "paused" {
+                try await session.blockJobPause(jobId: jobId)
+                try ledger.note("job \(jobId) paused: the plan is paused (livecopy resume \(disk.planId))")
+            } else if !settings.paused, job.status == "paused",
+                      try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok" == "ok" {
+                // Paused on purpose by an earlier owner, and resumed since.
+                try await session.blockJobResume(jobId: jobId)
+                try ledger.note("job \(jobId) resumed: the plan is no longer paused")
+            }
+        } catch let error as QMPCommandError {
+            try ledger.note("job \(jobId): the plan's operator settings were not applied: \(error.desc)")
+        }
+    }
+
     private func watch(jobId: String, ready: (() async throws -> Void)?) async throws -> String? {
         var callbacks = JobWatcher.Callbacks()
         callbacks.ready = ready
         return try await watch(jobId: jobId, callbacks: callbacks)
     }
 
-    private func watch(jobId: String, callbacks given: JobWatcher.Callbacks) async throws -> String? {
+    private func watch(jobId: String, callbacks given: JobWatcher.Callbacks, events: AsyncStream<QMPEvent>? = nil) async throws -> String? {
         let ledger = self.ledger
         var callbacks = given
         callbacks.progress = { job in
             ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
         }
         callbacks.ioError = { message in try? ledger.note("job \(jobId): \(message)") }
-        let watcher = JobWatcher(session: session, jobId: jobId, pollInterval: policy.progressInterval, ioErrorWait: policy.ioErrorWait)
+        let watcher = JobWatcher(session: session, jobId: jobId, pollInterval: policy.progressInterval, ioErrorWait: policy.ioErrorWait,
+                                 subscription: events)
         do {
             return try await watcher.waitForConclusion(callbacks)
         } catch let error as JobWatchError {
@@ -482,8 +515,7 @@ final class DiskWorkflow: @unchecked Sendable {
             // Persist what the conclusion proves before job-dismiss erases it from QEMU.
             guard error == nil else { return }
             let devices = try await session.queryBlock()
-            let names = [disk.qmpDevice, disk.device].compactMap { $0 }
-            let active = devices.first { device in names.contains { device.device == $0 || device.qdev == $0 } }?.inserted?.file
+            let active = devices.entry(for: disk)?.inserted?.file
             if active == disk.source {
                 try ledger.outcome("the VM is on the source with every write", next: "delete-destination")
             }

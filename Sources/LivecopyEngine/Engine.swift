@@ -152,6 +152,14 @@ public final class Engine: @unchecked Sendable {
                 }
             }
         }
+        // Operator requests (throttle, pause, resume), applied over this engine's own sessions.
+        let controls = Task {
+            while !Task.isCancelled {
+                await self.applyOperatorRequests(planId: planId)
+                try? await Task.sleep(for: .seconds(Self.controlPollInterval))
+            }
+        }
+        defer { controls.cancel() }
         let forwardError = await forward.value
         if lost.isSet {
             heartbeat.cancel()
@@ -177,6 +185,76 @@ public final class Engine: @unchecked Sendable {
         if let error = forwardError ?? rollbackError { throw error }
         return try finish(planId: planId)
     }
+
+    /// How often an owner looks for operator requests (`livecopy throttle`, `pause`, `resume`).
+    public static let controlPollInterval: Double = 0.5
+
+    /// Applies the plan's open operator requests, oldest first, to its stream jobs in
+    /// QEMU (over the sessions already open), and records each outcome.
+    func applyOperatorRequests(planId: Int64) async {
+        guard let requests = try? store.openControlRequests(planId: planId), !requests.isEmpty else { return }
+        for request in requests {
+            let (ok, outcome) = await apply(request.action, planId: planId)
+            do {
+                try store.finishControlRequest(id: request.id, planId: planId, ok: ok, outcome: outcome, at: Date())
+            } catch {
+                observer.note(nil, "plan \(planId): cannot record the outcome of request \(request.id): \(describe(error))")
+                return
+            }
+            observer.note(nil, "plan \(planId): \(outcome)")
+        }
+    }
+
+    /// Sends `action` to every stream job of the plan that QEMU still runs.
+    private func apply(_ action: OperatorAction, planId: Int64) async -> (ok: Bool, outcome: String) {
+        let disks: [DiskRecord]
+        do {
+            disks = try store.disks(ofPlan: planId)
+        } catch {
+            return (false, "\(action): cannot read the plan's disks (\(describe(error)))")
+        }
+        var applied: [String] = []
+        var failures: [String] = []
+        let sockets = Set(disks.filter { !$0.state.isFinal }.map(\.qmpSocket)).sorted()
+        for socket in sockets {
+            guard let session = await sessions.existing(for: socket) else { continue }
+            let ids = Set(disks.filter { $0.qmpSocket == socket }.map(\.streamJobId))
+            let jobs: [JobInfo]
+            do {
+                jobs = try await session.queryJobs().filter { ids.contains($0.id) && Self.controllable.contains($0.status) }
+            } catch {
+                failures.append("\(socket): \(describe(error))")
+                continue
+            }
+            for job in jobs.sorted(by: { $0.id < $1.id }) {
+                do {
+                    switch action {
+                    case .throttle(let speed):
+                        try await session.blockJobSetSpeed(jobId: job.id, speed: speed)
+                        applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")
+                    case .pause:
+                        if job.status != "paused" { try await session.blockJobPause(jobId: job.id) }
+                        applied.append("job \(job.id) paused")
+                    case .resume:
+                        if job.status == "paused" { try await session.blockJobResume(jobId: job.id) }
+                        applied.append("job \(job.id) resumed")
+                    }
+                } catch {
+                    failures.append("job \(job.id): \(describe(error))")
+                }
+            }
+        }
+        var outcome = "\(action): "
+        if applied.isEmpty && failures.isEmpty {
+            outcome += "no stream job runs now; recorded for the jobs the plan starts later"
+        } else {
+            outcome += (applied + failures.map { "failed on \($0)" }).joined(separator: "; ")
+        }
+        return (failures.isEmpty, outcome)
+    }
+
+    /// Job statuses an operator request applies to.
+    private static let controllable: Set<String> = ["created", "running", "paused", "ready", "standby"]
 
     /// A flag set once, read from several tasks.
     private final class CancelFlag: @unchecked Sendable {
@@ -232,7 +310,10 @@ public final class Engine: @unchecked Sendable {
                 try ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
                 return nil
             }
-            try await step(DiskWorkflow(ledger: ledger, session: session, policy: policy, inspector: inspector, creator: creator))
+            let store = self.store
+            let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: disk.planId)) ?? PlanControls() }
+            try await step(DiskWorkflow(ledger: ledger, session: session, policy: policy, inspector: inspector, creator: creator,
+                                        controls: controls))
             return nil
         } catch is CancellationError {
             return nil
@@ -292,8 +373,7 @@ extension Engine {
             }
             do {
                 let devices = try await session.queryBlock()
-                let names = [disk.qmpDevice, disk.device].compactMap { $0 }
-                let entry = devices.first { device in names.contains { device.device == $0 || device.qdev == $0 } }
+                let entry = devices.entry(for: disk)
                 let image = entry?.inserted.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
                     ?? "device not found"
                 let jobs = try await session.queryJobs().filter { $0.id == disk.streamJobId || $0.id == disk.commitJobId }
@@ -325,8 +405,7 @@ extension Engine {
         // metadata may not be on disk yet, so the file alone would mislead.)
         if let session = try? await sessions.session(for: disk.qmpSocket),
            let devices = try? await session.queryBlock() {
-            let names = [disk.qmpDevice, disk.device].compactMap { $0 }
-            let active = devices.first { device in names.contains { device.device == $0 || device.qdev == $0 } }?.inserted?.file
+            let active = devices.entry(for: disk)?.inserted?.file
             if active == disk.destination { return disk.destination }
         }
         // QEMU does not hold the destination: its own data, if any, is newer than the source.

@@ -55,6 +55,12 @@ actor VMSessions {
         }
     }
 
+    /// The session already open for `socket`, if any (never connects).
+    func existing(for socket: String) async -> (any QMPSession)? {
+        guard let pending = sessions[socket], let session = try? await pending.value, !session.isClosed else { return nil }
+        return session
+    }
+
     func closeAll() async {
         for task in sessions.values {
             if let session = try? await task.value { await session.close() }
@@ -243,5 +249,18 @@ public struct QemuImgDestinationCreator: DestinationCreator {
 
     struct CreationFailed: Error, CustomStringConvertible {
         let description: String
+    }
+}
+
+extension Array where Element == BlockDeviceInfo {
+    /// The `query-block` entry of `disk`: by the name QMP commands use, else by the
+    /// plan's name, matching a device name, a qdev id or the top node name.
+    func entry(for disk: DiskRecord) -> BlockDeviceInfo? {
+        for name in [disk.qmpDevice, disk.device].compactMap({ $0 }) {
+            if let found = first(where: { $0.device == name || $0.qdev == name || $0.inserted?.nodeName == name }) {
+                return found
+            }
+        }
+        return nil
     }
 }
