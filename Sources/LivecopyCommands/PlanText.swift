@@ -18,6 +18,14 @@ enum PlanText {
             + (plan.error.map { "  error: \($0)" } ?? "")
     }
 
+    /// The operator's settings (`livecopy throttle`, `pause`), or nil when none is set.
+    static func controls(_ controls: PlanControls, planId: Int64) -> String? {
+        var parts: [String] = []
+        if controls.paused { parts.append("PAUSED (livecopy resume \(planId) continues)") }
+        if let speed = controls.speedOverride { parts.append("speed \(OperatorAction.speedText(speed)) (livecopy throttle)") }
+        return parts.isEmpty ? nil : "  controls: " + parts.joined(separator: ", ")
+    }
+
     /// One line per disk: state, progress and the image the VM must boot from.
     static func disk(_ disk: DiskRecord) -> String {
         let percent = disk.bytesTotal > 0 ? String(format: "%.1f%%", Double(disk.bytesDone) / Double(disk.bytesTotal) * 100) : "-"

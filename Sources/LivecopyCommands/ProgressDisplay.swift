@@ -24,7 +24,7 @@ final class ProgressDisplay: EngineObserver, @unchecked Sendable {
     private var drawnLines = 0
     private var lastDraw = Date.distantPast
 
-    init(plainInterval: Double = 5) {
+    init(plainInterval: Double = 3) {
         isTerminal = isatty(STDERR_FILENO) == 1 && ProcessInfo.processInfo.environment["TERM"] != "dumb"
         self.plainInterval = plainInterval
     }

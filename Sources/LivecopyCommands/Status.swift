@@ -32,6 +32,7 @@ struct Status: AsyncParsableCommand {
             for plan in plans {
                 let disks = try store.disks(ofPlan: plan.id)
                 print(PlanText.summary(plan, disks: disks))
+                if let controls = PlanText.controls(try store.controls(ofPlan: plan.id), planId: plan.id) { print(controls) }
                 for disk in disks { print(PlanText.disk(disk)) }
             }
             return ExitStatus.success

@@ -71,7 +71,14 @@ final class DiskWorkflow: @unchecked Sendable {
                 throw error
             } catch {
                 if Task.isCancelled { return }
-                try fail(because: describe(error))
+                // A lost or broken QMP session says nothing about the copy: a rollback under
+                // way stays under way (recover resumes it), and a stream does not roll back.
+                let sessionLost = error is QMPClientError
+                if sessionLost && disk.state == .rollingBack {
+                    try ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
+                    return
+                }
+                try fail(because: describe(error), sessionLost: sessionLost)
             }
         }
     }
@@ -93,10 +100,11 @@ final class DiskWorkflow: @unchecked Sendable {
         }
     }
 
-    /// Moves to `failed`, or to `rolling_back` when the policy says so and the VM is on the destination.
-    private func fail(because reason: String) throws {
+    /// Moves to `failed`, or to `rolling_back` when the policy says so and the copy
+    /// itself failed (not merely the QMP session) with the VM on the destination.
+    private func fail(because reason: String, sessionLost: Bool = false) throws {
         switch disk.state {
-        case .streaming where policy.onFailure == .rollback:
+        case .streaming where policy.onFailure == .rollback && !sessionLost:
             try ledger.transition(to: .rollingBack, "copy failed, on_failure: rollback: \(reason)") { $0.error = reason }
         case .pending, .snapshotting, .streaming, .retiring, .rollingBack:
             try ledger.transition(to: .failed, reason) { $0.error = reason }

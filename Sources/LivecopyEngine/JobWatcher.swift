@@ -25,6 +25,9 @@ struct JobWatcher {
     let jobId: String
     let pollInterval: Double
     let ioErrorWait: Double
+    /// An events subscription taken before the job was started, so an event sent at once
+    /// (an I/O error on the first read, say) is not missed; nil subscribes now.
+    var subscription: AsyncStream<QMPEvent>? = nil
 
     /// What the watcher tells its caller while it waits.
     struct Callbacks {
@@ -50,7 +53,7 @@ struct JobWatcher {
     /// so nothing is missed.
     func waitForConclusion(_ callbacks: Callbacks) async throws -> String? {
         let (signals, continuation) = AsyncStream<Signal>.makeStream()
-        let events = session.events()
+        let events = subscription ?? session.events()
         let jobId = self.jobId
         let eventTask = Task {
             for await event in events {

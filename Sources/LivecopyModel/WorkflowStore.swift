@@ -50,6 +50,34 @@ public protocol WorkflowStore: AnyObject, Sendable {
     func requestCancel(planId: Int64, at: Date) throws
 
     func isCancelRequested(planId: Int64) throws -> Bool
+
+    // MARK: Operator controls (throttle, pause, resume)
+
+    /// The plan's operator settings (defaults when none were recorded).
+    func controls(ofPlan planId: Int64) throws -> PlanControls
+
+    /// In one transaction: changes the plan's setting as `action` says, records an open
+    /// request for the live owner to apply, and appends an event. Returns the request.
+    func requestControl(planId: Int64, _ action: OperatorAction, by requester: String, at: Date) throws -> OperatorRequest
+
+    /// The plan's requests nobody has finished yet, oldest first.
+    func openControlRequests(planId: Int64) throws -> [OperatorRequest]
+
+    func controlRequest(id: Int64) throws -> OperatorRequest?
+
+    /// Records a request's outcome (once: a finished request is left as it is), with an event.
+    func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) throws
+}
+
+extension WorkflowStore {
+    // Defaults for stores without operator controls (test doubles): nothing is ever set.
+    public func controls(ofPlan planId: Int64) throws -> PlanControls { PlanControls() }
+    public func requestControl(planId: Int64, _ action: OperatorAction, by requester: String, at: Date) throws -> OperatorRequest {
+        throw StoreConflict("this store keeps no operator controls")
+    }
+    public func openControlRequests(planId: Int64) throws -> [OperatorRequest] { [] }
+    public func controlRequest(id: Int64) throws -> OperatorRequest? { nil }
+    public func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) throws {}
 }
 
 /// A process that drives a plan: who it is and when it last said it is alive.

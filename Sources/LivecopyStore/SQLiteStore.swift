@@ -274,6 +274,83 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
     }
 
+    // MARK: - Operator controls
+
+    public func controls(ofPlan planId: Int64) throws -> PlanControls {
+        try read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT id, speed_override, paused FROM plans WHERE id = ?", arguments: [planId])
+            else { return PlanControls() }
+            return PlanControls(speedOverride: try Self.column(row, "speed_override", of: "plans"),
+                                paused: try Self.column(row, "paused", of: "plans"))
+        }
+    }
+
+    public func requestControl(planId: Int64, _ action: OperatorAction, by requester: String, at: Date) throws -> OperatorRequest {
+        let id: Int64 = try write { db in
+            switch action {
+            case .throttle(let speed):
+                try db.execute(sql: "UPDATE plans SET speed_override = ? WHERE id = ?", arguments: [speed, planId])
+            case .pause:
+                try db.execute(sql: "UPDATE plans SET paused = 1 WHERE id = ?", arguments: [planId])
+            case .resume:
+                try db.execute(sql: "UPDATE plans SET paused = 0 WHERE id = ?", arguments: [planId])
+            }
+            guard db.changesCount == 1 else { throw StoreError("no plan with id \(planId)") }
+            var speed: Int64?
+            if case .throttle(let value) = action { speed = value }
+            try db.execute(
+                sql: "INSERT INTO operator_requests (plan_id, action, speed, requested_at, requested_by) VALUES (?, ?, ?, ?, ?)",
+                arguments: [planId, action.name, speed, at.timeIntervalSince1970, requester])
+            let id = db.lastInsertedRowID
+            try Self.insertEvent(db, planId: planId, diskId: nil,
+                                 event: NewEvent(kind: .note, detail: "\(action) requested by \(requester) (request \(id))"), at: at)
+            return id
+        }
+        guard let request = try controlRequest(id: id) else { throw StoreError("operator request \(id) vanished after insert") }
+        return request
+    }
+
+    public func openControlRequests(planId: Int64) throws -> [OperatorRequest] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM operator_requests WHERE plan_id = ? AND finished_at IS NULL ORDER BY id",
+                             arguments: [planId]).map(Self.operatorRequest)
+        }
+    }
+
+    public func controlRequest(id: Int64) throws -> OperatorRequest? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM operator_requests WHERE id = ?", arguments: [id]).map(Self.operatorRequest)
+        }
+    }
+
+    public func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) throws {
+        try write { db in
+            try db.execute(
+                sql: "UPDATE operator_requests SET finished_at = ?, ok = ?, outcome = ? WHERE id = ? AND finished_at IS NULL",
+                arguments: [at.timeIntervalSince1970, ok, outcome, id])
+            guard db.changesCount == 1 else { return }
+            try Self.insertEvent(db, planId: planId, diskId: nil,
+                                 event: NewEvent(kind: .outcome, detail: "request \(id): \(outcome)"), at: at)
+        }
+    }
+
+    private static func operatorRequest(_ row: Row) throws -> OperatorRequest {
+        func value<Value: DatabaseValueConvertible>(_ name: String) throws -> Value { try column(row, name, of: "operator_requests") }
+        let name: String = try value("action")
+        let action: OperatorAction
+        switch name {
+        case "throttle": action = .throttle(speed: try value("speed") as Int64? ?? 0)
+        case "pause": action = .pause
+        case "resume": action = .resume
+        default: throw StoreError("operator request has unknown action '\(name)'")
+        }
+        return OperatorRequest(
+            id: try value("id"), planId: try value("plan_id"), action: action,
+            requestedAt: try date(row, "requested_at", of: "operator_requests") ?? Date(),
+            requestedBy: try value("requested_by"), finishedAt: try date(row, "finished_at", of: "operator_requests"),
+            ok: try value("ok"), outcome: try value("outcome"))
+    }
+
     // MARK: - Rows
 
     private static func owner(_ row: Row) throws -> PlanOwner? {

@@ -166,3 +166,35 @@ struct SQLiteStoreTests {
         }
     }
 }
+
+/// Operator controls (migration 0003): a request changes the plan's setting at once and
+/// stays open until finished, once.
+struct OperatorControlStoreTests {
+    @Test func requestsChangeTheSettingAndAreFinishedOnce() throws {
+        let scratch = try Scratch()
+        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+        let (plan, _) = try store.insertPlan(try SQLiteStoreTests.newPlan(), at: Date())
+        #expect(try store.controls(ofPlan: plan.id) == PlanControls())
+
+        let throttle = try store.requestControl(planId: plan.id, .throttle(speed: 20 << 20), by: "pid 1", at: Date())
+        let pause = try store.requestControl(planId: plan.id, .pause, by: "pid 2", at: Date())
+        #expect(try store.controls(ofPlan: plan.id) == PlanControls(speedOverride: 20 << 20, paused: true))
+        #expect(try store.openControlRequests(planId: plan.id).map(\.id) == [throttle.id, pause.id])
+        #expect(try store.openControlRequests(planId: plan.id).first?.action == .throttle(speed: 20 << 20))
+
+        try store.finishControlRequest(id: throttle.id, planId: plan.id, ok: true, outcome: "applied", at: Date())
+        try store.finishControlRequest(id: throttle.id, planId: plan.id, ok: false, outcome: "again", at: Date())
+        let finished = try store.controlRequest(id: throttle.id)
+        #expect(finished?.ok == true)
+        #expect(finished?.outcome == "applied")
+        #expect(try store.openControlRequests(planId: plan.id).map(\.id) == [pause.id])
+
+        _ = try store.requestControl(planId: plan.id, .resume, by: "pid 3", at: Date())
+        _ = try store.requestControl(planId: plan.id, .throttle(speed: 0), by: "pid 3", at: Date())
+        #expect(try store.controls(ofPlan: plan.id) == PlanControls(speedOverride: 0, paused: false))
+        let details = try store.events(ofPlan: plan.id).map(\.detail)
+        #expect(details.contains { $0.hasPrefix("throttle to 20.0 MiB/s requested by pid 1") })
+        #expect(details.filter { $0.contains("request \(throttle.id): ") } == ["request \(throttle.id): applied"])
+        #expect(throws: StoreError.self) { try store.requestControl(planId: 999, .pause, by: "pid 4", at: Date()) }
+    }
+}

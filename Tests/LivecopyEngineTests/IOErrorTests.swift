@@ -1,0 +1,178 @@
+import Foundation
+import LivecopyEngine
+import LivecopyModel
+import LivecopyStore
+import QMP
+import TestSupport
+import Testing
+
+/// I/O errors during the copy against real QEMU: a real ENOSPC on the destination (a
+/// small tmpfs) with `on_error: enospc` pauses the job; livecopy records it, retries
+/// `block-job-resume` every 10 s and waits up to `io_error_wait`, then `on_failure`
+/// applies. EIO needs blkdebug in the source chain, which preflight refuses (`json:`
+/// name): the `on_error: stop` case records its plan without preflight; the `report` +
+/// rollback case cannot (QEMU rewrites the `json:` name on the pivot back, so the
+/// source no longer matches the record) and runs against the fake VM in `QMPFaultTests`.
+@Suite(.serialized, .enabled(if: QEMUTools.isAvailable && SmallFilesystem.canMount, "needs QEMU and root (to mount a small tmpfs)"))
+struct IOErrorTests {
+    static func policy(ioErrorWait: Double, onFailure: Policy.OnFailure) throws -> Policy {
+        var policy = try EngineFailureTests.policy(onFailure: onFailure)
+        policy.onError = .enospc
+        policy.ioErrorWait = ioErrorWait
+        return policy
+    }
+
+    static func waitForEvent(_ store: SQLiteStore, planId: Int64, containing text: String, timeout: Double = 30) async throws -> EventRecord {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let event = try store.events(ofPlan: planId).first(where: { $0.detail.contains(text) }) { return event }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw WaitTimeout(what: "an event containing '\(text)'")
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func enospcPausesTheJobUntilSpaceIsFreedThenCompletes() async throws {
+        let setup = try EngineFailureTests.setUp("lc-enospc-wait")
+        defer { setup.scratch.remove() }
+        let engine = Engine(store: setup.store, connector: TestConnector())
+        let policy = try Self.policy(ioErrorWait: 300, onFailure: .stop)
+        let (planId, run) = try await EngineFailureTests.startAndWriteDuringCopy(setup, engine: engine, policy: policy)
+
+        let paused = try await Self.waitForEvent(setup.store, planId: planId, containing: "paused by an I/O error (io-status nospace)")
+        #expect(paused.diskId != nil)
+        let jobs = try await setup.vm.testMonitor().queryBlockJobs()
+        #expect(jobs.first?.paused == true)
+        #expect(jobs.first?.ioStatus == "nospace")
+        #expect(try setup.store.disks(ofPlan: planId).first?.state == .streaming, "the disk waits, streaming")
+
+        // The operator frees space; livecopy's next block-job-resume (every 10 s) finishes the copy.
+        try setup.filesystem.resize("128m")
+        let plan = try await run.value
+        await engine.shutdown()
+        #expect(plan.state == .completed, "\(plan.error ?? "")")
+        let transitions = try setup.store.events(ofPlan: planId).filter { $0.kind == .transition && $0.diskId != nil }
+            .map { "\($0.from ?? "")→\($0.to ?? "")" }
+        #expect(transitions == ["pending→snapshotting", "snapshotting→streaming", "streaming→retiring", "retiring→completed"])
+        let active = try await EngineFailureTests.activeImage(setup.vm)
+        #expect(active.file == setup.destination)
+        #expect(active.backing == nil)
+
+        await setup.vm.stop()
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
+        #expect(try QEMUImage.info(setup.destination).backingFilename == nil)
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func enospcOutlastingTheWaitStopsOnTheOverlayAndResumesLater() async throws {
+        let setup = try EngineFailureTests.setUp("lc-enospc-stop")
+        defer { setup.scratch.remove() }
+        let engine = Engine(store: setup.store, connector: TestConnector())
+        let policy = try Self.policy(ioErrorWait: 2, onFailure: .stop)
+        let (planId, run) = try await EngineFailureTests.startAndWriteDuringCopy(setup, engine: engine, policy: policy)
+        let stopped = try await run.value
+
+        #expect(stopped.state == .failed)
+        let failed = try #require(try setup.store.disks(ofPlan: planId).first)
+        #expect(failed.state == .failed)
+        #expect(failed.error?.contains("stayed paused by an I/O error (nospace)") == true, "\(failed.error ?? "")")
+        #expect(failed.bootImage == setup.destination)
+        let details = try setup.store.events(ofPlan: planId).map(\.detail)
+        #expect(details.contains { $0.contains("paused by an I/O error (io-status nospace)") })
+        let active = try await EngineFailureTests.activeImage(setup.vm)
+        #expect(active.file == setup.destination, "the VM stays on its destination overlay")
+        #expect(active.backing == setup.source)
+        #expect(try await setup.vm.testMonitor().queryJobs().isEmpty, "the cancelled job was dismissed")
+
+        try setup.filesystem.resize("128m")
+        let resumed = try await engine.run(planId: planId)
+        await engine.shutdown()
+        #expect(resumed.state == .completed, "\(resumed.error ?? "")")
+        await setup.vm.stop()
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
+        #expect(try QEMUImage.info(setup.destination).backingFilename == nil)
+    }
+
+    /// A VM whose drive0 is a qcow2 over blkdebug that fails the first data read with EIO
+    /// (once), and a plan recorded without preflight (which refuses the `json:` source).
+    static func blkdebugSetUp(_ name: String, policy: Policy) async throws
+        -> (scratch: TemporaryDirectory, vm: QEMUVirtualMachine, store: SQLiteStore, engine: Engine, source: String, jsonSource: String, destination: String, planId: Int64)
+    {
+        let scratch = try TemporaryDirectory(prefix: name)
+        let source = scratch.appending("src.qcow2")
+        try QEMUImage.create(source, size: "64M")
+        try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "24M")
+        let drive = "if=none,id=drive0,driver=qcow2,file.driver=blkdebug,file.image.filename=\(source),"
+            + "file.inject-error.0.event=read_aio,file.inject-error.0.errno=5,file.inject-error.0.once=on"
+        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [], extraArguments: ["-drive", drive])
+        let inserted = try #require(try await vm.testMonitor().queryBlock().first { $0.device == "drive0" }?.inserted)
+        let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
+        let engine = Engine(store: store, connector: TestConnector())
+        let destination = scratch.appending("dst.qcow2")
+        let plan = Plan(name: "eio", policyReference: nil, vms: [
+            .init(name: "vm", qmp: vm.livecopySocket, disks: [.init(device: "drive0", destination: destination)]),
+        ])
+        let disk = NewPlan.Disk(vmName: "vm", qmpSocket: vm.livecopySocket, device: "drive0", destination: destination,
+                                source: inserted.file, sourceFormat: "qcow2", qmpDevice: "drive0")
+        let record = try engine.record(plan, policy: policy, disks: [disk])
+        return (scratch, vm, store, engine, source, inserted.file, destination, record.id)
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func sourceReadErrorWithOnErrorStopPausesAndAResumeSucceeds() async throws {
+        var policy = try EngineFailureTests.policy(onFailure: .stop)
+        policy.onError = .stop
+        policy.ioErrorWait = 60
+        let setup = try await Self.blkdebugSetUp("lc-eio-stop", policy: policy)
+        defer { setup.scratch.remove() }
+        defer { setup.vm.kill() }
+        let run = Task { try await setup.engine.run(planId: setup.planId) }
+        let paused = try await Self.waitForEvent(setup.store, planId: setup.planId, containing: "paused by an I/O error (io-status failed)")
+        #expect(paused.diskId != nil)
+        try await setup.vm.guestWrite(drive: "drive0", pattern: 0x55, offset: "60M", length: "64k")
+        let plan = try await run.value
+        await setup.engine.shutdown()
+        #expect(plan.state == .completed, "\(plan.error ?? "")")
+        let details = try setup.store.events(ofPlan: setup.planId).map(\.detail)
+        #expect(details.contains { $0.contains("I/O error on read, action stop") }, "\(details)")
+        let active = try await EngineFailureTests.activeImage(setup.vm)
+        #expect(active.file == setup.destination)
+        #expect(active.backing == nil)
+        await setup.vm.stop()
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
+    }
+
+    /// A source opened through blkdebug (to inject EIO) has a `json:` file name, which
+    /// livecopy refuses before touching anything: the EIO paths are tested on the fake VM.
+    @Test(.timeLimit(.minutes(1)))
+    func aBlkdebugSourceIsRefusedByPreflight() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-blkdebug")
+        defer { scratch.remove() }
+        let source = scratch.appending("src.qcow2")
+        try QEMUImage.create(source, size: "16M")
+        try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "4M")
+        let drive = "if=none,id=drive0,driver=qcow2,file.driver=blkdebug,file.image.filename=\(source),"
+            + "file.inject-error.0.event=read_aio,file.inject-error.0.errno=5,file.inject-error.0.once=on"
+        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [], extraArguments: ["-drive", drive])
+        defer { vm.kill() }
+        let inserted = try await vm.testMonitor().queryBlock().first { $0.device == "drive0" }?.inserted
+        #expect(inserted?.file.hasPrefix("json:") == true, "\(inserted?.file ?? "none")")
+
+        let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
+        let engine = Engine(store: store, connector: TestConnector())
+        let plan = Plan(name: "eio", policyReference: nil, vms: [
+            .init(name: "vm", qmp: vm.livecopySocket, disks: [.init(device: "drive0", destination: scratch.appending("dst.qcow2"))]),
+        ])
+        await #expect(throws: PreflightError.self) { _ = try await engine.preflight(plan, policy: try Policy.resolve(nil)) }
+        do {
+            _ = try await engine.preflight(plan, policy: try Policy.resolve(nil))
+        } catch {
+            #expect("\(error)".contains("is not a plain file"), "\(error)")
+        }
+        await engine.shutdown()
+        #expect(!FileManager.default.fileExists(atPath: scratch.appending("dst.qcow2")))
+    }
+}
