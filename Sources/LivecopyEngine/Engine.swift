@@ -123,7 +123,8 @@ public final class Engine: @unchecked Sendable {
     public func run(planId: Int64, mode: RunMode = .resume) async throws -> PlanRecord {
         guard let plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
         guard !plan.state.isFinal else { throw PreflightError("plan \(planId) is \(plan.state.rawValue) already") }
-        if let previous = try store.acquireLease(planId: planId, owner: me, isGone: { Self.isGone($0) }) {
+        let claim = PlanOwner(pid: me.pid, host: me.host, heartbeat: Date())
+        if let previous = try store.acquireLease(planId: planId, owner: claim, isGone: { Self.isGone($0) }) {
             observer.note(nil, "plan \(planId): took over from \(previous), which is gone")
         }
         defer { try? store.releaseLease(planId: planId, owner: me) }
