@@ -20,7 +20,8 @@ public enum CrashPoint {
         "plan:running",
         "transition:snapshotting", "intent:blockdev-snapshot-sync", "sent:blockdev-snapshot-sync",
         "outcome:blockdev-snapshot-sync", "transition:streaming",
-        "intent:block-stream", "sent:block-stream", "outcome:block-stream", "sent:job-dismiss",
+        "intent:block-stream", "sent:block-stream", "outcome:block-stream",
+        "intent:job-finalize", "sent:job-finalize", "outcome:job-finalize", "sent:job-dismiss",
         "transition:retiring", "intent:rename", "sent:rename", "outcome:rename", "transition:completed",
         "plan:completed",
     ]

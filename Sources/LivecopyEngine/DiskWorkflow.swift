@@ -319,7 +319,9 @@ final class DiskWorkflow: @unchecked Sendable {
         }
         try await applyControls(to: jobId)
         if try await job(jobId) != nil {
-            let error = try await watch(jobId: jobId, callbacks: JobWatcher.Callbacks(), events: earlyEvents)
+            var callbacks = JobWatcher.Callbacks()
+            callbacks.pending = { [self] in try await self.flushThenFinalize(jobId) }
+            let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents)
             if let error {
                 throw StreamFailure(description: "stream job \(jobId) failed: \(error)")
             }
@@ -329,6 +331,25 @@ final class DiskWorkflow: @unchecked Sendable {
     }
 
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
+
+    /// The stream has copied everything and waits in `pending`. Finalizing rewrites the
+    /// destination's header without its backing file; QEMU writes that header at once but
+    /// keeps the copied clusters' L2 tables in its cache, so a crash right after could
+    /// leave a destination with neither the data nor the backing file. Flush first.
+    private func flushThenFinalize(_ jobId: String) async throws {
+        try ledger.intend("job-finalize", "flush \(disk.destination), then finalize job \(jobId)")
+        var answer = try await session.flushBlockNode(disk.destinationNodeName, isNodeName: true)
+        if !answer.isEmpty, let entry = try? await locateDevice() {
+            // After a QEMU restart the node has another name: flush through the device.
+            answer = try await session.flushBlockNode(try deviceName(entry), isNodeName: try target(entry) != .device(entry.device))
+        }
+        if !answer.isEmpty {
+            try ledger.note("flush of \(disk.destination) before finalizing not confirmed: \(answer)")
+        }
+        try await session.jobFinalize(jobId: jobId)
+        ledger.sent()
+        try ledger.outcome("destination flushed; job finalized")
+    }
 
     /// Brings a job just started or re-attached to in line with the operator's settings,
     /// read after the job exists (a request recorded earlier may have found no job).

@@ -34,6 +34,8 @@ struct JobWatcher {
         var progress: (JobInfo) -> Void = { _ in }
         /// Called once when the job is ready (commit jobs: time to `block-job-complete`).
         var ready: (() async throws -> Void)?
+        /// Called once when the job waits in `pending` (started with auto-finalize off).
+        var pending: (() async throws -> Void)?
         /// Called for `BLOCK_JOB_ERROR` and for a job paused by an I/O error.
         var ioError: (String) -> Void = { _ in }
         /// Called with the concluded job's error before `job-dismiss`, so the caller can
@@ -87,6 +89,7 @@ struct JobWatcher {
         continuation.yield(.tick)
 
         var readyHandled = false
+        var pendingHandled = false
         var pausedByErrorSince: Date?
         var lastResumeAttempt = Date.distantPast
         for await signal in signals {
@@ -97,6 +100,11 @@ struct JobWatcher {
                 if !readyHandled, let ready = callbacks.ready {
                     readyHandled = true
                     try await ready()
+                }
+            case .status("pending"):
+                if !pendingHandled, let pending = callbacks.pending {
+                    pendingHandled = true
+                    try await pending()
                 }
             case .status:
                 continue
@@ -116,6 +124,11 @@ struct JobWatcher {
                     if !readyHandled, let ready = callbacks.ready {
                         readyHandled = true
                         try await ready()
+                    }
+                case "pending":
+                    if !pendingHandled, let pending = callbacks.pending {
+                        pendingHandled = true
+                        try await pending()
                     }
                 case "paused":
                     let ioStatus = try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok"

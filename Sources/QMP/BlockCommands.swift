@@ -137,12 +137,28 @@ extension QMPSession {
         try await execute("blockdev-snapshot-sync", arguments)
     }
 
-    /// `block-stream` into the active layer of `device`, as job `jobId`, never auto-dismissed.
+    /// `block-stream` into the active layer of `device`, as job `jobId`, never
+    /// auto-dismissed, and never auto-finalized: the job waits in `pending` until
+    /// `job-finalize`, so the caller can make the copied data durable before QEMU rewrites
+    /// the image header without its backing file.
     public func blockStream(device: String, jobId: String, speed: Int64, onError: String) async throws {
         try await execute("block-stream", [
-            "device": .string(device), "job-id": .string(jobId), "auto-dismiss": false,
+            "device": .string(device), "job-id": .string(jobId), "auto-dismiss": false, "auto-finalize": false,
             "speed": .int(speed), "on-error": .string(onError),
         ])
+    }
+
+    /// `job-finalize` of a job waiting in `pending`.
+    public func jobFinalize(jobId: String) async throws {
+        try await execute("job-finalize", ["id": .string(jobId)])
+    }
+
+    /// Flushes one block node (or device) to disk through HMP `qemu-io … "flush"`: QMP has
+    /// no flush command. Returns what HMP answered (empty on success).
+    public func flushBlockNode(_ name: String, isNodeName: Bool) async throws -> String {
+        let target = isNodeName ? "-d \(name)" : name
+        let reply = try await execute("human-monitor-command", ["command-line": .string("qemu-io \(target) \"flush\"")])
+        return (reply.stringValue ?? reply.compactText).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Active `block-commit` of `device`'s top image into `baseNode`, as job `jobId`.

@@ -22,7 +22,8 @@ struct RecoveryIntegrationTests {
     static let copyCrashPoints = [
         "plan:running", "transition:snapshotting", "intent:blockdev-snapshot-sync", "sent:blockdev-snapshot-sync",
         "outcome:blockdev-snapshot-sync", "transition:streaming", "intent:block-stream", "sent:block-stream",
-        "outcome:block-stream", "sent:job-dismiss", "transition:retiring", "intent:rename", "sent:rename",
+        "outcome:block-stream", "intent:job-finalize", "sent:job-finalize", "outcome:job-finalize",
+        "sent:job-dismiss", "transition:retiring", "intent:rename", "sent:rename",
         "outcome:rename", "transition:completed", "plan:completed",
     ]
 
@@ -139,14 +140,17 @@ struct RecoveryIntegrationTests {
         #expect(killed.status == SIGKILL)
 
         try await rig.write(slot: 2)  // while livecopy is down
-        let concluded = try await rig.waitForStreamJob(status: ["concluded"], timeout: 30)
-        #expect(concluded.error == nil, "the stream job succeeded: \(concluded.error ?? "")")
+        // The stream copies everything on its own, then waits in `pending`: livecopy starts it
+        // with auto-finalize off, so the backing file goes only after livecopy flushed.
+        let finished = try await rig.waitForStreamJob(status: ["pending"], timeout: 30)
+        #expect(finished.error == nil, "the stream job succeeded: \(finished.error ?? "")")
         let before = try await rig.activeImage()
-        #expect(before.file == rig.destination && before.backing == nil, "QEMU finished the stream on its own")
+        #expect(before.file == rig.destination && before.backing == rig.source,
+                "QEMU keeps the backing file until livecopy finalizes the job")
 
         let recover = try await rig.livecopy.run(["recover", "--json"])
         #expect(recover.status == 0, "recover: \(recover.stderr)")
-        #expect(recover.stderr.contains("vm/drive0") && recover.stderr.contains("concluded"),
+        #expect(recover.stderr.contains("vm/drive0") && recover.stderr.contains("pending"),
                 "recover reports what it found per disk:\n\(recover.stderr)")
         let documents = try? JSONDecoder().decode([PlanDocument].self, from: Data(recover.stdout.utf8))
         #expect(documents?.map(\.state) == ["completed"], "recover --json:\n\(recover.stdout)")
@@ -155,7 +159,7 @@ struct RecoveryIntegrationTests {
         let planId = try rig.planId()
         #expect(try rig.store().plan(id: planId)?.state == .completed)
         #expect(try rig.store().disks(ofPlan: planId).first?.state == .completed)
-        #expect(try await rig.streamJob() == nil, "recover dismissed the concluded job")
+        #expect(try await rig.streamJob() == nil, "recover finalized and dismissed the job")
         try await rig.write(slot: 3)
         await rig.vm.stop()
         try rig.expectDestinationHoldsEverything("concluded while down")
