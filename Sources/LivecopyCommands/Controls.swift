@@ -4,6 +4,15 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 
+/// The plan an operator control acts on, and how long to wait for its owner.
+struct ControlTarget: ParsableArguments {
+    @Argument(help: ArgumentHelp("The plan id.", valueName: "id"))
+    var id: Int64
+
+    @Option(help: "How long to wait for the live owner to apply it, in seconds.")
+    var timeout: Double = 10
+}
+
 /// `livecopy throttle ID --speed S`: change the speed of a plan's stream jobs.
 struct Throttle: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,21 +25,17 @@ struct Throttle: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Argument(help: ArgumentHelp("The plan id.", valueName: "id"))
-    var id: Int64
+    @OptionGroup var target: ControlTarget
 
     @Option(help: ArgumentHelp("Bytes per second, in the policy's size syntax (20M, 1G); 0 = unlimited.", valueName: "size"))
     var speed: String
-
-    @Option(help: "How long to wait for the live owner to apply it, in seconds.")
-    var timeout: Double = 10
 
     func run() async throws {
         try await reportingErrors {
             guard let bytes = ByteSize.parse(speed) else {
                 throw InputError("--speed has invalid value '\(speed)' (expected bytes per second, such as 0, 512K, 20M or 1G)")
             }
-            return try await sendControl(.throttle(speed: bytes), planId: id, common: common, timeout: timeout)
+            return try await sendControl(.throttle(speed: bytes), planId: target.id, common: common, timeout: target.timeout)
         }
     }
 }
@@ -42,14 +47,10 @@ struct Pause: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Argument(help: ArgumentHelp("The plan id.", valueName: "id"))
-    var id: Int64
-
-    @Option(help: "How long to wait for the live owner to apply it, in seconds.")
-    var timeout: Double = 10
+    @OptionGroup var target: ControlTarget
 
     func run() async throws {
-        try await reportingErrors { try await sendControl(.pause, planId: id, common: common, timeout: timeout) }
+        try await reportingErrors { try await sendControl(.pause, planId: target.id, common: common, timeout: target.timeout) }
     }
 }
 
@@ -60,14 +61,10 @@ struct Resume: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Argument(help: ArgumentHelp("The plan id.", valueName: "id"))
-    var id: Int64
-
-    @Option(help: "How long to wait for the live owner to apply it, in seconds.")
-    var timeout: Double = 10
+    @OptionGroup var target: ControlTarget
 
     func run() async throws {
-        try await reportingErrors { try await sendControl(.resume, planId: id, common: common, timeout: timeout) }
+        try await reportingErrors { try await sendControl(.resume, planId: target.id, common: common, timeout: target.timeout) }
     }
 }
 
