@@ -418,23 +418,28 @@ struct RecoveryIntegrationTests {
             let cancel = try await rig.livecopy.run(["cancel", String(planId)], environment: ["LIVECOPY_CRASH_AT": point])
             #expect(cancel.status == Self.crashStatus, "[\(point)] cancel should stop at the crash point: \(cancel.status)\n\(cancel.stderr)")
             try await rig.write(slot: 2)  // still into the destination (or the source if the pivot happened)
-
-            let recover = try await rig.livecopy.run(["recover"])
-            #expect(recover.status == 0, "[\(point)] recover: \(recover.status)\n\(recover.stderr)")
-            let plan = try rig.store().plan(id: planId)
-            let disk = try rig.store().disks(ofPlan: planId).first
-            #expect(plan?.state == .rolledBack, "[\(point)] plan is \(plan?.state.rawValue ?? "?")")
-            #expect(disk?.state == .rolledBack, "[\(point)] disk is \(disk?.state.rawValue ?? "?"): \(disk?.error ?? "")")
-
-            let active = try await rig.activeImage()
-            #expect(active.file == rig.source && active.backing == nil, "[\(point)] VM on \(active.file ?? "nil")")
-            #expect(try await rig.vm.testMonitor().queryJobs().isEmpty, "[\(point)] no job is left behind")
-            #expect(!FileManager.default.fileExists(atPath: rig.destination), "[\(point)] the destination is deleted")
-            try await rig.write(slot: 3)
-            await rig.vm.stop()
-            try rig.expectSourceHoldsEverything(point)
-            try rig.expectUnbrokenTimeline(point)
+            try await Self.expectRecoverFinishesTheRollback(rig, planId: planId, point: point)
         }
+    }
+
+    /// After a cancel stopped at `point`: `recover` ends the plan rolled back, the VM on its
+    /// source with no job left, the destination deleted, and every write in the source.
+    static func expectRecoverFinishesTheRollback(_ rig: Rig, planId: Int64, point: String) async throws {
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status == 0, "[\(point)] recover: \(recover.status)\n\(recover.stderr)")
+        let plan = try rig.store().plan(id: planId)
+        let disk = try rig.store().disks(ofPlan: planId).first
+        #expect(plan?.state == .rolledBack, "[\(point)] plan is \(plan?.state.rawValue ?? "?")")
+        #expect(disk?.state == .rolledBack, "[\(point)] disk is \(disk?.state.rawValue ?? "?"): \(disk?.error ?? "")")
+
+        let active = try await rig.activeImage()
+        #expect(active.file == rig.source && active.backing == nil, "[\(point)] VM on \(active.file ?? "nil")")
+        #expect(try await rig.vm.testMonitor().queryJobs().isEmpty, "[\(point)] no job is left behind")
+        #expect(!FileManager.default.fileExists(atPath: rig.destination), "[\(point)] the destination is deleted")
+        try await rig.write(slot: 3)
+        await rig.vm.stop()
+        try rig.expectSourceHoldsEverything(point)
+        try rig.expectUnbrokenTimeline(point)
     }
 
     // MARK: - 7b. A rollback by mirror (the stream had concluded) interrupted at every step
@@ -457,19 +462,7 @@ struct RecoveryIntegrationTests {
             let cancel = try await rig.livecopy.run(["cancel", String(planId)], environment: ["LIVECOPY_CRASH_AT": point])
             #expect(cancel.status == Self.crashStatus, "[\(point)] cancel should stop there: \(cancel.status)\n\(cancel.stderr)")
             try await rig.write(slot: 2)  // wherever the VM is now
-
-            let recover = try await rig.livecopy.run(["recover"])
-            #expect(recover.status == 0, "[\(point)] recover: \(recover.status)\n\(recover.stderr)")
-            let disk = try rig.store().disks(ofPlan: planId).first
-            #expect(disk?.state == .rolledBack, "[\(point)] disk is \(disk?.state.rawValue ?? "?"): \(disk?.error ?? "")")
-            let active = try await rig.activeImage()
-            #expect(active.file == rig.source && active.backing == nil, "[\(point)] VM on \(active.file ?? "nil")")
-            #expect(try await rig.vm.testMonitor().queryJobs().isEmpty, "[\(point)] no job is left behind")
-            #expect(!FileManager.default.fileExists(atPath: rig.destination), "[\(point)] the destination is deleted")
-            try await rig.write(slot: 3)
-            await rig.vm.stop()
-            try rig.expectSourceHoldsEverything(point)
-            try rig.expectUnbrokenTimeline(point)
+            try await Self.expectRecoverFinishesTheRollback(rig, planId: planId, point: point)
         }
     }
 
