@@ -276,10 +276,7 @@ final class DiskWorkflow: @unchecked Sendable {
     private func refuseAmbiguousPivot() throws {
         var info = stat()
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0, let source = disk.source else { return }
-        let same = disk.sourceFormat.flatMap {
-            try? inspector.sameContents(source, format: $0, disk.destination, format: "qcow2")
-        }
-        guard same != true else { return }
+        guard !inspector.sourceMatchesDestination(disk) else { return }
         throw NeedsAttention(
             description: "a pivot back to \(source) was requested just before QEMU stopped, and the VM now runs on \(source), which differs from \(disk.destination): livecopy cannot tell which holds the newest writes and touched neither; compare them, keep the newest, delete the other yourself, then run livecopy recover")
     }

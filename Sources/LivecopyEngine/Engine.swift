@@ -33,7 +33,7 @@ public final class Engine: @unchecked Sendable {
 
     /// How long an owner may stay silent before its lease counts as abandoned.
     public static let leaseTimeout: Double = 10
-    /// How often an owner renews its lease and looks for a cancel request.
+    /// How often an owner renews its lease and looks for cancel and operator requests.
     public static let heartbeatInterval: Double = 1
 
     public init(store: any WorkflowStore, connector: any QMPConnector, observer: any EngineObserver = SilentObserver(),
@@ -136,7 +136,9 @@ public final class Engine: @unchecked Sendable {
             if mode == .rollback || (try? self.store.isCancelRequested(planId: planId)) == true { return nil }
             return await self.driveDisks(planId: planId, policy: plan.policy) { try await $0.run() }
         }
-        let heartbeat = Task {
+        // One loop for what an owner owes its plan while driving it: renew the lease, watch
+        // for a cancel request, and apply operator requests (throttle, pause, resume).
+        let ownerLoop = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(Self.heartbeatInterval))
                 if Task.isCancelled { break }
@@ -151,21 +153,12 @@ public final class Engine: @unchecked Sendable {
                     self.observer.note(nil, "plan \(planId): cancel requested; rolling back")
                     forward.cancel()
                 }
-            }
-        }
-        // Operator requests (throttle, pause, resume), applied over this engine's own sessions.
-        let controls = Task {
-            while !Task.isCancelled {
                 await self.applyOperatorRequests(planId: planId)
-                try? await Task.sleep(for: .seconds(Self.controlPollInterval))
             }
         }
-        defer { controls.cancel() }
+        defer { ownerLoop.cancel() }
         let forwardError = await forward.value
-        if lost.isSet {
-            heartbeat.cancel()
-            throw LeaseLost(planId: planId)
-        }
+        if lost.isSet { throw LeaseLost(planId: planId) }
         var rollbackError: Error?
         let cancelRequested = try store.isCancelRequested(planId: planId)
         if mode == .rollback || cancelled.isSet || cancelRequested {
@@ -182,13 +175,9 @@ public final class Engine: @unchecked Sendable {
                 try await workflow.run()
             }
         }
-        heartbeat.cancel()
         if let error = forwardError ?? rollbackError { throw error }
         return try finish(planId: planId)
     }
-
-    /// How often an owner looks for operator requests (`livecopy throttle`, `pause`, `resume`).
-    public static let controlPollInterval: Double = 0.5
 
     /// Applies the plan's open operator requests, oldest first, to its stream jobs in
     /// QEMU (over the sessions already open), and records each outcome.
@@ -395,10 +384,7 @@ extension Engine {
         if let image = disk.bootImage { return image }
         guard let source = disk.source else { return nil }
         if disk.intent == "block-job-complete" {
-            let same = disk.sourceFormat.flatMap {
-                try? inspector.sameContents(source, format: $0, disk.destination, format: "qcow2")
-            }
-            return same == true ? source : nil
+            return inspector.sourceMatchesDestination(disk) ? source : nil
         }
         var info = stat()
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return source }

@@ -80,12 +80,21 @@ public protocol ImageInspector: Sendable {
     func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool
 }
 
+extension ImageInspector {
+    /// Whether `disk`'s source and destination hold the same guest-visible bytes; false
+    /// when it cannot be told (no source recorded, or an image cannot be read).
+    func sourceMatchesDestination(_ disk: DiskRecord) -> Bool {
+        guard let source = disk.source, let format = disk.sourceFormat else { return false }
+        return (try? sameContents(source, format: format, disk.destination, format: "qcow2")) == true
+    }
+}
+
 /// Asks `qemu-img map` (read-only, shared lock) which ranges the top layer holds.
 public struct QemuImgInspector: ImageInspector {
     public init() {}
 
     public func hasOwnData(_ path: String) throws -> Bool {
-        let (status, data) = try qemuImg(["map", "-U", "--output=json", "-f", "qcow2", path])
+        let (status, data, _) = try runQemuImg(["map", "-U", "--output=json", "-f", "qcow2", path])
         guard status == 0, let ranges = try? JSONDecoder().decode([MapRange].self, from: data) else {
             throw InspectionFailed(path: path)
         }
@@ -95,22 +104,9 @@ public struct QemuImgInspector: ImageInspector {
 
     /// `qemu-img compare` exits 0 for identical contents and 1 for different ones.
     public func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool {
-        let (status, _) = try qemuImg(["compare", "-U", "-f", firstFormat, "-F", secondFormat, first, second])
+        let (status, _, _) = try runQemuImg(["compare", "-U", "-f", firstFormat, "-F", secondFormat, first, second])
         guard status == 0 || status == 1 else { throw InspectionFailed(path: "\(first) and \(second)") }
         return status == 0
-    }
-
-    private func qemuImg(_ arguments: [String]) throws -> (Int32, Data) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["qemu-img"] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, data)
     }
 
     private struct MapRange: Decodable {
@@ -196,11 +192,11 @@ public struct QemuImgDestinationCreator: DestinationCreator {
     /// as stdin (`-u`: the backing file is not opened), then `qemu-img info` of the same file
     /// to check what was written.
     private func writeHeader(into file: FileHandle, path: String, backing: String, backingFormat: String, virtualSize: Int64) throws {
-        let create = try run(["create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", backingFormat, "/dev/stdin", String(virtualSize)], stdin: file)
+        let create = try runQemuImg(["create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", backingFormat, "/dev/stdin", String(virtualSize)], stdin: file)
         guard create.status == 0 else {
             throw CreationFailed(description: "qemu-img create of \(path) failed: \(create.stderr)")
         }
-        let check = try run(["info", "-f", "qcow2", "--output=json", "/dev/stdin"], stdin: file)
+        let check = try runQemuImg(["info", "-f", "qcow2", "--output=json", "/dev/stdin"], stdin: file)
         guard check.status == 0, let header = try? JSONDecoder().decode(Header.self, from: check.stdout),
               header.backingFilename == backing, header.backingFilenameFormat == backingFormat,
               header.virtualSize == virtualSize
@@ -208,33 +204,6 @@ public struct QemuImgDestinationCreator: DestinationCreator {
             throw CreationFailed(description: "the qcow2 header written into \(path) is not as requested: \(String(decoding: check.stdout, as: UTF8.self)) \(check.stderr)")
         }
     }
-
-    private func run(_ arguments: [String], stdin: FileHandle) throws -> (status: Int32, stdout: Data, stderr: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["qemu-img"] + arguments
-        process.standardInput = stdin
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let errorBox = OutputBox()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async {
-            errorBox.data = errors.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        process.waitUntilExit()
-        let text = String(decoding: errorBox.data, as: UTF8.self)
-            .split(whereSeparator: \.isNewline).joined(separator: " ")
-        return (process.terminationStatus, data, text)
-    }
-
-    private final class OutputBox: @unchecked Sendable { var data = Data() }
 
     private struct Header: Decodable {
         let virtualSize: Int64
@@ -264,3 +233,33 @@ extension Array where Element == BlockDeviceInfo {
         return nil
     }
 }
+
+/// Runs `qemu-img ARGUMENTS` (found on PATH), reading `stdin` if given, and returns its
+/// status, its output and its error text on one line. Blocks until it exits.
+func runQemuImg(_ arguments: [String], stdin: FileHandle? = nil) throws -> (status: Int32, stdout: Data, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["qemu-img"] + arguments
+    if let stdin { process.standardInput = stdin }
+    let output = Pipe()
+    let errors = Pipe()
+    process.standardOutput = output
+    process.standardError = errors
+    try process.run()
+    let errorBox = OutputBox()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async {
+        errorBox.data = errors.fileHandleForReading.readDataToEndOfFile()
+        group.leave()
+    }
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    process.waitUntilExit()
+    let text = String(decoding: errorBox.data, as: UTF8.self)
+        .split(whereSeparator: \.isNewline).joined(separator: " ")
+    return (process.terminationStatus, data, text)
+}
+
+/// Holds what a reader thread collected.
+private final class OutputBox: @unchecked Sendable { var data = Data() }
