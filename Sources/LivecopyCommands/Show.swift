@@ -20,7 +20,8 @@ struct Show: AsyncParsableCommand {
             let disks = try store.disks(ofPlan: plan.id)
             let events = try store.events(ofPlan: plan.id)
             if json {
-                print(try PlanDocument.json(PlanDocument(plan: plan, disks: disks, events: events)))
+                print(try PlanDocument.json(PlanDocument(plan: plan, disks: disks, events: events,
+                                                         controls: try store.controls(ofPlan: plan.id))))
                 return ExitStatus.success
             }
             print(PlanText.summary(plan, disks: disks))

@@ -19,7 +19,9 @@ struct Status: AsyncParsableCommand {
             let store = try common.openStore()
             let plans = try id.map { [try requirePlan($0, in: store)] }
                 ?? store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
-            let documents = try plans.map { PlanDocument(plan: $0, disks: try store.disks(ofPlan: $0.id)) }
+            let documents = try plans.map {
+                PlanDocument(plan: $0, disks: try store.disks(ofPlan: $0.id), controls: try store.controls(ofPlan: $0.id))
+            }
             if json {
                 if id != nil, let document = documents.first {
                     print(try PlanDocument.json(document))

@@ -70,6 +70,15 @@ final class DiskLedger: @unchecked Sendable {
         CrashPoint.reach("\(kind.rawValue):\(action)")
     }
 
+    /// Reads the disk's record again (another ledger, such as the VM's snapshot, may have
+    /// moved it meanwhile).
+    func reload() throws {
+        guard let fresh = try store.disks(ofPlan: disk.planId).first(where: { $0.id == disk.id }) else {
+            throw StoreFailure("disk \(disk.id) of plan \(disk.planId) is gone from the database")
+        }
+        disk = fresh
+    }
+
     /// Appends a note to the timeline (no state change).
     func note(_ detail: String) throws {
         try store.appendEvent(planId: disk.planId, diskId: disk.id, event: NewEvent(kind: .note, detail: detail), at: Date())

@@ -18,15 +18,21 @@ final class DiskWorkflow: @unchecked Sendable {
     let creator: any DestinationCreator
     /// The operator's settings for the plan (`livecopy throttle`, `pause`), read when a job starts.
     let controls: @Sendable () -> PlanControls
+    /// Waits until the snapshot of this disk's VM, taken for all its disks of the plan at
+    /// once, is done (forward runs only), and returns the ids of the disks it acted on.
+    /// Nil: the disk is snapshotted on its own.
+    let joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)?
 
     init(ledger: DiskLedger, session: any QMPSession, policy: Policy, inspector: any ImageInspector,
-         creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() }) {
+         creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() },
+         joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)? = nil) {
         self.ledger = ledger
         self.session = session
         self.policy = policy
         self.inspector = inspector
         self.creator = creator
         self.controls = controls
+        self.joinVMSnapshot = joinVMSnapshot
     }
 
     private var disk: DiskRecord { ledger.disk }
@@ -35,9 +41,21 @@ final class DiskWorkflow: @unchecked Sendable {
     var state: DiskState { ledger.disk.state }
 
     /// Runs the disk until it rests: completed, failed, rolled back or needing attention.
-    /// A disk that starts `failed` or `needs_attention` is reconciled and resumed once.
+    /// A forward run first joins its VM's snapshot (all the VM's disks switch in one
+    /// transaction). A disk that starts `failed` or `needs_attention` is reconciled and
+    /// resumed once.
     func run() async throws {
-        if disk.state == .failed || disk.state == .needsAttention {
+        var settledBySnapshot = false
+        if let joinVMSnapshot {
+            // The VM's snapshot settles each member's record itself; it throws only when a
+            // record is in doubt. Either way this ledger's copy of the record is stale now.
+            let groupError: Error?
+            do { settledBySnapshot = try await joinVMSnapshot().contains(disk.id); groupError = nil } catch { groupError = error }
+            try ledger.reload()
+            if let groupError { throw groupError }
+        }
+        // A disk the VM's snapshot just failed is not resumed again in the same run.
+        if !settledBySnapshot && (disk.state == .failed || disk.state == .needsAttention) {
             do {
                 try await resumeFailed()
             } catch let error as NeedsAttention {
@@ -52,34 +70,44 @@ final class DiskWorkflow: @unchecked Sendable {
             if Task.isCancelled { return }
             do {
                 switch disk.state {
-                case .pending: try await startSnapshot()
-                case .snapshotting: try await reconcileSnapshot()
+                case .pending, .snapshotting:
+                    // Not switched by the VM's snapshot (or resumed since): a snapshot of its own.
+                    try await VMSnapshot(vmName: disk.vmName, members: [self]).run()
                 case .streaming: try await stream()
                 case .retiring: try await retire()
                 case .rollingBack: try await rollback()
                 case .completed, .failed, .rolledBack, .needsAttention: return
                 }
-            } catch is CancellationError {
-                return  // The plan is being cancelled: the next owner of the disk reconciles.
-            } catch let error as NeedsAttention {
-                try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
-            } catch let error as IllegalTransition {
-                throw error
-            } catch let error as StoreConflict {
-                throw error
-            } catch let error as StoreFailure {
-                throw error
             } catch {
-                if Task.isCancelled { return }
-                // A lost or broken QMP session says nothing about the copy: a rollback under
-                // way stays under way (recover resumes it), and a stream does not roll back.
-                let sessionLost = error is QMPClientError
-                if sessionLost && disk.state == .rollingBack {
-                    try ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
-                    return
-                }
-                try fail(because: describe(error), sessionLost: sessionLost)
+                guard try settle(error) else { return }
             }
+        }
+    }
+
+    /// Records what `error` means for the disk: attention needed, a failure, or nothing
+    /// (a cancelled plan; a rollback interrupted by a lost QMP session, which recover
+    /// resumes). Rethrows errors that put the record itself in doubt. Returns whether
+    /// the disk may go on (its new state decides how).
+    func settle(_ error: Error) throws -> Bool {
+        switch error {
+        case is CancellationError:
+            return false  // The plan is being cancelled: the next owner of the disk reconciles.
+        case let error as NeedsAttention:
+            try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+            return true
+        case is IllegalTransition, is StoreConflict, is StoreFailure:
+            throw error
+        default:
+            if Task.isCancelled { return false }
+            // A lost or broken QMP session says nothing about the copy: a rollback under
+            // way stays under way (recover resumes it), and a stream does not roll back.
+            let sessionLost = error is QMPClientError
+            if sessionLost && disk.state == .rollingBack {
+                try ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
+                return false
+            }
+            try fail(because: describe(error), sessionLost: sessionLost)
+            return true
         }
     }
 
@@ -140,18 +168,71 @@ final class DiskWorkflow: @unchecked Sendable {
         try await session.queryJobs().first(where: { $0.id == id })
     }
 
-    // MARK: - Snapshot
+    // MARK: - Snapshot (one member of the VM's snapshot; see `VMSnapshot`)
 
-    private func startSnapshot() async throws {
-        if disk.source == nil { try await discoverSource() }
-        let entry = try await locateDevice()
-        guard let active = entry.inserted?.file, active == disk.source else {
-            throw NeedsAttention(
-                description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), not on the recorded source \(disk.source ?? "?")")
+    /// Readies this disk for its VM's snapshot transaction and returns the device entry to
+    /// snapshot, or nil when the disk takes no part (already switched, or not this step's
+    /// business). A disk `pending` is checked and its destination created; one
+    /// `snapshotting` after an interruption is reconciled first (did the snapshot happen?);
+    /// one `failed` or `needs_attention` while still on its source is resumed.
+    func prepareSnapshot() async throws -> BlockDeviceInfo? {
+        switch disk.state {
+        case .pending:
+            if disk.source == nil { try await discoverSource() }
+            let entry = try await locateDevice()
+            guard let active = entry.inserted?.file, active == disk.source else {
+                throw NeedsAttention(
+                    description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), not on the recorded source \(disk.source ?? "?")")
+            }
+            try DestinationCheck.refuseExisting(disk.destination)
+            try ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
+            try createDestination(entry)
+            return entry
+        case .failed, .needsAttention:
+            if try await job(disk.commitJobId) != nil || DiskWorkflow.rollbackIntents.contains(disk.intent ?? "") { return nil }
+            guard try await locateDevice().inserted?.file == disk.source else { return nil }
+            try ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
+            return try await reconcileSnapshot()
+        case .snapshotting:
+            return try await reconcileSnapshot()
+        case .streaming, .retiring, .rollingBack, .completed, .rolledBack:
+            return nil
         }
-        try DestinationCheck.refuseExisting(disk.destination)
-        try ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
-        try await takeSnapshot(entry)
+    }
+
+    /// The snapshot request for this disk: its destination file (made by livecopy;
+    /// `mode: existing`, so QEMU never creates one) on top of the device's active image.
+    func snapshotRequest(_ entry: BlockDeviceInfo) throws -> SnapshotRequest {
+        SnapshotRequest(target: try target(entry), snapshotFile: disk.destination,
+                        snapshotNodeName: disk.destinationNodeName, mode: "existing")
+    }
+
+    /// Marks the end of the snapshot command (for crash tests).
+    func snapshotSent() { ledger.sent() }
+
+    /// QEMU accepted the snapshot: records what it shows, and moves on to streaming.
+    func snapshotTaken() async throws {
+        let after = try await locateDevice()
+        guard after.inserted?.file == disk.destination else {
+            throw NeedsAttention(description: "snapshot reported success but the VM is on \(after.inserted?.file ?? "no image")")
+        }
+        try ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
+        try ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
+    }
+
+    /// The snapshot was refused (by QEMU, or because another disk of the VM could not
+    /// take part): if the VM is nevertheless on the destination go on; otherwise remove
+    /// the file livecopy made, and fail, resumable.
+    func snapshotNotTaken(_ reason: String) async throws {
+        let entry = try await locateDevice()
+        if entry.inserted?.file == disk.destination {
+            try ledger.outcome("the VM is on \(disk.destination) despite the error")
+            try ledger.transition(to: .streaming, "destination overlay active")
+            return
+        }
+        removeDestinationIfOurs()
+        try ledger.outcome("failed: \(reason)") { $0.destinationCreated = false }
+        try ledger.transition(to: .failed, reason) { $0.error = reason }
     }
 
     /// A plan recorded with `submit --detach` learns its source now, with the same checks
@@ -166,29 +247,6 @@ final class DiskWorkflow: @unchecked Sendable {
             $0.sourceFormat = found.sourceFormat
             $0.qmpDevice = found.qmpDevice
         }
-    }
-
-    /// Creates the destination overlay (recording the intent to snapshot with its outcome),
-    /// sends `blockdev-snapshot-sync` (`mode: existing`: QEMU opens the file livecopy made,
-    /// never creates one), then records what QEMU shows.
-    private func takeSnapshot(_ entry: BlockDeviceInfo) async throws {
-        try createDestination(entry)
-        do {
-            try await session.blockdevSnapshotSync(
-                target: try target(entry), snapshotFile: disk.destination, snapshotNodeName: disk.destinationNodeName,
-                mode: "existing")
-            ledger.sent()
-        } catch let error as QMPCommandError {
-            // QEMU switched nothing; remove the file livecopy made, and fail.
-            try await reconcileFailedSnapshot(error.description)
-            return
-        }
-        let after = try await locateDevice()
-        guard after.inserted?.file == disk.destination else {
-            throw NeedsAttention(description: "snapshot reported success but the VM is on \(after.inserted?.file ?? "no image")")
-        }
-        try ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
-        try ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
     }
 
     /// Makes the destination file, exclusively, with the source as its backing file and the
@@ -215,20 +273,9 @@ final class DiskWorkflow: @unchecked Sendable {
                            next: "blockdev-snapshot-sync") { $0.destinationCreated = true }
     }
 
-    private func reconcileFailedSnapshot(_ reason: String) async throws {
-        let entry = try await locateDevice()
-        if entry.inserted?.file == disk.destination {
-            try ledger.outcome("the VM is on \(disk.destination) despite the error")
-            try ledger.transition(to: .streaming, "destination overlay active")
-            return
-        }
-        removeDestinationIfOurs()
-        try ledger.outcome("failed: \(reason)") { $0.destinationCreated = false }
-        try ledger.transition(to: .failed, reason) { $0.error = reason }
-    }
-
-    /// After an interruption in `snapshotting`: did the snapshot happen?
-    private func reconcileSnapshot() async throws {
+    /// After an interruption in `snapshotting`: did the snapshot happen? If so, go on to
+    /// streaming (nil); if not, make the destination again and return the entry to snapshot.
+    private func reconcileSnapshot() async throws -> BlockDeviceInfo? {
         let entry = try await locateDevice()
         switch entry.inserted?.file {
         case disk.destination?:
@@ -236,6 +283,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 $0.qmpDevice = try? deviceName(entry)
             }
             try ledger.transition(to: .streaming, "destination overlay active")
+            return nil
         case disk.source?:
             try refuseSplitBrain(activeImage: disk.source ?? "")
             removeDestinationIfOurs()
@@ -246,7 +294,8 @@ final class DiskWorkflow: @unchecked Sendable {
             }
             try ledger.outcome("the snapshot had not happened; retrying") { $0.destinationCreated = false }
             try DestinationCheck.refuseExisting(disk.destination)
-            try await takeSnapshot(entry)
+            try createDestination(entry)
+            return entry
         default:
             throw NeedsAttention(
                 description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
@@ -409,8 +458,17 @@ final class DiskWorkflow: @unchecked Sendable {
             throw NeedsAttention(
                 description: "after the stream the VM is on \(entry.inserted?.file ?? "no image") with backing \(entry.inserted?.backingFile ?? "none")")
         }
-        if let source = disk.source, let holder = try await session.queryNamedBlockNodes().first(where: { $0.file == source }) {
-            throw NeedsAttention(description: "block node '\(holder.nodeName)' still opens the source \(source)")
+        // Not `query-named-block-nodes`: QEMU 7.2 was seen to crash (SIGSEGV in
+        // bdrv_refresh_filename) answering it while another disk's stream job of the same VM
+        // finished. Every device's chain, then the processes' open files, tell instead.
+        if let source = disk.source {
+            let devices = try await session.queryBlock()
+            if let user = devices.first(where: { $0.inserted?.image.chain.contains { $0.filename == source } ?? false }) {
+                throw NeedsAttention(description: "device '\(user.device)' still has the source \(source) in its chain")
+            }
+            if let holder = await OpenFiles.holder(of: source) {
+                throw NeedsAttention(description: "\(holder) still has the source \(source) open")
+            }
         }
         try ledger.note("verified: \(disk.destination) is active with no backing file; nothing opens the source")
     }
@@ -505,10 +563,9 @@ final class DiskWorkflow: @unchecked Sendable {
             guard entry.inserted?.file == disk.destination, let source = disk.source else {
                 throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
             }
-            if entry.inserted?.backingFile == source,
-               let base = try await session.queryNamedBlockNodes().first(where: { $0.file == source }) {
+            if entry.inserted?.backingFile == source {
                 try ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
-                try await session.blockCommit(device: try deviceName(entry), jobId: commitId, baseNode: base.nodeName, speed: 0)
+                try await session.blockCommit(device: try deviceName(entry), jobId: commitId, baseFile: source, speed: 0)
                 ledger.sent()
                 try ledger.outcome("commit job started")
             } else {

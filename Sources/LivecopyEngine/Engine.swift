@@ -134,7 +134,7 @@ public final class Engine: @unchecked Sendable {
         let lost = CancelFlag()
         let forward = Task { () -> Error? in
             if mode == .rollback || (try? self.store.isCancelRequested(planId: planId)) == true { return nil }
-            return await self.driveDisks(planId: planId, policy: plan.policy) { try await $0.run() }
+            return await self.driveDisks(planId: planId, policy: plan.policy, snapshots: VMSnapshotBarrier()) { try await $0.run() }
         }
         // One loop for what an owner owes its plan while driving it: renew the lease, watch
         // for a cancel request, and apply operator requests (throttle, pause, resume).
@@ -168,7 +168,7 @@ public final class Engine: @unchecked Sendable {
                 try DiskLedger(disk: disk, store: store, observer: observer)
                     .transition(to: .rolledBack, "\(reason): nothing had been done")
             }
-            rollbackError = await driveDisks(planId: planId, policy: plan.policy) { workflow in
+            rollbackError = await driveDisks(planId: planId, policy: plan.policy, snapshots: nil) { workflow in
                 try workflow.beginRollback(reason)
                 // Only disks now rolling back go on; one that needs attention stays put.
                 guard workflow.state == .rollingBack else { return }
@@ -256,7 +256,9 @@ public final class Engine: @unchecked Sendable {
 
     /// Runs `step` for every disk of the plan that is not final, at most
     /// `max_parallel_disks` at a time. Returns the first error that puts a record in doubt.
-    private func driveDisks(planId: Int64, policy: Policy, _ step: @escaping @Sendable (DiskWorkflow) async throws -> Void) async -> Error? {
+    /// `snapshots` (forward runs) makes the disks of each VM switch together.
+    private func driveDisks(planId: Int64, policy: Policy, snapshots: VMSnapshotBarrier?,
+                            _ step: @escaping @Sendable (DiskWorkflow) async throws -> Void) async -> Error? {
         let disks: [DiskRecord]
         do {
             disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal }
@@ -271,7 +273,7 @@ public final class Engine: @unchecked Sendable {
                     if let error = await group.next() ?? nil { firstError = firstError ?? error }
                     running -= 1
                 }
-                group.addTask { await self.drive(disk, policy: policy, step) }
+                group.addTask { await self.drive(disk, policy: policy, snapshots: snapshots, step) }
                 running += 1
             }
             for await error in group where error != nil { firstError = firstError ?? error }
@@ -281,9 +283,14 @@ public final class Engine: @unchecked Sendable {
 
     /// Drives one disk; returns an error only when the record itself is in doubt. A VM
     /// that cannot be reached leaves the disk's state as it is (the plan is interrupted).
-    private func drive(_ disk: DiskRecord, policy: Policy, _ step: (DiskWorkflow) async throws -> Void) async -> Error? {
-        let ledger = DiskLedger(disk: disk, store: store, observer: observer)
+    private func drive(_ recorded: DiskRecord, policy: Policy, snapshots: VMSnapshotBarrier?,
+                       _ step: (DiskWorkflow) async throws -> Void) async -> Error? {
+        let ledger = DiskLedger(disk: recorded, store: store, observer: observer)
         do {
+            // Another disk's step (its VM's snapshot) may have moved this one since the plan was read.
+            try ledger.reload()
+            let disk = ledger.disk
+            if disk.state.isFinal { return nil }
             do {
                 try SocketCheck.check(disk.qmpSocket, policy: policy)
             } catch {
@@ -300,16 +307,36 @@ public final class Engine: @unchecked Sendable {
                 try ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
                 return nil
             }
-            let store = self.store
-            let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: disk.planId)) ?? PlanControls() }
-            try await step(DiskWorkflow(ledger: ledger, session: session, policy: policy, inspector: inspector, creator: creator,
-                                        controls: controls))
+            var join: (@Sendable () async throws -> Set<Int64>)?
+            if let snapshots {
+                join = { try await snapshots.join(disk.qmpSocket) { try await self.snapshotVM(of: disk, session: session, policy: policy) } }
+            }
+            try await step(workflow(ledger, session: session, policy: policy, joinVMSnapshot: join))
             return nil
         } catch is CancellationError {
             return nil
         } catch {
             return error
         }
+    }
+
+    /// A disk's workflow over `session`, retrying QEMU's transient refusals per policy.
+    private func workflow(_ ledger: DiskLedger, session: any QMPSession, policy: Policy,
+                          joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)?) -> DiskWorkflow {
+        let store = self.store
+        let planId = ledger.disk.planId
+        let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
+        let retrying = RetryingQMPSession(session, policy: policy) { message in try? ledger.note(message) }
+        return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
+                            controls: controls, joinVMSnapshot: joinVMSnapshot)
+    }
+
+    /// The snapshot step for every disk of the plan on `disk`'s VM, in one transaction.
+    private func snapshotVM(of disk: DiskRecord, session: any QMPSession, policy: Policy) async throws -> Set<Int64> {
+        let members = try store.disks(ofPlan: disk.planId)
+            .filter { $0.qmpSocket == disk.qmpSocket && !$0.state.isFinal }
+            .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy, joinVMSnapshot: nil) }
+        return try await VMSnapshot(vmName: disk.vmName, members: members).run()
     }
 
     /// Moves the plan through the plan transition table (a no-op if already there).

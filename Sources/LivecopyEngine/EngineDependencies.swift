@@ -263,3 +263,38 @@ func runQemuImg(_ arguments: [String], stdin: FileHandle? = nil) throws -> (stat
 
 /// Holds what a reader thread collected.
 private final class OutputBox: @unchecked Sendable { var data = Data() }
+
+/// Which process, if any, has a file open: every `/proc/PID/fd` entry is compared with
+/// the file by device and inode. Processes livecopy may not look into are skipped.
+enum OpenFiles {
+    /// `pid N (comm)` of a process holding `path` open, or nil. A holder seen once is
+    /// looked for again for up to `settle` seconds: QEMU closes an image it dropped right
+    /// after the command that dropped it, not always before its reply.
+    static func holder(of path: String, settle: Double = 1) async -> String? {
+        let deadline = Date().addingTimeInterval(settle)
+        while true {
+            guard let found = scan(path) else { return nil }
+            if Date() >= deadline { return found }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    private static func scan(_ path: String) -> String? {
+        var target = stat()
+        guard stat(path, &target) == 0 else { return nil }
+        guard let processes = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
+        for pid in processes where pid.allSatisfy(\.isNumber) {
+            guard let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { continue }
+            for descriptor in descriptors {
+                var info = stat()
+                guard stat("/proc/\(pid)/fd/\(descriptor)", &info) == 0 else { continue }
+                if info.st_dev == target.st_dev && info.st_ino == target.st_ino {
+                    let name = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
+                        .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+                    return "process \(pid) (\(name))"
+                }
+            }
+        }
+        return nil
+    }
+}

@@ -47,8 +47,17 @@ struct JobWatcher {
         case status(String)
         case ioErrorEvent(String)
         case tick
+        /// The poll saw the job concluded, a moment ago: events sent before the
+        /// conclusion (an I/O error, say) have been read by now.
+        case settled
         case lost
     }
+
+    /// How long a conclusion seen by polling waits for the events QEMU sent before it.
+    /// QEMU sends a job's events before it shows the new status in `query-jobs`, so they
+    /// are already on their way; the wait matters only when the job concluded before the
+    /// subscription began (re-attaching after a restart), and then costs this once.
+    static let settleDelay: Double = 0.2
 
     /// Waits until the job concludes, reads its `error`, dismisses it and returns the
     /// error (nil on success). The events subscription starts before the first query,
@@ -90,11 +99,12 @@ struct JobWatcher {
 
         var readyHandled = false
         var pendingHandled = false
+        var settling = false
         var pausedByErrorSince: Date?
         var lastResumeAttempt = Date.distantPast
         for await signal in signals {
             switch signal {
-            case .status("concluded"):
+            case .status("concluded"), .settled:
                 return try await concludeAndDismiss(callbacks)
             case .status("ready"):
                 if !readyHandled, let ready = callbacks.ready {
@@ -119,7 +129,14 @@ struct JobWatcher {
                 callbacks.progress(job)
                 switch job.status {
                 case "concluded":
-                    return try await concludeAndDismiss(callbacks)
+                    // Not yet: let the events before the conclusion be read first, so an
+                    // error event just ahead of it is recorded.
+                    guard !settling else { continue }
+                    settling = true
+                    Task {
+                        try? await Task.sleep(for: .seconds(Self.settleDelay))
+                        continuation.yield(.settled)
+                    }
                 case "ready":
                     if !readyHandled, let ready = callbacks.ready {
                         readyHandled = true

@@ -44,6 +44,47 @@ enum DestinationCheck {
     }
 }
 
+/// Whether each destination filesystem can hold what the plan copies onto it: the
+/// allocated size of every source chain (capped at the disk's virtual size, which a
+/// destination never exceeds by more than metadata), times the policy's `space_margin`.
+/// Disks whose destinations share a filesystem are added up.
+struct FreeSpaceCheck {
+    let margin: Double
+    private var needs: [UInt64: (directory: String, disks: [String], bytes: Int64)] = [:]
+
+    init(margin: Double) { self.margin = margin }
+
+    mutating func add(name: String, destination: String, source: ImageInfo) {
+        guard margin > 0 else { return }
+        let directory = (destination as NSString).deletingLastPathComponent
+        var info = stat()
+        guard stat(directory, &info) == 0 else { return }  // checkDirectory has refused it already
+        let allocated = source.chain.reduce(Int64(0)) { total, image in
+            var file = stat()
+            return total + (stat(image.filename, &file) == 0 ? Int64(file.st_blocks) * 512 : 0)
+        }
+        let bytes = min(allocated, source.virtualSize)
+        let device = UInt64(info.st_dev)
+        var need = needs[device] ?? (directory, [], 0)
+        need.disks.append(name)
+        need.bytes += bytes
+        needs[device] = need
+    }
+
+    func check() throws {
+        for need in needs.values.sorted(by: { $0.directory < $1.directory }) {
+            var fs = statvfs()
+            guard statvfs(need.directory, &fs) == 0 else { continue }
+            let free = Int64(fs.f_bavail) * Int64(fs.f_frsize)
+            let required = Int64((Double(need.bytes) * margin).rounded(.up))
+            guard free < required else { continue }
+            let others = need.disks.count > 1 ? " (with \(need.disks.count - 1) more disk(s) of the plan copied there)" : ""
+            throw PreflightError(
+                "\(need.disks[0])\(others): the filesystem of \(need.directory) has \(ByteSize.format(free)) free, but the copy needs \(ByteSize.format(required)) (\(ByteSize.format(need.bytes)) allocated in the source chain × space_margin \(margin)); free space there, or set space_margin in the policy")
+        }
+    }
+}
+
 /// QMP sockets are root-equivalent: whoever can write to one commands the VM.
 enum SocketCheck {
     /// Refuses a socket that is group- or world-writable or owned by another user than
@@ -74,6 +115,7 @@ struct Preflight {
         try checkOtherPlans(plan)
         var disks: [NewPlan.Disk] = []
         var sources = Set<String>()
+        var space = FreeSpaceCheck(margin: policy.spaceMargin)
         for vm in plan.vms {
             do {
                 try SocketCheck.check(vm.qmp, policy: policy)
@@ -99,8 +141,12 @@ struct Preflight {
                     throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
                 }
                 disks.append(found)
+                if let image = devices.first(where: { $0.inserted?.image.filename == found.source })?.inserted?.image {
+                    space.add(name: name, destination: disk.destination, source: image)
+                }
             }
         }
+        try space.check()
         return disks
     }
 

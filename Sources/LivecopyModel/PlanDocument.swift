@@ -59,6 +59,30 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         }
     }
 
+    /// The operator's settings for the plan's jobs (`status` and `show`).
+    public struct Controls: Codable, Sendable, Equatable {
+        /// Bytes per second set by `livecopy throttle` (0 = unlimited); null: the policy's `speed`.
+        public var speedOverride: Int64?
+        /// Whether `livecopy pause` holds the plan's jobs.
+        public var paused: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case paused
+            case speedOverride = "speed_override"
+        }
+
+        public init(_ controls: PlanControls) {
+            speedOverride = controls.speedOverride
+            paused = controls.paused
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(speedOverride, forKey: .speedOverride)
+            try container.encode(paused, forKey: .paused)
+        }
+    }
+
     public var id: Int64
     public var name: String?
     public var state: String
@@ -68,14 +92,16 @@ public struct PlanDocument: Codable, Sendable, Equatable {
     public var error: String?
     public var disks: [Disk]
     public var events: [Event]?
+    public var controls: Controls?
 
     enum CodingKeys: String, CodingKey {
-        case id, name, state, policy, error, disks, events
+        case id, name, state, policy, error, disks, events, controls
         case createdAt = "created_at"
         case finishedAt = "finished_at"
     }
 
-    /// Absent values are written as `null`; `events` only when present (`show`).
+    /// Absent values are written as `null`; `events` (`show`) and `controls` (`status`,
+    /// `show`) only when present.
     public func encode(to encoder: Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(id, forKey: .id)
@@ -87,9 +113,11 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         try container.encode(error, forKey: .error)
         try container.encode(disks, forKey: .disks)
         try container.encodeIfPresent(events, forKey: .events)
+        try container.encodeIfPresent(controls, forKey: .controls)
     }
 
-    public init(plan: PlanRecord, disks: [DiskRecord], events: [EventRecord]? = nil) {
+    public init(plan: PlanRecord, disks: [DiskRecord], events: [EventRecord]? = nil, controls: PlanControls? = nil) {
+        self.controls = controls.map(Controls.init)
         id = plan.id
         name = plan.name
         state = plan.state.rawValue

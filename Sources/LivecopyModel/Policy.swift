@@ -62,6 +62,14 @@ public struct Policy: Codable, Sendable, Equatable {
     /// Whether a QMP socket that others may write to (group- or world-writable, or owned
     /// by another user) is accepted. The socket is root-equivalent, so the default is no.
     public var allowSharedSocket: Bool
+    /// How many times a QMP command QEMU refused for a transient reason (a busy device,
+    /// a lock held for a moment) is sent again; 0 never retries.
+    public var qmpRetries: Int
+    /// The wait before the first retry, in seconds; each further retry waits twice as long.
+    public var qmpRetryBackoff: Double
+    /// Preflight refuses a plan unless each destination filesystem has free space for the
+    /// allocated size of the sources copied onto it, times this factor; 0 skips the check.
+    public var spaceMargin: Double
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case retireSource = "retire_source"
@@ -74,17 +82,22 @@ public struct Policy: Codable, Sendable, Equatable {
         case progressInterval = "progress_interval"
         case commandTimeout = "command_timeout"
         case allowSharedSocket = "allow_shared_socket"
+        case qmpRetries = "qmp_retries"
+        case qmpRetryBackoff = "qmp_retry_backoff"
+        case spaceMargin = "space_margin"
     }
 
     /// The built-in values, used only if the shipped `default.yaml` is somehow absent.
     static let fallback = Policy(
         retireSource: .rename, speed: 0, maxParallelDisks: 4, onFailure: .stop, afterRestart: .resume,
-        onError: .enospc, ioErrorWait: 300, progressInterval: 1, commandTimeout: 30, allowSharedSocket: false)
+        onError: .enospc, ioErrorWait: 300, progressInterval: 1, commandTimeout: 30, allowSharedSocket: false,
+        qmpRetries: 3, qmpRetryBackoff: 0.5, spaceMargin: 1.1)
 
     public init(
         retireSource: RetireSource, speed: Int64, maxParallelDisks: Int, onFailure: OnFailure,
         afterRestart: AfterRestart, onError: OnIOError, ioErrorWait: Double, progressInterval: Double,
-        commandTimeout: Double, allowSharedSocket: Bool = false
+        commandTimeout: Double, allowSharedSocket: Bool = false, qmpRetries: Int = 3, qmpRetryBackoff: Double = 0.5,
+        spaceMargin: Double = 1.1
     ) {
         self.retireSource = retireSource
         self.speed = speed
@@ -96,9 +109,12 @@ public struct Policy: Codable, Sendable, Equatable {
         self.progressInterval = progressInterval
         self.commandTimeout = commandTimeout
         self.allowSharedSocket = allowSharedSocket
+        self.qmpRetries = qmpRetries
+        self.qmpRetryBackoff = qmpRetryBackoff
+        self.spaceMargin = spaceMargin
     }
 
-    /// Decodes a stored policy; one recorded before `allow_shared_socket` existed gets false.
+    /// Decodes a stored policy; keys added after it was recorded take the built-in values.
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         retireSource = try container.decode(RetireSource.self, forKey: .retireSource)
@@ -111,6 +127,9 @@ public struct Policy: Codable, Sendable, Equatable {
         progressInterval = try container.decode(Double.self, forKey: .progressInterval)
         commandTimeout = try container.decode(Double.self, forKey: .commandTimeout)
         allowSharedSocket = try container.decodeIfPresent(Bool.self, forKey: .allowSharedSocket) ?? false
+        qmpRetries = try container.decodeIfPresent(Int.self, forKey: .qmpRetries) ?? Self.fallback.qmpRetries
+        qmpRetryBackoff = try container.decodeIfPresent(Double.self, forKey: .qmpRetryBackoff) ?? Self.fallback.qmpRetryBackoff
+        spaceMargin = try container.decodeIfPresent(Double.self, forKey: .spaceMargin) ?? Self.fallback.spaceMargin
     }
 }
 
@@ -166,6 +185,9 @@ extension Policy {
             case .progressInterval: policy.progressInterval = try value.duration(allowZero: false, atLeast: 0.05)
             case .commandTimeout: policy.commandTimeout = try value.duration(allowZero: false)
             case .allowSharedSocket: policy.allowSharedSocket = try value.boolean()
+            case .qmpRetries: policy.qmpRetries = try value.integer(in: 0...100)
+            case .qmpRetryBackoff: policy.qmpRetryBackoff = try value.duration(allowZero: true)
+            case .spaceMargin: policy.spaceMargin = try value.factor(in: 0...100)
             }
         }
         return policy
@@ -209,9 +231,22 @@ extension StrictYAML {
     }
 
     func positiveInteger() throws -> Int {
+        try integer(in: 1...10_000)
+    }
+
+    func integer(in range: ClosedRange<Int>) throws -> Int {
         let raw = try string()
-        guard let value = Int(raw), value > 0, value <= 10_000 else {
-            throw fail("has invalid value '\(raw)' (expected a whole number from 1 to 10000)")
+        guard let value = Int(raw), range.contains(value) else {
+            throw fail("has invalid value '\(raw)' (expected a whole number from \(range.lowerBound) to \(range.upperBound))")
+        }
+        return value
+    }
+
+    /// A plain decimal factor such as `1.1`, within `range`.
+    func factor(in range: ClosedRange<Double>) throws -> Double {
+        let raw = try string()
+        guard let value = Double(raw), value.isFinite, range.contains(value) else {
+            throw fail("has invalid value '\(raw)' (expected a number from \(range.lowerBound) to \(range.upperBound), such as 1.1)")
         }
         return value
     }

@@ -42,6 +42,9 @@ public struct Migration: Sendable, Equatable {
 struct Migrator {
     let migrations: [Migration]
 
+    /// Each migration runs in its own IMMEDIATE transaction that first checks it is still
+    /// unapplied: two processes opening a new database at once cannot both apply one (the
+    /// second waits for the first's commit, then skips it).
     func migrate(_ writer: any DatabaseWriter, path: String) throws {
         try writer.writeWithoutTransaction { db in
             try db.execute(sql: """
@@ -68,7 +71,10 @@ struct Migrator {
             }
             let done = Set(try applied.map { try $0.decode(Int.self, forColumn: "version") })
             for migration in migrations where !done.contains(migration.version) {
-                try db.inTransaction {
+                try db.inTransaction(.immediate) {
+                    let applied = try Bool.fetchOne(
+                        db, sql: "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?)", arguments: [migration.version]) ?? false
+                    guard !applied else { return .commit }
                     try db.execute(sql: migration.sql)
                     try db.execute(
                         sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",

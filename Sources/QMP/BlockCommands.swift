@@ -121,20 +121,14 @@ extension QMPSession {
         try await execute("query-named-block-nodes", ["flat": true]).decode([BlockNodeInfo].self)
     }
 
-    /// `blockdev-snapshot-sync`: puts a new qcow2 overlay `file` on top of the device's
-    /// active image. `target` names the device (`device:`) or the top node (`node-name:`).
-    public func blockdevSnapshotSync(
-        target: BlockTarget, snapshotFile: String, snapshotNodeName: String, mode: String
-    ) async throws {
-        var arguments: [String: JSONValue] = [
-            "snapshot-file": .string(snapshotFile), "snapshot-node-name": .string(snapshotNodeName),
-            "format": "qcow2", "mode": .string(mode),
-        ]
-        switch target {
-        case .device(let name): arguments["device"] = .string(name)
-        case .node(let name): arguments["node-name"] = .string(name)
+    /// One QMP `transaction` of `blockdev-snapshot-sync` actions: every snapshot happens,
+    /// or (on an error reply) none does. This is how a VM's disks switch to their
+    /// destinations together, as one crash-consistent set.
+    public func snapshotTransaction(_ snapshots: [SnapshotRequest]) async throws {
+        let actions = snapshots.map { snapshot -> JSONValue in
+            .object(["type": "blockdev-snapshot-sync", "data": .object(snapshot.arguments)])
         }
-        try await execute("blockdev-snapshot-sync", arguments)
+        try await execute("transaction", ["actions": .array(actions)])
     }
 
     /// `block-stream` into the active layer of `device`, as job `jobId`, never
@@ -161,10 +155,13 @@ extension QMPSession {
         return (reply.stringValue ?? reply.compactText).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// Active `block-commit` of `device`'s top image into `baseNode`, as job `jobId`.
-    public func blockCommit(device: String, jobId: String, baseNode: String, speed: Int64) async throws {
+    /// Active `block-commit` of `device`'s top image into the image of its chain opened as
+    /// `baseFile` (the exact file name QEMU shows), as job `jobId`. Naming the base by file
+    /// spares a `query-named-block-nodes`, which QEMU 7.2 can crash on while another block
+    /// job of the VM changes the graph.
+    public func blockCommit(device: String, jobId: String, baseFile: String, speed: Int64) async throws {
         try await execute("block-commit", [
-            "device": .string(device), "job-id": .string(jobId), "base-node": .string(baseNode),
+            "device": .string(device), "job-id": .string(jobId), "base": .string(baseFile),
             "auto-dismiss": false, "speed": .int(speed),
         ])
     }
@@ -200,6 +197,37 @@ extension QMPSession {
 
     public func jobDismiss(jobId: String) async throws {
         try await execute("job-dismiss", ["id": .string(jobId)])
+    }
+}
+
+/// One `blockdev-snapshot-sync`: a new qcow2 overlay `snapshotFile` on top of the
+/// active image of `target` (a device, or the top node).
+public struct SnapshotRequest: Sendable, Equatable {
+    public let target: BlockTarget
+    public let snapshotFile: String
+    public let snapshotNodeName: String
+    /// `existing` opens a file made beforehand; `absolute-paths` lets QEMU create (and
+    /// truncate, following links) the file.
+    public let mode: String
+
+    public init(target: BlockTarget, snapshotFile: String, snapshotNodeName: String, mode: String) {
+        self.target = target
+        self.snapshotFile = snapshotFile
+        self.snapshotNodeName = snapshotNodeName
+        self.mode = mode
+    }
+
+    /// The command's arguments, the overlay's format always given (never probed).
+    public var arguments: [String: JSONValue] {
+        var arguments: [String: JSONValue] = [
+            "snapshot-file": .string(snapshotFile), "snapshot-node-name": .string(snapshotNodeName),
+            "format": "qcow2", "mode": .string(mode),
+        ]
+        switch target {
+        case .device(let name): arguments["device"] = .string(name)
+        case .node(let name): arguments["node-name"] = .string(name)
+        }
+        return arguments
     }
 }
 

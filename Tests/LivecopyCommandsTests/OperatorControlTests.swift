@@ -139,6 +139,13 @@ struct OperatorControlTests {
         #expect(pause.stdout.contains("applies when the plan next runs"), "\(pause.stdout)")
         let status = try await rig.livecopy.run(["status", String(planId)])
         #expect(status.stdout.contains("PAUSED") && status.stdout.contains("1.0 MiB/s"), "\(status.stdout)")
+        for command in [["status", String(planId), "--json"], ["show", String(planId), "--json"]] {
+            let json = try await rig.livecopy.run(command)
+            let document = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+            let controls = document?["controls"] as? [String: Any]
+            #expect(controls?["paused"] as? Bool == true, "\(command): \(json.stdout)")
+            #expect((controls?["speed_override"] as? NSNumber)?.int64Value == 1 << 20, "\(command): \(json.stdout)")
+        }
 
         let run = try rig.livecopy.start(["run", "--plan", String(planId)])
         defer { RecoveryIntegrationTests.killIfRunning(run) }

@@ -74,6 +74,9 @@ struct EngineFailureTests {
         policy.speed = 8 << 20
         policy.retireSource = .keep
         policy.progressInterval = 0.2
+        // The tmpfs is too small on purpose: these tests need the copy itself to hit ENOSPC,
+        // so the preflight's free-space check (tested on its own below) is off.
+        policy.spaceMargin = 0
         return policy
     }
 
@@ -153,6 +156,38 @@ struct EngineFailureTests {
         #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
         #expect(try QEMUImage.info(setup.destination).backingFilename == nil)
         #expect(FileManager.default.fileExists(atPath: setup.source), "retire_source: keep")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func preflightRefusesADestinationFilesystemTooSmallForTheSource() async throws {
+        let setup = try Self.setUp("lc-space")
+        defer { setup.scratch.remove() }
+        let engine = Engine(store: setup.store, connector: TestConnector())
+        defer { Task { await engine.shutdown() } }
+        var policy = try Policy.resolve(nil)
+        #expect(policy.spaceMargin == 1.1, "the shipped default margin")
+        do {
+            _ = try await engine.preflight(Self.plan(setup), policy: policy)
+            Issue.record("a 6 MiB filesystem was accepted for 24 MiB of source data")
+        } catch let error as PreflightError {
+            let text = error.description
+            #expect(text.contains("VM 'vm' disk 'drive0'"), "\(text)")
+            #expect(text.contains("free") && text.contains("space_margin 1.1"), "\(text)")
+            #expect(!text.contains("\n"))
+        }
+        #expect(!FileManager.default.fileExists(atPath: setup.destination), "nothing created")
+        #expect(try setup.store.plans(states: nil, vm: nil, limit: nil).isEmpty, "nothing recorded")
+        #expect(try await Self.activeImage(setup.vm).file == setup.source)
+
+        // With room enough (the margin included), the same plan passes.
+        try setup.filesystem.resize("28m")
+        _ = try await engine.preflight(Self.plan(setup), policy: policy)
+        // A margin the room does not cover is refused again; 0 turns the check off.
+        policy.spaceMargin = 2
+        await #expect(throws: PreflightError.self) { _ = try await engine.preflight(Self.plan(setup), policy: policy) }
+        try setup.filesystem.resize("6m")
+        policy.spaceMargin = 0
+        _ = try await engine.preflight(Self.plan(setup), policy: policy)
     }
 }
 

@@ -35,6 +35,8 @@ final class FakeVM: @unchecked Sendable {
     struct Fault {
         let reply: FakeReply
         let executes: Bool
+        /// How many more times the command misbehaves.
+        var remaining = 1
     }
 
     let source: String
@@ -53,8 +55,8 @@ final class FakeVM: @unchecked Sendable {
 
     func attach(_ peer: FakeQMPPeer) { lock.withLock { self.peer = peer } }
 
-    func arm(_ command: String, _ reply: FakeReply, executes: Bool) {
-        lock.withLock { faults[command] = Fault(reply: reply, executes: executes) }
+    func arm(_ command: String, _ reply: FakeReply, executes: Bool, times: Int = 1) {
+        lock.withLock { faults[command] = Fault(reply: reply, executes: executes, remaining: times) }
     }
 
     func setStreamBehaviour(_ behaviour: StreamBehaviour) { lock.withLock { streamBehaviour = behaviour } }
@@ -79,7 +81,9 @@ final class FakeVM: @unchecked Sendable {
     func handle(_ name: String, _ arguments: JSONValue?, _ id: JSONValue?) -> FakeReply? {
         lock.lock()
         defer { lock.unlock() }
-        if let fault = faults.removeValue(forKey: name) {
+        if var fault = faults.removeValue(forKey: name) {
+            fault.remaining -= 1
+            if fault.remaining > 0 { faults[name] = fault }
             if fault.executes { _ = perform(name, arguments) }
             return fault.reply
         }
@@ -109,9 +113,14 @@ final class FakeVM: @unchecked Sendable {
             }
             inserted["image"] = .object(image)
             return .return([["device": "drive0", "qdev": "disk0", "inserted": .object(inserted)]])
-        case "blockdev-snapshot-sync":
+        case "transaction":
+            // The one disk's blockdev-snapshot-sync action.
+            guard case .array(let actions)? = arguments?["actions"], actions.count == 1,
+                  actions[0]["type"]?.stringValue == "blockdev-snapshot-sync" else {
+                return .error(class: "GenericError", desc: "the fake VM takes one blockdev-snapshot-sync action")
+            }
             backing = active
-            active = arguments?["snapshot-file"]?.stringValue ?? "?"
+            active = actions[0]["data"]?["snapshot-file"]?.stringValue ?? "?"
             return .return([:])
         case "query-named-block-nodes":
             var nodes: [JSONValue] = [["node-name": "top", "file": .string(active), "drv": "qcow2"]]
@@ -227,6 +236,7 @@ struct FakeSetup {
     let peer: FakeQMPPeer
     let store: SQLiteStore
     let destination: String
+    var source: String { vm.source }
 
     static func start(_ name: String) async throws -> FakeSetup {
         let scratch = try TemporaryDirectory(prefix: name)
@@ -376,8 +386,98 @@ struct QMPFaultTests {
     @Test(.timeLimit(.minutes(1)))
     func errorClassReply() async throws {
         try await faultThenRecover("lc-errclass", command: "block-stream",
-                                   reply: .error(class: "GenericError", desc: "Device 'drive0' is busy: block device is in use by block job: commit"),
-                                   executes: false, expectError: "block-stream failed: GenericError: Device 'drive0' is busy")
+                                   reply: .error(class: "DeviceNotFound", desc: "Cannot find device='drive0' nor node-name='drive0'"),
+                                   executes: false, expectError: "block-stream failed: DeviceNotFound: Cannot find device")
+    }
+
+    // MARK: - Transient errors, retried with backoff (qmp_retries, qmp_retry_backoff)
+
+    static let busy = FakeReply.error(class: "GenericError", desc: "Node 'drive0' is busy: block device is in use by block job: backup")
+
+    @Test(.timeLimit(.minutes(1)))
+    func aBusyDeviceIsRetriedWithBackoffUntilItIsFree() async throws {
+        let setup = try await FakeSetup.start("lc-busy")
+        defer { setup.stop() }
+        let policy = try FakeSetup.policy { $0.qmpRetries = 3; $0.qmpRetryBackoff = 0.1 }
+        let engine = setup.engine(policy)
+        let planId = try await setup.record(engine, policy)
+        setup.vm.arm("block-stream", Self.busy, executes: false, times: 2)
+        setup.vm.arm("transaction", Self.busy, executes: false, times: 1)
+        let started = Date()
+        let plan = try await engine.run(planId: planId)
+        await engine.shutdown()
+        #expect(plan.state == .completed, "\(plan.error ?? "")")
+        #expect(setup.peer.receivedCommandNames.filter { $0 == "block-stream" }.count == 3, "two refusals, then the job started")
+        #expect(setup.peer.receivedCommandNames.filter { $0 == "transaction" }.count == 2)
+        // Backoff: 0.1 s before the snapshot's retry; 0.1 s then 0.2 s before the stream's.
+        #expect(Date().timeIntervalSince(started) >= 0.4)
+        let details = try setup.details(planId)
+        #expect(details.contains { $0.contains("is busy") && $0.contains("retry 1 of 3 in 0.10 s") }, "\(details)")
+        #expect(details.contains { $0.contains("block-stream failed") && $0.contains("retry 2 of 3 in 0.20 s") }, "\(details)")
+        #expect(setup.vm.chain.backing == nil)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aDeviceStillBusyAfterTheRetriesFailsTheDiskResumably() async throws {
+        try await faultThenRecoverArmed("lc-busylong", command: "block-stream", reply: Self.busy, times: 3,
+                                        policy: { $0.qmpRetries = 2; $0.qmpRetryBackoff = 0.05 },
+                                        expectError: "block-stream failed: GenericError: Node 'drive0' is busy")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aPermanentErrorIsNotRetried() async throws {
+        let setup = try await FakeSetup.start("lc-noretry")
+        defer { setup.stop() }
+        let policy = try FakeSetup.policy { $0.qmpRetries = 5; $0.qmpRetryBackoff = 0.05 }
+        let engine = setup.engine(policy)
+        let planId = try await setup.record(engine, policy)
+        setup.vm.arm("block-stream", .error(class: "GenericError", desc: "Invalid parameter 'speed'"), executes: false)
+        let plan = try await engine.run(planId: planId)
+        await engine.shutdown()
+        #expect(plan.state == .failed)
+        #expect(setup.peer.receivedCommandNames.filter { $0 == "block-stream" }.count == 1)
+        let details = try setup.details(planId)
+        #expect(!details.contains { $0.contains("transient, retry") }, "\(details)")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aRefusedSnapshotSwitchesNothingAndRemovesTheFileItMade() async throws {
+        try await faultThenRecoverArmed("lc-txnrefused", command: "transaction",
+                                        reply: .error(class: "GenericError", desc: "Could not open 'x': Permission denied"), times: 1,
+                                        policy: { _ in }, expectError: "transaction failed: GenericError: Could not open",
+                                        stoppedOn: \.source)
+    }
+
+    /// `faultThenRecover` for a fault armed `times` times, under an adjusted policy.
+    func faultThenRecoverArmed(_ name: String, command: String, reply: FakeReply, times: Int,
+                               policy adjust: (inout Policy) -> Void, expectError: String,
+                               stoppedOn image: KeyPath<FakeSetup, String> = \.destination) async throws {
+        let setup = try await FakeSetup.start(name)
+        defer { setup.stop() }
+        let policy = try FakeSetup.policy(adjust)
+        let first = setup.engine(policy)
+        let planId = try await setup.record(first, policy)
+        setup.vm.arm(command, reply, executes: false, times: times)
+        let stopped = try await first.run(planId: planId)
+        await first.shutdown()
+        #expect(stopped.state == .failed, "\(name): plan \(stopped.state)")
+        let disk = try #require(try setup.store.disks(ofPlan: planId).first)
+        #expect(disk.state == .failed)
+        #expect(disk.error?.contains(expectError) == true, "\(name): disk error is \(disk.error ?? "")")
+        #expect(disk.error?.contains("\n") == false)
+        #expect(setup.peer.receivedCommandNames.filter { $0 == command }.count == times)
+        #expect(setup.vm.chain.active == setup[keyPath: image], "\(name): VM on \(setup.vm.chain.active)")
+        if image == \FakeSetup.source {
+            #expect(!FileManager.default.fileExists(atPath: setup.destination), "the file livecopy made is removed")
+        }
+        _ = try setup.transitions(planId)
+
+        let second = setup.engine(policy)
+        let finished = try await second.run(planId: planId)
+        await second.shutdown()
+        #expect(finished.state == .completed, "\(name): second run \(finished.state) \(finished.error ?? "")")
+        #expect(setup.vm.chain.active == setup.destination)
+        #expect(setup.vm.chain.backing == nil)
     }
 
     @Test(.timeLimit(.minutes(1)))
@@ -483,6 +583,9 @@ struct QMPFaultTests {
         #expect(plan.state == .rolledBack, "\(plan.error ?? "")")
         let disk = try #require(try setup.store.disks(ofPlan: planId).first)
         #expect(disk.error?.contains("Input/output error") == true, "\(disk.error ?? "")")
+        // The error event came just before the conclusion: it is recorded all the same.
+        let details = try setup.details(planId)
+        #expect(details.contains { $0.contains("I/O error on read, action report") }, "\(details)")
         #expect(setup.vm.chain.active == setup.vm.source)
         #expect(setup.vm.chain.backing == nil)
         #expect(!FileManager.default.fileExists(atPath: setup.destination))
