@@ -367,6 +367,7 @@ final class DiskWorkflow: @unchecked Sendable {
         if try await job(jobId) != nil {
             var callbacks = JobWatcher.Callbacks()
             callbacks.pending = { [self] in try await self.flushThenFinalize(jobId) }
+            callbacks.running = { [self] in await self.flushWhileStreaming() }
             let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents)
             if let error {
                 throw StreamFailure(description: "stream job \(jobId) failed: \(error)")
@@ -378,16 +379,23 @@ final class DiskWorkflow: @unchecked Sendable {
 
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
 
+    /// Flushes the destination while the stream runs (at each progress poll), so the
+    /// copied data reaches the disk during the copy and the flush before finalizing has
+    /// little left to write. Best effort: the flush before finalizing is the one relied on.
+    private func flushWhileStreaming() async {
+        _ = try? await session.flushBlock(disk.destinationNodeName)
+    }
+
     /// The stream has copied everything and waits in `pending`. Finalizing rewrites the
     /// destination's header without its backing file; QEMU writes that header at once but
     /// keeps the copied clusters' L2 tables in its cache, so a crash right after could
     /// leave a destination with neither the data nor the backing file. Flush first.
     private func flushThenFinalize(_ jobId: String) async throws {
         try ledger.intend("job-finalize", "flush \(disk.destination), then finalize job \(jobId)")
-        var answer = try await session.flushBlockNode(disk.destinationNodeName, isNodeName: true)
+        var answer = try await session.flushBlock(disk.destinationNodeName)
         if !answer.isEmpty, let entry = try? await locateDevice() {
             // After a QEMU restart the node has another name: flush through the device.
-            answer = try await session.flushBlockNode(try deviceName(entry), isNodeName: try target(entry) != .device(entry.device))
+            answer = try await session.flushBlock(try deviceName(entry))
         }
         if !answer.isEmpty {
             try ledger.note("flush of \(disk.destination) before finalizing not confirmed: \(answer)")

@@ -36,6 +36,8 @@ struct JobWatcher {
         var ready: (() async throws -> Void)?
         /// Called once when the job waits in `pending` (started with auto-finalize off).
         var pending: (() async throws -> Void)?
+        /// Called after each progress poll that finds the job running.
+        var running: (() async -> Void)?
         /// Called for `BLOCK_JOB_ERROR` and for a job paused by an I/O error.
         var ioError: (String) -> Void = { _ in }
         /// Called with the concluded job's error before `job-dismiss`, so the caller can
@@ -165,6 +167,9 @@ struct JobWatcher {
                         lastResumeAttempt = now
                         try? await session.blockJobResume(jobId: jobId)
                     }
+                case "running":
+                    pausedByErrorSince = nil
+                    await callbacks.running?()
                 default:
                     pausedByErrorSince = nil
                 }

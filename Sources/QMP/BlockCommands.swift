@@ -147,11 +147,11 @@ extension QMPSession {
         try await execute("job-finalize", ["id": .string(jobId)])
     }
 
-    /// Flushes one block node (or device) to disk through HMP `qemu-io … "flush"`: QMP has
-    /// no flush command. Returns what HMP answered (empty on success).
-    public func flushBlockNode(_ name: String, isNodeName: Bool) async throws -> String {
-        let target = isNodeName ? "-d \(name)" : name
-        let reply = try await execute("human-monitor-command", ["command-line": .string("qemu-io \(target) \"flush\"")])
+    /// Flushes one block device or node to disk through HMP `qemu-io NAME "flush"`: QMP has
+    /// no flush command. HMP takes a BlockBackend (device) name or a node name here (its
+    /// `-d` flag would mean a qdev id). Returns what HMP answered (empty on success).
+    public func flushBlock(_ name: String) async throws -> String {
+        let reply = try await execute("human-monitor-command", ["command-line": .string("qemu-io \(name) \"flush\"")])
         return (reply.stringValue ?? reply.compactText).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
