@@ -291,6 +291,17 @@ struct FakeSetup {
         return events.map { "\($0.from ?? "")→\($0.to ?? "")" }
     }
 
+    /// Records the plan under `policy`, arms the fake VM, and runs the plan once with an
+    /// engine of its own.
+    func runOnce(_ policy: Policy, arm: (FakeVM) -> Void) async throws -> (planId: Int64, plan: PlanRecord) {
+        let engine = self.engine(policy)
+        let planId = try await record(engine, policy)
+        arm(vm)
+        let plan = try await engine.run(planId: planId)
+        await engine.shutdown()
+        return (planId, plan)
+    }
+
     func details(_ planId: Int64) throws -> [String] {
         try store.events(ofPlan: planId).map(\.detail)
     }
@@ -399,13 +410,11 @@ struct QMPFaultTests {
         let setup = try await FakeSetup.start("lc-busy")
         defer { setup.stop() }
         let policy = try FakeSetup.policy { $0.qmpRetries = 3; $0.qmpRetryBackoff = 0.1 }
-        let engine = setup.engine(policy)
-        let planId = try await setup.record(engine, policy)
-        setup.vm.arm("block-stream", Self.busy, executes: false, times: 2)
-        setup.vm.arm("transaction", Self.busy, executes: false, times: 1)
         let started = Date()
-        let plan = try await engine.run(planId: planId)
-        await engine.shutdown()
+        let (planId, plan) = try await setup.runOnce(policy) { vm in
+            vm.arm("block-stream", Self.busy, executes: false, times: 2)
+            vm.arm("transaction", Self.busy, executes: false, times: 1)
+        }
         #expect(plan.state == .completed, "\(plan.error ?? "")")
         #expect(setup.peer.receivedCommandNames.filter { $0 == "block-stream" }.count == 3, "two refusals, then the job started")
         #expect(setup.peer.receivedCommandNames.filter { $0 == "transaction" }.count == 2)
@@ -429,11 +438,9 @@ struct QMPFaultTests {
         let setup = try await FakeSetup.start("lc-noretry")
         defer { setup.stop() }
         let policy = try FakeSetup.policy { $0.qmpRetries = 5; $0.qmpRetryBackoff = 0.05 }
-        let engine = setup.engine(policy)
-        let planId = try await setup.record(engine, policy)
-        setup.vm.arm("block-stream", .error(class: "GenericError", desc: "Invalid parameter 'speed'"), executes: false)
-        let plan = try await engine.run(planId: planId)
-        await engine.shutdown()
+        let (planId, plan) = try await setup.runOnce(policy) { vm in
+            vm.arm("block-stream", .error(class: "GenericError", desc: "Invalid parameter 'speed'"), executes: false)
+        }
         #expect(plan.state == .failed)
         #expect(setup.peer.receivedCommandNames.filter { $0 == "block-stream" }.count == 1)
         let details = try setup.details(planId)
@@ -455,11 +462,7 @@ struct QMPFaultTests {
         let setup = try await FakeSetup.start(name)
         defer { setup.stop() }
         let policy = try FakeSetup.policy(adjust)
-        let first = setup.engine(policy)
-        let planId = try await setup.record(first, policy)
-        setup.vm.arm(command, reply, executes: false, times: times)
-        let stopped = try await first.run(planId: planId)
-        await first.shutdown()
+        let (planId, stopped) = try await setup.runOnce(policy) { vm in vm.arm(command, reply, executes: false, times: times) }
         #expect(stopped.state == .failed, "\(name): plan \(stopped.state)")
         let disk = try #require(try setup.store.disks(ofPlan: planId).first)
         #expect(disk.state == .failed)
