@@ -117,6 +117,62 @@ struct BadInputTests {
         #expect(plans.allSatisfy { $0.error != nil })
     }
 
+    @Test func moreRefusalsTouchNothing() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-pre2")
+        defer { scratch.remove() }
+        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
+        let source = scratch.appending("src.qcow2")
+        let vm = try await Self.fakeVM(source: source)
+        defer { vm.stop() }
+        let planPath = scratch.appending("plan.yaml")
+        func submit(_ text: String, _ fragment: String) async throws {
+            try text.write(toFile: planPath, atomically: true, encoding: .utf8)
+            try await Self.expectRefusal(livecopy, ["submit", planPath], fragment)
+        }
+
+        // A plan "file" that is a directory.
+        try await Self.expectRefusal(livecopy, ["submit", scratch.path], "is a directory")
+        // A socket that answers, but not with QMP.
+        let stranger = try await FakeQMPPeer.start(greeting: .raw("SSH-2.0-OpenSSH_9.2\r\n"))
+        defer { stranger.stop() }
+        try await submit(Self.plan(socket: stranger.socketPath, destination: scratch.appending("d.qcow2")), "does not speak QMP")
+        // A destination directory livecopy cannot write to (immutable: root writes anywhere else).
+        let locked = scratch.appending("locked")
+        try FileManager.default.createDirectory(atPath: locked, withIntermediateDirectories: true)
+        if (try? QEMUTools.run("chattr", ["+i", locked]))?.status == 0 {
+            defer { _ = try? QEMUTools.run("chattr", ["-i", locked]) }
+            try await submit(Self.plan(socket: vm.socketPath, destination: locked + "/d.qcow2"), "is not writable")
+        } else {
+            print("BadInputTests.moreRefusalsTouchNothing: chattr +i unavailable here; the unwritable-directory case was not run")
+        }
+
+        // A plan still in progress (recorded, not yet run) claims a destination and a disk.
+        let claimed = scratch.appending("claimed.qcow2")
+        try Self.plan(socket: vm.socketPath, destination: claimed).write(toFile: planPath, atomically: true, encoding: .utf8)
+        let first = try await livecopy.run(["submit", "--detach", "--json", planPath])
+        #expect(first.status == 0, "\(first.stderr)")
+        let pending = try JSONDecoder().decode(PlanDocument.self, from: Data(first.stdout.utf8))
+        let other = """
+            vms:
+              - name: vm2
+                qmp: \(vm.socketPath)
+                disks:
+                  - device: drive7
+                    destination: \(claimed)
+            """
+        try await submit(other, "destination \(claimed) is claimed by plan \(pending.id) (pending)")
+        try await submit(Self.plan(socket: vm.socketPath, destination: scratch.appending("elsewhere.qcow2")),
+                         "is already being copied by plan \(pending.id)")
+        let cancel = try await livecopy.run(["cancel", String(pending.id)])
+        #expect(cancel.status == 0, "\(cancel.stderr)")
+
+        for name in ["d.qcow2", "claimed.qcow2", "elsewhere.qcow2", "locked/d.qcow2"] {
+            #expect(!FileManager.default.fileExists(atPath: scratch.appending(name)), "\(name) was created")
+        }
+        #expect(Set(vm.receivedCommandNames).isSubset(of: ["qmp_capabilities", "query-block"]))
+        try await Self.expectNothingInProgress(livecopy)
+    }
+
     @Test func badCommandArgumentsAndDatabases() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-args")
         defer { scratch.remove() }
