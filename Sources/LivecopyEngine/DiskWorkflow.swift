@@ -573,7 +573,11 @@ final class DiskWorkflow: @unchecked Sendable {
             }
             if entry.inserted?.backingFile == source {
                 try ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
-                try await session.blockCommit(device: try deviceName(entry), jobId: commitId, baseFile: source, speed: 0)
+                // The source at the bottom of the chain is QEMU's default base; named only
+                // when it has a chain of its own below it.
+                let sourceIsBottom = entry.inserted?.image.backingImage?.backingImage == nil
+                try await session.blockCommit(device: try deviceName(entry), jobId: commitId,
+                                              baseFile: sourceIsBottom ? nil : source, speed: 0)
                 ledger.sent()
                 try ledger.outcome("commit job started")
             } else {

@@ -156,14 +156,15 @@ extension QMPSession {
     }
 
     /// Active `block-commit` of `device`'s top image into the image of its chain opened as
-    /// `baseFile` (the exact file name QEMU shows), as job `jobId`. Naming the base by file
-    /// spares a `query-named-block-nodes`, which QEMU 7.2 can crash on while another block
-    /// job of the VM changes the graph.
-    public func blockCommit(device: String, jobId: String, baseFile: String, speed: Int64) async throws {
-        try await execute("block-commit", [
-            "device": .string(device), "job-id": .string(jobId), "base": .string(baseFile),
-            "auto-dismiss": false, "speed": .int(speed),
-        ])
+    /// `baseFile` (the exact file name QEMU shows; nil: the bottom of the chain), as job
+    /// `jobId`. Naming the base by file spares a `query-named-block-nodes`, which QEMU 7.2
+    /// can crash on while another block job of the VM changes the graph.
+    public func blockCommit(device: String, jobId: String, baseFile: String?, speed: Int64) async throws {
+        var arguments: [String: JSONValue] = [
+            "device": .string(device), "job-id": .string(jobId), "auto-dismiss": false, "speed": .int(speed),
+        ]
+        if let baseFile { arguments["base"] = .string(baseFile) }
+        try await execute("block-commit", arguments)
     }
 
     /// `drive-mirror` of `device`'s whole chain into the existing image `target`, as job

@@ -96,16 +96,20 @@ struct IOErrorTests {
     }
 
     /// A VM whose drive0 is a qcow2 over blkdebug that fails the first data read with EIO
-    /// (once), and a plan recorded without preflight (which refuses the `json:` source).
-    static func blkdebugSetUp(_ name: String, policy: Policy) async throws
-        -> (scratch: TemporaryDirectory, vm: QEMUVirtualMachine, store: SQLiteStore, engine: Engine, source: String, jsonSource: String, destination: String, planId: Int64)
+    /// (once), and a plan recorded without preflight (which refuses a source that is not a
+    /// plain file).
+    static func blkdebugSetUp(_ name: String, policy: Policy, errno: Int32 = EIO) async throws
+        -> (scratch: TemporaryDirectory, vm: QEMUVirtualMachine, store: SQLiteStore, engine: Engine, source: String, blkdebugSource: String, destination: String, planId: Int64)
     {
         let scratch = try TemporaryDirectory(prefix: name)
         let source = scratch.appending("src.qcow2")
         try QEMUImage.create(source, size: "64M")
         try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "24M")
-        let drive = "if=none,id=drive0,driver=qcow2,file.driver=blkdebug,file.image.filename=\(source),"
-            + "file.inject-error.0.event=read_aio,file.inject-error.0.errno=5,file.inject-error.0.once=on"
+        // blkdebug's config-file syntax: QEMU then names the image `blkdebug:CONF:IMAGE`, the
+        // same string every time (its json: names reorder their keys from one query to the next).
+        let rules = scratch.appending("blkdebug.conf")
+        try "[inject-error]\nevent = \"read_aio\"\nerrno = \"\(errno)\"\nonce = \"on\"\n".write(toFile: rules, atomically: true, encoding: .utf8)
+        let drive = "if=none,id=drive0,format=qcow2,file=blkdebug:\(rules):\(source)"
         let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [], extraArguments: ["-drive", drive])
         let inserted = try #require(try await vm.testMonitor().queryBlock().first { $0.device == "drive0" }?.inserted)
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
@@ -143,6 +147,53 @@ struct IOErrorTests {
         await setup.vm.stop()
         #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
         #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func injectedNoSpaceWithOnErrorEnospcPausesThenResumes() async throws {
+        var policy = try EngineFailureTests.policy(onFailure: .stop)
+        policy.onError = .enospc
+        policy.ioErrorWait = 60
+        let setup = try await Self.blkdebugSetUp("lc-nospc", policy: policy, errno: ENOSPC)
+        defer { setup.scratch.remove() }
+        defer { setup.vm.kill() }
+        let run = Task { try await setup.engine.run(planId: setup.planId) }
+        _ = try await Self.waitForEvent(setup.store, planId: setup.planId, containing: "paused by an I/O error (io-status nospace)")
+        try await setup.vm.guestWrite(drive: "drive0", pattern: 0x55, offset: "60M", length: "64k")
+        let plan = try await run.value
+        await setup.engine.shutdown()
+        #expect(plan.state == .completed, "\(plan.error ?? "")")
+        await setup.vm.stop()
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
+        #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func sourceReadErrorWithOnErrorReportRollsBackWithEveryWrite() async throws {
+        var policy = try EngineFailureTests.policy(onFailure: .rollback)
+        policy.onError = .report
+        let setup = try await Self.blkdebugSetUp("lc-eio-report", policy: policy)
+        defer { setup.scratch.remove() }
+        defer { setup.vm.kill() }
+        // Written while the VM is on its source, before the copy.
+        try await setup.vm.guestWrite(drive: "drive0", pattern: 0x44, offset: "40M", length: "64k")
+        let run = Task { try await setup.engine.run(planId: setup.planId) }
+        let plan = try await run.value
+        await setup.engine.shutdown()
+        #expect(plan.state == .rolledBack, "\(plan.error ?? "")")
+        let disk = try #require(try setup.store.disks(ofPlan: setup.planId).first)
+        #expect(disk.error?.contains("Input/output error") == true, "\(disk.error ?? "")")
+        let details = try setup.store.events(ofPlan: setup.planId).map(\.detail)
+        #expect(details.contains { $0.contains("I/O error on read, action report") }, "\(details)")
+        let active = try await EngineFailureTests.activeImage(setup.vm)
+        #expect(active.file == setup.blkdebugSource, "back on the blkdebug source: \(active.file ?? "none")")
+        #expect(active.backing == nil)
+        #expect(!FileManager.default.fileExists(atPath: setup.destination), "the destination livecopy made is deleted")
+        try await setup.vm.guestWrite(drive: "drive0", pattern: 0x66, offset: "50M", length: "64k")
+        await setup.vm.stop()
+        #expect(try QEMUImage.verify(setup.source, pattern: 0x11, offset: "0", length: "24M"))
+        #expect(try QEMUImage.verify(setup.source, pattern: 0x44, offset: "40M", length: "64k"))
+        #expect(try QEMUImage.verify(setup.source, pattern: 0x66, offset: "50M", length: "64k"))
     }
 
     /// A source opened through blkdebug (to inject EIO) has a `json:` file name, which
