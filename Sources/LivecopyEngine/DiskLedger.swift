@@ -79,6 +79,16 @@ final class DiskLedger: @unchecked Sendable {
         disk = fresh
     }
 
+    /// Records a problem the disk has now (for `status`), with a note in the timeline, and
+    /// no state change. The next transition that settles the problem clears it.
+    func report(_ problem: String) throws {
+        var updated = disk
+        updated.error = problem
+        try store.save(disk: updated, expecting: disk.state, event: NewEvent(kind: .note, detail: problem), at: Date())
+        disk = updated
+        observer.note(disk, problem)
+    }
+
     /// Appends a note to the timeline (no state change).
     func note(_ detail: String) throws {
         try store.appendEvent(planId: disk.planId, diskId: disk.id, event: NewEvent(kind: .note, detail: detail), at: Date())

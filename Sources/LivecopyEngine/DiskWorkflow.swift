@@ -374,7 +374,7 @@ final class DiskWorkflow: @unchecked Sendable {
             }
         }
         try await verifyStandalone()
-        try ledger.transition(to: .retiring, "\(disk.destination) stands alone")
+        try ledger.transition(to: .retiring, "\(disk.destination) stands alone") { $0.error = nil }
     }
 
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
@@ -443,7 +443,8 @@ final class DiskWorkflow: @unchecked Sendable {
         callbacks.progress = { job in
             ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
         }
-        callbacks.ioError = { message in try? ledger.note("job \(jobId): \(message)") }
+        // Kept as the disk's error too, so `status` shows why the copy stands still.
+        callbacks.ioError = { message in try? ledger.report("job \(jobId): \(message)") }
         let watcher = JobWatcher(session: session, jobId: jobId, pollInterval: policy.progressInterval, ioErrorWait: policy.ioErrorWait,
                                  subscription: events)
         do {

@@ -159,10 +159,15 @@ struct IOErrorTests {
         defer { setup.vm.kill() }
         let run = Task { try await setup.engine.run(planId: setup.planId) }
         _ = try await Self.waitForEvent(setup.store, planId: setup.planId, containing: "paused by an I/O error (io-status nospace)")
+        // `status` shows why the copy stands still: the disk's error names the pause.
+        let paused = try #require(try setup.store.disks(ofPlan: setup.planId).first)
+        // (The event's own line, "I/O error on read, action stop", may come last.)
+        #expect(paused.error?.contains("I/O error") == true, "\(paused.error ?? "no error")")
         try await setup.vm.guestWrite(drive: "drive0", pattern: 0x55, offset: "60M", length: "64k")
         let plan = try await run.value
         await setup.engine.shutdown()
         #expect(plan.state == .completed, "\(plan.error ?? "")")
+        #expect(try setup.store.disks(ofPlan: setup.planId).first?.error == nil, "cleared once the copy went on")
         await setup.vm.stop()
         #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
         #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
