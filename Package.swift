@@ -8,6 +8,7 @@ import PackageDescription
 /// - `LivecopyModel`: plans, policies, states, the transition table and the store protocol.
 /// - `LivecopyStore`: the SQLite store (GRDB) and the migration runner.
 /// - `EmbeddedFiles`: `Migrations/` and `Policies/` compiled into the binary by a build-tool plugin.
+/// - `CSystemExtras`: Linux calls Swift's Glibc module does not import.
 /// - `LivecopyEngine`: the workflow engine; it sees QMP and the store through protocols.
 /// - `LivecopyCommands`: the CLI (swift-argument-parser), testable in-process.
 /// - `livecopy`: the tiny executable that calls `LivecopyCommands`.
@@ -16,6 +17,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "livecopy", targets: ["livecopy"]),
+        // scripts/bench's helper (store synthesis, transition rate); not installed.
+        .executable(name: "livecopy-benchkit", targets: ["livecopy-benchkit"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -51,9 +54,11 @@ let package = Package(
                 "EmbeddedFiles",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]),
+        /// Linux system calls Swift's Glibc module does not import (`sync_file_range`).
+        .target(name: "CSystemExtras"),
         .target(
             name: "LivecopyEngine",
-            dependencies: ["LivecopyModel", "QMP"]),
+            dependencies: ["LivecopyModel", "QMP", "CSystemExtras"]),
         .target(
             name: "LivecopyCommands",
             dependencies: [
@@ -63,6 +68,9 @@ let package = Package(
         .executableTarget(
             name: "livecopy",
             dependencies: ["LivecopyCommands"]),
+        .executableTarget(
+            name: "livecopy-benchkit",
+            dependencies: ["LivecopyStore", "LivecopyModel"]),
 
         // Test support: real QEMU fixtures and a scripted fake QMP peer.
         .target(

@@ -1,3 +1,4 @@
+import CSystemExtras
 import Foundation
 import LivecopyModel
 import QMP
@@ -367,7 +368,7 @@ final class DiskWorkflow: @unchecked Sendable {
         if try await job(jobId) != nil {
             var callbacks = JobWatcher.Callbacks()
             callbacks.pending = { [self] in try await self.flushThenFinalize(jobId) }
-            callbacks.running = { [self] in await self.flushWhileStreaming() }
+            callbacks.running = { [self] in self.startWritebackWhileStreaming() }
             let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents)
             if let error {
                 throw StreamFailure(description: "stream job \(jobId) failed: \(error)")
@@ -379,11 +380,16 @@ final class DiskWorkflow: @unchecked Sendable {
 
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
 
-    /// Flushes the destination while the stream runs (at each progress poll), so the
-    /// copied data reaches the disk during the copy and the flush before finalizing has
-    /// little left to write. Best effort: the flush before finalizing is the one relied on.
-    private func flushWhileStreaming() async {
-        _ = try? await session.flushBlock(disk.destinationNodeName)
+    /// While the stream runs (at each progress poll) the kernel is asked to start writing
+    /// the destination's dirty pages back, so the flush before finalizing has little left
+    /// to write. This does not touch QEMU: a flush through QEMU would stall its main loop,
+    /// and with it the rate-limited copy. Best effort; the flush before finalizing is the
+    /// one relied on.
+    private func startWritebackWhileStreaming() {
+        let fd = open(disk.destination, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return }
+        _ = livecopy_start_writeback(fd)
+        close(fd)
     }
 
     /// The stream has copied everything and waits in `pending`. Finalizing rewrites the

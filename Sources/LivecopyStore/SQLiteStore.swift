@@ -39,17 +39,31 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         config.journalMode = .wal
         config.busyMode = .timeout(busyTimeout)
         config.foreignKeysEnabled = true
-        config.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = FULL")
+        // Opening is retried while another process holds the database busy: switching a new
+        // database to WAL answers SQLITE_BUSY at once, without the busy timeout's wait.
+        let deadline = Date().addingTimeInterval(busyTimeout)
+        while true {
+            do {
+                let opened = try DatabaseQueue(path: path, configuration: config)
+                // After the queue is open: GRDB's WAL set-up runs after `prepareDatabase` and
+                // sets `synchronous = NORMAL`, which would let a power cut lose the last commits.
+                try opened.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+                try Migrator(migrations: migrations).migrate(opened, path: path)
+                queue = opened
+                return
+            } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && Date() < deadline {
+                usleep(20_000)
+            } catch let error as StoreError {
+                throw error
+            } catch {
+                throw StoreError("cannot open database \(path): \(Self.reason(error))")
+            }
         }
-        do {
-            queue = try DatabaseQueue(path: path, configuration: config)
-            try Migrator(migrations: migrations).migrate(queue, path: path)
-        } catch let error as StoreError {
-            throw error
-        } catch {
-            throw StoreError("cannot open database \(path): \(Self.reason(error))")
-        }
+    }
+
+    /// The connection's `PRAGMA synchronous` level (2 = FULL, what every commit uses).
+    public func synchronousLevel() throws -> Int {
+        try read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     /// A short, one-line reason for a database or file error.
@@ -74,8 +88,62 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         return String(describing: error).replacingOccurrences(of: "\n", with: " ")
     }
 
+    /// The connection of the batch under way (see `batch`) and the thread running it.
+    private let batchLock = NSLock()
+    private var batchDatabase: Database?
+    private var batchThread: pthread_t?
+
+    /// The open batch's connection, if the calling thread is the one running `batch`.
+    private func currentBatch() -> Database? {
+        batchLock.withLock {
+            guard let database = batchDatabase, let thread = batchThread, pthread_equal(thread, pthread_self()) != 0 else {
+                return nil
+            }
+            return database
+        }
+    }
+
+    /// Runs `body` with every store call it makes on this thread inside one transaction,
+    /// committed at the end (rolled back if `body` throws). Each call still applies as a
+    /// unit (a savepoint), so a `StoreConflict` leaves nothing half-written. For tools that
+    /// write many records at once (the benchmark's synthesiser): one commit, one fsync.
+    public func batch<T>(_ body: () throws -> T) throws -> T {
+        var result: T?
+        do {
+            try queue.inTransaction(.immediate) { db in
+                batchLock.withLock {
+                    batchDatabase = db
+                    batchThread = pthread_self()
+                }
+                defer {
+                    batchLock.withLock {
+                        batchDatabase = nil
+                        batchThread = nil
+                    }
+                }
+                result = try body()
+                return .commit
+            }
+        } catch let error as DatabaseError {
+            throw StoreError("database \(path): \(Self.reason(error))")
+        }
+        return result!
+    }
+
     /// Runs a write, turning database errors into `StoreError`s.
     private func write<T>(_ body: (Database) throws -> T) throws -> T {
+        if let db = currentBatch() {
+            do {
+                var result: T?
+                try db.inSavepoint {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
+            } catch let error as DatabaseError {
+                throw StoreError("database \(path): \(Self.reason(error))")
+            }
+        }
         do {
             return try queue.write(body)
         } catch let error as StoreConflict {
@@ -89,6 +157,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     private func read<T>(_ body: (Database) throws -> T) throws -> T {
         do {
+            if let db = currentBatch() { return try body(db) }
             return try queue.read(body)
         } catch let error as DatabaseError {
             throw StoreError("database \(path): \(Self.reason(error))")
@@ -100,7 +169,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
     public func insertPlan(_ plan: NewPlan, at: Date) throws -> (PlanRecord, [DiskRecord]) {
         let policyJSON = String(decoding: try JSONEncoder().encode(plan.policy), as: UTF8.self)
         let planId: Int64 = try write { db in
-            try db.execute(
+            try db.executeCached(
                 sql: """
                     INSERT INTO plans (name, policy_reference, policy_json, state, created_at, finished_at, error)
                     VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -109,7 +178,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
                             plan.state.isFinal ? at.timeIntervalSince1970 : nil, plan.error])
             let planId = db.lastInsertedRowID
             for disk in plan.disks {
-                try db.execute(
+                try db.executeCached(
                     sql: """
                         INSERT INTO disks (plan_id, vm_name, qmp_socket, device, destination, source, source_format,
                                            qmp_device, state, updated_at)
@@ -130,20 +199,20 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func plan(id: Int64) throws -> PlanRecord? {
         try read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM plans WHERE id = ?", arguments: [id]).map(Self.planRecord)
+            try Row.fetchOneCached(db, sql: "SELECT * FROM plans WHERE id = ?", arguments: [id]).map(Self.planRecord)
         }
     }
 
     public func disks(ofPlan planId: Int64) throws -> [DiskRecord] {
         try read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM disks WHERE plan_id = ? ORDER BY id", arguments: [planId])
+            try Row.fetchAllCached(db, sql: "SELECT * FROM disks WHERE plan_id = ? ORDER BY id", arguments: [planId])
                 .map(Self.diskRecord)
         }
     }
 
     public func events(ofPlan planId: Int64) throws -> [EventRecord] {
         try read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM events WHERE plan_id = ? ORDER BY id", arguments: [planId])
+            try Row.fetchAllCached(db, sql: "SELECT * FROM events WHERE plan_id = ? ORDER BY id", arguments: [planId])
                 .map(Self.eventRecord)
         }
     }
@@ -166,12 +235,12 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
             sql += " LIMIT ?"
             _ = arguments.append(contentsOf: [limit])
         }
-        return try read { db in try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.planRecord) }
+        return try read { db in try Row.fetchAllCached(db, sql: sql, arguments: arguments).map(Self.planRecord) }
     }
 
     public func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) throws {
         try write { db in
-            try db.execute(
+            try db.executeCached(
                 sql: """
                     UPDATE disks SET source = ?, source_format = ?, qmp_device = ?, state = ?, bytes_done = ?,
                         bytes_total = ?, error = ?, intent = ?, destination_created = ?, updated_at = ?
@@ -191,7 +260,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func save(plan: PlanRecord, expecting: PlanState, event: NewEvent?, at: Date) throws {
         try write { db in
-            try db.execute(
+            try db.executeCached(
                 sql: "UPDATE plans SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state = ?",
                 arguments: [plan.state.rawValue, plan.finishedAt?.timeIntervalSince1970, plan.error, plan.id,
                             expecting.rawValue])
@@ -206,7 +275,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func saveProgress(diskId: Int64, bytesDone: Int64, bytesTotal: Int64, at: Date) throws {
         try write { db in
-            try db.execute(
+            try db.executeCached(
                 sql: "UPDATE disks SET bytes_done = ?, bytes_total = ?, updated_at = ? WHERE id = ?",
                 arguments: [bytesDone, bytesTotal, at.timeIntervalSince1970, diskId])
         }
@@ -220,7 +289,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func owner(ofPlan planId: Int64) throws -> PlanOwner? {
         try read { db in
-            try Row.fetchOne(db, sql: "SELECT owner_pid, owner_host, owner_heartbeat FROM plans WHERE id = ?", arguments: [planId])
+            try Row.fetchOneCached(db, sql: "SELECT owner_pid, owner_host, owner_heartbeat FROM plans WHERE id = ?", arguments: [planId])
                 .flatMap(Self.owner)
         }
     }
@@ -234,7 +303,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
             if let current, current.pid != owner.pid || current.host != owner.host, !isGone(current) {
                 throw LeaseHeld(planId: planId, owner: current)
             }
-            try db.execute(
+            try db.executeCached(
                 sql: "UPDATE plans SET owner_pid = ?, owner_host = ?, owner_heartbeat = ? WHERE id = ?",
                 arguments: [owner.pid, owner.host, owner.heartbeat.timeIntervalSince1970, planId])
             let detail = current.map { "lease taken over from \($0) by \(owner)" } ?? "lease taken by \(owner)"
@@ -245,7 +314,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func renewLease(planId: Int64, owner: PlanOwner, at: Date) throws -> Bool {
         try write { db in
-            try db.execute(
+            try db.executeCached(
                 sql: "UPDATE plans SET owner_heartbeat = ? WHERE id = ? AND owner_pid = ? AND owner_host = ?",
                 arguments: [at.timeIntervalSince1970, planId, owner.pid, owner.host])
             return db.changesCount == 1
@@ -254,7 +323,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func releaseLease(planId: Int64, owner: PlanOwner) throws {
         try write { db in
-            try db.execute(
+            try db.executeCached(
                 sql: "UPDATE plans SET owner_pid = NULL, owner_host = NULL, owner_heartbeat = NULL WHERE id = ? AND owner_pid = ? AND owner_host = ?",
                 arguments: [planId, owner.pid, owner.host])
         }
@@ -262,7 +331,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func requestCancel(planId: Int64, at: Date) throws {
         try write { db in
-            try db.execute(sql: "UPDATE plans SET cancel_requested = 1 WHERE id = ?", arguments: [planId])
+            try db.executeCached(sql: "UPDATE plans SET cancel_requested = 1 WHERE id = ?", arguments: [planId])
             try Self.insertEvent(db, planId: planId, diskId: nil,
                                  event: NewEvent(kind: .note, detail: "cancel requested by pid \(getpid())"), at: at)
         }
@@ -278,7 +347,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func controls(ofPlan planId: Int64) throws -> PlanControls {
         try read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT id, speed_override, paused FROM plans WHERE id = ?", arguments: [planId])
+            guard let row = try Row.fetchOneCached(db, sql: "SELECT id, speed_override, paused FROM plans WHERE id = ?", arguments: [planId])
             else { return PlanControls() }
             return PlanControls(speedOverride: try Self.column(row, "speed_override", of: "plans"),
                                 paused: try Self.column(row, "paused", of: "plans"))
@@ -289,16 +358,16 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         let id: Int64 = try write { db in
             switch action {
             case .throttle(let speed):
-                try db.execute(sql: "UPDATE plans SET speed_override = ? WHERE id = ?", arguments: [speed, planId])
+                try db.executeCached(sql: "UPDATE plans SET speed_override = ? WHERE id = ?", arguments: [speed, planId])
             case .pause:
-                try db.execute(sql: "UPDATE plans SET paused = 1 WHERE id = ?", arguments: [planId])
+                try db.executeCached(sql: "UPDATE plans SET paused = 1 WHERE id = ?", arguments: [planId])
             case .resume:
-                try db.execute(sql: "UPDATE plans SET paused = 0 WHERE id = ?", arguments: [planId])
+                try db.executeCached(sql: "UPDATE plans SET paused = 0 WHERE id = ?", arguments: [planId])
             }
             guard db.changesCount == 1 else { throw StoreError("no plan with id \(planId)") }
             var speed: Int64?
             if case .throttle(let value) = action { speed = value }
-            try db.execute(
+            try db.executeCached(
                 sql: "INSERT INTO operator_requests (plan_id, action, speed, requested_at, requested_by) VALUES (?, ?, ?, ?, ?)",
                 arguments: [planId, action.name, speed, at.timeIntervalSince1970, requester])
             let id = db.lastInsertedRowID
@@ -312,20 +381,20 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func openControlRequests(planId: Int64) throws -> [OperatorRequest] {
         try read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM operator_requests WHERE plan_id = ? AND finished_at IS NULL ORDER BY id",
+            try Row.fetchAllCached(db, sql: "SELECT * FROM operator_requests WHERE plan_id = ? AND finished_at IS NULL ORDER BY id",
                              arguments: [planId]).map(Self.operatorRequest)
         }
     }
 
     public func controlRequest(id: Int64) throws -> OperatorRequest? {
         try read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM operator_requests WHERE id = ?", arguments: [id]).map(Self.operatorRequest)
+            try Row.fetchOneCached(db, sql: "SELECT * FROM operator_requests WHERE id = ?", arguments: [id]).map(Self.operatorRequest)
         }
     }
 
     public func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) throws {
         try write { db in
-            try db.execute(
+            try db.executeCached(
                 sql: "UPDATE operator_requests SET finished_at = ?, ok = ?, outcome = ? WHERE id = ? AND finished_at IS NULL",
                 arguments: [at.timeIntervalSince1970, ok, outcome, id])
             guard db.changesCount == 1 else { return }
@@ -361,7 +430,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
     }
 
     private static func insertEvent(_ db: Database, planId: Int64, diskId: Int64?, event: NewEvent, at: Date) throws {
-        try db.execute(
+        try db.executeCached(
             sql: "INSERT INTO events (plan_id, disk_id, at, kind, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
             arguments: [planId, diskId, at.timeIntervalSince1970, event.kind.rawValue, event.from, event.to, event.detail])
     }
@@ -421,5 +490,22 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
             id: try value("id"), planId: try value("plan_id"), diskId: try value("disk_id"),
             at: try date(row, "at", of: "events") ?? Date(), kind: kind,
             from: try value("from_state"), to: try value("to_state"), detail: try value("detail"))
+    }
+}
+
+/// Statements the store runs again and again are prepared once per connection.
+extension Database {
+    fileprivate func executeCached(sql: String, arguments: StatementArguments = []) throws {
+        try cachedStatement(sql: sql).execute(arguments: arguments)
+    }
+}
+
+extension Row {
+    fileprivate static func fetchAllCached(_ db: Database, sql: String, arguments: StatementArguments = []) throws -> [Row] {
+        try fetchAll(db.cachedStatement(sql: sql), arguments: arguments)
+    }
+
+    fileprivate static func fetchOneCached(_ db: Database, sql: String, arguments: StatementArguments = []) throws -> Row? {
+        try fetchOne(db.cachedStatement(sql: sql), arguments: arguments)
     }
 }

@@ -98,10 +98,12 @@ struct SQLiteStoreTests {
     @Test func usesWALFullSyncAndOwnerOnlyPermissions() throws {
         let scratch = try Scratch()
         let path = scratch.path + "/new/livecopy.db"
-        _ = try SQLiteStore(path: path)
+        let store = try SQLiteStore(path: path)
         let queue = try DatabaseQueue(path: path)
         let mode = try queue.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") }
         #expect(mode == "wal")
+        // GRDB's WAL set-up lowers synchronous to NORMAL; the store must have set it back.
+        #expect(try store.synchronousLevel() == 2)
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
         let directory = try FileManager.default.attributesOfItem(atPath: scratch.path + "/new")
@@ -125,6 +127,34 @@ struct SQLiteStoreTests {
         #expect(events.last?.to == "snapshotting")
         #expect(events.last?.diskId == disk.id)
         #expect(try store.plan(id: plan.id)?.policy == (try Policy.resolve(nil)))
+    }
+
+    @Test func aBatchCommitsEveryCallTogetherAndAConflictInsideItChangesNothing() throws {
+        let scratch = try Scratch()
+        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+        let (plan, disks) = try store.batch { () throws -> (PlanRecord, [DiskRecord]) in
+            let (plan, disks) = try store.insertPlan(try Self.newPlan(), at: Date())
+            var disk = disks[0]
+            disk.state = .snapshotting
+            try store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, detail: "go"), at: Date())
+            #expect(throws: StoreConflict.self) {
+                try store.save(disk: disk, expecting: .streaming, event: NewEvent(kind: .transition, detail: "x"), at: Date())
+            }
+            #expect(try store.disks(ofPlan: plan.id)[0].state == .snapshotting)
+            return (plan, disks)
+        }
+        #expect(disks.count == 2)
+        #expect(try store.disks(ofPlan: plan.id).map(\.state) == [.snapshotting, .pending])
+        #expect(try store.events(ofPlan: plan.id).count == 2)
+        // A batch that throws leaves nothing behind.
+        struct Stop: Error {}
+        #expect(throws: Stop.self) {
+            try store.batch {
+                _ = try store.insertPlan(try Self.newPlan(), at: Date())
+                throw Stop()
+            }
+        }
+        #expect(try store.plans(states: nil, vm: nil, limit: nil).count == 1)
     }
 
     @Test func aWriteExpectingAnotherStateIsRefusedAndChangesNothing() throws {

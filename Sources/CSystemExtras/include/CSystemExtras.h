@@ -1,0 +1,44 @@
+#ifndef LIVECOPY_CSYSTEMEXTRAS_H
+#define LIVECOPY_CSYSTEMEXTRAS_H
+
+/// Linux calls Swift's Glibc module does not import (they need _GNU_SOURCE).
+
+#ifdef __linux__
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+
+/// Starts writing back the dirty page-cache pages of the file open as `fd`, without
+/// waiting for them (`sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`). Returns 0, or
+/// -1 with errno set.
+static inline int livecopy_start_writeback(int fd) {
+    return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+/// Whether another open file description than `fd` (opened read-only by the caller)
+/// exists for its file, in any process: 0 no, 1 yes, -1 cannot tell (leases unsupported
+/// by the file system, or not permitted; errno set). A write lease can be taken only
+/// when nobody else has the file open; it is released at once.
+static inline int livecopy_open_elsewhere(int fd) {
+    if (fcntl(fd, F_SETLEASE, F_WRLCK) == 0) {
+        fcntl(fd, F_SETLEASE, F_UNLCK);
+        return 0;
+    }
+    return errno == EAGAIN ? 1 : -1;
+}
+#else
+#include <errno.h>
+static inline int livecopy_start_writeback(int fd) {
+    (void)fd;
+    errno = ENOSYS;
+    return -1;
+}
+static inline int livecopy_open_elsewhere(int fd) {
+    (void)fd;
+    errno = ENOSYS;
+    return -1;
+}
+#endif
+
+#endif
