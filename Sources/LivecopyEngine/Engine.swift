@@ -37,7 +37,7 @@ public final class Engine: @unchecked Sendable {
     public static let heartbeatInterval: Double = 1
 
     public init(store: any WorkflowStore, connector: any QMPConnector, observer: any EngineObserver = SilentObserver(),
-                inspector: any ImageInspector = QemuImgInspector(), creator: any DestinationCreator = QemuImgDestinationCreator(),
+                inspector: any ImageInspector = QemuImgInspector(), creator: any DestinationCreator = ExclusiveOverlayCreator(),
                 commandTimeout: Double = 30) {
         self.store = store
         self.observer = observer

@@ -9,6 +9,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 
 /// Starts writing back the dirty page-cache pages of the file open as `fd`, without
 /// waiting for them (`sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`). Returns 0, or
@@ -20,7 +21,11 @@ static inline int livecopy_start_writeback(int fd) {
 /// exists for its file, in any process: 0 no, 1 yes, -1 cannot tell (leases unsupported
 /// by the file system, or not permitted; errno set). A write lease can be taken only
 /// when nobody else has the file open; it is released at once.
+/// While the lease is held (microseconds), another process opening the file makes the
+/// kernel signal this one with SIGIO, whose default action ends the process: it is
+/// ignored (livecopy uses no SIGIO otherwise), and the lease is released at once.
 static inline int livecopy_open_elsewhere(int fd) {
+    signal(SIGIO, SIG_IGN);
     if (fcntl(fd, F_SETLEASE, F_WRLCK) == 0) {
         fcntl(fd, F_SETLEASE, F_UNLCK);
         return 0;
