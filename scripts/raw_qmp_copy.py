@@ -2,7 +2,8 @@
 """The raw-QEMU baseline for scripts/bench: the least a client must do to copy one
 running disk to a new qcow2 image over QMP, with nothing but the standard library.
 
-    raw_qmp_copy.py SOCKET DEVICE DESTINATION [--speed BYTES] [--job-id ID]
+    raw_qmp_copy.py SOCKET DEVICE DESTINATION [--speed BYTES] [--job-id ID] [--mirror | --flush]
+    raw_qmp_copy.py --many PLAN.json [--parallel N] [--speed BYTES]
 
 1. connect to the QMP unix socket, read the greeting, `qmp_capabilities`;
 2. `blockdev-snapshot-sync {device, snapshot-file, format: qcow2, mode: absolute-paths}`;
@@ -10,15 +11,30 @@ running disk to a new qcow2 image over QMP, with nothing but the standard librar
 4. block on the socket until the BLOCK_JOB_COMPLETED event for the job (no polling);
 5. `job-dismiss`.
 
+With --flush, the stream starts with `auto-finalize: false`; at `pending` the client
+flushes the destination (HMP `qemu-io DEVICE "flush"`) and sends `job-finalize`, as
+livecopy does, then waits for BLOCK_JOB_COMPLETED.
+
+With --mirror, steps 2-4 are instead the mirror recipe: `drive-mirror {device, job-id,
+target, format: qcow2, sync: full, mode: absolute-paths, speed, auto-dismiss: false}`,
+wait for BLOCK_JOB_READY, `block-job-complete` (the pivot), wait for BLOCK_JOB_COMPLETED.
+
+With --many, PLAN.json is a list of {"socket", "device", "destination"} objects: the
+same stream recipe for every disk, at most N disks at a time in list order (as
+livecopy's max_parallel_disks schedules a plan's disks), over one connection per
+socket shared by that VM's disks (QEMU serves one client per monitor), with asyncio.
+
 Exit 0 only if every command succeeded and the event carried no error. One JSON line
 on stdout reports the outcome and the time of each phase (seconds since start).
 """
+import asyncio
 import json
 import socket
 import sys
 import time
 
 T0 = time.perf_counter()
+T0_WALL = time.time()
 
 
 class QMPError(Exception):
@@ -43,6 +59,8 @@ class QMP:
 
     def greeting(self):
         message = self._read()
+        while "event" in message:  # QEMU 7.2 was seen to send RESUME before the greeting
+            message = self._read()
         if "QMP" not in message:
             raise QMPError(f"unexpected greeting: {message}")
 
@@ -68,9 +86,163 @@ class QMP:
                 return message
 
 
+class AsyncQMP:
+    """One QMP connection shared by several disks: replies matched by id, events
+    handed to whoever registered a waiter for them (registered before the command that
+    causes them, so none is missed)."""
+
+    def __init__(self):
+        self.reader = self.writer = None
+        self.next_id = 0
+        self.replies = {}
+        self.waiters = []  # (predicate, future)
+        self.task = None
+
+    async def connect(self, path):
+        self.reader, self.writer = await asyncio.open_unix_connection(path, limit=1 << 24)
+        greeting = json.loads(await self.reader.readline())
+        while "event" in greeting:  # QEMU 7.2 was seen to send RESUME before the greeting
+            greeting = json.loads(await self.reader.readline())
+        if "QMP" not in greeting:
+            raise QMPError(f"unexpected greeting: {greeting}")
+        self.task = asyncio.get_running_loop().create_task(self._read_loop())
+        await self.execute("qmp_capabilities")
+
+    async def _read_loop(self):
+        try:
+            while True:
+                line = await self.reader.readline()
+                if not line:
+                    raise QMPError("QMP connection closed by QEMU")
+                message = json.loads(line)
+                if "event" in message:
+                    for waiter in list(self.waiters):
+                        predicate, future = waiter
+                        if not future.done() and predicate(message):
+                            future.set_result(message)
+                            self.waiters.remove(waiter)
+                    continue
+                future = self.replies.pop(message.get("id"), None)
+                if future is None or future.done():
+                    continue
+                if "error" in message:
+                    future.set_exception(QMPError(message["error"].get("desc", str(message["error"]))))
+                else:
+                    future.set_result(message.get("return"))
+        except (OSError, QMPError, ValueError) as error:
+            for future in list(self.replies.values()) + [f for _, f in self.waiters]:
+                if not future.done():
+                    future.set_exception(QMPError(str(error)))
+
+    async def execute(self, command, **arguments):
+        self.next_id += 1
+        request = {"execute": command, "id": self.next_id}
+        if arguments:
+            request["arguments"] = arguments
+        future = asyncio.get_running_loop().create_future()
+        self.replies[self.next_id] = future
+        self.writer.write(json.dumps(request).encode() + b"\n")
+        await self.writer.drain()
+        try:
+            return await future
+        except QMPError as error:
+            raise QMPError(f"{command}: {error}") from None
+
+    def waiter(self, predicate):
+        future = asyncio.get_running_loop().create_future()
+        self.waiters.append((predicate, future))
+        return future
+
+    def close(self):
+        if self.task:
+            self.task.cancel()
+        if self.writer:
+            self.writer.close()
+
+
+async def copy_many(disks, parallel, speed):
+    """The stream recipe for every disk, `parallel` at a time, one connection per socket."""
+    connections, connecting = {}, {}
+    slots = asyncio.Semaphore(parallel)
+    timings = []
+
+    async def connection(path):
+        if path not in connecting:
+            connecting[path] = asyncio.get_running_loop().create_future()
+            qmp = AsyncQMP()
+            try:
+                await qmp.connect(path)
+                connections[path] = qmp
+                connecting[path].set_result(qmp)
+            except Exception as error:  # noqa: BLE001  (handed to every disk of that VM)
+                connecting[path].set_exception(error)
+        return await connecting[path]
+
+    async def copy(index, disk):
+        async with slots:
+            started = time.perf_counter() - T0
+            qmp = await connection(disk["socket"])
+            job_id = f"raw-copy-{index}"
+            await qmp.execute("blockdev-snapshot-sync", **{
+                "device": disk["device"], "snapshot-file": disk["destination"], "format": "qcow2",
+                "mode": "absolute-paths"})
+            done = qmp.waiter(lambda m: m.get("event") == "BLOCK_JOB_COMPLETED"
+                              and m.get("data", {}).get("device") == job_id)
+            await qmp.execute("block-stream", **{"device": disk["device"], "job-id": job_id, "speed": speed,
+                                                 "auto-dismiss": False})
+            stream_started = time.perf_counter() - T0
+            data = (await done).get("data", {})
+            completed = time.perf_counter() - T0
+            if "error" in data or data.get("offset") != data.get("len"):
+                raise QMPError(f"job {job_id} ended at {data.get('offset')} of {data.get('len')}: {data.get('error')}")
+            await qmp.execute("job-dismiss", id=job_id)
+            timings.append({"disk": index, "started": started, "stream_started": stream_started,
+                            "completed": completed, "done": time.perf_counter() - T0, "bytes": data.get("len")})
+
+    try:
+        results = await asyncio.gather(*(copy(i, d) for i, d in enumerate(disks)), return_exceptions=True)
+    finally:
+        for qmp in connections.values():
+            qmp.close()
+    errors = [f"disk {i}: {r}" for i, r in enumerate(results) if isinstance(r, BaseException)]
+    return timings, errors
+
+
+def main_many(plan_path, parallel, speed):
+    outcome = {"ok": False, "t0_wall": T0_WALL, "parallel": parallel, "speed": speed}
+    try:
+        with open(plan_path) as f:
+            disks = json.load(f)
+        timings, errors = asyncio.run(copy_many(disks, parallel, speed))
+        outcome["disks"] = len(disks)
+        outcome["copied"] = len(timings)
+        outcome["bytes"] = sum(t["bytes"] or 0 for t in timings)
+        outcome["last_done"] = max((t["done"] for t in timings), default=0)
+        durations = sorted(t["done"] - t["started"] for t in timings)
+        outcome["disk_median"] = durations[len(durations) // 2] if durations else None
+        # Per disk: the time outside QEMU's copy (stream started → BLOCK_JOB_COMPLETED), and,
+        # disks taken in order, the gap from one disk's end to the next one's start.
+        ordered = sorted(timings, key=lambda t: t["disk"])
+        if ordered:
+            outcome["first_start"] = ordered[0]["started"]
+            outcome["copy_mean"] = sum(t["completed"] - t["stream_started"] for t in ordered) / len(ordered)
+            outcome["outside_copy_mean"] = sum(t["done"] - t["started"] - (t["completed"] - t["stream_started"])
+                                               for t in ordered) / len(ordered)
+            gaps = [b["started"] - a["done"] for a, b in zip(ordered, ordered[1:])]
+            outcome["gap_mean"] = sum(gaps) / len(gaps) if gaps else 0
+        if errors:
+            outcome["error"] = "; ".join(errors[:5])
+        else:
+            outcome["ok"] = True
+    except (OSError, QMPError, ValueError) as error:
+        outcome["error"] = str(error)
+    print(json.dumps(outcome), flush=True)
+    return 0 if outcome["ok"] else 1
+
+
 def main(argv):
     args = argv[1:]
-    speed, job_id = 0, "raw-copy"
+    speed, job_id, mirror, many, parallel, flush = 0, "raw-copy", False, None, 1, False
     positional = []
     while args:
         arg = args.pop(0)
@@ -78,25 +250,61 @@ def main(argv):
             speed = int(args.pop(0))
         elif arg == "--job-id":
             job_id = args.pop(0)
+        elif arg == "--mirror":
+            mirror = True
+        elif arg == "--flush":
+            flush = True
+        elif arg == "--many":
+            many = args.pop(0)
+        elif arg == "--parallel":
+            parallel = int(args.pop(0))
         else:
             positional.append(arg)
+    if many is not None and not positional:
+        return main_many(many, parallel, speed)
     if len(positional) != 3:
         print(__doc__, file=sys.stderr)
         return 2
     socket_path, device, destination = positional
 
     phases = {}
-    outcome = {"ok": False, "device": device, "destination": destination, "speed": speed, "phases": phases}
+    outcome = {"ok": False, "device": device, "destination": destination, "speed": speed, "phases": phases,
+               "t0_wall": T0_WALL, "recipe": "mirror" if mirror else "stream"}
     try:
         qmp = QMP(socket_path)
         qmp.greeting()
         qmp.execute("qmp_capabilities")
         phases["connected"] = time.perf_counter() - T0
-        qmp.execute("blockdev-snapshot-sync", **{
-            "device": device, "snapshot-file": destination, "format": "qcow2", "mode": "absolute-paths"})
-        phases["snapshot"] = time.perf_counter() - T0
-        qmp.execute("block-stream", **{"device": device, "job-id": job_id, "speed": speed, "auto-dismiss": False})
-        phases["stream_started"] = time.perf_counter() - T0
+        if mirror:
+            qmp.execute("drive-mirror", **{
+                "device": device, "job-id": job_id, "target": destination, "format": "qcow2", "sync": "full",
+                "mode": "absolute-paths", "speed": speed, "auto-dismiss": False})
+            phases["snapshot"] = phases["stream_started"] = time.perf_counter() - T0
+            qmp.wait_event("BLOCK_JOB_READY", "device", job_id)
+            phases["ready"] = time.perf_counter() - T0
+            qmp.execute("block-job-complete", device=job_id)
+        else:
+            qmp.execute("blockdev-snapshot-sync", **{
+                "device": device, "snapshot-file": destination, "format": "qcow2", "mode": "absolute-paths"})
+            phases["snapshot"] = time.perf_counter() - T0
+            arguments = {"device": device, "job-id": job_id, "speed": speed, "auto-dismiss": False}
+            if flush:
+                arguments["auto-finalize"] = False
+            qmp.execute("block-stream", **arguments)
+            phases["stream_started"] = time.perf_counter() - T0
+            if flush:
+                while True:
+                    change = qmp.wait_event("JOB_STATUS_CHANGE", "id", job_id)["data"]["status"]
+                    if change == "pending":
+                        break
+                    if change in ("aborting", "concluded"):
+                        raise QMPError(f"job {job_id} went {change} before pending")
+                phases["pending"] = time.perf_counter() - T0
+                reply = qmp.execute("human-monitor-command", **{"command-line": f'qemu-io {device} "flush"'})
+                if reply:
+                    raise QMPError(f"flush: {reply}")
+                phases["flushed"] = time.perf_counter() - T0
+                qmp.execute("job-finalize", id=job_id)
         event = qmp.wait_event("BLOCK_JOB_COMPLETED", "device", job_id)
         phases["completed"] = time.perf_counter() - T0
         data = event.get("data", {})
