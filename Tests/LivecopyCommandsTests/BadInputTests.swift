@@ -77,14 +77,20 @@ struct BadInputTests {
         #expect(history.stdout.contains("[") && !history.stdout.contains("\"id\""), "no plan was recorded")
     }
 
+    /// A database, a fake VM whose drive0 is on `src.qcow2`, and where the plan goes.
+    static func refusalRig(_ scratch: TemporaryDirectory) async throws
+        -> (livecopy: LivecopyProcess, source: String, vm: FakeQMPPeer, planPath: String)
+    {
+        let source = scratch.appending("src.qcow2")
+        return (LivecopyProcess(database: scratch.appending("livecopy.db")), source, try await fakeVM(source: source),
+                scratch.appending("plan.yaml"))
+    }
+
     @Test func preflightRefusalsTouchNothing() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-pre")
         defer { scratch.remove() }
-        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
-        let source = scratch.appending("src.qcow2")
-        let vm = try await Self.fakeVM(source: source)
+        let (livecopy, source, vm, planPath) = try await Self.refusalRig(scratch)
         defer { vm.stop() }
-        let planPath = scratch.appending("plan.yaml")
         func submit(_ text: String, _ fragment: String) async throws {
             try text.write(toFile: planPath, atomically: true, encoding: .utf8)
             try await Self.expectRefusal(livecopy, ["submit", planPath], fragment)
@@ -120,11 +126,8 @@ struct BadInputTests {
     @Test func moreRefusalsTouchNothing() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-pre2")
         defer { scratch.remove() }
-        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
-        let source = scratch.appending("src.qcow2")
-        let vm = try await Self.fakeVM(source: source)
+        let (livecopy, _, vm, planPath) = try await Self.refusalRig(scratch)
         defer { vm.stop() }
-        let planPath = scratch.appending("plan.yaml")
         func submit(_ text: String, _ fragment: String) async throws {
             try text.write(toFile: planPath, atomically: true, encoding: .utf8)
             try await Self.expectRefusal(livecopy, ["submit", planPath], fragment)
