@@ -73,7 +73,7 @@ final class DiskLedger: @unchecked Sendable {
     /// Reads the disk's record again (another ledger, such as the VM's snapshot, may have
     /// moved it meanwhile).
     func reload() throws {
-        guard let fresh = try store.disks(ofPlan: disk.planId).first(where: { $0.id == disk.id }) else {
+        guard let fresh = try store.disk(id: disk.id) else {
             throw StoreFailure("disk \(disk.id) of plan \(disk.planId) is gone from the database")
         }
         disk = fresh

@@ -11,6 +11,8 @@ public protocol WorkflowStore: AnyObject, Sendable {
 
     func plan(id: Int64) throws -> PlanRecord?
     func disks(ofPlan planId: Int64) throws -> [DiskRecord]
+    /// One disk's record, nil if there is none with that id.
+    func disk(id: Int64) throws -> DiskRecord?
     func events(ofPlan planId: Int64) throws -> [EventRecord]
 
     /// Plans newest first, optionally only in `states` and only touching VM `vm`.

@@ -210,6 +210,12 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
     }
 
+    public func disk(id: Int64) throws -> DiskRecord? {
+        try read { db in
+            try Row.fetchOneCached(db, sql: "SELECT * FROM disks WHERE id = ?", arguments: [id]).map(Self.diskRecord)
+        }
+    }
+
     public func events(ofPlan planId: Int64) throws -> [EventRecord] {
         try read { db in
             try Row.fetchAllCached(db, sql: "SELECT * FROM events WHERE plan_id = ? ORDER BY id", arguments: [planId])

@@ -135,7 +135,7 @@ func synth(_ args: [String]) throws {
                     NewPlan(name: "synthetic-\(number)", policyReference: nil, policy: policy, state: .pending, disks: newDisks), at: at)
                 disks += records.count
                 let owner = PlanOwner(pid: Int32(1000 + number % 30000), host: host, heartbeat: at)
-                try store.acquireLease(planId: plan.id, owner: owner, isGone: { _ in true })
+                _ = try store.acquireLease(planId: plan.id, owner: owner, isGone: { _ in true })
                 var running = plan
                 running.state = .running
                 try store.save(plan: running, expecting: .pending,

@@ -68,7 +68,7 @@ struct DatabaseFaultTests {
 
     /// Writes zeros to `path` until the file system is full.
     static func fill(_ path: String) {
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         guard let handle = FileHandle(forWritingAtPath: path) else { return }
         defer { try? handle.close() }
         let chunk = Data(count: 4096)
@@ -340,7 +340,7 @@ struct DatabaseFaultTests {
 
         // An empty file is an empty database: livecopy sets it up.
         let empty = scratch.appending("empty.db")
-        FileManager.default.createFile(atPath: empty, contents: Data())
+        _ = FileManager.default.createFile(atPath: empty, contents: Data())
         #expect(try await Self.expectSuccess(LivecopyProcess(database: empty), ["history"]).contains("no plans"))
     }
 

@@ -407,13 +407,7 @@ struct RecoveryIntegrationTests {
         for point in CrashPoint.rollbackNames {
             let rig = try Rig("lc-rbcrash", dataMiB: 16, policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
             defer { rig.scratch.remove() }
-            try await rig.write(slot: 0)
-
-            // The owner dies just after starting the stream; the job runs on in QEMU.
-            let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": "outcome:block-stream"])
-            #expect(submit.status == Self.crashStatus, "[\(point)] submit: \(submit.status)\n\(submit.stderr)")
-            try await rig.write(slot: 1)  // into the destination
-            let planId = try rig.planId()
+            let planId = try await rig.submitDyingMidStream("[\(point)]")
 
             let cancel = try await rig.livecopy.run(["cancel", String(planId)], environment: ["LIVECOPY_CRASH_AT": point])
             #expect(cancel.status == Self.crashStatus, "[\(point)] cancel should stop at the crash point: \(cancel.status)\n\(cancel.stderr)")
@@ -475,10 +469,7 @@ struct RecoveryIntegrationTests {
     func aCrashJustAfterTheCommitJobIsDismissedIsNotASplitBrain() async throws {
         let rig = try Rig("lc-dismissed", dataMiB: 16, policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
         defer { rig.scratch.remove() }
-        try await rig.write(slot: 0)
-        let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": "outcome:block-stream"])
-        #expect(submit.status == Self.crashStatus, "submit: \(submit.stderr)")
-        try await rig.write(slot: 1)
+        _ = try await rig.submitDyingMidStream("dismissed")
         rig.vm.kill()
         rig.vm = try QEMUVirtualMachine(name: "vm", directory: rig.scratch.url, drives: [(id: "drive0", image: rig.destination, format: "qcow2")])
         try await rig.write(slot: 2)
@@ -512,11 +503,7 @@ struct RecoveryIntegrationTests {
         for point in CrashPoint.rollbackNames {
             let rig = try Rig("lc-rbadvice", dataMiB: 24, policy: "speed: 8M\nretire_source: rename\nprogress_interval: 200ms\n")
             defer { rig.scratch.remove() }
-            try await rig.write(slot: 0)
-            let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": "outcome:block-stream"])
-            #expect(submit.status == Self.crashStatus, "[\(point)] submit: \(submit.stderr)")
-            try await rig.write(slot: 1)
-            let planId = try rig.planId()
+            let planId = try await rig.submitDyingMidStream("[\(point)]")
             // Let the stream copy past the slots, so the destination's copies would shadow later writes.
             let deadline = Date().addingTimeInterval(30)
             while (try await rig.streamJob()?.currentProgress ?? 0) < 6 << 20 {
@@ -798,12 +785,7 @@ struct RecoveryIntegrationTests {
             let rig = try Rig("lc-rb", dataMiB: 16, policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n"
                               + (rollbackPolicy ? "after_restart: rollback\n" : ""))
             defer { rig.scratch.remove() }
-            try await rig.write(slot: 0)
-            // The owner dies just after starting the stream; the job runs on in QEMU.
-            let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": "outcome:block-stream"])
-            #expect(submit.status == Self.crashStatus, "[\(variant)] submit: \(submit.status)\n\(submit.stderr)")
-            try await rig.write(slot: 1)  // into the destination
-            let planId = try rig.planId()
+            let planId = try await rig.submitDyingMidStream("[\(variant)]")
 
             let result: LivecopyProcess.Result
             switch variant {
@@ -1011,6 +993,17 @@ struct RecoveryIntegrationTests {
                         destination: \(destination)
                 """
             try plan.write(toFile: planPath, atomically: true, encoding: .utf8)
+        }
+
+        /// Writes slot 0, runs `submit` until it dies just after starting the stream (the job
+        /// runs on in QEMU), then writes slot 1 into the destination. Returns the plan's id.
+        func submitDyingMidStream(_ context: String, sourceLocation: SourceLocation = #_sourceLocation) async throws -> Int64 {
+            try await write(slot: 0)
+            let submit = try await livecopy.run(["submit", planPath], environment: ["LIVECOPY_CRASH_AT": "outcome:block-stream"])
+            #expect(submit.status == RecoveryIntegrationTests.crashStatus, "\(context) submit: \(submit.status)\n\(submit.stderr)",
+                    sourceLocation: sourceLocation)
+            try await write(slot: 1)
+            return try planId()
         }
 
         /// A flushed guest write of pattern 0x21+slot to the slot's two areas.

@@ -30,6 +30,26 @@ struct SecurityTests {
         return planPath
     }
 
+    /// A VM whose drive0 is a 16 MiB qcow2 source holding 4 MiB of `pattern`, a database,
+    /// and a plan (with `policy`) copying drive0 to `copy.qcow2`.
+    struct OneDisk {
+        let source: String
+        let vm: QEMUVirtualMachine
+        let destination: String
+        let livecopy: LivecopyProcess
+        let planPath: String
+    }
+
+    static func oneDisk(_ scratch: TemporaryDirectory, pattern: UInt8 = 0x11, policy: String = "retire_source: keep\n") throws -> OneDisk {
+        let source = scratch.appending("src.qcow2")
+        try QEMUImage.create(source, size: "16M")
+        try QEMUImage.write(source, pattern: pattern, offset: "0", length: "4M")
+        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [(id: "drive0", image: source, format: "qcow2")])
+        let destination = scratch.appending("copy.qcow2")
+        return OneDisk(source: source, vm: vm, destination: destination, livecopy: LivecopyProcess(database: scratch.appending("livecopy.db")),
+                       planPath: try writePlan(scratch, socket: vm.livecopySocket, destination: destination, policy: policy))
+    }
+
     /// A raw disk image whose bytes are a qcow2 header naming `secret` as its backing file
     /// (format raw), padded to 16 MiB. Probed, it would open `secret`; as raw it must not.
     static func makeLookalike(_ scratch: TemporaryDirectory) throws -> (source: String, secret: String) {
@@ -238,18 +258,13 @@ struct SecurityTests {
     func aSocketOthersMayWriteToIsRefusedUnlessThePolicyAllowsIt() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-sec-sock")
         defer { scratch.remove() }
-        let source = scratch.appending("src.qcow2")
-        try QEMUImage.create(source, size: "16M")
-        try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "4M")
-        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [(id: "drive0", image: source, format: "qcow2")])
+        let rig = try Self.oneDisk(scratch)
+        let (vm, destination, livecopy) = (rig.vm, rig.destination, rig.livecopy)
+        var planPath = rig.planPath
         defer { vm.kill() }
         let socket = vm.livecopySocket
         // The fixture's sockets are owner-only (QEMU makes them with the umask: 0755 here).
         #expect(Self.mode(of: socket) == 0o700)
-
-        let destination = scratch.appending("copy.qcow2")
-        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
-        var planPath = try Self.writePlan(scratch, socket: socket, destination: destination, policy: "retire_source: keep\n")
 
         #expect(chmod(socket, 0o777) == 0)
         try await BadInputTests.expectRefusal(
@@ -282,14 +297,9 @@ struct SecurityTests {
     func runChecksTheSocketAgain() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-sec-run")
         defer { scratch.remove() }
-        let source = scratch.appending("src.qcow2")
-        try QEMUImage.create(source, size: "16M")
-        try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "4M")
-        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [(id: "drive0", image: source, format: "qcow2")])
+        let rig = try Self.oneDisk(scratch)
+        let (source, vm, destination, livecopy, planPath) = (rig.source, rig.vm, rig.destination, rig.livecopy, rig.planPath)
         defer { vm.kill() }
-        let destination = scratch.appending("copy.qcow2")
-        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
-        let planPath = try Self.writePlan(scratch, socket: vm.livecopySocket, destination: destination, policy: "retire_source: keep\n")
         let detached = try await livecopy.run(["submit", "--detach", planPath])
         #expect(detached.status == 0, "\(detached.stderr)")
         let id = detached.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -400,14 +410,9 @@ struct SecurityTests {
     func aCrashWhileCreatingTheDestinationNeverDeletesAFileItCannotProveIsItsOwn() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-sec-crash")
         defer { scratch.remove() }
-        let source = scratch.appending("src.qcow2")
-        try QEMUImage.create(source, size: "16M")
-        try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "4M")
-        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [(id: "drive0", image: source, format: "qcow2")])
+        let rig = try Self.oneDisk(scratch)
+        let (vm, destination, livecopy, planPath) = (rig.vm, rig.destination, rig.livecopy, rig.planPath)
         defer { vm.kill() }
-        let destination = scratch.appending("copy.qcow2")
-        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
-        let planPath = try Self.writePlan(scratch, socket: vm.livecopySocket, destination: destination, policy: "retire_source: keep\n")
 
         // Before the create: nothing exists, recover simply does it.
         let early = try await livecopy.run(["submit", planPath], environment: ["LIVECOPY_CRASH_AT": "intent:create-destination"])
@@ -424,14 +429,9 @@ struct SecurityTests {
         // Just after the create: the file exists, the record does not claim it.
         let scratch2 = try TemporaryDirectory(prefix: "lc-sec-crash2")
         defer { scratch2.remove() }
-        let source2 = scratch2.appending("src.qcow2")
-        try QEMUImage.create(source2, size: "16M")
-        try QEMUImage.write(source2, pattern: 0x12, offset: "0", length: "4M")
-        let vm2 = try QEMUVirtualMachine(name: "vm", directory: scratch2.url, drives: [(id: "drive0", image: source2, format: "qcow2")])
+        let rig2 = try Self.oneDisk(scratch2, pattern: 0x12)
+        let (source2, vm2, destination2, livecopy2, planPath2) = (rig2.source, rig2.vm, rig2.destination, rig2.livecopy, rig2.planPath)
         defer { vm2.kill() }
-        let destination2 = scratch2.appending("copy.qcow2")
-        let livecopy2 = LivecopyProcess(database: scratch2.appending("livecopy.db"))
-        let planPath2 = try Self.writePlan(scratch2, socket: vm2.livecopySocket, destination: destination2, policy: "retire_source: keep\n")
         let late = try await livecopy2.run(["submit", planPath2], environment: ["LIVECOPY_CRASH_AT": "sent:create-destination"])
         #expect(late.status == RecoveryIntegrationTests.crashStatus, "\(late.stderr)")
         #expect(Self.mode(of: destination2) == 0o600)

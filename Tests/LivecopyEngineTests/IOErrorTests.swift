@@ -124,50 +124,35 @@ struct IOErrorTests {
         return (scratch, vm, store, engine, source, inserted.file, destination, record.id)
     }
 
-    @Test(.timeLimit(.minutes(2)))
-    func sourceReadErrorWithOnErrorStopPausesAndAResumeSucceeds() async throws {
+    /// A read error injected under the source pauses the job (EIO with `on_error: stop`,
+    /// ENOSPC with `on_error: enospc`); `status` shows why; livecopy's resume completes it.
+    @Test(.timeLimit(.minutes(2)), arguments: [
+        (EIO, Policy.OnIOError.stop, "failed", "lc-eio-stop"), (ENOSPC, Policy.OnIOError.enospc, "nospace", "lc-nospc"),
+    ])
+    func anInjectedErrorPausesTheJobThenAResumeCompletesIt(errno: Int32, onError: Policy.OnIOError, ioStatus: String, name: String) async throws {
         var policy = try EngineFailureTests.policy(onFailure: .stop)
-        policy.onError = .stop
+        policy.onError = onError
         policy.ioErrorWait = 60
-        let setup = try await Self.blkdebugSetUp("lc-eio-stop", policy: policy)
+        let setup = try await Self.blkdebugSetUp(name, policy: policy, errno: errno)
         defer { setup.scratch.remove() }
         defer { setup.vm.kill() }
         let run = Task { try await setup.engine.run(planId: setup.planId) }
-        let paused = try await Self.waitForEvent(setup.store, planId: setup.planId, containing: "paused by an I/O error (io-status failed)")
+        let paused = try await Self.waitForEvent(setup.store, planId: setup.planId, containing: "paused by an I/O error (io-status \(ioStatus))")
         #expect(paused.diskId != nil)
-        try await setup.vm.guestWrite(drive: "drive0", pattern: 0x55, offset: "60M", length: "64k")
-        let plan = try await run.value
-        await setup.engine.shutdown()
-        #expect(plan.state == .completed, "\(plan.error ?? "")")
-        let details = try setup.store.events(ofPlan: setup.planId).map(\.detail)
-        #expect(details.contains { $0.contains("I/O error on read, action stop") }, "\(details)")
-        let active = try await EngineFailureTests.activeImage(setup.vm)
-        #expect(active.file == setup.destination)
-        #expect(active.backing == nil)
-        await setup.vm.stop()
-        #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
-        #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
-    }
-
-    @Test(.timeLimit(.minutes(2)))
-    func injectedNoSpaceWithOnErrorEnospcPausesThenResumes() async throws {
-        var policy = try EngineFailureTests.policy(onFailure: .stop)
-        policy.onError = .enospc
-        policy.ioErrorWait = 60
-        let setup = try await Self.blkdebugSetUp("lc-nospc", policy: policy, errno: ENOSPC)
-        defer { setup.scratch.remove() }
-        defer { setup.vm.kill() }
-        let run = Task { try await setup.engine.run(planId: setup.planId) }
-        _ = try await Self.waitForEvent(setup.store, planId: setup.planId, containing: "paused by an I/O error (io-status nospace)")
         // `status` shows why the copy stands still: the disk's error names the pause.
-        let paused = try #require(try setup.store.disks(ofPlan: setup.planId).first)
+        let disk = try #require(try setup.store.disks(ofPlan: setup.planId).first)
         // (The event's own line, "I/O error on read, action stop", may come last.)
-        #expect(paused.error?.contains("I/O error") == true, "\(paused.error ?? "no error")")
+        #expect(disk.error?.contains("I/O error") == true, "\(disk.error ?? "no error")")
         try await setup.vm.guestWrite(drive: "drive0", pattern: 0x55, offset: "60M", length: "64k")
         let plan = try await run.value
         await setup.engine.shutdown()
         #expect(plan.state == .completed, "\(plan.error ?? "")")
         #expect(try setup.store.disks(ofPlan: setup.planId).first?.error == nil, "cleared once the copy went on")
+        let details = try setup.store.events(ofPlan: setup.planId).map(\.detail)
+        #expect(details.contains { $0.contains("I/O error on read, action stop") }, "\(details)")
+        let active = try await EngineFailureTests.activeImage(setup.vm)
+        #expect(active.file == setup.destination)
+        #expect(active.backing == nil)
         await setup.vm.stop()
         #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
         #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
@@ -201,8 +186,8 @@ struct IOErrorTests {
         #expect(try QEMUImage.verify(setup.source, pattern: 0x66, offset: "50M", length: "64k"))
     }
 
-    /// A source opened through blkdebug (to inject EIO) has a `json:` file name, which
-    /// livecopy refuses before touching anything: the EIO paths are tested on the fake VM.
+    /// A source opened through blkdebug options has a `json:` file name, which livecopy
+    /// refuses before touching anything (the tests above record their plans directly).
     @Test(.timeLimit(.minutes(1)))
     func aBlkdebugSourceIsRefusedByPreflight() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-blkdebug")

@@ -241,7 +241,7 @@ struct FakeSetup {
     static func start(_ name: String) async throws -> FakeSetup {
         let scratch = try TemporaryDirectory(prefix: name)
         let source = scratch.appending("src.qcow2")
-        FileManager.default.createFile(atPath: source, contents: Data())
+        _ = FileManager.default.createFile(atPath: source, contents: Data())
         let vm = FakeVM(source: source)
         let peer = try await FakeQMPPeer.start { name, arguments, id in vm.handle(name, arguments, id) }
         vm.attach(peer)
@@ -315,18 +315,17 @@ struct QMPFaultTests {
     /// Runs the plan once with `fault` armed on `command`, checks the failed disk, then
     /// runs it again with a new engine (a new connection; the peer now behaves) to completion.
     func faultThenRecover(
-        _ name: String, command: String, reply: FakeReply, executes: Bool, expectError: String,
-        streamBehaviour: FakeVM.StreamBehaviour = .completeAtOnce
+        _ name: String, command: String, reply: FakeReply, executes: Bool, times: Int = 1, expectError: String,
+        streamBehaviour: FakeVM.StreamBehaviour = .completeAtOnce, policy adjust: (inout Policy) -> Void = { _ in },
+        stoppedOn image: KeyPath<FakeSetup, String> = \.destination
     ) async throws {
         let setup = try await FakeSetup.start(name)
         defer { setup.stop() }
-        let policy = try FakeSetup.policy()
-        let first = setup.engine(policy)
-        let planId = try await setup.record(first, policy)
-        setup.vm.setStreamBehaviour(streamBehaviour)
-        setup.vm.arm(command, reply, executes: executes)
-        let stopped = try await first.run(planId: planId)
-        await first.shutdown()
+        let policy = try FakeSetup.policy(adjust)
+        let (planId, stopped) = try await setup.runOnce(policy) { vm in
+            vm.setStreamBehaviour(streamBehaviour)
+            vm.arm(command, reply, executes: executes, times: times)
+        }
 
         #expect(stopped.state == .failed, "\(name): plan \(stopped.state)")
         let disk = try #require(try setup.store.disks(ofPlan: planId).first)
@@ -336,8 +335,12 @@ struct QMPFaultTests {
         #expect(!error.contains("\n"), "one line")
         #expect(try setup.details(planId).contains { $0.contains(expectError) }, "\(name): the events table names the error")
         #expect(stopped.error?.contains(expectError) == true, "\(name): the plan's error names it")
-        #expect(setup.vm.chain.active == setup.destination, "\(name): the VM stays on its destination overlay")
-        #expect(disk.bootImage == setup.destination)
+        #expect(setup.peer.receivedCommandNames.filter { $0 == command }.count == times, "\(name): \(command) sent once per fault")
+        #expect(setup.vm.chain.active == setup[keyPath: image], "\(name): VM on \(setup.vm.chain.active)")
+        #expect(disk.bootImage == setup[keyPath: image])
+        if image == \FakeSetup.source {
+            #expect(!FileManager.default.fileExists(atPath: setup.destination), "the file livecopy made is removed")
+        }
         _ = try setup.transitions(planId)
 
         // The peer behaves now; a new engine (as recover would) finishes the plan.
@@ -428,9 +431,9 @@ struct QMPFaultTests {
 
     @Test(.timeLimit(.minutes(1)))
     func aDeviceStillBusyAfterTheRetriesFailsTheDiskResumably() async throws {
-        try await faultThenRecoverArmed("lc-busylong", command: "block-stream", reply: Self.busy, times: 3,
-                                        policy: { $0.qmpRetries = 2; $0.qmpRetryBackoff = 0.05 },
-                                        expectError: "block-stream failed: GenericError: Node 'drive0' is busy")
+        try await faultThenRecover("lc-busylong", command: "block-stream", reply: Self.busy, executes: false, times: 3,
+                                   expectError: "block-stream failed: GenericError: Node 'drive0' is busy",
+                                   policy: { $0.qmpRetries = 2; $0.qmpRetryBackoff = 0.05 })
     }
 
     @Test(.timeLimit(.minutes(1)))
@@ -449,38 +452,9 @@ struct QMPFaultTests {
 
     @Test(.timeLimit(.minutes(1)))
     func aRefusedSnapshotSwitchesNothingAndRemovesTheFileItMade() async throws {
-        try await faultThenRecoverArmed("lc-txnrefused", command: "transaction",
-                                        reply: .error(class: "GenericError", desc: "Could not open 'x': Permission denied"), times: 1,
-                                        policy: { _ in }, expectError: "transaction failed: GenericError: Could not open",
-                                        stoppedOn: \.source)
-    }
-
-    /// `faultThenRecover` for a fault armed `times` times, under an adjusted policy.
-    func faultThenRecoverArmed(_ name: String, command: String, reply: FakeReply, times: Int,
-                               policy adjust: (inout Policy) -> Void, expectError: String,
-                               stoppedOn image: KeyPath<FakeSetup, String> = \.destination) async throws {
-        let setup = try await FakeSetup.start(name)
-        defer { setup.stop() }
-        let policy = try FakeSetup.policy(adjust)
-        let (planId, stopped) = try await setup.runOnce(policy) { vm in vm.arm(command, reply, executes: false, times: times) }
-        #expect(stopped.state == .failed, "\(name): plan \(stopped.state)")
-        let disk = try #require(try setup.store.disks(ofPlan: planId).first)
-        #expect(disk.state == .failed)
-        #expect(disk.error?.contains(expectError) == true, "\(name): disk error is \(disk.error ?? "")")
-        #expect(disk.error?.contains("\n") == false)
-        #expect(setup.peer.receivedCommandNames.filter { $0 == command }.count == times)
-        #expect(setup.vm.chain.active == setup[keyPath: image], "\(name): VM on \(setup.vm.chain.active)")
-        if image == \FakeSetup.source {
-            #expect(!FileManager.default.fileExists(atPath: setup.destination), "the file livecopy made is removed")
-        }
-        _ = try setup.transitions(planId)
-
-        let second = setup.engine(policy)
-        let finished = try await second.run(planId: planId)
-        await second.shutdown()
-        #expect(finished.state == .completed, "\(name): second run \(finished.state) \(finished.error ?? "")")
-        #expect(setup.vm.chain.active == setup.destination)
-        #expect(setup.vm.chain.backing == nil)
+        try await faultThenRecover("lc-txnrefused", command: "transaction",
+                                   reply: .error(class: "GenericError", desc: "Could not open 'x': Permission denied"), executes: false,
+                                   expectError: "transaction failed: GenericError: Could not open", stoppedOn: \.source)
     }
 
     @Test(.timeLimit(.minutes(1)))

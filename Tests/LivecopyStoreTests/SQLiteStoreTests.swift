@@ -121,6 +121,9 @@ struct SQLiteStoreTests {
         disk.state = .snapshotting
         try store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, from: "pending", to: "snapshotting", detail: "go"), at: Date())
         #expect(try store.disks(ofPlan: plan.id)[0].state == .snapshotting)
+        #expect(try store.disk(id: disk.id)?.state == .snapshotting)
+        #expect(try store.disk(id: disks[1].id)?.device == "drive1")
+        #expect(try store.disk(id: disks[1].id + 1000) == nil)
         let events = try store.events(ofPlan: plan.id)
         #expect(events.count == 2)
         #expect(events.last?.from == "pending")
