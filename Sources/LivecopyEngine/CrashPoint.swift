@@ -1,4 +1,5 @@
 import Foundation
+import LivecopyModel
 
 /// Named places in the workflow where a test can make livecopy die at once, to prove
 /// that recovery works from every persisted step boundary.
@@ -15,16 +16,28 @@ public enum CrashPoint {
 
     private static let target = ProcessInfo.processInfo.environment["LIVECOPY_CRASH_AT"]
 
-    /// Every crash point of a forward copy with `retire_source: rename`, in the order a disk reaches them.
-    public static let forwardNames = [
-        "plan:running",
-        "transition:snapshotting", "intent:blockdev-snapshot-sync", "sent:blockdev-snapshot-sync",
-        "outcome:blockdev-snapshot-sync", "transition:streaming",
-        "intent:block-stream", "sent:block-stream", "outcome:block-stream",
-        "intent:job-finalize", "sent:job-finalize", "outcome:job-finalize", "sent:job-dismiss",
-        "transition:retiring", "intent:rename", "sent:rename", "outcome:rename", "transition:completed",
-        "plan:completed",
-    ]
+    /// Every crash point of a forward copy, in the order a disk reaches them, when the
+    /// source is retired by `retire` (`keep` has no retiring step of its own).
+    public static func forwardNames(retiring retire: Policy.RetireSource) -> [String] {
+        let retireStep: [String]
+        switch retire {
+        case .keep: retireStep = []
+        // No `outcome:` point: the move to `completed` records the outcome in the same write.
+        case .rename: retireStep = ["intent:rename", "sent:rename"]
+        case .delete: retireStep = ["intent:delete-source", "sent:delete-source"]
+        }
+        return [
+            "plan:running",
+            "transition:snapshotting", "intent:blockdev-snapshot-sync", "sent:blockdev-snapshot-sync",
+            "outcome:blockdev-snapshot-sync", "transition:streaming",
+            "intent:block-stream", "sent:block-stream", "outcome:block-stream",
+            "intent:job-finalize", "sent:job-finalize", "outcome:job-finalize", "sent:job-dismiss",
+            "transition:retiring",
+        ] + retireStep + ["transition:completed", "plan:completed"]
+    }
+
+    /// Every crash point of a forward copy with `retire_source: rename`.
+    public static var forwardNames: [String] { forwardNames(retiring: .rename) }
 
     /// The crash points of a rollback that had to commit (cancel after the snapshot).
     public static let rollbackNames = [
@@ -35,7 +48,7 @@ public enum CrashPoint {
     ]
 
     /// Every name, for tests.
-    public static var names: [String] { forwardNames + rollbackNames }
+    public static var names: [String] { forwardNames + ["intent:delete-source", "sent:delete-source"] + rollbackNames }
 
     /// Dies here if this is the point named by `LIVECOPY_CRASH_AT`.
     static func reach(_ name: String) {

@@ -36,7 +36,7 @@ final class DiskWorkflow: @unchecked Sendable {
         self.joinVMSnapshot = joinVMSnapshot
     }
 
-    private var disk: DiskRecord { ledger.disk }
+    var disk: DiskRecord { ledger.disk }
 
     /// The disk's state as last persisted.
     var state: DiskState { ledger.disk.state }
@@ -107,7 +107,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 try ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
                 return false
             }
-            try fail(because: describe(error), sessionLost: sessionLost)
+            try fail(because: describe(error), mayRollBack: !sessionLost && !(error is FlushNotConfirmed))
             return true
         }
     }
@@ -130,10 +130,11 @@ final class DiskWorkflow: @unchecked Sendable {
     }
 
     /// Moves to `failed`, or to `rolling_back` when the policy says so and the copy
-    /// itself failed (not merely the QMP session) with the VM on the destination.
-    private func fail(because reason: String, sessionLost: Bool = false) throws {
+    /// itself failed (not merely the QMP session, nor the flush before finalizing) with the
+    /// VM on the destination.
+    private func fail(because reason: String, mayRollBack: Bool) throws {
         switch disk.state {
-        case .streaming where policy.onFailure == .rollback && !sessionLost:
+        case .streaming where policy.onFailure == .rollback && mayRollBack:
             try ledger.transition(to: .rollingBack, "copy failed, on_failure: rollback: \(reason)") { $0.error = reason }
         case .pending, .snapshotting, .streaming, .retiring, .rollingBack:
             try ledger.transition(to: .failed, reason) { $0.error = reason }
@@ -231,7 +232,7 @@ final class DiskWorkflow: @unchecked Sendable {
             try ledger.transition(to: .streaming, "destination overlay active")
             return
         }
-        removeDestinationIfOurs()
+        try await removeDestinationIfOurs()
         try ledger.outcome("failed: \(reason)") { $0.destinationCreated = false }
         try ledger.transition(to: .failed, reason) { $0.error = reason }
     }
@@ -287,7 +288,7 @@ final class DiskWorkflow: @unchecked Sendable {
             return nil
         case disk.source?:
             try refuseSplitBrain(activeImage: disk.source ?? "")
-            removeDestinationIfOurs()
+            try await removeDestinationIfOurs()
             var info = stat()
             if !disk.destinationCreated, disk.intent == "create-destination", lstat(disk.destination, &info) == 0 {
                 throw NeedsAttention(
@@ -331,10 +332,11 @@ final class DiskWorkflow: @unchecked Sendable {
             description: "a pivot back to \(source) was requested just before QEMU stopped, and the VM now runs on \(source), which differs from \(disk.destination): livecopy cannot tell which holds the newest writes and touched neither; compare them, keep the newest, delete the other yourself, then run livecopy recover")
     }
 
-    /// Deletes the destination only if livecopy created it and the VM does not use it.
-    private func removeDestinationIfOurs() {
+    /// Deletes the destination only if livecopy created it and, as QEMU and the kernel say
+    /// right now, nothing uses it.
+    private func removeDestinationIfOurs() async throws {
         guard disk.destinationCreated else { return }
-        unlink(disk.destination)
+        try await deleteOwnFile(disk.destination, because: "the snapshot onto it did not happen")
     }
 
     // MARK: - Stream
@@ -380,6 +382,10 @@ final class DiskWorkflow: @unchecked Sendable {
 
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
 
+    /// QEMU did not confirm the flush before `job-finalize`: the job stays pending and the
+    /// disk fails (never rolls back for this: the copy itself is whole), to flush again later.
+    struct FlushNotConfirmed: Error, CustomStringConvertible { let description: String }
+
     /// While the stream runs (at each progress poll) the kernel is asked to start writing
     /// the destination's dirty pages back, so the flush before finalizing has little left
     /// to write. This does not touch QEMU: a flush through QEMU would stall its main loop,
@@ -395,20 +401,34 @@ final class DiskWorkflow: @unchecked Sendable {
     /// The stream has copied everything and waits in `pending`. Finalizing rewrites the
     /// destination's header without its backing file; QEMU writes that header at once but
     /// keeps the copied clusters' L2 tables in its cache, so a crash right after could
-    /// leave a destination with neither the data nor the backing file. Flush first.
+    /// leave a destination with neither the data nor the backing file. So the job is
+    /// finalized only after QEMU confirmed a flush of the destination's node; otherwise
+    /// it stays `pending` (the destination keeps its backing file) and the disk fails,
+    /// for `recover` or `run` to flush again.
     private func flushThenFinalize(_ jobId: String) async throws {
         try ledger.intend("job-finalize", "flush \(disk.destination), then finalize job \(jobId)")
-        var answer = try await session.flushBlock(disk.destinationNodeName)
-        if !answer.isEmpty, let entry = try? await locateDevice() {
-            // After a QEMU restart the node has another name: flush through the device.
-            answer = try await session.flushBlock(try deviceName(entry))
+        let entry = try await locateDevice()
+        let evidence: FlushEvidence
+        if let node = entry.inserted?.nodeName, node == disk.destinationNodeName || entry.inserted?.file == disk.destination {
+            // The node livecopy named at the snapshot, or after a QEMU restart the one QEMU
+            // opened the destination as.
+            evidence = try await session.flushWithEvidence(nodeName: node)
+        } else {
+            evidence = .notConfirmed("the VM is on \(entry.inserted?.file ?? "no image"), not on \(disk.destination)")
         }
-        if !answer.isEmpty {
-            try ledger.note("flush of \(disk.destination) before finalizing not confirmed: \(answer)")
+        func refuse(_ verdict: String, _ why: String) throws -> Never {
+            try ledger.outcome("refused: flush \(verdict): \(why)")
+            throw FlushNotConfirmed(
+                description: "the flush of \(disk.destination) before finalizing \(verdict) (\(why)); job \(jobId) waits in pending and nothing was finalized, so \(disk.destination) keeps its backing file \(disk.source ?? "?"); livecopy recover or run flushes again")
+        }
+        switch evidence {
+        case .confirmed: break
+        case .failed(let why): try refuse("failed", why)
+        case .notConfirmed(let why): try refuse("could not be confirmed", why)
         }
         try await session.jobFinalize(jobId: jobId)
         ledger.sent()
-        try ledger.outcome("destination flushed; job finalized")
+        try ledger.outcome("destination flushed (confirmed by QEMU); job finalized")
     }
 
     /// Brings a job just started or re-attached to in line with the operator's settings,
@@ -465,56 +485,15 @@ final class DiskWorkflow: @unchecked Sendable {
         }
     }
 
-    /// The VM's active image is the destination, with no backing file, and no block
-    /// node still opens the source.
+    /// The VM's active image is the destination, with no backing file, and nothing
+    /// (no device's chain, no process) opens the source. Not `query-named-block-nodes`:
+    /// QEMU 7.2 was seen to crash (SIGSEGV in bdrv_refresh_filename) answering it while
+    /// another disk's stream job of the same VM finished.
     private func verifyStandalone() async throws {
-        let entry = try await locateDevice()
-        guard entry.inserted?.file == disk.destination, entry.inserted?.backingFile == nil else {
-            throw NeedsAttention(
-                description: "after the stream the VM is on \(entry.inserted?.file ?? "no image") with backing \(entry.inserted?.backingFile ?? "none")")
-        }
-        // Not `query-named-block-nodes`: QEMU 7.2 was seen to crash (SIGSEGV in
-        // bdrv_refresh_filename) answering it while another disk's stream job of the same VM
-        // finished. Every device's chain, then the processes' open files, tell instead.
-        if let source = disk.source {
-            let devices = try await session.queryBlock()
-            if let user = devices.first(where: { $0.inserted?.image.chain.contains { $0.filename == source } ?? false }) {
-                throw NeedsAttention(description: "device '\(user.device)' still has the source \(source) in its chain")
-            }
-            if let holder = await OpenFiles.holder(of: source) {
-                throw NeedsAttention(description: "\(holder) still has the source \(source) open")
-            }
+        if let problem = try await sourceRetirementProblem() {
+            throw NeedsAttention(description: "after the stream: \(problem)")
         }
         try ledger.note("verified: \(disk.destination) is active with no backing file; nothing opens the source")
-    }
-
-    // MARK: - Retire
-
-    private func retire() async throws {
-        guard let source = disk.source else { throw NeedsAttention(description: "no source recorded") }
-        switch policy.retireSource {
-        case .keep:
-            try ledger.transition(to: .completed, "source kept at \(source) (retire_source: keep)")
-        case .rename:
-            let retired = source + ".retired"
-            try ledger.intend("rename", "\(source) → \(retired)")
-            if FileManager.default.fileExists(atPath: source) {
-                guard rename(source, retired) == 0 else {
-                    throw NeedsAttention(description: "cannot rename \(source): \(String(cString: strerror(errno)))")
-                }
-            }
-            ledger.sent()
-            try ledger.outcome("source renamed")
-            try ledger.transition(to: .completed, "source retired to \(retired)")
-        case .delete:
-            try ledger.intend("delete-source", source)
-            if unlink(source) != 0 && errno != ENOENT {
-                throw NeedsAttention(description: "cannot delete \(source): \(String(cString: strerror(errno)))")
-            }
-            ledger.sent()
-            try ledger.outcome("source deleted")
-            try ledger.transition(to: .completed, "source \(source) deleted")
-        }
     }
 
     // MARK: - Failed disks
@@ -572,7 +551,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 default:
                     try refuseSplitBrain(activeImage: disk.source ?? "the source")
                 }
-                try finishRollback()
+                try await finishRollback()
                 return
             }
             guard entry.inserted?.file == disk.destination, let source = disk.source else {
@@ -628,16 +607,20 @@ final class DiskWorkflow: @unchecked Sendable {
         guard entry.inserted?.file == disk.source else {
             throw NeedsAttention(description: "after the rollback the VM is on \(entry.inserted?.file ?? "no image"), not on the source")
         }
-        try finishRollback()
+        try await finishRollback()
     }
 
-    /// The VM is on its source with every write: delete the destination if ours.
-    private func finishRollback() throws {
+    /// The VM is on its source with every write: delete the destination if ours, once
+    /// QEMU and the kernel say nothing uses it.
+    private func finishRollback() async throws {
         if disk.destinationCreated {
             if disk.intent != "delete-destination" { try ledger.intend("delete-destination", disk.destination) }
-            if unlink(disk.destination) != 0 && errno != ENOENT {
-                throw NeedsAttention(description: "cannot delete \(disk.destination): \(String(cString: strerror(errno)))")
+            let source = disk.source ?? "the source"
+            if let entry = try await session.queryBlock().entry(for: disk), entry.inserted?.file != disk.source {
+                throw NeedsAttention(
+                    description: "rollback: VM '\(disk.vmName)' device '\(disk.device)' runs on \(entry.inserted?.file ?? "no image"), not on \(source); \(disk.destination) was not deleted")
             }
+            try await deleteOwnFile(disk.destination, because: "rolled back onto \(source)")
             ledger.sent()
             try ledger.outcome("destination deleted") { $0.destinationCreated = false }
         }

@@ -24,7 +24,7 @@ struct RecoveryIntegrationTests {
         "outcome:blockdev-snapshot-sync", "transition:streaming", "intent:block-stream", "sent:block-stream",
         "outcome:block-stream", "intent:job-finalize", "sent:job-finalize", "outcome:job-finalize",
         "sent:job-dismiss", "transition:retiring", "intent:rename", "sent:rename",
-        "outcome:rename", "transition:completed", "plan:completed",
+        "transition:completed", "plan:completed",
     ]
 
     /// The exit status of a process stopped at a crash point.
@@ -41,10 +41,10 @@ struct RecoveryIntegrationTests {
 
     // MARK: - 1. Every crash point
 
-    @Test(.timeLimit(.minutes(6)))
-    func recoverCompletesAfterACrashAtEveryCrashPoint() async throws {
-        for point in CrashPoint.forwardNames {
-            let rig = try Rig("lc-crash", dataMiB: 8, policy: "retire_source: rename\nprogress_interval: 200ms\n")
+    @Test(.timeLimit(.minutes(6)), arguments: [Policy.RetireSource.rename, .delete])
+    func recoverCompletesAfterACrashAtEveryCrashPoint(retire: Policy.RetireSource) async throws {
+        for point in CrashPoint.forwardNames(retiring: retire) {
+            let rig = try Rig("lc-crash", dataMiB: 8, policy: "retire_source: \(retire.rawValue)\nprogress_interval: 200ms\n")
             defer { rig.scratch.remove() }
             try await rig.write(slot: 0)  // before the copy
 
@@ -69,8 +69,11 @@ struct RecoveryIntegrationTests {
 
             try rig.expectDestinationHoldsEverything(point)
             try rig.expectUnbrokenTimeline(point)
-            #expect(!FileManager.default.fileExists(atPath: rig.source), "[\(point)] the source is renamed away")
-            #expect(FileManager.default.fileExists(atPath: rig.source + ".retired"), "[\(point)] the source is retired to .retired")
+            #expect(!FileManager.default.fileExists(atPath: rig.source), "[\(point)] the source is retired")
+            #expect(FileManager.default.fileExists(atPath: rig.source + ".retired") == (retire == .rename),
+                    "[\(point)] the source is renamed to .retired by rename, and deleted by delete")
+            let details = try rig.store().events(ofPlan: planId).map(\.detail)
+            #expect(!details.contains { $0.contains("was gone before livecopy retired it") }, "[\(point)] livecopy itself retired the source")
         }
     }
 
@@ -217,10 +220,10 @@ struct RecoveryIntegrationTests {
     /// livecopy crashes at a crash point, the guest writes (flushed), then QEMU dies too.
     /// The operator restarts the VM on the image livecopy names (`status --json`
     /// boot_image, else what `recover` prints), and recover finishes with every write.
-    @Test(.timeLimit(.minutes(4)))
-    func afterAHostRebootAtEveryCrashPointTheAdvisedBootImageHoldsEveryWrite() async throws {
-        for point in CrashPoint.forwardNames {
-            let rig = try Rig("lc-advice", dataMiB: 8, policy: "retire_source: rename\nprogress_interval: 200ms\n")
+    @Test(.timeLimit(.minutes(4)), arguments: [Policy.RetireSource.rename, .delete])
+    func afterAHostRebootAtEveryCrashPointTheAdvisedBootImageHoldsEveryWrite(retire: Policy.RetireSource) async throws {
+        for point in CrashPoint.forwardNames(retiring: retire) {
+            let rig = try Rig("lc-advice", dataMiB: 8, policy: "retire_source: \(retire.rawValue)\nprogress_interval: 200ms\n")
             defer { rig.scratch.remove() }
             try await rig.write(slot: 0)
             let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": point])

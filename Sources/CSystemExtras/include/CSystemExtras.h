@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /// Starts writing back the dirty page-cache pages of the file open as `fd`, without
 /// waiting for them (`sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`). Returns 0, or
@@ -32,8 +34,31 @@ static inline int livecopy_open_elsewhere(int fd) {
     }
     return errno == EAGAIN ? 1 : -1;
 }
+/// Renames `from` to `to` only if nothing is at `to` (`renameat2` with
+/// `RENAME_NOREPLACE`): 0, or -1 with errno set (EEXIST when `to` exists, ENOENT when
+/// `from` does not). On a file system without `RENAME_NOREPLACE`, `link` (which never
+/// replaces a name) then `unlink` does the same.
+static inline int livecopy_rename_noreplace(const char *from, const char *to) {
+    if (syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 1 /* RENAME_NOREPLACE */) == 0) return 0;
+    if (errno != EINVAL && errno != ENOSYS) return -1;
+    if (link(from, to) != 0) return -1;
+    if (unlink(from) != 0) {
+        int saved = errno;
+        unlink(to);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
 #else
 #include <errno.h>
+#include <stdio.h>
+static inline int livecopy_rename_noreplace(const char *from, const char *to) {
+    (void)from;
+    (void)to;
+    errno = ENOSYS;
+    return -1;
+}
 static inline int livecopy_start_writeback(int fd) {
     (void)fd;
     errno = ENOSYS;
