@@ -61,22 +61,43 @@ struct FreeSpaceCheck {
         guard stat(directory, &info) == 0 else { return }  // checkDirectory has refused it already
         let allocated = source.chain.reduce(Int64(0)) { total, image in
             var file = stat()
-            return total + (stat(image.filename, &file) == 0 ? Int64(file.st_blocks) * 512 : 0)
+            guard stat(image.filename, &file) == 0 else { return total }
+            return Self.sum(total, Self.product(Int64(file.st_blocks), 512))
         }
-        let bytes = min(allocated, source.virtualSize)
+        let bytes = max(0, min(allocated, source.virtualSize))
         let device = UInt64(info.st_dev)
         var need = needs[device] ?? (directory, [], 0)
         need.disks.append(name)
-        need.bytes += bytes
+        need.bytes = Self.sum(need.bytes, bytes)
         needs[device] = need
+    }
+
+    /// `a + b`, or Int64.max where that overflows (sizes are never negative).
+    static func sum(_ a: Int64, _ b: Int64) -> Int64 {
+        let (total, overflow) = a.addingReportingOverflow(b)
+        return overflow ? .max : total
+    }
+
+    /// `a × b`, or Int64.max where that overflows.
+    static func product(_ a: Int64, _ b: Int64) -> Int64 {
+        let (total, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? .max : total
+    }
+
+    /// `bytes × margin`, rounded up, or Int64.max where that does not fit.
+    static func required(_ bytes: Int64, margin: Double) -> Int64 {
+        let value = (Double(bytes) * margin).rounded(.up)
+        // Int64.max is not a Double: 2^63 is the first value that does not fit.
+        guard value.isFinite, value < 0x1p63 else { return .max }
+        return Int64(value)
     }
 
     func check() throws {
         for need in needs.values.sorted(by: { $0.directory < $1.directory }) {
             var fs = statvfs()
             guard statvfs(need.directory, &fs) == 0 else { continue }
-            let free = Int64(fs.f_bavail) * Int64(fs.f_frsize)
-            let required = Int64((Double(need.bytes) * margin).rounded(.up))
+            let free = Self.product(Int64(clamping: fs.f_bavail), Int64(clamping: fs.f_frsize))
+            let required = Self.required(need.bytes, margin: margin)
             guard free < required else { continue }
             let others = need.disks.count > 1 ? " (with \(need.disks.count - 1) more disk(s) of the plan copied there)" : ""
             throw PreflightError(
@@ -181,6 +202,13 @@ struct Preflight {
             if lstat(source + ".retired", &info) == 0 {
                 throw PreflightError("\(name): \(source).retired already exists, so the source cannot be retired by renaming")
             }
+        }
+        do {
+            // The destination overlay livecopy will write must be possible for this size: a
+            // hostile image header's size is refused here, before anything is touched.
+            _ = try Qcow2Overlay(virtualSize: inserted.image.virtualSize, backing: source, backingFormat: inserted.image.format)
+        } catch let error as CreationFailed {
+            throw PreflightError("\(name): source \(source): \(error.description)")
         }
         let qmpDevice = entry.device.isEmpty ? (entry.qdev ?? inserted.nodeName ?? disk.device) : entry.device
         return NewPlan.Disk(
