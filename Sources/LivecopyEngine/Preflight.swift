@@ -245,16 +245,22 @@ struct Preflight {
     }
 
     /// A plan not yet final must not claim the same destination or the same VM disk.
+    /// Checked here to refuse early; the store checks again when it records the plan, in
+    /// the same transaction (`ClaimConflict`), which is what makes two concurrent submits safe.
     private func checkOtherPlans(_ plan: Plan) throws {
         let active = try store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
         for other in active {
             for claimed in try store.disks(ofPlan: other.id) where !claimed.state.isFinal {
                 for (vm, disk) in plan.allDisks {
+                    var claim: ClaimConflict.Claim?
                     if claimed.destination == disk.destination {
-                        throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': destination \(disk.destination) is claimed by plan \(other.id) (\(other.state.rawValue))")
+                        claim = .destination(disk.destination)
+                    } else if claimed.qmpSocket == vm.qmp && claimed.device == disk.device {
+                        claim = .vmDisk
                     }
-                    if claimed.qmpSocket == vm.qmp && claimed.device == disk.device {
-                        throw PreflightError("VM '\(vm.name)' disk '\(disk.device)' is already being copied by plan \(other.id) (\(other.state.rawValue))")
+                    if let claim {
+                        throw PreflightError(ClaimConflict(vmName: vm.name, device: disk.device, claim: claim,
+                                                           otherPlanId: other.id, otherPlanState: other.state).description)
                     }
                 }
             }
