@@ -238,14 +238,18 @@ struct FakeSetup {
     let destination: String
     var source: String { vm.source }
 
-    static func start(_ name: String) async throws -> FakeSetup {
+    /// `observe` sees each command's name, with the store, before the fake VM answers it.
+    static func start(_ name: String, observe: (@Sendable (String, SQLiteStore) -> Void)? = nil) async throws -> FakeSetup {
         let scratch = try TemporaryDirectory(prefix: name)
         let source = scratch.appending("src.qcow2")
         _ = FileManager.default.createFile(atPath: source, contents: Data())
         let vm = FakeVM(source: source)
-        let peer = try await FakeQMPPeer.start { name, arguments, id in vm.handle(name, arguments, id) }
-        vm.attach(peer)
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
+        let peer = try await FakeQMPPeer.start { name, arguments, id in
+            observe?(name, store)
+            return vm.handle(name, arguments, id)
+        }
+        vm.attach(peer)
         return FakeSetup(scratch: scratch, vm: vm, peer: peer, store: store, destination: scratch.appending("dst.qcow2"))
     }
 
