@@ -85,27 +85,6 @@ struct DatabaseFaultTests {
         tool("/bin/umount", [directory])
     }
 
-    /// Root can mount a tmpfs here (read-only or small), so the file system itself refuses writes.
-    static let canMount: Bool = {
-        guard getuid() == 0, let scratch = try? TemporaryDirectory(prefix: "lc-mnt") else { return false }
-        defer { scratch.remove() }
-        guard mount("ro,size=64k", at: scratch.path) else { return false }
-        unmount(scratch.path)
-        return true
-    }()
-
-    /// `chattr +i` works here (root with CAP_LINUX_IMMUTABLE on ext4, xfs, btrfs…; not tmpfs or overlayfs).
-    static let canChattr: Bool = {
-        guard let scratch = try? TemporaryDirectory(prefix: "lc-chattr") else { return false }
-        defer { scratch.remove() }
-        let file = scratch.appending("f")
-        guard FileManager.default.createFile(atPath: file, contents: Data("x".utf8)),
-              tool("/usr/bin/chattr", ["+i", file]).status == 0 else { return false }
-        let immutable = (try? "y".write(toFile: file, atomically: false, encoding: .utf8)) == nil
-        tool("/usr/bin/chattr", ["-i", file])
-        return immutable
-    }()
-
     /// Runs SQL on `path` with a connection of its own, closed on return.
     static func sql(_ path: String, _ statements: String) throws {
         let queue = try DatabaseQueue(path: path)
@@ -162,7 +141,7 @@ struct DatabaseFaultTests {
                                    case: "database path is a directory")
     }
 
-    @Test(.enabled(if: DatabaseFaultTests.canMount, "needs root to mount a read-only tmpfs"))
+    @Test(.requires(.tmpfs))
     func readOnlyFileSystem() async throws {
         let rig = try await Rig("lc-rofs")
         defer { rig.stop() }
@@ -187,7 +166,7 @@ struct DatabaseFaultTests {
                                    case: "remounted read-only, submit --detach")
     }
 
-    @Test(.enabled(if: DatabaseFaultTests.canChattr, "needs chattr +i (root, and a file system with immutable files)"))
+    @Test(.requires(.chattr))
     func immutableDatabaseFile() async throws {
         let rig = try await Rig("lc-immutable")
         defer { rig.stop() }
@@ -210,7 +189,7 @@ struct DatabaseFaultTests {
                                    case: "immutable directory, new database")
     }
 
-    @Test(.enabled(if: DatabaseFaultTests.canMount, "needs root to mount a small tmpfs"))
+    @Test(.requires(.tmpfs))
     func fullDisk() async throws {
         let rig = try await Rig("lc-full")
         defer { rig.stop() }

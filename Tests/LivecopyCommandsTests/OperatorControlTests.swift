@@ -14,7 +14,7 @@ import Darwin
 /// `livecopy throttle`, `pause` and `resume` from a second process against real QEMU: the
 /// live owner applies them over its own QMP session (QEMU serves one client per monitor),
 /// and the settings hold for jobs started later. Data is checked offline at the end.
-@Suite(.serialized, .enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+@Suite(.serialized, .requires(.qemu))
 struct OperatorControlTests {
     typealias Rig = RecoveryIntegrationTests.Rig
 

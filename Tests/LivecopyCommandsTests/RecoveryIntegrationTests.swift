@@ -16,7 +16,7 @@ import Darwin
 /// SIGKILLed at random moments, loses its VM to a "host reboot", meets a split brain, is
 /// cancelled from another process, and races another owner. Each test starts its own VM
 /// in its own directory and checks the data offline at the end.
-@Suite(.serialized, .enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+@Suite(.serialized, .requires(.qemu))
 struct RecoveryIntegrationTests {
     /// The crash points of a forward copy, in the order a run reaches them (the contract's list).
     static let copyCrashPoints = [

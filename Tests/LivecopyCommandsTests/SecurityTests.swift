@@ -16,7 +16,7 @@ import Darwin
 /// exclusively and never through a link, and QEMU only opens it (`mode: existing`); no
 /// image format is ever probed; a QMP socket others may write to is refused; and a file
 /// livecopy did not create is never touched.
-@Suite(.enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+@Suite(.requires(.qemu))
 struct SecurityTests {
     // MARK: - Helpers
 

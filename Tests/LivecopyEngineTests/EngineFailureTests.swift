@@ -26,16 +26,12 @@ final class SmallFilesystem {
         guard result.status == 0 else { throw WaitTimeout(what: "remount: \(result.stderr)") }
     }
     deinit { _ = try? QEMUTools.run("umount", ["-l", path]) }
-
-    static var canMount: Bool {
-        getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/bin/mount")
-    }
 }
 
 /// Copy failures against real QEMU with a real ENOSPC on the destination: `on_failure`
 /// rolls back (the VM ends on its source holding every write) or stops (the disk waits,
 /// failed, on its destination overlay, and a later run completes it).
-@Suite(.enabled(if: QEMUTools.isAvailable && SmallFilesystem.canMount, "needs QEMU and root (to mount a small tmpfs)"))
+@Suite(.requires(.qemu, .tmpfs))
 struct EngineFailureTests {
     struct Setup {
         let scratch: TemporaryDirectory
