@@ -155,9 +155,11 @@ struct Preflight {
             } catch {
                 throw PreflightError("VM '\(vm.name)': query-block failed: \(describe(error))")
             }
+            var planDevices = Set<String>()
             for disk in vm.disks {
                 let name = "VM '\(vm.name)' disk '\(disk.device)'"
                 let found = try Self.check(disk, of: vm, in: devices, name: name, policy: policy)
+                planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
                 guard sources.insert(found.source ?? "").inserted else {
                     throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
                 }
@@ -166,9 +168,20 @@ struct Preflight {
                     space.add(name: name, destination: disk.destination, source: image)
                 }
             }
+            try await checkActivity(vmName: vm.name, socket: vm.qmp, session: session, devices: devices, planDevices: planDevices)
         }
         try space.check()
         return disks
+    }
+
+    /// `VMActivityCheck` for one VM of the plan: no foreign job, no migration.
+    func checkActivity(vmName: String, socket: String, session: any QMPSession, devices: [BlockDeviceInfo],
+                       planDevices: Set<String>) async throws {
+        let store = self.store
+        try await VMActivityCheck.check(
+            vmName: vmName, session: session, planDevices: planDevices,
+            deviceNames: Set(devices.map(\.device).filter { !$0.isEmpty })
+        ) { VMActivityCheck.isOwnJobOfAnotherDisk($0, socket: socket, planDevices: planDevices, store: store) }
     }
 
     static func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [BlockDeviceInfo], name: String, policy: Policy) throws -> NewPlan.Disk {

@@ -122,10 +122,8 @@ final class FakeVM: @unchecked Sendable {
             backing = active
             active = actions[0]["data"]?["snapshot-file"]?.stringValue ?? "?"
             return .return([:])
-        case "query-named-block-nodes":
-            var nodes: [JSONValue] = [["node-name": "top", "file": .string(active), "drv": "qcow2"]]
-            if let backing { nodes.append(["node-name": "base", "file": .string(backing), "drv": "qcow2"]) }
-            return .return(.array(nodes))
+        case "query-migrate":
+            return .return([:])  // never migrated
         case "query-jobs":
             return .return(.array(jobs.sorted { $0.key < $1.key }.map { id, job in
                 var info: [String: JSONValue] = [
