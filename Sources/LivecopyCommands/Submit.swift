@@ -82,6 +82,11 @@ func report(_ plan: PlanRecord, store: any WorkflowStore, json: Bool) throws -> 
     if json {
         print(try PlanDocument.json(PlanDocument(plan: plan, disks: disks)))
     }
+    if plan.state == .refused {
+        // A detached plan refused when it ran: the refusal submit would have given.
+        printError("plan \(plan.id) refused: \(plan.error ?? "no reason recorded")")
+        return ExitStatus.refused
+    }
     printErr("livecopy: plan \(plan.id) \(plan.state.rawValue)")
     for disk in disks where disk.state != .completed {
         printErr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? "")"

@@ -24,11 +24,11 @@ public enum RunMode: Sendable {
 /// `WorkflowStore`. One engine at a time drives a plan: it holds the plan's lease,
 /// renews it every second, and watches for a cancel request meanwhile.
 public final class Engine: @unchecked Sendable {
-    private let store: any WorkflowStore
-    private let observer: any EngineObserver
+    let store: any WorkflowStore
+    let observer: any EngineObserver
     private let inspector: any ImageInspector
     private let creator: any DestinationCreator
-    private let sessions: VMSessions
+    let sessions: VMSessions
     private let me: PlanOwner
 
     /// How long an owner may stay silent before its lease counts as abandoned.
@@ -128,6 +128,13 @@ public final class Engine: @unchecked Sendable {
             observer.note(nil, "plan \(planId): took over from \(previous), which is gone")
         }
         defer { try? store.releaseLease(planId: planId, owner: me) }
+        let recorded = try store.disks(ofPlan: planId)
+        if mode == .resume, Self.isDetachedAndUntouched(plan, disks: recorded),
+           let reason = await refusalOfDetached(recorded, policy: plan.policy, preflight: Preflight(sessions: sessions, store: store)) {
+            try refuseDetached(planId: planId, disks: recorded, reason: reason)
+            guard let refused = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
+            return refused
+        }
         try movePlan(planId, to: .running, detail: "driven by \(me)")
 
         let cancelled = CancelFlag()
