@@ -414,7 +414,9 @@ extension Engine {
     /// answer when it has one; else QEMU's, when the VM runs; else the files'. Nil when
     /// nobody can tell (a pivot back to the source was requested just before QEMU
     /// stopped, and the two images differ).
-    public func bootImage(of disk: DiskRecord) async -> String? {
+    /// `askingQEMU: false` skips the running VM (its monitor is held by a live owner, which
+    /// settles the answer itself); `status` and `recover` both answer through this function.
+    public func bootImage(of disk: DiskRecord, askingQEMU: Bool = true) async -> String? {
         if let image = disk.bootImage { return image }
         guard let source = disk.source else { return nil }
         if disk.intent == "block-job-complete" {
@@ -424,7 +426,7 @@ extension Engine {
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return source }
         // A running VM on the destination: that is the image with every write. (Its qcow2
         // metadata may not be on disk yet, so the file alone would mislead.)
-        if let session = try? await sessions.session(for: disk.qmpSocket),
+        if askingQEMU, let session = try? await sessions.session(for: disk.qmpSocket),
            let devices = try? await session.queryBlock() {
             let active = devices.entry(for: disk)?.inserted?.file
             if active == disk.destination { return disk.destination }
