@@ -210,11 +210,6 @@ final class FakeVM: @unchecked Sendable {
     }
 }
 
-/// Never runs qemu-img: the fake VM's images are placeholders.
-struct StubInspector: ImageInspector {
-    func hasOwnData(_ path: String) throws -> Bool { false }
-    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool { true }
-}
 
 /// Creates the destination as an empty file, exclusively.
 struct StubCreator: DestinationCreator {
@@ -342,6 +337,8 @@ struct QMPFaultTests {
         #expect(disk.bootImage == setup[keyPath: image])
         if image == \FakeSetup.source {
             #expect(!FileManager.default.fileExists(atPath: setup.destination), "the file livecopy made is removed")
+        } else {
+            #expect(FileManager.default.fileExists(atPath: setup.destination), "the VM's image is kept")
         }
         _ = try setup.transitions(planId)
 
@@ -500,7 +497,6 @@ struct QMPFaultTests {
         setup.vm.setStreamBehaviour(.stayRunning)
         let run = Task { try await engine.run(planId: planId) }
         try await setup.peer.waitForCommand(named: "block-stream")
-        let started = Date()
         var storm = ""
         for index in 0..<20_000 {
             let event: QMPEvent
@@ -520,7 +516,6 @@ struct QMPFaultTests {
         let plan = try await run.value
         await engine.shutdown()
         #expect(plan.state == .completed, "\(plan.error ?? "")")
-        #expect(Date().timeIntervalSince(started) < 20)
         let events = try setup.store.events(ofPlan: planId)
         #expect(events.count < 60, "unrelated events leave no trace: \(events.count) rows")
         #expect(!events.contains { $0.detail.contains("other") })
