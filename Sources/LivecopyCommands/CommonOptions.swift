@@ -68,6 +68,9 @@ func reportingErrors(_ body: () async throws -> Int32) async throws {
     } catch let error as PreflightError {
         printError(error.description)
         throw ExitCode(ExitStatus.refused)
+    } catch let error as ClaimConflict {
+        printError(error.description)
+        throw ExitCode(ExitStatus.refused)
     } catch let error as LeaseLost {
         printError(error.description)
         throw ExitCode(ExitStatus.interrupted)

@@ -26,13 +26,15 @@ enum PlanText {
         return parts.isEmpty ? nil : "  controls: " + parts.joined(separator: ", ")
     }
 
-    /// One line per disk: state, progress and the image the VM must boot from.
-    static func disk(_ disk: DiskRecord) -> String {
+    /// One line per disk: state, progress and the image the VM must boot from
+    /// (`bootImage`, the engine's answer; the record's own when not given).
+    static func disk(_ disk: DiskRecord, bootImage: String?? = nil) -> String {
+        let boot = bootImage ?? disk.bootImage
         let percent = disk.bytesTotal > 0 ? String(format: "%.1f%%", Double(disk.bytesDone) / Double(disk.bytesTotal) * 100) : "-"
         return "  \("\(disk.vmName)/\(disk.device)".padding(toLength: 20, withPad: " ", startingAt: 0)) "
             + "\(disk.state.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0)) \(percent.padding(toLength: 7, withPad: " ", startingAt: 0)) "
             + "\(ByteSize.format(disk.bytesDone))/\(ByteSize.format(disk.bytesTotal))  "
-            + "\(disk.source ?? "?") → \(disk.destination)  boot from: \(disk.bootImage ?? "unknown (run livecopy recover)")"
+            + "\(disk.source ?? "?") → \(disk.destination)  boot from: \(boot ?? "unknown (run livecopy recover)")"
             + (disk.error.map { "\n      error: \($0)" } ?? "")
     }
 

@@ -45,7 +45,7 @@ final class ProgressDisplay: EngineObserver, @unchecked Sendable {
             if lines[disk.id] == nil { order.append(disk.id) }
             let now = Date()
             if let (at, done) = line.lastSample, now.timeIntervalSince(at) > 0.2 {
-                let instant = Double(bytesDone - done) / now.timeIntervalSince(at)
+                let instant = (Double(bytesDone) - Double(done)) / now.timeIntervalSince(at)
                 line.rate = line.rate == 0 ? instant : 0.7 * line.rate + 0.3 * instant
                 line.lastSample = (now, bytesDone)
             } else if line.lastSample == nil {
@@ -102,23 +102,32 @@ final class ProgressDisplay: EngineObserver, @unchecked Sendable {
     }
 
     private func bar(_ line: Line) -> String {
-        let fraction = line.total > 0 ? min(1, Double(line.done) / Double(line.total)) : 0
+        let fraction = line.total > 0 ? max(0, min(1, Double(line.done) / Double(line.total))) : 0
         let width = 30
         let filled = Int(fraction * Double(width))
         return "\(line.label.padding(toLength: 18, withPad: " ", startingAt: 0)) ["
             + String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled) + "] "
-            + String(format: "%5.1f%%", fraction * 100) + "  \(ByteSize.format(Int64(line.rate)))/s  ETA \(eta(line))"
+            + String(format: "%5.1f%%", fraction * 100) + "  \(ByteSize.format(Self.bytes(line.rate)))/s  ETA \(eta(line))"
     }
 
     private func describe(_ line: Line) -> String {
         let fraction = line.total > 0 ? Double(line.done) / Double(line.total) * 100 : 0
         return "\(line.label): \(line.state.rawValue) " + String(format: "%.1f%%", fraction)
-            + " (\(ByteSize.format(line.done)) of \(ByteSize.format(line.total)), \(ByteSize.format(Int64(line.rate)))/s, ETA \(eta(line)))"
+            + " (\(ByteSize.format(line.done)) of \(ByteSize.format(line.total)), \(ByteSize.format(Self.bytes(line.rate)))/s, ETA \(eta(line)))"
+    }
+
+    /// A rate as whole bytes, clamped: never traps on a value that does not fit.
+    static func bytes(_ rate: Double) -> Int64 {
+        guard rate.isFinite, rate > 0 else { return 0 }
+        return rate < 0x1p63 ? Int64(rate) : .max
     }
 
     private func eta(_ line: Line) -> String {
         guard line.rate > 1, line.total > line.done else { return line.total > 0 && line.done >= line.total ? "0s" : "--" }
-        let seconds = Int(Double(line.total - line.done) / line.rate)
+        // In Double: sizes QEMU reports (from an image's header) may be anything.
+        let left = (Double(line.total) - Double(line.done)) / line.rate
+        guard left.isFinite, left < 1e9 else { return "--" }
+        let seconds = Int(left)
         return seconds >= 3600 ? "\(seconds / 3600)h\(seconds % 3600 / 60)m"
             : seconds >= 60 ? "\(seconds / 60)m\(seconds % 60)s" : "\(seconds)s"
     }

@@ -6,7 +6,7 @@ import LivecopyModel
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Drive every pending plan, or the one named, to a final state, then exit.",
-        discussion: "Exits 0 only when every plan it ran completed.")
+        discussion: "Exits 0 only when every plan it ran completed; 2 when a detached plan was refused as it started.")
 
     @OptionGroup var common: CommonOptions
 
@@ -30,9 +30,8 @@ struct Run: AsyncParsableCommand {
                                     commandTimeout: record.policy.commandTimeout)
                 printErr("livecopy: running plan \(record.id)\(record.name.map { " (\($0))" } ?? "")")
                 let final = try await drive(engine, planId: record.id, display: display)
-                if try report(final, store: store, json: false) != ExitStatus.success {
-                    status = ExitStatus.planNotCompleted
-                }
+                let outcome = try report(final, store: store, json: false)
+                if outcome != ExitStatus.success && status != ExitStatus.refused { status = outcome }
             }
             return status
         }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import LivecopyEngine
 import LivecopyModel
 
 /// `livecopy status [ID]`: plans not yet final, with each disk's state, progress and boot image.
@@ -19,8 +20,13 @@ struct Status: AsyncParsableCommand {
             let store = try common.openStore()
             let plans = try id.map { [try requirePlan($0, in: store)] }
                 ?? store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
+            var bootImages: [Int64: [Int64: String]] = [:]
+            for plan in plans {
+                bootImages[plan.id] = await BootImages.of(plan, disks: try store.disks(ofPlan: plan.id), store: store)
+            }
             let documents = try plans.map {
-                PlanDocument(plan: $0, disks: try store.disks(ofPlan: $0.id), controls: try store.controls(ofPlan: $0.id))
+                PlanDocument(plan: $0, disks: try store.disks(ofPlan: $0.id), controls: try store.controls(ofPlan: $0.id),
+                             bootImages: bootImages[$0.id])
             }
             if json {
                 if id != nil, let document = documents.first {
@@ -35,7 +41,7 @@ struct Status: AsyncParsableCommand {
                 let disks = try store.disks(ofPlan: plan.id)
                 print(PlanText.summary(plan, disks: disks))
                 if let controls = PlanText.controls(try store.controls(ofPlan: plan.id), planId: plan.id) { print(controls) }
-                for disk in disks { print(PlanText.disk(disk)) }
+                for disk in disks { print(PlanText.disk(disk, bootImage: .some(bootImages[plan.id]?[disk.id]))) }
             }
             return ExitStatus.success
         }

@@ -30,6 +30,8 @@ struct Submit: AsyncParsableCommand {
             if detach {
                 let engine = Engine(store: store, connector: RealQMPConnector(), commandTimeout: policy.commandTimeout)
                 try engine.checkOffline(plan, policy: policy)
+                // A plan claiming what another submit recorded meanwhile is refused like the
+                // check above refuses it: one line, exit 2 (ClaimConflict), nothing recorded.
                 let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map {
                     NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device,
                                  destination: $0.disk.destination)
@@ -50,11 +52,16 @@ struct Submit: AsyncParsableCommand {
                 disks = try await engine.preflight(plan, policy: policy)
             } catch let error as PreflightError {
                 await engine.shutdown()
-                let refused = try engine.recordRefused(plan, policy: policy, reason: error.description)
-                printError("plan refused (recorded as plan \(refused.id)): \(error.description)")
-                return ExitStatus.refused
+                return try refuse(plan, policy: policy, reason: error.description, engine: engine)
             }
-            let record = try engine.record(plan, policy: policy, disks: disks)
+            let record: PlanRecord
+            do {
+                record = try engine.record(plan, policy: policy, disks: disks)
+            } catch let conflict as ClaimConflict {
+                // Another submit recorded a plan claiming the same disk or destination meanwhile.
+                await engine.shutdown()
+                return try refuse(plan, policy: policy, reason: conflict.description, engine: engine)
+            }
             printErr("livecopy: plan \(record.id)\(plan.name.map { " (\($0))" } ?? ""): \(disks.count) disk(s), policy \(plan.policyReference ?? "default")")
             let final = try await drive(engine, planId: record.id, display: display)
             return try report(final, store: store, json: json)
@@ -62,11 +69,23 @@ struct Submit: AsyncParsableCommand {
     }
 }
 
+/// Records `plan` as refused, with `reason`, and says so in one line: exit 2.
+private func refuse(_ plan: Plan, policy: Policy, reason: String, engine: Engine) throws -> Int32 {
+    let refused = try engine.recordRefused(plan, policy: policy, reason: reason)
+    printError("plan refused (recorded as plan \(refused.id)): \(reason)")
+    return ExitStatus.refused
+}
+
 /// Prints a plan's outcome (JSON document or a summary) and returns the exit status.
 func report(_ plan: PlanRecord, store: any WorkflowStore, json: Bool) throws -> Int32 {
     let disks = try store.disks(ofPlan: plan.id)
     if json {
         print(try PlanDocument.json(PlanDocument(plan: plan, disks: disks)))
+    }
+    if plan.state == .refused {
+        // A detached plan refused when it ran: the refusal submit would have given.
+        printError("plan \(plan.id) refused: \(plan.error ?? "no reason recorded")")
+        return ExitStatus.refused
     }
     printErr("livecopy: plan \(plan.id) \(plan.state.rawValue)")
     for disk in disks where disk.state != .completed {

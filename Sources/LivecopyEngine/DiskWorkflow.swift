@@ -371,6 +371,12 @@ final class DiskWorkflow: @unchecked Sendable {
             var callbacks = JobWatcher.Callbacks()
             callbacks.pending = { [self] in try await self.flushThenFinalize(jobId) }
             callbacks.running = { [self] in self.startWritebackWhileStreaming() }
+            // The job's error is in the record before job-dismiss erases it from QEMU: a
+            // crash between the two must not lose why the copy failed.
+            let ledger = self.ledger
+            callbacks.concluded = { error in
+                if let error { try ledger.report("stream job \(jobId) failed: \(error)") }
+            }
             let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents)
             if let error {
                 throw StreamFailure(description: "stream job \(jobId) failed: \(error)")

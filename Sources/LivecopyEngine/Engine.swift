@@ -24,11 +24,11 @@ public enum RunMode: Sendable {
 /// `WorkflowStore`. One engine at a time drives a plan: it holds the plan's lease,
 /// renews it every second, and watches for a cancel request meanwhile.
 public final class Engine: @unchecked Sendable {
-    private let store: any WorkflowStore
-    private let observer: any EngineObserver
+    let store: any WorkflowStore
+    let observer: any EngineObserver
     private let inspector: any ImageInspector
     private let creator: any DestinationCreator
-    private let sessions: VMSessions
+    let sessions: VMSessions
     private let me: PlanOwner
 
     /// How long an owner may stay silent before its lease counts as abandoned.
@@ -128,6 +128,13 @@ public final class Engine: @unchecked Sendable {
             observer.note(nil, "plan \(planId): took over from \(previous), which is gone")
         }
         defer { try? store.releaseLease(planId: planId, owner: me) }
+        let recorded = try store.disks(ofPlan: planId)
+        if mode == .resume, Self.isDetachedAndUntouched(plan, disks: recorded),
+           let reason = await refusalOfDetached(recorded, policy: plan.policy, preflight: Preflight(sessions: sessions, store: store)) {
+            try refuseDetached(planId: planId, disks: recorded, reason: reason)
+            guard let refused = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
+            return refused
+        }
         try movePlan(planId, to: .running, detail: "driven by \(me)")
 
         let cancelled = CancelFlag()
@@ -407,7 +414,9 @@ extension Engine {
     /// answer when it has one; else QEMU's, when the VM runs; else the files'. Nil when
     /// nobody can tell (a pivot back to the source was requested just before QEMU
     /// stopped, and the two images differ).
-    public func bootImage(of disk: DiskRecord) async -> String? {
+    /// `askingQEMU: false` skips the running VM (its monitor is held by a live owner, which
+    /// settles the answer itself); `status` and `recover` both answer through this function.
+    public func bootImage(of disk: DiskRecord, askingQEMU: Bool = true) async -> String? {
         if let image = disk.bootImage { return image }
         guard let source = disk.source else { return nil }
         if disk.intent == "block-job-complete" {
@@ -417,7 +426,7 @@ extension Engine {
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return source }
         // A running VM on the destination: that is the image with every write. (Its qcow2
         // metadata may not be on disk yet, so the file alone would mislead.)
-        if let session = try? await sessions.session(for: disk.qmpSocket),
+        if askingQEMU, let session = try? await sessions.session(for: disk.qmpSocket),
            let devices = try? await session.queryBlock() {
             let active = devices.entry(for: disk)?.inserted?.file
             if active == disk.destination { return disk.destination }

@@ -229,11 +229,15 @@ struct Qcow2Overlay {
         self.virtualSize = virtualSize
         self.backing = backing
         self.backingFormat = backingFormat
-        l1Entries = Int((virtualSize + Self.bytesPerL1Entry - 1) / Self.bytesPerL1Entry)
-        l1Clusters = max(1, (l1Entries * 8 + Self.clusterSize - 1) / Self.clusterSize)
-        guard 3 + l1Clusters <= Self.maxClusters else {
+        // Rounded up without adding first: a hostile header's size near Int64.max must be
+        // refused, not overflow.
+        let entries = virtualSize / Self.bytesPerL1Entry + (virtualSize % Self.bytesPerL1Entry == 0 ? 0 : 1)
+        let clusters = max(1, entries / Int64(Self.clusterSize / 8) + (entries % Int64(Self.clusterSize / 8) == 0 ? 0 : 1))
+        guard 3 + clusters <= Int64(Self.maxClusters) else {
             throw CreationFailed(description: "virtual size \(virtualSize) is too large for one refcount block")
         }
+        l1Entries = Int(entries)
+        l1Clusters = Int(clusters)
     }
 
     /// Cluster 0: the header, its extensions and the backing file name.

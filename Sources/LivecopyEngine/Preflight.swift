@@ -61,22 +61,43 @@ struct FreeSpaceCheck {
         guard stat(directory, &info) == 0 else { return }  // checkDirectory has refused it already
         let allocated = source.chain.reduce(Int64(0)) { total, image in
             var file = stat()
-            return total + (stat(image.filename, &file) == 0 ? Int64(file.st_blocks) * 512 : 0)
+            guard stat(image.filename, &file) == 0 else { return total }
+            return Self.sum(total, Self.product(Int64(file.st_blocks), 512))
         }
-        let bytes = min(allocated, source.virtualSize)
+        let bytes = max(0, min(allocated, source.virtualSize))
         let device = UInt64(info.st_dev)
         var need = needs[device] ?? (directory, [], 0)
         need.disks.append(name)
-        need.bytes += bytes
+        need.bytes = Self.sum(need.bytes, bytes)
         needs[device] = need
+    }
+
+    /// `a + b`, or Int64.max where that overflows (sizes are never negative).
+    static func sum(_ a: Int64, _ b: Int64) -> Int64 {
+        let (total, overflow) = a.addingReportingOverflow(b)
+        return overflow ? .max : total
+    }
+
+    /// `a × b`, or Int64.max where that overflows.
+    static func product(_ a: Int64, _ b: Int64) -> Int64 {
+        let (total, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? .max : total
+    }
+
+    /// `bytes × margin`, rounded up, or Int64.max where that does not fit.
+    static func required(_ bytes: Int64, margin: Double) -> Int64 {
+        let value = (Double(bytes) * margin).rounded(.up)
+        // Int64.max is not a Double: 2^63 is the first value that does not fit.
+        guard value.isFinite, value < 0x1p63 else { return .max }
+        return Int64(value)
     }
 
     func check() throws {
         for need in needs.values.sorted(by: { $0.directory < $1.directory }) {
             var fs = statvfs()
             guard statvfs(need.directory, &fs) == 0 else { continue }
-            let free = Int64(fs.f_bavail) * Int64(fs.f_frsize)
-            let required = Int64((Double(need.bytes) * margin).rounded(.up))
+            let free = Self.product(Int64(clamping: fs.f_bavail), Int64(clamping: fs.f_frsize))
+            let required = Self.required(need.bytes, margin: margin)
             guard free < required else { continue }
             let others = need.disks.count > 1 ? " (with \(need.disks.count - 1) more disk(s) of the plan copied there)" : ""
             throw PreflightError(
@@ -134,9 +155,11 @@ struct Preflight {
             } catch {
                 throw PreflightError("VM '\(vm.name)': query-block failed: \(describe(error))")
             }
+            var planDevices = Set<String>()
             for disk in vm.disks {
                 let name = "VM '\(vm.name)' disk '\(disk.device)'"
                 let found = try Self.check(disk, of: vm, in: devices, name: name, policy: policy)
+                planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
                 guard sources.insert(found.source ?? "").inserted else {
                     throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
                 }
@@ -145,9 +168,20 @@ struct Preflight {
                     space.add(name: name, destination: disk.destination, source: image)
                 }
             }
+            try await checkActivity(vmName: vm.name, socket: vm.qmp, session: session, devices: devices, planDevices: planDevices)
         }
         try space.check()
         return disks
+    }
+
+    /// `VMActivityCheck` for one VM of the plan: no foreign job, no migration.
+    func checkActivity(vmName: String, socket: String, session: any QMPSession, devices: [BlockDeviceInfo],
+                       planDevices: Set<String>) async throws {
+        let store = self.store
+        try await VMActivityCheck.check(
+            vmName: vmName, session: session, planDevices: planDevices,
+            deviceNames: Set(devices.map(\.device).filter { !$0.isEmpty })
+        ) { VMActivityCheck.isOwnJobOfAnotherDisk($0, socket: socket, planDevices: planDevices, store: store) }
     }
 
     static func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [BlockDeviceInfo], name: String, policy: Policy) throws -> NewPlan.Disk {
@@ -181,6 +215,13 @@ struct Preflight {
             if lstat(source + ".retired", &info) == 0 {
                 throw PreflightError("\(name): \(source).retired already exists, so the source cannot be retired by renaming")
             }
+        }
+        do {
+            // The destination overlay livecopy will write must be possible for this size: a
+            // hostile image header's size is refused here, before anything is touched.
+            _ = try Qcow2Overlay(virtualSize: inserted.image.virtualSize, backing: source, backingFormat: inserted.image.format)
+        } catch let error as CreationFailed {
+            throw PreflightError("\(name): source \(source): \(error.description)")
         }
         let qmpDevice = entry.device.isEmpty ? (entry.qdev ?? inserted.nodeName ?? disk.device) : entry.device
         return NewPlan.Disk(
@@ -217,16 +258,22 @@ struct Preflight {
     }
 
     /// A plan not yet final must not claim the same destination or the same VM disk.
+    /// Checked here to refuse early; the store checks again when it records the plan, in
+    /// the same transaction (`ClaimConflict`), which is what makes two concurrent submits safe.
     private func checkOtherPlans(_ plan: Plan) throws {
         let active = try store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
         for other in active {
             for claimed in try store.disks(ofPlan: other.id) where !claimed.state.isFinal {
                 for (vm, disk) in plan.allDisks {
+                    var claim: ClaimConflict.Claim?
                     if claimed.destination == disk.destination {
-                        throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': destination \(disk.destination) is claimed by plan \(other.id) (\(other.state.rawValue))")
+                        claim = .destination(disk.destination)
+                    } else if claimed.qmpSocket == vm.qmp && claimed.device == disk.device {
+                        claim = .vmDisk
                     }
-                    if claimed.qmpSocket == vm.qmp && claimed.device == disk.device {
-                        throw PreflightError("VM '\(vm.name)' disk '\(disk.device)' is already being copied by plan \(other.id) (\(other.state.rawValue))")
+                    if let claim {
+                        throw PreflightError(ClaimConflict(vmName: vm.name, device: disk.device, claim: claim,
+                                                           otherPlanId: other.id, otherPlanState: other.state).description)
                     }
                 }
             }

@@ -116,7 +116,10 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         try container.encodeIfPresent(controls, forKey: .controls)
     }
 
-    public init(plan: PlanRecord, disks: [DiskRecord], events: [EventRecord]? = nil, controls: PlanControls? = nil) {
+    /// `bootImages` (by disk id) replaces the record's own answer (`DiskRecord.bootImage`)
+    /// with the engine's (`Engine.bootImage(of:)`), which also asks QEMU and the files.
+    public init(plan: PlanRecord, disks: [DiskRecord], events: [EventRecord]? = nil, controls: PlanControls? = nil,
+                bootImages: [Int64: String]? = nil) {
         self.controls = controls.map(Controls.init)
         id = plan.id
         name = plan.name
@@ -125,10 +128,11 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         createdAt = ISO8601.string(plan.createdAt)
         finishedAt = plan.finishedAt.map(ISO8601.string)
         error = plan.error
-        self.disks = disks.map {
-            Disk(vm: $0.vmName, device: $0.device, source: $0.source, destination: $0.destination,
-                 state: $0.state.rawValue, bytesDone: $0.bytesDone, bytesTotal: $0.bytesTotal,
-                 error: $0.error, bootImage: $0.bootImage)
+        self.disks = disks.map { disk in
+            let boot: String? = bootImages.map { $0[disk.id] } ?? disk.bootImage
+            return Disk(vm: disk.vmName, device: disk.device, source: disk.source, destination: disk.destination,
+                        state: disk.state.rawValue, bytesDone: disk.bytesDone, bytesTotal: disk.bytesTotal,
+                        error: disk.error, bootImage: boot)
         }
         let names = Dictionary(uniqueKeysWithValues: disks.map { ($0.id, "\($0.vmName)/\($0.device)") })
         self.events = events?.map {

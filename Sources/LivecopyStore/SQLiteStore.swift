@@ -155,6 +155,24 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
     }
 
+    /// A write in an IMMEDIATE transaction: the write lock is taken before the first read,
+    /// so what `body` reads cannot change (in this or another process) before it writes.
+    private func writeImmediate<T>(_ body: (Database) throws -> T) throws -> T {
+        if currentBatch() != nil { return try write(body) }  // the batch's transaction is immediate
+        do {
+            return try queue.writeWithoutTransaction { db in
+                var result: T?
+                try db.inTransaction(.immediate) {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
+            }
+        } catch let error as DatabaseError {
+            throw StoreError("database \(path): \(Self.reason(error))")
+        }
+    }
+
     private func read<T>(_ body: (Database) throws -> T) throws -> T {
         do {
             if let db = currentBatch() { return try body(db) }
@@ -168,7 +186,10 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     public func insertPlan(_ plan: NewPlan, at: Date) throws -> (PlanRecord, [DiskRecord]) {
         let policyJSON = String(decoding: try JSONEncoder().encode(plan.policy), as: UTF8.self)
-        let planId: Int64 = try write { db in
+        let planId: Int64 = try writeImmediate { db in
+            // Checked in the transaction that records the plan: of two plans submitted at
+            // once that claim the same destination or VM disk, exactly one is recorded.
+            if !plan.state.isFinal { try Self.refuseClaimed(db, plan.disks) }
             try db.executeCached(
                 sql: """
                     INSERT INTO plans (name, policy_reference, policy_json, state, created_at, finished_at, error)
@@ -195,6 +216,35 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
         guard let record = try self.plan(id: planId) else { throw StoreError("plan \(planId) vanished after insert") }
         return (record, try disks(ofPlan: planId))
+    }
+
+    /// Disks that may still change, as migration 0004's partial index names them (word
+    /// for word: SQLite uses a partial index only for a query repeating its WHERE term).
+    static let diskNotFinal = "state NOT IN ('completed', 'rolled_back')"
+
+    /// Throws `ClaimConflict` when a plan not yet final has a disk not yet final with one
+    /// of `disks`' destinations, or on the same VM disk (QMP socket and device).
+    private static func refuseClaimed(_ db: Database, _ disks: [NewPlan.Disk]) throws {
+        let planStates = ClaimConflict.claimingPlanStates.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+        for disk in disks {
+            for (sameDestination, match) in [(true, "destination = ?"), (false, "qmp_socket = ? AND device = ?")] {
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT p.id AS plan_id, p.state AS plan_state
+                        FROM disks d JOIN plans p ON p.id = d.plan_id
+                        WHERE d.\(match) AND d.\(diskNotFinal) AND p.state IN (\(planStates))
+                        ORDER BY p.id LIMIT 1
+                        """,
+                    arguments: sameDestination ? [disk.destination] : [disk.qmpSocket, disk.device])
+                guard let row else { continue }
+                let stateText: String = try column(row, "plan_state", of: "plans")
+                guard let state = PlanState(rawValue: stateText) else { throw StoreError("plan has unknown state '\(stateText)'") }
+                throw ClaimConflict(vmName: disk.vmName, device: disk.device,
+                                    claim: sameDestination ? .destination(disk.destination) : .vmDisk,
+                                    otherPlanId: try column(row, "plan_id", of: "plans"), otherPlanState: state)
+            }
+        }
     }
 
     public func plan(id: Int64) throws -> PlanRecord? {

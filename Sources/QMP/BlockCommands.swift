@@ -89,6 +89,13 @@ public struct BlockJobInfo: Decodable, Sendable {
     }
 }
 
+/// What `query-migrate` says; `status` is absent when the VM never migrated.
+public struct MigrationInfo: Decodable, Sendable {
+    /// none, setup, cancelling, cancelled, active, postcopy-active, postcopy-paused,
+    /// postcopy-recover, completed, failed, colo, pre-switchover, device, wait-unplug.
+    public let status: String?
+}
+
 /// The block-layer commands livecopy sends, typed. Each is one QMP command. There is no
 /// `query-named-block-nodes`: QEMU 7.2 can crash (SIGSEGV) answering it while a block job
 /// of the VM finishes.
@@ -103,6 +110,11 @@ extension QMPSession {
 
     public func queryBlockJobs() async throws -> [BlockJobInfo] {
         try await execute("query-block-jobs").decode([BlockJobInfo].self)
+    }
+
+    /// `query-migrate`: whether the VM is migrating now.
+    public func queryMigrate() async throws -> MigrationInfo {
+        try await execute("query-migrate").decode(MigrationInfo.self)
     }
 
     /// One QMP `transaction` of `blockdev-snapshot-sync` actions: every snapshot happens,

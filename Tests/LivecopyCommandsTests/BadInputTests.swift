@@ -7,7 +7,8 @@ import Testing
 /// Bad input gets a one-line error and a non-zero exit, and nothing is touched: no
 /// destination file, no plan left pending or running.
 struct BadInputTests {
-    /// A fake VM whose `query-block` shows one qcow2 disk `drive0` on `source`.
+    /// A fake VM whose `query-block` shows one qcow2 disk `drive0` on `source`, with no job
+    /// and no migration: what preflight asks, and nothing else.
     static func fakeVM(source: String) async throws -> FakeQMPPeer {
         let image: JSONValue = ["filename": .string(source), "format": "qcow2", "virtual-size": 1_048_576]
         let devices: JSONValue = [[
@@ -15,7 +16,12 @@ struct BadInputTests {
             "inserted": ["file": .string(source), "node-name": "#block100", "drv": "qcow2", "image": image],
         ]]
         return try await FakeQMPPeer.start { name, _, _ in
-            name == "query-block" ? .return(devices) : nil
+            switch name {
+            case "query-block": return .return(devices)
+            case "query-jobs": return .return([])
+            case "query-migrate": return .return([:])
+            default: return nil
+            }
         }
     }
 
@@ -115,7 +121,7 @@ struct BadInputTests {
 
         // The VM saw queries only, never a command that changes anything.
         let sent = Set(vm.receivedCommandNames)
-        #expect(sent.isSubset(of: ["qmp_capabilities", "query-block"]), "\(sent)")
+        #expect(sent.isSubset(of: ["qmp_capabilities", "query-block", "query-migrate", "query-jobs"]), "\(sent)")
         try await Self.expectNothingInProgress(livecopy)
         let refused = try await livecopy.run(["history", "--state", "refused", "--json"])
         let plans = try JSONDecoder().decode([PlanDocument].self, from: Data(refused.stdout.utf8))
@@ -172,7 +178,7 @@ struct BadInputTests {
         for name in ["d.qcow2", "claimed.qcow2", "elsewhere.qcow2", "locked/d.qcow2"] {
             #expect(!FileManager.default.fileExists(atPath: scratch.appending(name)), "\(name) was created")
         }
-        #expect(Set(vm.receivedCommandNames).isSubset(of: ["qmp_capabilities", "query-block"]))
+        #expect(Set(vm.receivedCommandNames).isSubset(of: ["qmp_capabilities", "query-block", "query-migrate", "query-jobs"]))
         try await Self.expectNothingInProgress(livecopy)
     }
 

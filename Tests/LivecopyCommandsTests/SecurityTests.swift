@@ -16,7 +16,7 @@ import Darwin
 /// exclusively and never through a link, and QEMU only opens it (`mode: existing`); no
 /// image format is ever probed; a QMP socket others may write to is refused; and a file
 /// livecopy did not create is never touched.
-@Suite(.enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+@Suite(.requires(.qemu))
 struct SecurityTests {
     // MARK: - Helpers
 
@@ -276,6 +276,8 @@ struct SecurityTests {
         if geteuid() == 0 {
             #expect(chown(socket, 65534, 65534) == 0)
             try await BadInputTests.expectRefusal(livecopy, ["submit", planPath], "QMP socket \(socket) is owned by uid 65534")
+        } else if Requirement.isCI {
+            Issue.record("CI=true but not root: a socket of another owner could not be made, so its refusal was not tested")
         }
         #expect(!FileManager.default.fileExists(atPath: destination))
         try await BadInputTests.expectNothingInProgress(livecopy)

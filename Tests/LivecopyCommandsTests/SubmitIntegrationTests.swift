@@ -7,7 +7,7 @@ import Testing
 
 /// End to end against real QEMU: `livecopy submit` copies three disks of two VMs while
 /// the guests write, and `history`/`show` report it.
-@Suite(.enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+@Suite(.requires(.qemu))
 struct SubmitIntegrationTests {
     /// A disk of the test: its VM, drive, images and the data written to it so far.
     struct TestDisk {

@@ -8,7 +8,7 @@ import Testing
 /// livecopy crashed in the middle of a two-disk VM's snapshot transaction, at each crash
 /// point of the snapshot step: the VM's disks are always on the same side (both on their
 /// sources, or both on their destinations), and `recover` carries both to completion.
-@Suite(.serialized, .enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+@Suite(.serialized, .requires(.qemu))
 struct VMSnapshotCrashTests {
     static let snapshotCrashPoints = [
         "transition:snapshotting", "intent:create-destination", "intent:blockdev-snapshot-sync", "sent:blockdev-snapshot-sync",

@@ -26,16 +26,12 @@ final class SmallFilesystem {
         guard result.status == 0 else { throw WaitTimeout(what: "remount: \(result.stderr)") }
     }
     deinit { _ = try? QEMUTools.run("umount", ["-l", path]) }
-
-    static var canMount: Bool {
-        getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/bin/mount")
-    }
 }
 
 /// Copy failures against real QEMU with a real ENOSPC on the destination: `on_failure`
 /// rolls back (the VM ends on its source holding every write) or stops (the disk waits,
 /// failed, on its destination overlay, and a later run completes it).
-@Suite(.enabled(if: QEMUTools.isAvailable && SmallFilesystem.canMount, "needs QEMU and root (to mount a small tmpfs)"))
+@Suite(.requires(.qemu, .tmpfs))
 struct EngineFailureTests {
     struct Setup {
         let scratch: TemporaryDirectory
@@ -188,6 +184,44 @@ struct EngineFailureTests {
         try setup.filesystem.resize("6m")
         policy.spaceMargin = 0
         _ = try await engine.preflight(Self.plan(setup), policy: policy)
+    }
+}
+
+extension EngineFailureTests {
+    /// A plan recorded detached (no VM asked) gets the free-space check when it first
+    /// runs, before any snapshot: refused in one line, nothing created, the VM untouched.
+    @Test(.timeLimit(.minutes(2)))
+    func aDetachedPlanIsRefusedWhenItRunsIfTheDestinationFilesystemIsTooSmall() async throws {
+        let setup = try Self.setUp("lc-space-detached")
+        defer { setup.scratch.remove() }
+        let engine = Engine(store: setup.store, connector: TestConnector())
+        var policy = try Self.policy(onFailure: .stop)
+        policy.spaceMargin = 1.1
+        func recordDetached() throws -> Int64 {
+            try engine.checkOffline(Self.plan(setup), policy: policy)
+            return try engine.record(Self.plan(setup), policy: policy, disks: Self.plan(setup).allDisks.map {
+                NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device, destination: $0.disk.destination)
+            }).id
+        }
+        let refusedId = try recordDetached()
+        let refused = try await engine.run(planId: refusedId)
+        #expect(refused.state == .refused)
+        let reason = try #require(refused.error)
+        #expect(reason.hasPrefix("VM 'vm' disk 'drive0': the filesystem of"), "\(reason)")
+        #expect(reason.contains("space_margin 1.1"), "\(reason)")
+        #expect(!reason.contains("\n"))
+        let disk = try #require(try setup.store.disks(ofPlan: refusedId).first)
+        #expect(disk.state == .rolledBack)
+        #expect(disk.error == reason)
+        #expect(!FileManager.default.fileExists(atPath: setup.destination), "nothing created")
+        #expect(try await Self.activeImage(setup.vm).file == setup.source, "no snapshot")
+
+        // With room enough, the same plan recorded again runs to its end.
+        try setup.filesystem.resize("28m")
+        let plan = try await engine.run(planId: try recordDetached())
+        await engine.shutdown()
+        #expect(plan.state == .completed, "\(plan.error ?? "")")
+        #expect(try await Self.activeImage(setup.vm).file == setup.destination)
     }
 }
 

@@ -8,7 +8,7 @@ import Testing
 @Suite("QEMU fixtures")
 struct QEMUFixtureTests {
     @Test(
-        .enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"),
+        .requires(.qemu),
         .timeLimit(.minutes(1)))
     func guestWriteSurvivesStopAndVerifiesOffline() async throws {
         let directory = try TemporaryDirectory()
@@ -55,7 +55,7 @@ struct QEMUFixtureTests {
         #expect(try QEMUImage.verify(image, pattern: 0x00, offset: "2M", length: "64k"))
     }
 
-    @Test(.enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+    @Test(.requires(.qemu))
     func overlayRecordsItsBacking() throws {
         let directory = try TemporaryDirectory()
         let base = directory.appending("base.qcow2")
@@ -74,7 +74,7 @@ struct QEMUFixtureTests {
         #expect(!FileManager.default.fileExists(atPath: path))
     }
 
-    @Test(.enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+    @Test(.requires(.qemu))
     func killedVMIsGone() async throws {
         let directory = try TemporaryDirectory()
         let image = directory.appending("disk.qcow2")

@@ -122,10 +122,8 @@ final class FakeVM: @unchecked Sendable {
             backing = active
             active = actions[0]["data"]?["snapshot-file"]?.stringValue ?? "?"
             return .return([:])
-        case "query-named-block-nodes":
-            var nodes: [JSONValue] = [["node-name": "top", "file": .string(active), "drv": "qcow2"]]
-            if let backing { nodes.append(["node-name": "base", "file": .string(backing), "drv": "qcow2"]) }
-            return .return(.array(nodes))
+        case "query-migrate":
+            return .return([:])  // never migrated
         case "query-jobs":
             return .return(.array(jobs.sorted { $0.key < $1.key }.map { id, job in
                 var info: [String: JSONValue] = [
@@ -212,11 +210,6 @@ final class FakeVM: @unchecked Sendable {
     }
 }
 
-/// Never runs qemu-img: the fake VM's images are placeholders.
-struct StubInspector: ImageInspector {
-    func hasOwnData(_ path: String) throws -> Bool { false }
-    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool { true }
-}
 
 /// Creates the destination as an empty file, exclusively.
 struct StubCreator: DestinationCreator {
@@ -238,14 +231,18 @@ struct FakeSetup {
     let destination: String
     var source: String { vm.source }
 
-    static func start(_ name: String) async throws -> FakeSetup {
+    /// `observe` sees each command's name, with the store, before the fake VM answers it.
+    static func start(_ name: String, observe: (@Sendable (String, SQLiteStore) -> Void)? = nil) async throws -> FakeSetup {
         let scratch = try TemporaryDirectory(prefix: name)
         let source = scratch.appending("src.qcow2")
         _ = FileManager.default.createFile(atPath: source, contents: Data())
         let vm = FakeVM(source: source)
-        let peer = try await FakeQMPPeer.start { name, arguments, id in vm.handle(name, arguments, id) }
-        vm.attach(peer)
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
+        let peer = try await FakeQMPPeer.start { name, arguments, id in
+            observe?(name, store)
+            return vm.handle(name, arguments, id)
+        }
+        vm.attach(peer)
         return FakeSetup(scratch: scratch, vm: vm, peer: peer, store: store, destination: scratch.appending("dst.qcow2"))
     }
 
@@ -340,6 +337,8 @@ struct QMPFaultTests {
         #expect(disk.bootImage == setup[keyPath: image])
         if image == \FakeSetup.source {
             #expect(!FileManager.default.fileExists(atPath: setup.destination), "the file livecopy made is removed")
+        } else {
+            #expect(FileManager.default.fileExists(atPath: setup.destination), "the VM's image is kept")
         }
         _ = try setup.transitions(planId)
 
@@ -498,7 +497,6 @@ struct QMPFaultTests {
         setup.vm.setStreamBehaviour(.stayRunning)
         let run = Task { try await engine.run(planId: planId) }
         try await setup.peer.waitForCommand(named: "block-stream")
-        let started = Date()
         var storm = ""
         for index in 0..<20_000 {
             let event: QMPEvent
@@ -518,7 +516,6 @@ struct QMPFaultTests {
         let plan = try await run.value
         await engine.shutdown()
         #expect(plan.state == .completed, "\(plan.error ?? "")")
-        #expect(Date().timeIntervalSince(started) < 20)
         let events = try setup.store.events(ofPlan: planId)
         #expect(events.count < 60, "unrelated events leave no trace: \(events.count) rows")
         #expect(!events.contains { $0.detail.contains("other") })

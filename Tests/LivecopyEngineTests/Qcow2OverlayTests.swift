@@ -4,7 +4,7 @@ import TestSupport
 import Testing
 
 /// livecopy writes the destination overlay itself; `qemu-img` checks every byte of it.
-@Suite(.enabled(if: QEMUTools.isAvailable, "needs qemu-img"))
+@Suite(.requires(.qemu))
 struct Qcow2OverlayTests {
     /// Sizes around the layout's edges: one L1 entry, several, one L1 cluster (4 TiB), two.
     @Test(arguments: [

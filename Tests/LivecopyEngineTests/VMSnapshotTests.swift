@@ -47,7 +47,7 @@ final class RecordingConnector: QMPConnector, @unchecked Sendable {
 /// The disks of one VM switch to their destinations in one QMP `transaction`, against
 /// real QEMU: together when it succeeds, none when QEMU refuses it, and again together
 /// when the plan is resumed.
-@Suite(.serialized, .enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+@Suite(.serialized, .requires(.qemu))
 struct VMSnapshotTests {
     struct Rig {
         let scratch: TemporaryDirectory

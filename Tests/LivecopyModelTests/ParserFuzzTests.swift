@@ -10,12 +10,12 @@ import Testing
 /// rendered as block YAML or as JSON, parse back to exactly what was generated.
 ///
 /// Every test prints nothing on success; a failure names its seed and the input.
-@Suite("Plan and policy parser fuzzing")
+/// A parse that hangs is caught by the suite's time limit (a watchdog, not a speed
+/// requirement: a slow machine must not fail a test that did its work).
+@Suite("Plan and policy parser fuzzing", .timeLimit(.minutes(10)))
 struct ParserFuzzTests {
     static let planSource = "fuzz-plan.yaml"
     static let policySource = "fuzz-policy.yaml"
-    /// One parse taking longer than this is a failure (a small input must never cost seconds).
-    static let slowParse: Duration = .seconds(2)
 
     // MARK: - Plans
 
@@ -122,9 +122,9 @@ struct ParserFuzzTests {
 
     /// "Billion laughs": a few hundred bytes of nested aliases. Yams expands an alias by
     /// copying the node and hashes mapping keys whole, so as a key this took hours of CPU;
-    /// StrictYAML now refuses aliases before composing. Each case must be refused fast.
-    @Test(arguments: ["key", "value", "vms", "list", "merge", "policy", "nested-key"])
-    func aliasBombsAreRefusedQuickly(placement: String) throws {
+    /// StrictYAML now refuses aliases before composing, at the first one.
+    @Test(.timeLimit(.minutes(1)), arguments: ["key", "value", "vms", "list", "merge", "policy", "nested-key"])
+    func aliasBombsAreRefusedAtTheFirstAlias(placement: String) throws {
         let levels = 12
         var text = "a0: &a0 [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n"
         for level in 1..<levels {
@@ -141,8 +141,6 @@ struct ParserFuzzTests {
         case "nested-key": text += "vms:\n  - {? \(top) : 1, ? \(top) : 2}\n"
         default: text = text.replacingOccurrences(of: "a", with: "b") + "? *b\(levels - 1)\n: 1\n"
         }
-        let clock = ContinuousClock()
-        let started = clock.now
         let error: InputError
         if placement == "policy" {
             error = try #require(throws: InputError.self) {
@@ -151,9 +149,10 @@ struct ParserFuzzTests {
         } else {
             error = try #require(throws: InputError.self) { try Plan.parse(text, source: Self.planSource) }
         }
-        let elapsed = clock.now - started
-        #expect(elapsed < .seconds(1), "\(placement): took \(elapsed)")
-        #expect(error.message.contains("aliases"), "\(error.message)")
+        // Refused at the first alias, before anything is composed or expanded: the work is
+        // one pass of libyaml's parser up to that line, whatever the bomb would expand to.
+        let firstAlias = try #require(text.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.contains("*") }) + 1
+        #expect(error.message.contains(":\(firstAlias): YAML aliases (*name) are not allowed"), "\(placement): \(error.message)")
         #expect(Invariants.oneLine(error.message, source: placement == "policy" ? Self.policySource : Self.planSource) == nil)
     }
 
@@ -297,8 +296,6 @@ struct ParserFuzzTests {
         }
 
         private mutating func check(_ text: String, source: String, _ body: () throws -> String?) {
-            let clock = ContinuousClock()
-            let started = clock.now
             var problem: String?
             do {
                 problem = try body()
@@ -310,8 +307,6 @@ struct ParserFuzzTests {
             } catch {
                 problem = "threw \(type(of: error)), not InputError: \(error)"
             }
-            let elapsed = clock.now - started
-            if elapsed > ParserFuzzTests.slowParse { problem = (problem.map { $0 + "; " } ?? "") + "took \(elapsed)" }
             guard let problem else { return }
             failures += 1
             if failures <= 5 {

@@ -87,10 +87,11 @@ struct MigrationTests {
 }
 
 struct SQLiteStoreTests {
-    static func newPlan(disks: Int = 2) throws -> NewPlan {
+    /// A pending plan of `disks` disks of VM `vm` (its socket and destinations named after it).
+    static func newPlan(disks: Int = 2, vm: String = "vm") throws -> NewPlan {
         NewPlan(name: "t", policyReference: nil, policy: try Policy.resolve(nil), state: .pending,
                 disks: (0..<disks).map {
-                    NewPlan.Disk(vmName: "vm", qmpSocket: "/q", device: "drive\($0)", destination: "/d\($0).qcow2",
+                    NewPlan.Disk(vmName: vm, qmpSocket: "/\(vm).qmp", device: "drive\($0)", destination: "/\(vm)-d\($0).qcow2",
                                  source: "/s\($0).qcow2", sourceFormat: "qcow2", qmpDevice: "drive\($0)")
                 })
     }
@@ -153,7 +154,7 @@ struct SQLiteStoreTests {
         struct Stop: Error {}
         #expect(throws: Stop.self) {
             try store.batch {
-                _ = try store.insertPlan(try Self.newPlan(), at: Date())
+                _ = try store.insertPlan(try Self.newPlan(vm: "other"), at: Date())
                 throw Stop()
             }
         }
@@ -177,8 +178,7 @@ struct SQLiteStoreTests {
         let scratch = try Scratch()
         let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
         let first = try store.insertPlan(try Self.newPlan(), at: Date()).0
-        var other = try Self.newPlan(disks: 1)
-        other.disks[0].vmName = "other"
+        let other = try Self.newPlan(disks: 1, vm: "other")
         let second = try store.insertPlan(other, at: Date()).0
         #expect(try store.plans(states: nil, vm: nil, limit: nil).map(\.id) == [second.id, first.id])
         #expect(try store.plans(states: nil, vm: "other", limit: nil).map(\.id) == [second.id])

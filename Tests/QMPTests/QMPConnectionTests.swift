@@ -229,7 +229,6 @@ struct QMPConnectionTests {
             try await connection.execute("hang")
         }
         #expect(elapsed(since: start) >= 0.25)
-        #expect(elapsed(since: start) < 10)
         // The per-call timeout overrides the default.
         await #expect(throws: QMPClientError.timeout(command: "hang", seconds: 0.1)) {
             try await connection.execute("hang", arguments: nil, timeout: 0.1)
@@ -371,7 +370,6 @@ struct QMPConnectionTests {
             _ = try await QMPConnection.connect(socketPath: peer.socketPath, connectTimeout: 0.5)
         }
         #expect(elapsed(since: start) >= 0.45)
-        #expect(elapsed(since: start) < 10)
         try await peer.waitUntilNoClients()
     }
 

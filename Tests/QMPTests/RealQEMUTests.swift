@@ -17,10 +17,6 @@ enum QEMUTools {
         return nil
     }
 
-    static var isAvailable: Bool {
-        find("qemu-system-x86_64") != nil && find("qemu-img") != nil
-    }
-
     /// Runs `executable` to completion and returns its exit status and combined output.
     ///
     /// Spawned with `posix_spawn` rather than Foundation's `Process`: the child gets only
@@ -75,7 +71,7 @@ struct RealQEMUTests {
     /// Starts QEMU without a guest (`-machine none`), with one qcow2 drive and two QMP
     /// sockets. `-daemonize` makes the launcher return only once the monitors listen,
     /// so nothing has to poll for the socket to appear.
-    @Test(.enabled(if: QEMUTools.isAvailable, "qemu-system-x86_64 or qemu-img is not on PATH"), .timeLimit(.minutes(1)))
+    @Test(.requires(.qemu), .timeLimit(.minutes(1)))
     func queriesAndEventsAgainstRealQEMU() async throws {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("lc-qemu-\(UUID().uuidString.prefix(8))").path

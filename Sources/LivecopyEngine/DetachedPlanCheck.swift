@@ -1,0 +1,65 @@
+import Foundation
+import LivecopyModel
+import QMP
+
+/// A plan recorded with `submit --detach` was checked without its VMs: its sources, the
+/// destinations' free space, foreign jobs and migrations are unknown until it runs. Its
+/// first run checks them, for all its disks at once, before any snapshot; a plan that
+/// fails a check is refused with the same one-line message `submit` gives.
+extension Engine {
+    /// Whether plan `plan` was recorded detached and never started: every disk pending
+    /// with no source known.
+    static func isDetachedAndUntouched(_ plan: PlanRecord, disks: [DiskRecord]) -> Bool {
+        plan.state == .pending && !disks.isEmpty && disks.allSatisfy { $0.state == .pending && $0.source == nil }
+    }
+
+    /// The checks `submit` makes, for a detached plan's disks; nil when they pass or cannot
+    /// be made now (a VM unreachable: the run then goes on and leaves the disks as they are).
+    func refusalOfDetached(_ disks: [DiskRecord], policy: Policy, preflight: Preflight) async -> String? {
+        var space = FreeSpaceCheck(margin: policy.spaceMargin)
+        do {
+            for socket in Set(disks.map(\.qmpSocket)).sorted() {
+                let mine = disks.filter { $0.qmpSocket == socket }
+                let vmName = mine[0].vmName
+                guard let session = try? await preflight.sessions.session(for: socket),
+                      let devices = try? await session.queryBlock() else { continue }
+                let vm = Plan.VM(name: vmName, qmp: socket, disks: [])
+                var planDevices = Set<String>()
+                for disk in mine {
+                    let name = "VM '\(disk.vmName)' disk '\(disk.device)'"
+                    let found = try Preflight.check(Plan.Disk(device: disk.device, destination: disk.destination),
+                                                    of: vm, in: devices, name: name, policy: policy)
+                    planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
+                    if let image = devices.first(where: { $0.inserted?.image.filename == found.source })?.inserted?.image {
+                        space.add(name: name, destination: disk.destination, source: image)
+                    }
+                }
+                try await preflight.checkActivity(vmName: vmName, socket: socket, session: session, devices: devices,
+                                                  planDevices: planDevices)
+            }
+            try space.check()
+            return nil
+        } catch let error as PreflightError {
+            return error.description
+        } catch {
+            return describe(error)
+        }
+    }
+
+    /// Records plan `planId` (pending) as refused for `reason`, its disks dropped with it.
+    func refuseDetached(planId: Int64, disks: [DiskRecord], reason: String) throws {
+        for disk in disks {
+            try DiskLedger(disk: disk, store: store, observer: observer)
+                .transition(to: .rolledBack, "refused before anything was touched: \(reason)") { $0.error = reason }
+        }
+        guard var plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
+        let previous = plan.state
+        plan.state = .refused
+        plan.error = reason
+        plan.finishedAt = Date()
+        try store.save(plan: plan, expecting: previous,
+                       event: NewEvent(kind: .transition, from: previous.rawValue, to: PlanState.refused.rawValue, detail: "refused: \(reason)"),
+                       at: Date())
+        observer.note(nil, "plan \(planId) refused: \(reason)")
+    }
+}

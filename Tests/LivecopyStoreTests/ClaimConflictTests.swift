@@ -1,0 +1,129 @@
+import Foundation
+import LivecopyModel
+import LivecopyStore
+import Testing
+
+/// A plan not yet final claims its destinations and VM disks. The store checks the claims
+/// in the transaction that records a plan, so two submits at once never both win.
+struct ClaimConflictTests {
+    /// A pending plan of one disk.
+    static func plan(vm: String, device: String = "drive0", destination: String, state: PlanState = .pending) throws -> NewPlan {
+        NewPlan(name: "claim", policyReference: nil, policy: try Policy.resolve(nil), state: state, disks: [
+            NewPlan.Disk(vmName: vm, qmpSocket: "/run/\(vm).qmp", device: device, destination: destination),
+        ])
+    }
+
+    /// Inserts `plans` at the same moment from as many threads, each through its own store
+    /// (as separate processes would), and returns what each got.
+    static func race(_ stores: [SQLiteStore], _ plans: [NewPlan]) -> [Result<Int64, Error>] {
+        let results = ResultsBox(count: plans.count)
+        let start = DispatchSemaphore(value: 0)
+        let group = DispatchGroup()
+        for index in plans.indices {
+            group.enter()
+            Thread.detachNewThread {
+                start.wait()
+                results.set(index, Result { try stores[index].insertPlan(plans[index], at: Date()).0.id })
+                group.leave()
+            }
+        }
+        for _ in plans { start.signal() }
+        group.wait()
+        return results.values
+    }
+
+    /// What the racing threads got, by index.
+    final class ResultsBox: @unchecked Sendable {
+        private let lock = NSLock()
+        private var storage: [Result<Int64, Error>?]
+        init(count: Int) { storage = Array(repeating: nil, count: count) }
+        func set(_ index: Int, _ value: Result<Int64, Error>) { lock.withLock { storage[index] = value } }
+        var values: [Result<Int64, Error>] { lock.withLock { storage.map { $0! } } }
+    }
+
+    @Test(arguments: ["destination", "vm disk"])
+    func ofTwoConcurrentPlansClaimingTheSameThingExactlyOneIsRecorded(claim: String) throws {
+        let scratch = try Scratch()
+        let path = scratch.path + "/livecopy.db"
+        let stores = [try SQLiteStore(path: path), try SQLiteStore(path: path)]
+        let rounds = 60
+        for round in 0..<rounds {
+            let plans: [NewPlan]
+            if claim == "destination" {
+                plans = try ["a", "b"].map { try Self.plan(vm: "\($0)\(round)", destination: "/dst/\(round).qcow2") }
+            } else {
+                plans = try ["a", "b"].map { try Self.plan(vm: "vm\(round)", destination: "/dst/\(round)-\($0).qcow2") }
+            }
+            let results = Self.race(stores, plans)
+            let winners = results.compactMap { try? $0.get() }
+            let conflicts = results.compactMap { result -> ClaimConflict? in
+                if case .failure(let error) = result { return error as? ClaimConflict }
+                return nil
+            }
+            #expect(winners.count == 1, "round \(round): \(results)")
+            #expect(conflicts.count == 1, "round \(round): \(results)")
+            let conflict = try #require(conflicts.first, "round \(round): \(results)")
+            #expect(conflict.otherPlanId == winners.first)
+            #expect(conflict.otherPlanState == .pending)
+        }
+        // Every loser left nothing: one plan a round, each with its one disk.
+        let recorded = try stores[0].plans(states: nil, vm: nil, limit: nil)
+        #expect(recorded.count == rounds)
+        #expect(try recorded.allSatisfy { try stores[0].disks(ofPlan: $0.id).count == 1 })
+    }
+
+    @Test func theRefusalNamesTheDiskAndTheOtherPlanInOneLine() throws {
+        let scratch = try Scratch()
+        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+        let first = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2"), at: Date()).0
+        do {
+            _ = try store.insertPlan(try Self.plan(vm: "db", destination: "/dst/web.qcow2"), at: Date())
+            Issue.record("a second plan claiming /dst/web.qcow2 was recorded")
+        } catch let conflict as ClaimConflict {
+            #expect(conflict.description == "VM 'db' disk 'drive0': destination /dst/web.qcow2 is claimed by plan \(first.id) (pending)")
+        }
+        do {
+            _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/other.qcow2"), at: Date())
+            Issue.record("a second plan of VM web's drive0 was recorded")
+        } catch let conflict as ClaimConflict {
+            #expect(conflict.description == "VM 'web' disk 'drive0' is already being copied by plan \(first.id) (pending)")
+        }
+        #expect(try store.plans(states: nil, vm: nil, limit: nil).count == 1)
+    }
+
+    @Test func onlyDisksNotFinalOfPlansNotFinalClaim() throws {
+        let scratch = try Scratch()
+        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+        // A refused plan claims nothing, and recording one is never refused.
+        _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2", state: .refused), at: Date())
+        _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2", state: .refused), at: Date())
+        // A pending plan claims; once its disk is rolled back and the plan final, it no longer does.
+        let (plan, disks) = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2"), at: Date())
+        #expect(throws: ClaimConflict.self) {
+            try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2"), at: Date())
+        }
+        var disk = disks[0]
+        disk.state = .rolledBack
+        try store.save(disk: disk, expecting: .pending, event: nil, at: Date())
+        // The plan is not final yet, but its only disk is: nothing is claimed.
+        _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2"), at: Date())
+        var failed = plan
+        failed.state = .running
+        try store.save(plan: failed, expecting: .pending, event: nil, at: Date())
+        failed.state = .failed
+        try store.save(plan: failed, expecting: .running, event: nil, at: Date())
+        // A failed plan's disks that are not final still claim.
+        let (_, others) = try store.insertPlan(try Self.plan(vm: "db", destination: "/dst/db.qcow2"), at: Date())
+        var stopped = try #require(try store.plans(states: [.pending], vm: "db", limit: 1).first)
+        stopped.state = .running
+        try store.save(plan: stopped, expecting: .pending, event: nil, at: Date())
+        stopped.state = .failed
+        try store.save(plan: stopped, expecting: .running, event: nil, at: Date())
+        var failedDisk = others[0]
+        failedDisk.state = .failed
+        try store.save(disk: failedDisk, expecting: .pending, event: nil, at: Date())
+        #expect(throws: ClaimConflict.self) {
+            try store.insertPlan(try Self.plan(vm: "db", device: "drive0", destination: "/dst/db2.qcow2"), at: Date())
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+
+/// Something a test needs of the machine. Without it the test is skipped, except under
+/// `CI=true`: there a skipped suite would hide a broken CI machine, so the test fails
+/// instead, with a message naming what is missing.
+public enum Requirement: Sendable, CustomStringConvertible {
+    /// qemu-system-x86_64, qemu-img and qemu-io on PATH.
+    case qemu
+    /// Root, with mount(8): to mount a small or read-only tmpfs.
+    case tmpfs
+    /// `chattr +i` works here (root with CAP_LINUX_IMMUTABLE, on a file system with immutable files).
+    case chattr
+
+    public var description: String {
+        switch self {
+        case .qemu: return "QEMU (\(QEMUTools.requiredTools.joined(separator: ", ")))"
+        case .tmpfs: return "root and mount(8), to mount a tmpfs"
+        case .chattr: return "chattr +i (root, on a file system with immutable files)"
+        }
+    }
+
+    /// Nil when the machine has it; else what is missing, in a few words.
+    public var missing: String? {
+        switch self {
+        case .qemu:
+            let absent = QEMUTools.requiredTools.filter { QEMUTools.find($0) == nil }
+            return absent.isEmpty ? nil : "\(absent.joined(separator: ", ")) not on PATH"
+        case .tmpfs:
+            if getuid() != 0 { return "not root (uid \(getuid())), so no tmpfs can be mounted" }
+            return FileManager.default.isExecutableFile(atPath: "/bin/mount") ? nil : "/bin/mount is missing"
+        case .chattr:
+            return Self.chattrWorks ? nil : "chattr +i does not make a file immutable here"
+        }
+    }
+
+    private static let chattrWorks: Bool = {
+        guard let scratch = try? TemporaryDirectory(prefix: "lc-chattr-probe") else { return false }
+        defer { scratch.remove() }
+        let file = scratch.appending("f")
+        guard FileManager.default.createFile(atPath: file, contents: Data("x".utf8)),
+              (try? QEMUTools.run("chattr", ["+i", file]))?.status == 0 else { return false }
+        let immutable = (try? "y".write(toFile: file, atomically: false, encoding: .utf8)) == nil
+        _ = try? QEMUTools.run("chattr", ["-i", file])
+        return immutable
+    }()
+
+    /// Whether the CI switch is on (`CI=true` in the environment).
+    public static var isCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
+
+    /// True when every requirement is met; false (skip) when one is not; under CI=true,
+    /// throws `RequirementMissing` naming every missing one instead of skipping.
+    public static func met(_ requirements: [Requirement]) throws -> Bool {
+        let missing = requirements.compactMap(\.missing)
+        if missing.isEmpty { return true }
+        if isCI { throw RequirementMissing(missing: missing) }
+        return false
+    }
+}
+
+/// Under `CI=true`, a test's requirement is missing: the test fails rather than skip.
+public struct RequirementMissing: Error, CustomStringConvertible {
+    public let missing: [String]
+    public var description: String {
+        "CI=true and this test needs what the machine lacks: \(missing.joined(separator: "; ")) (a skipped test would hide it)"
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the test or suite only where `requirements` are met: skipped elsewhere, failed
+    /// (naming what is missing) under `CI=true`.
+    public static func requires(_ requirements: Requirement..., sourceLocation: SourceLocation = #_sourceLocation) -> Self {
+        let needs = requirements.map(\.description).joined(separator: " and ")
+        return .enabled("needs \(needs)", sourceLocation: sourceLocation) { try Requirement.met(requirements) }
+    }
+}
