@@ -14,7 +14,7 @@ import Darwin
 /// The paths that could lose a guest's data, each against real QEMU: a destructive step
 /// resumed after the world changed, a finalize without a confirmed flush, a rename over
 /// an existing file, and a rename recorded that never happened.
-@Suite(.serialized, .enabled(if: QEMUTools.isAvailable, "needs qemu-system-x86_64, qemu-img and qemu-io"))
+@Suite(.serialized, .requires(.qemu))
 struct DataLossTests {
     typealias Rig = RecoveryIntegrationTests.Rig
     static let crashStatus = RecoveryIntegrationTests.crashStatus
