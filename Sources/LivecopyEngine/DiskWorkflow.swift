@@ -61,9 +61,9 @@ final class DiskWorkflow: @unchecked Sendable {
                 try await resumeFailed()
             } catch let error as NeedsAttention {
                 if disk.state == .needsAttention {
-                    try ledger.note("still needs attention: \(error.description)")
+                    try await ledger.note("still needs attention: \(error.description)")
                 } else {
-                    try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+                    try await ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
                 }
             }
         }
@@ -80,7 +80,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 case .completed, .failed, .rolledBack, .needsAttention: return
                 }
             } catch {
-                guard try settle(error) else { return }
+                guard try await settle(error) else { return }
             }
         }
     }
@@ -89,12 +89,12 @@ final class DiskWorkflow: @unchecked Sendable {
     /// (a cancelled plan; a rollback interrupted by a lost QMP session, which recover
     /// resumes). Rethrows errors that put the record itself in doubt. Returns whether
     /// the disk may go on (its new state decides how).
-    func settle(_ error: Error) throws -> Bool {
+    func settle(_ error: Error) async throws -> Bool {
         switch error {
         case is CancellationError:
             return false  // The plan is being cancelled: the next owner of the disk reconciles.
         case let error as NeedsAttention:
-            try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+            try await ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
             return true
         case is IllegalTransition, is StoreConflict, is StoreFailure:
             throw error
@@ -104,10 +104,10 @@ final class DiskWorkflow: @unchecked Sendable {
             // way stays under way (recover resumes it), and a stream does not roll back.
             let sessionLost = error is QMPClientError
             if sessionLost && disk.state == .rollingBack {
-                try ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
+                try await ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
                 return false
             }
-            try fail(because: describe(error), sessionLost: sessionLost)
+            try await fail(because: describe(error), sessionLost: sessionLost)
             return true
         }
     }
@@ -115,15 +115,15 @@ final class DiskWorkflow: @unchecked Sendable {
     /// Turns a disk that is not final toward `rolled_back`: pending disks are simply
     /// dropped; disks already retiring finish (their source may be gone); the others
     /// roll back, each step of which first checks that it is safe.
-    func beginRollback(_ reason: String) throws {
+    func beginRollback(_ reason: String) async throws {
         switch disk.state {
         case .pending:
-            try ledger.transition(to: .rolledBack, "\(reason): nothing had been done")
+            try await ledger.transition(to: .rolledBack, "\(reason): nothing had been done")
         case .snapshotting, .streaming, .failed:
-            try ledger.transition(to: .rollingBack, reason)
+            try await ledger.transition(to: .rollingBack, reason)
         case .needsAttention:
             // Rolling back re-checks everything first and stops again if still unsafe.
-            try ledger.transition(to: .rollingBack, "\(reason); checking again what stopped it")
+            try await ledger.transition(to: .rollingBack, "\(reason); checking again what stopped it")
         case .retiring, .completed, .rollingBack, .rolledBack:
             return
         }
@@ -131,12 +131,12 @@ final class DiskWorkflow: @unchecked Sendable {
 
     /// Moves to `failed`, or to `rolling_back` when the policy says so and the copy
     /// itself failed (not merely the QMP session) with the VM on the destination.
-    private func fail(because reason: String, sessionLost: Bool = false) throws {
+    private func fail(because reason: String, sessionLost: Bool = false) async throws {
         switch disk.state {
         case .streaming where policy.onFailure == .rollback && !sessionLost:
-            try ledger.transition(to: .rollingBack, "copy failed, on_failure: rollback: \(reason)") { $0.error = reason }
+            try await ledger.transition(to: .rollingBack, "copy failed, on_failure: rollback: \(reason)") { $0.error = reason }
         case .pending, .snapshotting, .streaming, .retiring, .rollingBack:
-            try ledger.transition(to: .failed, reason) { $0.error = reason }
+            try await ledger.transition(to: .failed, reason) { $0.error = reason }
         case .failed, .completed, .rolledBack, .needsAttention:
             throw StoreFailure(reason)
         }
@@ -186,13 +186,13 @@ final class DiskWorkflow: @unchecked Sendable {
                     description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), not on the recorded source \(disk.source ?? "?")")
             }
             try DestinationCheck.refuseExisting(disk.destination)
-            try ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
-            try createDestination(entry)
+            try await ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
+            try await createDestination(entry)
             return entry
         case .failed, .needsAttention:
             if try await job(disk.commitJobId) != nil || DiskWorkflow.rollbackIntents.contains(disk.intent ?? "") { return nil }
             guard try await locateDevice().inserted?.file == disk.source else { return nil }
-            try ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
+            try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
             return try await reconcileSnapshot()
         case .snapshotting:
             return try await reconcileSnapshot()
@@ -217,8 +217,8 @@ final class DiskWorkflow: @unchecked Sendable {
         guard after.inserted?.file == disk.destination else {
             throw NeedsAttention(description: "snapshot reported success but the VM is on \(after.inserted?.file ?? "no image")")
         }
-        try ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
-        try ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
+        try await ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
+        try await ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
     }
 
     /// The snapshot was refused (by QEMU, or because another disk of the VM could not
@@ -227,13 +227,13 @@ final class DiskWorkflow: @unchecked Sendable {
     func snapshotNotTaken(_ reason: String) async throws {
         let entry = try await locateDevice()
         if entry.inserted?.file == disk.destination {
-            try ledger.outcome("the VM is on \(disk.destination) despite the error")
-            try ledger.transition(to: .streaming, "destination overlay active")
+            try await ledger.outcome("the VM is on \(disk.destination) despite the error")
+            try await ledger.transition(to: .streaming, "destination overlay active")
             return
         }
         removeDestinationIfOurs()
-        try ledger.outcome("failed: \(reason)") { $0.destinationCreated = false }
-        try ledger.transition(to: .failed, reason) { $0.error = reason }
+        try await ledger.outcome("failed: \(reason)") { $0.destinationCreated = false }
+        try await ledger.transition(to: .failed, reason) { $0.error = reason }
     }
 
     /// A plan recorded with `submit --detach` learns its source now, with the same checks
@@ -243,7 +243,7 @@ final class DiskWorkflow: @unchecked Sendable {
         let found = try Preflight.check(
             Plan.Disk(device: disk.device, destination: disk.destination), of: vm, in: try await session.queryBlock(),
             name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
-        try ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
+        try await ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
             $0.source = found.source
             $0.sourceFormat = found.sourceFormat
             $0.qmpDevice = found.qmpDevice
@@ -254,23 +254,23 @@ final class DiskWorkflow: @unchecked Sendable {
     /// source's format recorded. The file counts as livecopy's (`destinationCreated`) only
     /// once the exclusive create succeeded: a crash before that outcome is written leaves a
     /// file that no later step deletes.
-    private func createDestination(_ entry: BlockDeviceInfo) throws {
+    private func createDestination(_ entry: BlockDeviceInfo) async throws {
         guard let image = entry.inserted?.image, let source = disk.source, image.filename == source else {
             throw NeedsAttention(description: "device '\(disk.device)' is not on the recorded source \(disk.source ?? "?")")
         }
-        try ledger.intend("create-destination", "\(disk.destination): qcow2 of \(image.virtualSize) bytes, backing \(source) (\(image.format))") {
+        try await ledger.intend("create-destination", "\(disk.destination): qcow2 of \(image.virtualSize) bytes, backing \(source) (\(image.format))") {
             $0.destinationCreated = false
         }
         do {
             try creator.createOverlay(at: disk.destination, backing: source, backingFormat: image.format, virtualSize: image.virtualSize)
         } catch {
-            try ledger.outcome("refused: \(describe(error))")
+            try await ledger.outcome("refused: \(describe(error))")
             throw error
         }
         ledger.sent()
         // The intent to snapshot goes in the same write: the record never shows the new file
         // as livecopy's with nothing under way (which would name it as the image to boot).
-        try ledger.outcome("created \(disk.destination) (mode 0600, backing \(source), backing format \(image.format))",
+        try await ledger.outcome("created \(disk.destination) (mode 0600, backing \(source), backing format \(image.format))",
                            next: "blockdev-snapshot-sync") { $0.destinationCreated = true }
     }
 
@@ -280,22 +280,22 @@ final class DiskWorkflow: @unchecked Sendable {
         let entry = try await locateDevice()
         switch entry.inserted?.file {
         case disk.destination?:
-            try ledger.outcome("the snapshot had happened: the VM is on \(disk.destination)") {
+            try await ledger.outcome("the snapshot had happened: the VM is on \(disk.destination)") {
                 $0.qmpDevice = try? deviceName(entry)
             }
-            try ledger.transition(to: .streaming, "destination overlay active")
+            try await ledger.transition(to: .streaming, "destination overlay active")
             return nil
         case disk.source?:
-            try refuseSplitBrain(activeImage: disk.source ?? "")
+            try await refuseSplitBrain(activeImage: disk.source ?? "")
             removeDestinationIfOurs()
             var info = stat()
             if !disk.destinationCreated, disk.intent == "create-destination", lstat(disk.destination, &info) == 0 {
                 throw NeedsAttention(
                     description: "livecopy was interrupted while creating \(disk.destination) and cannot prove the file there is its own, so it left it; delete it if nothing else uses it, then run livecopy recover")
             }
-            try ledger.outcome("the snapshot had not happened; retrying") { $0.destinationCreated = false }
+            try await ledger.outcome("the snapshot had not happened; retrying") { $0.destinationCreated = false }
             try DestinationCheck.refuseExisting(disk.destination)
-            try createDestination(entry)
+            try await createDestination(entry)
             return entry
         default:
             throw NeedsAttention(
@@ -305,12 +305,12 @@ final class DiskWorkflow: @unchecked Sendable {
 
     /// The VM runs on the source; if the destination exists with writes of its own, they
     /// are newer than the source (a VM restarted on the wrong image): touch nothing.
-    private func refuseSplitBrain(activeImage: String) throws {
+    private func refuseSplitBrain(activeImage: String) async throws {
         var info = stat()
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return }
         let holdsWrites: Bool
         do {
-            holdsWrites = try inspector.hasOwnData(disk.destination)
+            holdsWrites = try await inspector.hasOwnData(disk.destination)
         } catch {
             throw NeedsAttention(description: "the VM runs on \(activeImage) and \(disk.destination) exists but cannot be inspected (\(describe(error))); touching neither")
         }
@@ -323,10 +323,10 @@ final class DiskWorkflow: @unchecked Sendable {
     /// A pivot back to the source was requested, then QEMU went away before its job
     /// concluded; the VM now runs on the source. If the images differ, nobody can tell
     /// whether the source got every write: touch nothing.
-    private func refuseAmbiguousPivot() throws {
+    private func refuseAmbiguousPivot() async throws {
         var info = stat()
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0, let source = disk.source else { return }
-        guard !inspector.sourceMatchesDestination(disk) else { return }
+        guard !(await inspector.sourceMatchesDestination(disk)) else { return }
         throw NeedsAttention(
             description: "a pivot back to \(source) was requested just before QEMU stopped, and the VM now runs on \(source), which differs from \(disk.destination): livecopy cannot tell which holds the newest writes and touched neither; compare them, keep the newest, delete the other yourself, then run livecopy recover")
     }
@@ -343,7 +343,7 @@ final class DiskWorkflow: @unchecked Sendable {
         let jobId = disk.streamJobId
         var earlyEvents: AsyncStream<QMPEvent>?
         if let existing = try await job(jobId) {
-            try ledger.note("re-attaching to job \(jobId) (\(existing.status))")
+            try await ledger.note("re-attaching to job \(jobId) (\(existing.status))")
         } else {
             let entry = try await locateDevice()
             guard entry.inserted?.file == disk.destination else {
@@ -355,13 +355,13 @@ final class DiskWorkflow: @unchecked Sendable {
                     throw NeedsAttention(description: "\(disk.destination) is backed by \(backing), not by the source \(disk.source ?? "?")")
                 }
                 let speed = controls().speedOverride ?? policy.speed
-                try ledger.intend("block-stream", "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
+                try await ledger.intend("block-stream", "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
                 // Subscribed before the job exists: an I/O error reported at once is not missed.
                 earlyEvents = session.events()
                 try await session.blockStream(
                     device: try deviceName(entry), jobId: jobId, speed: speed, onError: policy.onError.rawValue)
                 ledger.sent()
-                try ledger.outcome("job \(jobId) started")
+                try await ledger.outcome("job \(jobId) started")
             }
         }
         try await applyControls(to: jobId)
@@ -375,7 +375,7 @@ final class DiskWorkflow: @unchecked Sendable {
             }
         }
         try await verifyStandalone()
-        try ledger.transition(to: .retiring, "\(disk.destination) stands alone") { $0.error = nil }
+        try await ledger.transition(to: .retiring, "\(disk.destination) stands alone") { $0.error = nil }
     }
 
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
@@ -397,18 +397,18 @@ final class DiskWorkflow: @unchecked Sendable {
     /// keeps the copied clusters' L2 tables in its cache, so a crash right after could
     /// leave a destination with neither the data nor the backing file. Flush first.
     private func flushThenFinalize(_ jobId: String) async throws {
-        try ledger.intend("job-finalize", "flush \(disk.destination), then finalize job \(jobId)")
+        try await ledger.intend("job-finalize", "flush \(disk.destination), then finalize job \(jobId)")
         var answer = try await session.flushBlock(disk.destinationNodeName)
         if !answer.isEmpty, let entry = try? await locateDevice() {
             // After a QEMU restart the node has another name: flush through the device.
             answer = try await session.flushBlock(try deviceName(entry))
         }
         if !answer.isEmpty {
-            try ledger.note("flush of \(disk.destination) before finalizing not confirmed: \(answer)")
+            try await ledger.note("flush of \(disk.destination) before finalizing not confirmed: \(answer)")
         }
         try await session.jobFinalize(jobId: jobId)
         ledger.sent()
-        try ledger.outcome("destination flushed; job finalized")
+        try await ledger.outcome("destination flushed; job finalized")
     }
 
     /// Brings a job just started or re-attached to in line with the operator's settings,
@@ -421,19 +421,19 @@ final class DiskWorkflow: @unchecked Sendable {
         do {
             if let speed = settings.speedOverride {
                 try await session.blockJobSetSpeed(jobId: jobId, speed: speed)
-                try ledger.note("job \(jobId): speed \(OperatorAction.speedText(speed)) (livecopy throttle)")
+                try await ledger.note("job \(jobId): speed \(OperatorAction.speedText(speed)) (livecopy throttle)")
             }
             if settings.paused, job.status != "paused" {
                 try await session.blockJobPause(jobId: jobId)
-                try ledger.note("job \(jobId) paused: the plan is paused (livecopy resume \(disk.planId))")
+                try await ledger.note("job \(jobId) paused: the plan is paused (livecopy resume \(disk.planId))")
             } else if !settings.paused, job.status == "paused",
                       try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok" == "ok" {
                 // Paused on purpose by an earlier owner, and resumed since.
                 try await session.blockJobResume(jobId: jobId)
-                try ledger.note("job \(jobId) resumed: the plan is no longer paused")
+                try await ledger.note("job \(jobId) resumed: the plan is no longer paused")
             }
         } catch let error as QMPCommandError {
-            try ledger.note("job \(jobId): the plan's operator settings were not applied: \(error.desc)")
+            try await ledger.note("job \(jobId): the plan's operator settings were not applied: \(error.desc)")
         }
     }
 
@@ -447,10 +447,10 @@ final class DiskWorkflow: @unchecked Sendable {
         let ledger = self.ledger
         var callbacks = given
         callbacks.progress = { job in
-            ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
+            await ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
         }
         // Kept as the disk's error too, so `status` shows why the copy stands still.
-        callbacks.ioError = { message in try? ledger.report("job \(jobId): \(message)") }
+        callbacks.ioError = { message in try? await ledger.report("job \(jobId): \(message)") }
         let watcher = JobWatcher(session: session, jobId: jobId, pollInterval: policy.progressInterval, ioErrorWait: policy.ioErrorWait,
                                  subscription: events)
         do {
@@ -485,7 +485,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 throw NeedsAttention(description: "\(holder) still has the source \(source) open")
             }
         }
-        try ledger.note("verified: \(disk.destination) is active with no backing file; nothing opens the source")
+        try await ledger.note("verified: \(disk.destination) is active with no backing file; nothing opens the source")
     }
 
     // MARK: - Retire
@@ -494,26 +494,26 @@ final class DiskWorkflow: @unchecked Sendable {
         guard let source = disk.source else { throw NeedsAttention(description: "no source recorded") }
         switch policy.retireSource {
         case .keep:
-            try ledger.transition(to: .completed, "source kept at \(source) (retire_source: keep)")
+            try await ledger.transition(to: .completed, "source kept at \(source) (retire_source: keep)")
         case .rename:
             let retired = source + ".retired"
-            try ledger.intend("rename", "\(source) → \(retired)")
+            try await ledger.intend("rename", "\(source) → \(retired)")
             if FileManager.default.fileExists(atPath: source) {
                 guard rename(source, retired) == 0 else {
                     throw NeedsAttention(description: "cannot rename \(source): \(String(cString: strerror(errno)))")
                 }
             }
             ledger.sent()
-            try ledger.outcome("source renamed")
-            try ledger.transition(to: .completed, "source retired to \(retired)")
+            try await ledger.outcome("source renamed")
+            try await ledger.transition(to: .completed, "source retired to \(retired)")
         case .delete:
-            try ledger.intend("delete-source", source)
+            try await ledger.intend("delete-source", source)
             if unlink(source) != 0 && errno != ENOENT {
                 throw NeedsAttention(description: "cannot delete \(source): \(String(cString: strerror(errno)))")
             }
             ledger.sent()
-            try ledger.outcome("source deleted")
-            try ledger.transition(to: .completed, "source \(source) deleted")
+            try await ledger.outcome("source deleted")
+            try await ledger.transition(to: .completed, "source \(source) deleted")
         }
     }
 
@@ -525,19 +525,19 @@ final class DiskWorkflow: @unchecked Sendable {
     /// Picks up a failed disk, or one that needed attention, where reality says it is.
     private func resumeFailed() async throws {
         if try await job(disk.commitJobId) != nil || DiskWorkflow.rollbackIntents.contains(disk.intent ?? "") {
-            try ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
+            try await ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
             return
         }
         let entry = try await locateDevice()
         switch entry.inserted?.file {
         case disk.destination?:
             if entry.inserted?.backingFile == nil, try await job(disk.streamJobId) == nil {
-                try ledger.transition(to: .streaming, "resuming: the destination already stands alone") { $0.error = nil }
+                try await ledger.transition(to: .streaming, "resuming: the destination already stands alone") { $0.error = nil }
             } else {
-                try ledger.transition(to: .streaming, "resuming the stream") { $0.error = nil }
+                try await ledger.transition(to: .streaming, "resuming the stream") { $0.error = nil }
             }
         case disk.source?:
-            try ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
+            try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
         default:
             throw NeedsAttention(description: "VM is on \(entry.inserted?.file ?? "no image"), neither source nor destination")
         }
@@ -551,12 +551,12 @@ final class DiskWorkflow: @unchecked Sendable {
     private func rollback() async throws {
         if let stream = try await job(disk.streamJobId) {
             if stream.status != "concluded" {
-                try ledger.intend("block-job-cancel", "job \(disk.streamJobId)")
+                try await ledger.intend("block-job-cancel", "job \(disk.streamJobId)")
                 try await session.blockJobCancel(jobId: disk.streamJobId, force: true)
                 ledger.sent()
             }
             _ = try await watch(jobId: disk.streamJobId, ready: nil)
-            try ledger.outcome("stream job \(disk.streamJobId) ended and dismissed")
+            try await ledger.outcome("stream job \(disk.streamJobId) ended and dismissed")
         }
         let commitId = disk.commitJobId
         if try await job(commitId) == nil {
@@ -568,35 +568,35 @@ final class DiskWorkflow: @unchecked Sendable {
                 case "delete-destination"?:
                     break  // the rollback job concluded on the source: the pivot is done
                 case "block-job-complete"?:
-                    try refuseAmbiguousPivot()
+                    try await refuseAmbiguousPivot()
                 default:
-                    try refuseSplitBrain(activeImage: disk.source ?? "the source")
+                    try await refuseSplitBrain(activeImage: disk.source ?? "the source")
                 }
-                try finishRollback()
+                try await finishRollback()
                 return
             }
             guard entry.inserted?.file == disk.destination, let source = disk.source else {
                 throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
             }
             if entry.inserted?.backingFile == source {
-                try ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
+                try await ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
                 // The source at the bottom of the chain is QEMU's default base; named only
                 // when it has a chain of its own below it.
                 let sourceIsBottom = entry.inserted?.image.backingImage?.backingImage == nil
                 try await session.blockCommit(device: try deviceName(entry), jobId: commitId,
                                               baseFile: sourceIsBottom ? nil : source, speed: 0)
                 ledger.sent()
-                try ledger.outcome("commit job started")
+                try await ledger.outcome("commit job started")
             } else {
                 // The stream already finished: the destination stands alone. Mirror it back
                 // into the source file, which still holds the old data and its own chain.
                 guard FileManager.default.fileExists(atPath: source), let format = disk.sourceFormat else {
                     throw NeedsAttention(description: "rollback: \(disk.destination) stands alone and the source \(source) is gone; \(disk.destination) holds all data")
                 }
-                try ledger.intend("drive-mirror", "job \(commitId): \(disk.destination) back into \(source)")
+                try await ledger.intend("drive-mirror", "job \(commitId): \(disk.destination) back into \(source)")
                 try await session.driveMirrorToExisting(device: try deviceName(entry), jobId: commitId, target: source, format: format)
                 ledger.sent()
-                try ledger.outcome("mirror job started")
+                try await ledger.outcome("mirror job started")
             }
         }
         let session = self.session
@@ -604,12 +604,12 @@ final class DiskWorkflow: @unchecked Sendable {
         let disk = self.disk
         var callbacks = JobWatcher.Callbacks()
         callbacks.ready = {
-            try ledger.intend("block-job-complete", "pivot to the source")
+            try await ledger.intend("block-job-complete", "pivot to the source")
             do {
                 try await session.blockJobComplete(jobId: commitId)
             } catch let error as QMPCommandError {
                 // Already completing (asked before a crash): the job's conclusion tells.
-                try ledger.note("block-job-complete: \(error.desc)")
+                try await ledger.note("block-job-complete: \(error.desc)")
             }
             ledger.sent()
         }
@@ -619,7 +619,7 @@ final class DiskWorkflow: @unchecked Sendable {
             let devices = try await session.queryBlock()
             let active = devices.entry(for: disk)?.inserted?.file
             if active == disk.source {
-                try ledger.outcome("the VM is on the source with every write", next: "delete-destination")
+                try await ledger.outcome("the VM is on the source with every write", next: "delete-destination")
             }
         }
         let error = try await watch(jobId: commitId, callbacks: callbacks)
@@ -628,20 +628,20 @@ final class DiskWorkflow: @unchecked Sendable {
         guard entry.inserted?.file == disk.source else {
             throw NeedsAttention(description: "after the rollback the VM is on \(entry.inserted?.file ?? "no image"), not on the source")
         }
-        try finishRollback()
+        try await finishRollback()
     }
 
     /// The VM is on its source with every write: delete the destination if ours.
-    private func finishRollback() throws {
+    private func finishRollback() async throws {
         if disk.destinationCreated {
-            if disk.intent != "delete-destination" { try ledger.intend("delete-destination", disk.destination) }
+            if disk.intent != "delete-destination" { try await ledger.intend("delete-destination", disk.destination) }
             if unlink(disk.destination) != 0 && errno != ENOENT {
                 throw NeedsAttention(description: "cannot delete \(disk.destination): \(String(cString: strerror(errno)))")
             }
             ledger.sent()
-            try ledger.outcome("destination deleted") { $0.destinationCreated = false }
+            try await ledger.outcome("destination deleted") { $0.destinationCreated = false }
         }
-        try ledger.transition(to: .rolledBack, "the VM is back on \(disk.source ?? "the source") with every write")
+        try await ledger.transition(to: .rolledBack, "the VM is back on \(disk.source ?? "the source") with every write")
     }
 }
 
