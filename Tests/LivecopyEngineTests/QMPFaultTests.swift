@@ -214,8 +214,8 @@ final class FakeVM: @unchecked Sendable {
 
 /// Never runs qemu-img: the fake VM's images are placeholders.
 struct StubInspector: ImageInspector {
-    func hasOwnData(_ path: String) throws -> Bool { false }
-    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool { true }
+    func hasOwnData(_ path: String) async throws -> Bool { false }
+    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) async throws -> Bool { true }
 }
 
 /// Creates the destination as an empty file, exclusively.
