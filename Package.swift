@@ -9,7 +9,8 @@ import PackageDescription
 /// - `LivecopyStore`: the SQLite store (GRDB) and the migration runner.
 /// - `EmbeddedFiles`: `Migrations/` and `Policies/` compiled into the binary by a build-tool plugin.
 /// - `CSystemExtras`: Linux calls Swift's Glibc module does not import.
-/// - `LivecopyEngine`: the workflow engine; it sees QMP and the store through protocols.
+/// - `LivecopyEngine`: the workflow engine; it sees QMP and the store through protocols,
+///   and runs `qemu-img` through swift-subprocess (awaited, never blocking a thread).
 /// - `LivecopyCommands`: the CLI (swift-argument-parser), testable in-process.
 /// - `livecopy`: the tiny executable that calls `LivecopyCommands`.
 let package = Package(
@@ -25,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
     ],
     targets: [
         .target(
@@ -58,7 +60,10 @@ let package = Package(
         .target(name: "CSystemExtras"),
         .target(
             name: "LivecopyEngine",
-            dependencies: ["LivecopyModel", "QMP", "CSystemExtras"]),
+            dependencies: [
+                "LivecopyModel", "QMP", "CSystemExtras",
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ]),
         .target(
             name: "LivecopyCommands",
             dependencies: [

@@ -83,14 +83,14 @@ private func sendControl(_ action: OperatorAction, planId: Int64, common: Common
     let recorded = "\(action): recorded; no livecopy drives the plan now, so it applies when the plan next runs"
 
     /// Finishes the request as only recorded (no owner applied it) and prints what is recorded.
-    func finishWithoutOwner() throws -> Int32 {
-        try store.finishControlRequest(id: request.id, planId: planId, ok: true, outcome: recorded, at: Date())
+    func finishWithoutOwner() async throws -> Int32 {
+        try await store.finishControlRequest(id: request.id, planId: planId, ok: true, outcome: recorded, at: Date())
         let final = try store.controlRequest(id: request.id)
         print("plan \(planId): \(final?.outcome ?? recorded)")
         return final?.ok == false ? ExitStatus.planNotCompleted : ExitStatus.success
     }
 
-    guard let owner = try engine.liveOwner(ofPlan: planId) else { return try finishWithoutOwner() }
+    guard let owner = try engine.liveOwner(ofPlan: planId) else { return try await finishWithoutOwner() }
     let deadline = Date().addingTimeInterval(timeout)
     while true {
         if let current = try store.controlRequest(id: request.id), current.finishedAt != nil {
@@ -101,7 +101,7 @@ private func sendControl(_ action: OperatorAction, planId: Int64, common: Common
             print("plan \(planId): \(current.outcome ?? "\(action) applied")")
             return ExitStatus.success
         }
-        if try engine.liveOwner(ofPlan: planId) == nil { return try finishWithoutOwner() }
+        if try engine.liveOwner(ofPlan: planId) == nil { return try await finishWithoutOwner() }
         guard Date() < deadline else { break }
         try await Task.sleep(for: .milliseconds(100))
     }

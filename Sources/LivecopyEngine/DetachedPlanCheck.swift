@@ -47,9 +47,9 @@ extension Engine {
     }
 
     /// Records plan `planId` (pending) as refused for `reason`, its disks dropped with it.
-    func refuseDetached(planId: Int64, disks: [DiskRecord], reason: String) throws {
+    func refuseDetached(planId: Int64, disks: [DiskRecord], reason: String) async throws {
         for disk in disks {
-            try DiskLedger(disk: disk, store: store, observer: observer)
+            try await DiskLedger(disk: disk, store: store, observer: observer)
                 .transition(to: .rolledBack, "refused before anything was touched: \(reason)") { $0.error = reason }
         }
         guard var plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
@@ -57,7 +57,7 @@ extension Engine {
         plan.state = .refused
         plan.error = reason
         plan.finishedAt = Date()
-        try store.save(plan: plan, expecting: previous,
+        try await store.save(plan: plan, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: PlanState.refused.rawValue, detail: "refused: \(reason)"),
                        at: Date())
         observer.note(nil, "plan \(planId) refused: \(reason)")

@@ -3,7 +3,8 @@ import LivecopyModel
 
 /// The one place a disk's record changes: every state transition, every intent before
 /// a side effect and every outcome after it is checked here and persisted, with an
-/// event, before the engine goes on.
+/// event, before the engine goes on. Every write is awaited (the store commits it on its
+/// own queue), so the `fsync` of a commit never holds a thread of the concurrency pool.
 final class DiskLedger: @unchecked Sendable {
     private(set) var disk: DiskRecord
     private let store: any WorkflowStore
@@ -18,7 +19,7 @@ final class DiskLedger: @unchecked Sendable {
 
     /// Moves the disk to `next` if the transition table allows it, applying `update` in
     /// the same write. This is the only function that changes a disk's state.
-    func transition(to next: DiskState, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) throws {
+    func transition(to next: DiskState, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) async throws {
         let previous = disk.state
         guard previous.canMove(to: next) else {
             throw IllegalTransition(subject: "disk \(disk.id)", from: previous.rawValue, to: next.rawValue)
@@ -27,7 +28,7 @@ final class DiskLedger: @unchecked Sendable {
         update(&updated)
         updated.state = next
         if next == .completed || next == .rolledBack { updated.intent = nil }
-        try store.save(disk: updated, expecting: previous,
+        try await store.save(disk: updated, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
         disk = updated
@@ -36,8 +37,8 @@ final class DiskLedger: @unchecked Sendable {
     }
 
     /// Records that `action` is about to be attempted; call before the side effect.
-    func intend(_ action: String, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) throws {
-        try record(.intent, action: action, detail) {
+    func intend(_ action: String, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+        try await record(.intent, action: action, detail) {
             update(&$0)
             $0.intent = action
         }
@@ -50,8 +51,8 @@ final class DiskLedger: @unchecked Sendable {
 
     /// Records the outcome of the pending intent; call after the side effect. `next`
     /// records the following intent in the same write, when the outcome proves it safe.
-    func outcome(_ detail: String, next: String? = nil, update: (inout DiskRecord) -> Void = { _ in }) throws {
-        try record(.outcome, action: disk.intent ?? "check", detail + (next.map { "; next: \($0)" } ?? "")) {
+    func outcome(_ detail: String, next: String? = nil, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+        try await record(.outcome, action: disk.intent ?? "check", detail + (next.map { "; next: \($0)" } ?? "")) {
             update(&$0)
             $0.intent = next
         }
@@ -59,10 +60,10 @@ final class DiskLedger: @unchecked Sendable {
     }
 
     /// Writes an intent or outcome: the disk's new columns and the event, in one transaction.
-    private func record(_ kind: EventKind, action: String, _ detail: String, update: (inout DiskRecord) -> Void) throws {
+    private func record(_ kind: EventKind, action: String, _ detail: String, update: (inout DiskRecord) -> Void) async throws {
         var updated = disk
         update(&updated)
-        try store.save(disk: updated, expecting: disk.state,
+        try await store.save(disk: updated, expecting: disk.state,
                        event: NewEvent(kind: kind, from: disk.state.rawValue, to: disk.state.rawValue,
                                        detail: "\(action): \(detail)"),
                        at: Date())
@@ -81,28 +82,28 @@ final class DiskLedger: @unchecked Sendable {
 
     /// Records a problem the disk has now (for `status`), with a note in the timeline, and
     /// no state change. The next transition that settles the problem clears it.
-    func report(_ problem: String) throws {
+    func report(_ problem: String) async throws {
         var updated = disk
         updated.error = problem
-        try store.save(disk: updated, expecting: disk.state, event: NewEvent(kind: .note, detail: problem), at: Date())
+        try await store.save(disk: updated, expecting: disk.state, event: NewEvent(kind: .note, detail: problem), at: Date())
         disk = updated
         observer.note(disk, problem)
     }
 
     /// Appends a note to the timeline (no state change).
-    func note(_ detail: String) throws {
-        try store.appendEvent(planId: disk.planId, diskId: disk.id, event: NewEvent(kind: .note, detail: detail), at: Date())
+    func note(_ detail: String) async throws {
+        try await store.appendEvent(planId: disk.planId, diskId: disk.id, event: NewEvent(kind: .note, detail: detail), at: Date())
         observer.note(disk, detail)
     }
 
     /// Reports progress; persisted at most every `persistEvery` seconds.
-    func progress(done: Int64, total: Int64, persistEvery: Double) {
+    func progress(done: Int64, total: Int64, persistEvery: Double) async {
         disk.bytesDone = done
         disk.bytesTotal = total
         observer.diskProgress(disk, bytesDone: done, bytesTotal: total)
         let now = Date()
         guard now.timeIntervalSince(lastProgressWrite) >= persistEvery || done == total else { return }
         lastProgressWrite = now
-        try? store.saveProgress(diskId: disk.id, bytesDone: done, bytesTotal: total, at: now)
+        try? await store.saveProgress(diskId: disk.id, bytesDone: done, bytesTotal: total, at: now)
     }
 }

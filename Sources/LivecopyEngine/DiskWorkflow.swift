@@ -61,9 +61,9 @@ final class DiskWorkflow: @unchecked Sendable {
                 try await resumeFailed()
             } catch let error as NeedsAttention {
                 if disk.state == .needsAttention {
-                    try ledger.note("still needs attention: \(error.description)")
+                    try await ledger.note("still needs attention: \(error.description)")
                 } else {
-                    try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+                    try await ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
                 }
             }
         }
@@ -80,7 +80,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 case .completed, .failed, .rolledBack, .needsAttention: return
                 }
             } catch {
-                guard try settle(error) else { return }
+                guard try await settle(error) else { return }
             }
         }
     }
@@ -89,12 +89,12 @@ final class DiskWorkflow: @unchecked Sendable {
     /// (a cancelled plan; a rollback interrupted by a lost QMP session, which recover
     /// resumes). Rethrows errors that put the record itself in doubt. Returns whether
     /// the disk may go on (its new state decides how).
-    func settle(_ error: Error) throws -> Bool {
+    func settle(_ error: Error) async throws -> Bool {
         switch error {
         case is CancellationError:
             return false  // The plan is being cancelled: the next owner of the disk reconciles.
         case let error as NeedsAttention:
-            try ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
+            try await ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
             return true
         case is IllegalTransition, is StoreConflict, is StoreFailure:
             throw error
@@ -104,10 +104,10 @@ final class DiskWorkflow: @unchecked Sendable {
             // way stays under way (recover resumes it), and a stream does not roll back.
             let sessionLost = error is QMPClientError
             if sessionLost && disk.state == .rollingBack {
-                try ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
+                try await ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
                 return false
             }
-            try fail(because: describe(error), mayRollBack: !sessionLost && !(error is FlushNotConfirmed))
+            try await fail(because: describe(error), mayRollBack: !sessionLost && !(error is FlushNotConfirmed))
             return true
         }
     }
@@ -115,15 +115,15 @@ final class DiskWorkflow: @unchecked Sendable {
     /// Turns a disk that is not final toward `rolled_back`: pending disks are simply
     /// dropped; disks already retiring finish (their source may be gone); the others
     /// roll back, each step of which first checks that it is safe.
-    func beginRollback(_ reason: String) throws {
+    func beginRollback(_ reason: String) async throws {
         switch disk.state {
         case .pending:
-            try ledger.transition(to: .rolledBack, "\(reason): nothing had been done")
+            try await ledger.transition(to: .rolledBack, "\(reason): nothing had been done")
         case .snapshotting, .streaming, .failed:
-            try ledger.transition(to: .rollingBack, reason)
+            try await ledger.transition(to: .rollingBack, reason)
         case .needsAttention:
             // Rolling back re-checks everything first and stops again if still unsafe.
-            try ledger.transition(to: .rollingBack, "\(reason); checking again what stopped it")
+            try await ledger.transition(to: .rollingBack, "\(reason); checking again what stopped it")
         case .retiring, .completed, .rollingBack, .rolledBack:
             return
         }
@@ -132,12 +132,12 @@ final class DiskWorkflow: @unchecked Sendable {
     /// Moves to `failed`, or to `rolling_back` when the policy says so and the copy
     /// itself failed (not merely the QMP session, nor the flush before finalizing) with the
     /// VM on the destination.
-    private func fail(because reason: String, mayRollBack: Bool) throws {
+    private func fail(because reason: String, mayRollBack: Bool) async throws {
         switch disk.state {
         case .streaming where policy.onFailure == .rollback && mayRollBack:
-            try ledger.transition(to: .rollingBack, "copy failed, on_failure: rollback: \(reason)") { $0.error = reason }
+            try await ledger.transition(to: .rollingBack, "copy failed, on_failure: rollback: \(reason)") { $0.error = reason }
         case .pending, .snapshotting, .streaming, .retiring, .rollingBack:
-            try ledger.transition(to: .failed, reason) { $0.error = reason }
+            try await ledger.transition(to: .failed, reason) { $0.error = reason }
         case .failed, .completed, .rolledBack, .needsAttention:
             throw StoreFailure(reason)
         }
@@ -187,13 +187,13 @@ final class DiskWorkflow: @unchecked Sendable {
                     description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), not on the recorded source \(disk.source ?? "?")")
             }
             try DestinationCheck.refuseExisting(disk.destination)
-            try ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
-            try createDestination(entry)
+            try await ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
+            try await createDestination(entry)
             return entry
         case .failed, .needsAttention:
             if try await job(disk.commitJobId) != nil || DiskWorkflow.rollbackIntents.contains(disk.intent ?? "") { return nil }
             guard try await locateDevice().inserted?.file == disk.source else { return nil }
-            try ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
+            try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
             return try await reconcileSnapshot()
         case .snapshotting:
             return try await reconcileSnapshot()
@@ -218,8 +218,8 @@ final class DiskWorkflow: @unchecked Sendable {
         guard after.inserted?.file == disk.destination else {
             throw NeedsAttention(description: "snapshot reported success but the VM is on \(after.inserted?.file ?? "no image")")
         }
-        try ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
-        try ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
+        try await ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
+        try await ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
     }
 
     /// The snapshot was refused (by QEMU, or because another disk of the VM could not
@@ -228,13 +228,13 @@ final class DiskWorkflow: @unchecked Sendable {
     func snapshotNotTaken(_ reason: String) async throws {
         let entry = try await locateDevice()
         if entry.inserted?.file == disk.destination {
-            try ledger.outcome("the VM is on \(disk.destination) despite the error")
-            try ledger.transition(to: .streaming, "destination overlay active")
+            try await ledger.outcome("the VM is on \(disk.destination) despite the error")
+            try await ledger.transition(to: .streaming, "destination overlay active")
             return
         }
         try await removeDestinationIfOurs()
-        try ledger.outcome("failed: \(reason)") { $0.destinationCreated = false }
-        try ledger.transition(to: .failed, reason) { $0.error = reason }
+        try await ledger.outcome("failed: \(reason)") { $0.destinationCreated = false }
+        try await ledger.transition(to: .failed, reason) { $0.error = reason }
     }
 
     /// A plan recorded with `submit --detach` learns its source now, with the same checks
@@ -244,7 +244,7 @@ final class DiskWorkflow: @unchecked Sendable {
         let found = try Preflight.check(
             Plan.Disk(device: disk.device, destination: disk.destination), of: vm, in: try await session.queryBlock(),
             name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
-        try ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
+        try await ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
             $0.source = found.source
             $0.sourceFormat = found.sourceFormat
             $0.qmpDevice = found.qmpDevice
@@ -255,23 +255,23 @@ final class DiskWorkflow: @unchecked Sendable {
     /// source's format recorded. The file counts as livecopy's (`destinationCreated`) only
     /// once the exclusive create succeeded: a crash before that outcome is written leaves a
     /// file that no later step deletes.
-    private func createDestination(_ entry: BlockDeviceInfo) throws {
+    private func createDestination(_ entry: BlockDeviceInfo) async throws {
         guard let image = entry.inserted?.image, let source = disk.source, image.filename == source else {
             throw NeedsAttention(description: "device '\(disk.device)' is not on the recorded source \(disk.source ?? "?")")
         }
-        try ledger.intend("create-destination", "\(disk.destination): qcow2 of \(image.virtualSize) bytes, backing \(source) (\(image.format))") {
+        try await ledger.intend("create-destination", "\(disk.destination): qcow2 of \(image.virtualSize) bytes, backing \(source) (\(image.format))") {
             $0.destinationCreated = false
         }
         do {
             try creator.createOverlay(at: disk.destination, backing: source, backingFormat: image.format, virtualSize: image.virtualSize)
         } catch {
-            try ledger.outcome("refused: \(describe(error))")
+            try await ledger.outcome("refused: \(describe(error))")
             throw error
         }
         ledger.sent()
         // The intent to snapshot goes in the same write: the record never shows the new file
         // as livecopy's with nothing under way (which would name it as the image to boot).
-        try ledger.outcome("created \(disk.destination) (mode 0600, backing \(source), backing format \(image.format))",
+        try await ledger.outcome("created \(disk.destination) (mode 0600, backing \(source), backing format \(image.format))",
                            next: "blockdev-snapshot-sync") { $0.destinationCreated = true }
     }
 
@@ -281,22 +281,22 @@ final class DiskWorkflow: @unchecked Sendable {
         let entry = try await locateDevice()
         switch entry.inserted?.file {
         case disk.destination?:
-            try ledger.outcome("the snapshot had happened: the VM is on \(disk.destination)") {
+            try await ledger.outcome("the snapshot had happened: the VM is on \(disk.destination)") {
                 $0.qmpDevice = try? deviceName(entry)
             }
-            try ledger.transition(to: .streaming, "destination overlay active")
+            try await ledger.transition(to: .streaming, "destination overlay active")
             return nil
         case disk.source?:
-            try refuseSplitBrain(activeImage: disk.source ?? "")
+            try await refuseSplitBrain(activeImage: disk.source ?? "")
             try await removeDestinationIfOurs()
             var info = stat()
             if !disk.destinationCreated, disk.intent == "create-destination", lstat(disk.destination, &info) == 0 {
                 throw NeedsAttention(
                     description: "livecopy was interrupted while creating \(disk.destination) and cannot prove the file there is its own, so it left it; delete it if nothing else uses it, then run livecopy recover")
             }
-            try ledger.outcome("the snapshot had not happened; retrying") { $0.destinationCreated = false }
+            try await ledger.outcome("the snapshot had not happened; retrying") { $0.destinationCreated = false }
             try DestinationCheck.refuseExisting(disk.destination)
-            try createDestination(entry)
+            try await createDestination(entry)
             return entry
         default:
             throw NeedsAttention(
@@ -306,12 +306,12 @@ final class DiskWorkflow: @unchecked Sendable {
 
     /// The VM runs on the source; if the destination exists with writes of its own, they
     /// are newer than the source (a VM restarted on the wrong image): touch nothing.
-    private func refuseSplitBrain(activeImage: String) throws {
+    private func refuseSplitBrain(activeImage: String) async throws {
         var info = stat()
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return }
         let holdsWrites: Bool
         do {
-            holdsWrites = try inspector.hasOwnData(disk.destination)
+            holdsWrites = try await inspector.hasOwnData(disk.destination)
         } catch {
             throw NeedsAttention(description: "the VM runs on \(activeImage) and \(disk.destination) exists but cannot be inspected (\(describe(error))); touching neither")
         }
@@ -324,10 +324,10 @@ final class DiskWorkflow: @unchecked Sendable {
     /// A pivot back to the source was requested, then QEMU went away before its job
     /// concluded; the VM now runs on the source. If the images differ, nobody can tell
     /// whether the source got every write: touch nothing.
-    private func refuseAmbiguousPivot() throws {
+    private func refuseAmbiguousPivot() async throws {
         var info = stat()
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0, let source = disk.source else { return }
-        guard !inspector.sourceMatchesDestination(disk) else { return }
+        guard !(await inspector.sourceMatchesDestination(disk)) else { return }
         throw NeedsAttention(
             description: "a pivot back to \(source) was requested just before QEMU stopped, and the VM now runs on \(source), which differs from \(disk.destination): livecopy cannot tell which holds the newest writes and touched neither; compare them, keep the newest, delete the other yourself, then run livecopy recover")
     }
@@ -345,7 +345,7 @@ final class DiskWorkflow: @unchecked Sendable {
         let jobId = disk.streamJobId
         var earlyEvents: AsyncStream<QMPEvent>?
         if let existing = try await job(jobId) {
-            try ledger.note("re-attaching to job \(jobId) (\(existing.status))")
+            try await ledger.note("re-attaching to job \(jobId) (\(existing.status))")
         } else {
             let entry = try await locateDevice()
             guard entry.inserted?.file == disk.destination else {
@@ -357,13 +357,13 @@ final class DiskWorkflow: @unchecked Sendable {
                     throw NeedsAttention(description: "\(disk.destination) is backed by \(backing), not by the source \(disk.source ?? "?")")
                 }
                 let speed = controls().speedOverride ?? policy.speed
-                try ledger.intend("block-stream", "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
+                try await ledger.intend("block-stream", "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
                 // Subscribed before the job exists: an I/O error reported at once is not missed.
                 earlyEvents = session.events()
                 try await session.blockStream(
                     device: try deviceName(entry), jobId: jobId, speed: speed, onError: policy.onError.rawValue)
                 ledger.sent()
-                try ledger.outcome("job \(jobId) started")
+                try await ledger.outcome("job \(jobId) started")
             }
         }
         try await applyControls(to: jobId)
@@ -375,7 +375,7 @@ final class DiskWorkflow: @unchecked Sendable {
             // crash between the two must not lose why the copy failed.
             let ledger = self.ledger
             callbacks.concluded = { error in
-                if let error { try ledger.report("stream job \(jobId) failed: \(error)") }
+                if let error { try await ledger.report("stream job \(jobId) failed: \(error)") }
             }
             let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents)
             if let error {
@@ -383,7 +383,7 @@ final class DiskWorkflow: @unchecked Sendable {
             }
         }
         try await verifyStandalone()
-        try ledger.transition(to: .retiring, "\(disk.destination) stands alone") { $0.error = nil }
+        try await ledger.transition(to: .retiring, "\(disk.destination) stands alone") { $0.error = nil }
     }
 
     private struct StreamFailure: Error, CustomStringConvertible { let description: String }
@@ -412,7 +412,7 @@ final class DiskWorkflow: @unchecked Sendable {
     /// it stays `pending` (the destination keeps its backing file) and the disk fails,
     /// for `recover` or `run` to flush again.
     private func flushThenFinalize(_ jobId: String) async throws {
-        try ledger.intend("job-finalize", "flush \(disk.destination), then finalize job \(jobId)")
+        try await ledger.intend("job-finalize", "flush \(disk.destination), then finalize job \(jobId)")
         let entry = try await locateDevice()
         let evidence: FlushEvidence
         if let node = entry.inserted?.nodeName, node == disk.destinationNodeName || entry.inserted?.file == disk.destination {
@@ -422,19 +422,19 @@ final class DiskWorkflow: @unchecked Sendable {
         } else {
             evidence = .notConfirmed("the VM is on \(entry.inserted?.file ?? "no image"), not on \(disk.destination)")
         }
-        func refuse(_ verdict: String, _ why: String) throws -> Never {
-            try ledger.outcome("refused: flush \(verdict): \(why)")
+        func refuse(_ verdict: String, _ why: String) async throws -> Never {
+            try await ledger.outcome("refused: flush \(verdict): \(why)")
             throw FlushNotConfirmed(
                 description: "the flush of \(disk.destination) before finalizing \(verdict) (\(why)); job \(jobId) waits in pending and nothing was finalized, so \(disk.destination) keeps its backing file \(disk.source ?? "?"); livecopy recover or run flushes again")
         }
         switch evidence {
         case .confirmed: break
-        case .failed(let why): try refuse("failed", why)
-        case .notConfirmed(let why): try refuse("could not be confirmed", why)
+        case .failed(let why): try await refuse("failed", why)
+        case .notConfirmed(let why): try await refuse("could not be confirmed", why)
         }
         try await session.jobFinalize(jobId: jobId)
         ledger.sent()
-        try ledger.outcome("destination flushed (confirmed by QEMU); job finalized")
+        try await ledger.outcome("destination flushed (confirmed by QEMU); job finalized")
     }
 
     /// Brings a job just started or re-attached to in line with the operator's settings,
@@ -447,19 +447,19 @@ final class DiskWorkflow: @unchecked Sendable {
         do {
             if let speed = settings.speedOverride {
                 try await session.blockJobSetSpeed(jobId: jobId, speed: speed)
-                try ledger.note("job \(jobId): speed \(OperatorAction.speedText(speed)) (livecopy throttle)")
+                try await ledger.note("job \(jobId): speed \(OperatorAction.speedText(speed)) (livecopy throttle)")
             }
             if settings.paused, job.status != "paused" {
                 try await session.blockJobPause(jobId: jobId)
-                try ledger.note("job \(jobId) paused: the plan is paused (livecopy resume \(disk.planId))")
+                try await ledger.note("job \(jobId) paused: the plan is paused (livecopy resume \(disk.planId))")
             } else if !settings.paused, job.status == "paused",
                       try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok" == "ok" {
                 // Paused on purpose by an earlier owner, and resumed since.
                 try await session.blockJobResume(jobId: jobId)
-                try ledger.note("job \(jobId) resumed: the plan is no longer paused")
+                try await ledger.note("job \(jobId) resumed: the plan is no longer paused")
             }
         } catch let error as QMPCommandError {
-            try ledger.note("job \(jobId): the plan's operator settings were not applied: \(error.desc)")
+            try await ledger.note("job \(jobId): the plan's operator settings were not applied: \(error.desc)")
         }
     }
 
@@ -473,10 +473,10 @@ final class DiskWorkflow: @unchecked Sendable {
         let ledger = self.ledger
         var callbacks = given
         callbacks.progress = { job in
-            ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
+            await ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
         }
         // Kept as the disk's error too, so `status` shows why the copy stands still.
-        callbacks.ioError = { message in try? ledger.report("job \(jobId): \(message)") }
+        callbacks.ioError = { message in try? await ledger.report("job \(jobId): \(message)") }
         let watcher = JobWatcher(session: session, jobId: jobId, pollInterval: policy.progressInterval, ioErrorWait: policy.ioErrorWait,
                                  subscription: events)
         do {
@@ -499,7 +499,7 @@ final class DiskWorkflow: @unchecked Sendable {
         if let problem = try await sourceRetirementProblem() {
             throw NeedsAttention(description: "after the stream: \(problem)")
         }
-        try ledger.note("verified: \(disk.destination) is active with no backing file; nothing opens the source")
+        try await ledger.note("verified: \(disk.destination) is active with no backing file; nothing opens the source")
     }
 
     // MARK: - Failed disks
@@ -510,19 +510,19 @@ final class DiskWorkflow: @unchecked Sendable {
     /// Picks up a failed disk, or one that needed attention, where reality says it is.
     private func resumeFailed() async throws {
         if try await job(disk.commitJobId) != nil || DiskWorkflow.rollbackIntents.contains(disk.intent ?? "") {
-            try ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
+            try await ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
             return
         }
         let entry = try await locateDevice()
         switch entry.inserted?.file {
         case disk.destination?:
             if entry.inserted?.backingFile == nil, try await job(disk.streamJobId) == nil {
-                try ledger.transition(to: .streaming, "resuming: the destination already stands alone") { $0.error = nil }
+                try await ledger.transition(to: .streaming, "resuming: the destination already stands alone") { $0.error = nil }
             } else {
-                try ledger.transition(to: .streaming, "resuming the stream") { $0.error = nil }
+                try await ledger.transition(to: .streaming, "resuming the stream") { $0.error = nil }
             }
         case disk.source?:
-            try ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
+            try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
         default:
             throw NeedsAttention(description: "VM is on \(entry.inserted?.file ?? "no image"), neither source nor destination")
         }
@@ -536,12 +536,12 @@ final class DiskWorkflow: @unchecked Sendable {
     private func rollback() async throws {
         if let stream = try await job(disk.streamJobId) {
             if stream.status != "concluded" {
-                try ledger.intend("block-job-cancel", "job \(disk.streamJobId)")
+                try await ledger.intend("block-job-cancel", "job \(disk.streamJobId)")
                 try await session.blockJobCancel(jobId: disk.streamJobId, force: true)
                 ledger.sent()
             }
             _ = try await watch(jobId: disk.streamJobId, ready: nil)
-            try ledger.outcome("stream job \(disk.streamJobId) ended and dismissed")
+            try await ledger.outcome("stream job \(disk.streamJobId) ended and dismissed")
         }
         let commitId = disk.commitJobId
         if try await job(commitId) == nil {
@@ -553,9 +553,9 @@ final class DiskWorkflow: @unchecked Sendable {
                 case "delete-destination"?:
                     break  // the rollback job concluded on the source: the pivot is done
                 case "block-job-complete"?:
-                    try refuseAmbiguousPivot()
+                    try await refuseAmbiguousPivot()
                 default:
-                    try refuseSplitBrain(activeImage: disk.source ?? "the source")
+                    try await refuseSplitBrain(activeImage: disk.source ?? "the source")
                 }
                 try await finishRollback()
                 return
@@ -564,24 +564,24 @@ final class DiskWorkflow: @unchecked Sendable {
                 throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
             }
             if entry.inserted?.backingFile == source {
-                try ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
+                try await ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
                 // The source at the bottom of the chain is QEMU's default base; named only
                 // when it has a chain of its own below it.
                 let sourceIsBottom = entry.inserted?.image.backingImage?.backingImage == nil
                 try await session.blockCommit(device: try deviceName(entry), jobId: commitId,
                                               baseFile: sourceIsBottom ? nil : source, speed: 0)
                 ledger.sent()
-                try ledger.outcome("commit job started")
+                try await ledger.outcome("commit job started")
             } else {
                 // The stream already finished: the destination stands alone. Mirror it back
                 // into the source file, which still holds the old data and its own chain.
                 guard FileManager.default.fileExists(atPath: source), let format = disk.sourceFormat else {
                     throw NeedsAttention(description: "rollback: \(disk.destination) stands alone and the source \(source) is gone; \(disk.destination) holds all data")
                 }
-                try ledger.intend("drive-mirror", "job \(commitId): \(disk.destination) back into \(source)")
+                try await ledger.intend("drive-mirror", "job \(commitId): \(disk.destination) back into \(source)")
                 try await session.driveMirrorToExisting(device: try deviceName(entry), jobId: commitId, target: source, format: format)
                 ledger.sent()
-                try ledger.outcome("mirror job started")
+                try await ledger.outcome("mirror job started")
             }
         }
         let session = self.session
@@ -589,12 +589,12 @@ final class DiskWorkflow: @unchecked Sendable {
         let disk = self.disk
         var callbacks = JobWatcher.Callbacks()
         callbacks.ready = {
-            try ledger.intend("block-job-complete", "pivot to the source")
+            try await ledger.intend("block-job-complete", "pivot to the source")
             do {
                 try await session.blockJobComplete(jobId: commitId)
             } catch let error as QMPCommandError {
                 // Already completing (asked before a crash): the job's conclusion tells.
-                try ledger.note("block-job-complete: \(error.desc)")
+                try await ledger.note("block-job-complete: \(error.desc)")
             }
             ledger.sent()
         }
@@ -604,7 +604,7 @@ final class DiskWorkflow: @unchecked Sendable {
             let devices = try await session.queryBlock()
             let active = devices.entry(for: disk)?.inserted?.file
             if active == disk.source {
-                try ledger.outcome("the VM is on the source with every write", next: "delete-destination")
+                try await ledger.outcome("the VM is on the source with every write", next: "delete-destination")
             }
         }
         let error = try await watch(jobId: commitId, callbacks: callbacks)
@@ -620,7 +620,7 @@ final class DiskWorkflow: @unchecked Sendable {
     /// QEMU and the kernel say nothing uses it.
     private func finishRollback() async throws {
         if disk.destinationCreated {
-            if disk.intent != "delete-destination" { try ledger.intend("delete-destination", disk.destination) }
+            if disk.intent != "delete-destination" { try await ledger.intend("delete-destination", disk.destination) }
             let source = disk.source ?? "the source"
             if let entry = try await session.queryBlock().entry(for: disk), entry.inserted?.file != disk.source {
                 throw NeedsAttention(
@@ -628,9 +628,9 @@ final class DiskWorkflow: @unchecked Sendable {
             }
             try await deleteOwnFile(disk.destination, because: "rolled back onto \(source)")
             ledger.sent()
-            try ledger.outcome("destination deleted") { $0.destinationCreated = false }
+            try await ledger.outcome("destination deleted") { $0.destinationCreated = false }
         }
-        try ledger.transition(to: .rolledBack, "the VM is back on \(disk.source ?? "the source") with every write")
+        try await ledger.transition(to: .rolledBack, "the VM is back on \(disk.source ?? "the source") with every write")
     }
 }
 

@@ -2,11 +2,30 @@ import Foundation
 import LivecopyModel
 import QMP
 
-/// This process's lease on a plan was taken over (it stalled past the lease timeout
-/// while another host's livecopy took the plan); it stopped driving the plan.
+/// This process no longer holds its lease on a plan, and stopped driving the plan: it was
+/// taken over (this process stalled past the lease timeout while another host's livecopy
+/// took the plan), or it could not be renewed in time (the database kept failing).
 public struct LeaseLost: Error, CustomStringConvertible {
+    /// Why the lease is gone.
+    public enum Cause: Sendable, Equatable {
+        /// Another process holds the lease now.
+        case takenOver
+        /// Renewals kept failing; the last success was `seconds` ago, past what the lease
+        /// timeout allows before another host may take over.
+        case notRenewed(seconds: Double, lastError: String)
+    }
+
     public let planId: Int64
-    public var description: String { "plan \(planId): another livecopy took the plan over; this one stopped driving it" }
+    public let cause: Cause
+
+    public var description: String {
+        switch cause {
+        case .takenOver:
+            return "plan \(planId): another livecopy took the plan over; this one stopped driving it"
+        case .notRenewed(let seconds, let lastError):
+            return "plan \(planId): the lease could not be renewed for \(String(format: "%.1f", seconds)) s (\(lastError)); this livecopy stopped driving the plan so that another may take it over"
+        }
+    }
 }
 
 /// What a run does with the disks it picks up.
@@ -21,8 +40,9 @@ public enum RunMode: Sendable {
 /// final state, persisting each step through the store before going on.
 ///
 /// It sees QMP only through `QMPConnector`/`QMPSession` and SQLite only through
-/// `WorkflowStore`. One engine at a time drives a plan: it holds the plan's lease,
-/// renews it every second, and watches for a cancel request meanwhile.
+/// `WorkflowStore`. One engine at a time drives a plan: it holds the plan's lease and
+/// renews it every `LeaseTiming.heartbeatInterval` on a task of its own (`LeaseHeartbeat`),
+/// while another task watches for cancel and operator requests.
 public final class Engine: @unchecked Sendable {
     let store: any WorkflowStore
     let observer: any EngineObserver
@@ -30,21 +50,25 @@ public final class Engine: @unchecked Sendable {
     private let creator: any DestinationCreator
     let sessions: VMSessions
     private let me: PlanOwner
+    private let lease: LeaseTiming
 
-    /// How long an owner may stay silent before its lease counts as abandoned.
-    public static let leaseTimeout: Double = 10
-    /// How often an owner renews its lease and looks for cancel and operator requests.
-    public static let heartbeatInterval: Double = 1
+    /// How long an owner may stay silent before its lease counts as abandoned (default).
+    public static let leaseTimeout: Double = LeaseTiming().timeout
+    /// How often an owner renews its lease and looks for cancel and operator requests (default).
+    public static let heartbeatInterval: Double = LeaseTiming().heartbeatInterval
 
+    /// `lease` and `host` are for tests: a short lease, and an engine that names its host
+    /// as another machine would (whose lease is judged by heartbeat age alone).
     public init(store: any WorkflowStore, connector: any QMPConnector, observer: any EngineObserver = SilentObserver(),
                 inspector: any ImageInspector = QemuImgInspector(), creator: any DestinationCreator = ExclusiveOverlayCreator(),
-                commandTimeout: Double = 30) {
+                commandTimeout: Double = 30, lease: LeaseTiming = LeaseTiming(), host: String = Engine.thisHost) {
         self.store = store
         self.observer = observer
         self.inspector = inspector
         self.creator = creator
         self.sessions = VMSessions(connector: connector, commandTimeout: commandTimeout)
-        self.me = PlanOwner(pid: getpid(), host: Self.thisHost, heartbeat: Date())
+        self.lease = lease
+        self.me = PlanOwner(pid: getpid(), host: host, heartbeat: Date())
     }
 
     /// Closes every QMP session the engine opened.
@@ -84,7 +108,7 @@ public final class Engine: @unchecked Sendable {
 
     /// This host as lease records name it: the host name and the kernel's boot id, so a
     /// lease left by a process before a reboot is never mistaken for a live one.
-    static let thisHost: String = {
+    public static let thisHost: String = {
         let bootId = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines).prefix(8) ?? "unknown"
         return "\(ProcessInfo.processInfo.hostName) boot \(bootId)"
@@ -94,11 +118,19 @@ public final class Engine: @unchecked Sendable {
     /// asked: a live owner keeps its plan even when stalled (stopped, swapped out), since
     /// taking over would make two processes drive one disk. A holder elsewhere, or from
     /// before a reboot, is gone once its heartbeat is older than `leaseTimeout`.
-    public static func isGone(_ owner: PlanOwner, now: Date = Date()) -> Bool {
-        if owner.host == thisHost {
+    public static func isGone(_ owner: PlanOwner, now: Date = Date(), host: String = thisHost,
+                              leaseTimeout: Double = leaseTimeout) -> Bool {
+        if owner.host == host {
             return !isLivecopyProcess(owner.pid)
         }
         return now.timeIntervalSince(owner.heartbeat) > leaseTimeout
+    }
+
+    /// `isGone` as this engine judges it (its host, its lease timeout).
+    private var isGoneHere: @Sendable (PlanOwner) -> Bool {
+        let host = me.host
+        let timeout = lease.timeout
+        return { Self.isGone($0, host: host, leaseTimeout: timeout) }
     }
 
     /// Whether `pid` is a running process of a livecopy binary (not a reused pid).
@@ -111,7 +143,7 @@ public final class Engine: @unchecked Sendable {
 
     /// Whether a live process other than this one drives plan `id`.
     public func liveOwner(ofPlan id: Int64) throws -> PlanOwner? {
-        guard let owner = try store.owner(ofPlan: id), owner != me, !Self.isGone(owner) else { return nil }
+        guard let owner = try store.owner(ofPlan: id), owner != me, !isGoneHere(owner) else { return nil }
         return owner.pid == me.pid && owner.host == me.host ? nil : owner
     }
 
@@ -119,42 +151,62 @@ public final class Engine: @unchecked Sendable {
 
     /// Drives plan `id` until every disk rests, and returns the plan in its new state.
     /// `mode` rolls back instead of resuming; a cancel request (from `livecopy cancel`)
-    /// seen meanwhile stops the forward work and rolls back too.
+    /// seen meanwhile stops the forward work and rolls back too. Throws `LeaseLost` when
+    /// the plan's lease is gone meanwhile (the disks were left as they were).
     public func run(planId: Int64, mode: RunMode = .resume) async throws -> PlanRecord {
         guard let plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
         guard !plan.state.isFinal else { throw PreflightError("plan \(planId) is \(plan.state.rawValue) already") }
         let claim = PlanOwner(pid: me.pid, host: me.host, heartbeat: Date())
-        if let previous = try store.acquireLease(planId: planId, owner: claim, isGone: { Self.isGone($0) }) {
+        if let previous = try await store.acquireLease(planId: planId, owner: claim, isGone: isGoneHere) {
             observer.note(nil, "plan \(planId): took over from \(previous), which is gone")
         }
-        defer { try? store.releaseLease(planId: planId, owner: me) }
+        let outcome: Result<PlanRecord, Error>
+        do {
+            outcome = .success(try await drive(plan, mode: mode, leaseTakenAt: claim.heartbeat))
+        } catch {
+            outcome = .failure(error)
+        }
+        try? await store.releaseLease(planId: planId, owner: me)
+        return try outcome.get()
+    }
+
+    /// `run`'s work while it holds the lease: a detached plan's checks on its first run;
+    /// then the disks' forward work (then, if asked, the rollback) on tasks the lease
+    /// heartbeat stops if the lease is gone, the heartbeat on a task of its own, and
+    /// cancel and operator requests on a third.
+    private func drive(_ plan: PlanRecord, mode: RunMode, leaseTakenAt: Date) async throws -> PlanRecord {
+        let planId = plan.id
         let recorded = try store.disks(ofPlan: planId)
         if mode == .resume, Self.isDetachedAndUntouched(plan, disks: recorded),
            let reason = await refusalOfDetached(recorded, policy: plan.policy, preflight: Preflight(sessions: sessions, store: store)) {
-            try refuseDetached(planId: planId, disks: recorded, reason: reason)
+            try await refuseDetached(planId: planId, disks: recorded, reason: reason)
             guard let refused = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
             return refused
         }
-        try movePlan(planId, to: .running, detail: "driven by \(me)")
+        try await movePlan(planId, to: .running, detail: "driven by \(me)")
 
         let cancelled = CancelFlag()
-        let lost = CancelFlag()
+        let leaseGone = LeaseGone()
+        let driving = DrivingTasks()
+        let heartbeat = Task {
+            let beat = LeaseHeartbeat(store: self.store, planId: planId, owner: self.me, timing: self.lease, observer: self.observer)
+            guard let cause = await beat.run(acquired: leaseTakenAt) else { return }
+            leaseGone.set(cause)
+            self.observer.note(nil, "\(LeaseLost(planId: planId, cause: cause)); stopping")
+            driving.stopAll()
+        }
+        defer { heartbeat.cancel() }
         let forward = Task { () -> Error? in
             if mode == .rollback || (try? self.store.isCancelRequested(planId: planId)) == true { return nil }
             return await self.driveDisks(planId: planId, policy: plan.policy, snapshots: VMSnapshotBarrier()) { try await $0.run() }
         }
-        // One loop for what an owner owes its plan while driving it: renew the lease, watch
-        // for a cancel request, and apply operator requests (throttle, pause, resume).
-        let ownerLoop = Task {
+        driving.add(forward)
+        // Cancel and operator requests (throttle, pause, resume): a QMP command that hangs
+        // here delays only this task, never the heartbeat.
+        let requests = Task {
             while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(Self.heartbeatInterval))
+                try? await Task.sleep(for: .seconds(self.lease.heartbeatInterval))
                 if Task.isCancelled { break }
-                if (try? self.store.renewLease(planId: planId, owner: self.me, at: Date())) == false {
-                    lost.set()
-                    self.observer.note(nil, "plan \(planId): lease lost to another process; stopping")
-                    forward.cancel()
-                    break
-                }
                 if (try? self.store.isCancelRequested(planId: planId)) == true, !cancelled.isSet {
                     cancelled.set()
                     self.observer.note(nil, "plan \(planId): cancel requested; rolling back")
@@ -163,27 +215,32 @@ public final class Engine: @unchecked Sendable {
                 await self.applyOperatorRequests(planId: planId)
             }
         }
-        defer { ownerLoop.cancel() }
+        defer { requests.cancel() }
         let forwardError = await forward.value
-        if lost.isSet { throw LeaseLost(planId: planId) }
+        if let cause = leaseGone.cause { throw LeaseLost(planId: planId, cause: cause) }
         var rollbackError: Error?
         let cancelRequested = try store.isCancelRequested(planId: planId)
         if mode == .rollback || cancelled.isSet || cancelRequested {
             let reason = mode == .rollback ? "rollback requested" : "plan cancelled"
             // Disks never started need no VM to be dropped.
             for disk in try store.disks(ofPlan: planId) where disk.state == .pending {
-                try DiskLedger(disk: disk, store: store, observer: observer)
+                try await DiskLedger(disk: disk, store: store, observer: observer)
                     .transition(to: .rolledBack, "\(reason): nothing had been done")
             }
-            rollbackError = await driveDisks(planId: planId, policy: plan.policy, snapshots: nil) { workflow in
-                try workflow.beginRollback(reason)
-                // Only disks now rolling back go on; one that needs attention stays put.
-                guard workflow.state == .rollingBack else { return }
-                try await workflow.run()
+            let rollback = Task { () -> Error? in
+                await self.driveDisks(planId: planId, policy: plan.policy, snapshots: nil) { workflow in
+                    try await workflow.beginRollback(reason)
+                    // Only disks now rolling back go on; one that needs attention stays put.
+                    guard workflow.state == .rollingBack else { return }
+                    try await workflow.run()
+                }
             }
+            driving.add(rollback)
+            rollbackError = await rollback.value
+            if let cause = leaseGone.cause { throw LeaseLost(planId: planId, cause: cause) }
         }
         if let error = forwardError ?? rollbackError { throw error }
-        return try finish(planId: planId)
+        return try await finish(planId: planId)
     }
 
     /// Applies the plan's open operator requests, oldest first, to its stream jobs in
@@ -193,7 +250,7 @@ public final class Engine: @unchecked Sendable {
         for request in requests {
             let (ok, outcome) = await apply(request.action, planId: planId)
             do {
-                try store.finishControlRequest(id: request.id, planId: planId, ok: ok, outcome: outcome, at: Date())
+                try await store.finishControlRequest(id: request.id, planId: planId, ok: ok, outcome: outcome, at: Date())
             } catch {
                 observer.note(nil, "plan \(planId): cannot record the outcome of request \(request.id): \(describe(error))")
                 return
@@ -261,6 +318,38 @@ public final class Engine: @unchecked Sendable {
         func set() { lock.withLock { value = true } }
     }
 
+    /// Why the lease is gone, once the heartbeat says so; read from several tasks.
+    private final class LeaseGone: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value: LeaseLost.Cause?
+        var cause: LeaseLost.Cause? { lock.withLock { value } }
+        func set(_ cause: LeaseLost.Cause) { lock.withLock { value = value ?? cause } }
+    }
+
+    /// The tasks driving a plan's disks, all cancelled at once when the lease is gone
+    /// (a task added after that is cancelled as it is added).
+    private final class DrivingTasks: @unchecked Sendable {
+        private let lock = NSLock()
+        private var tasks: [Task<Error?, Never>] = []
+        private var stopped = false
+
+        func add(_ task: Task<Error?, Never>) {
+            let cancelNow = lock.withLock { () -> Bool in
+                if !stopped { tasks.append(task) }
+                return stopped
+            }
+            if cancelNow { task.cancel() }
+        }
+
+        func stopAll() {
+            let all = lock.withLock { () -> [Task<Error?, Never>] in
+                stopped = true
+                return tasks
+            }
+            for task in all { task.cancel() }
+        }
+    }
+
     /// Runs `step` for every disk of the plan that is not final, at most
     /// `max_parallel_disks` at a time. Returns the first error that puts a record in doubt.
     /// `snapshots` (forward runs) makes the disks of each VM switch together.
@@ -302,7 +391,7 @@ public final class Engine: @unchecked Sendable {
                 try SocketCheck.check(disk.qmpSocket, policy: policy)
             } catch {
                 // Checked again at every run: the socket may have changed since the plan was checked.
-                try ledger.note("VM '\(disk.vmName)': \(describe(error)); not connecting")
+                try await ledger.note("VM '\(disk.vmName)': \(describe(error)); not connecting")
                 return nil
             }
             let session: any QMPSession
@@ -311,7 +400,7 @@ public final class Engine: @unchecked Sendable {
             } catch {
                 if Task.isCancelled { return nil }
                 let boot = disk.bootImage.map { "; start it on \($0)" } ?? ""
-                try ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
+                try await ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
                 return nil
             }
             var join: (@Sendable () async throws -> Set<Int64>)?
@@ -333,7 +422,7 @@ public final class Engine: @unchecked Sendable {
         let store = self.store
         let planId = ledger.disk.planId
         let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
-        let retrying = RetryingQMPSession(session, policy: policy) { message in try? ledger.note(message) }
+        let retrying = RetryingQMPSession(session, policy: policy) { message in try? await ledger.note(message) }
         return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
                             controls: controls, joinVMSnapshot: joinVMSnapshot)
     }
@@ -347,7 +436,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Moves the plan through the plan transition table (a no-op if already there).
-    private func movePlan(_ planId: Int64, to next: PlanState, detail: String) throws {
+    private func movePlan(_ planId: Int64, to next: PlanState, detail: String) async throws {
         guard var plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
         let previous = plan.state
         guard previous != next else { return }
@@ -363,18 +452,18 @@ public final class Engine: @unchecked Sendable {
             plan.error = troubled.isEmpty ? nil
                 : troubled.map { "\($0.vmName)/\($0.device): \($0.error ?? "")" }.joined(separator: "; ")
         }
-        try store.save(plan: plan, expecting: previous,
+        try await store.save(plan: plan, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
         CrashPoint.reach("plan:\(next.rawValue)")
     }
 
     /// Sets the plan's state from its disks' states.
-    private func finish(planId: Int64) throws -> PlanRecord {
+    private func finish(planId: Int64) async throws -> PlanRecord {
         let disks = try store.disks(ofPlan: planId)
         let outcome = PlanState.outcome(of: disks.map(\.state))
         let completed = disks.filter { $0.state == .completed }.count
-        try movePlan(planId, to: outcome, detail: "\(completed) of \(disks.count) disk(s) completed")
+        try await movePlan(planId, to: outcome, detail: "\(completed) of \(disks.count) disk(s) completed")
         guard let plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
         return plan
     }
@@ -420,7 +509,7 @@ extension Engine {
         if let image = disk.bootImage { return image }
         guard let source = disk.source else { return nil }
         if disk.intent == "block-job-complete" {
-            return inspector.sourceMatchesDestination(disk) ? source : nil
+            return await inspector.sourceMatchesDestination(disk) ? source : nil
         }
         var info = stat()
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return source }
@@ -432,7 +521,7 @@ extension Engine {
             if active == disk.destination { return disk.destination }
         }
         // QEMU does not hold the destination: its own data, if any, is newer than the source.
-        return (try? inspector.hasOwnData(disk.destination)) == false ? source : disk.destination
+        return (try? await inspector.hasOwnData(disk.destination)) == false ? source : disk.destination
     }
 
     /// `bootImage(of:)` as a sentence for the operator.

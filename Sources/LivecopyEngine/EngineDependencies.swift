@@ -71,22 +71,24 @@ actor VMSessions {
 }
 
 /// Looks inside images on disk, to tell whether a destination overlay holds guest
-/// writes of its own before anything would delete it.
+/// writes of its own before anything would delete it. Both questions may take long (a
+/// whole-image comparison reads both images), so they are awaited: the answer never
+/// holds a thread of the concurrency pool.
 public protocol ImageInspector: Sendable {
     /// True when the qcow2 image at `path` has data allocated in its own layer (not in
     /// its backing chain).
-    func hasOwnData(_ path: String) throws -> Bool
+    func hasOwnData(_ path: String) async throws -> Bool
 
     /// True when the guest sees the same bytes in both images (formats given, never probed).
-    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool
+    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) async throws -> Bool
 }
 
 extension ImageInspector {
     /// Whether `disk`'s source and destination hold the same guest-visible bytes; false
     /// when it cannot be told (no source recorded, or an image cannot be read).
-    func sourceMatchesDestination(_ disk: DiskRecord) -> Bool {
+    func sourceMatchesDestination(_ disk: DiskRecord) async -> Bool {
         guard let source = disk.source, let format = disk.sourceFormat else { return false }
-        return (try? sameContents(source, format: format, disk.destination, format: "qcow2")) == true
+        return (try? await sameContents(source, format: format, disk.destination, format: "qcow2")) == true
     }
 }
 
@@ -94,8 +96,8 @@ extension ImageInspector {
 public struct QemuImgInspector: ImageInspector {
     public init() {}
 
-    public func hasOwnData(_ path: String) throws -> Bool {
-        let (status, data, _) = try runQemuImg(["map", "-U", "--output=json", "-f", "qcow2", path])
+    public func hasOwnData(_ path: String) async throws -> Bool {
+        let (status, data, _) = try await runQemuImg(["map", "-U", "--output=json", "-f", "qcow2", path])
         guard status == 0, let ranges = try? JSONDecoder().decode([MapRange].self, from: data) else {
             throw InspectionFailed(path: path)
         }
@@ -104,8 +106,8 @@ public struct QemuImgInspector: ImageInspector {
     }
 
     /// `qemu-img compare` exits 0 for identical contents and 1 for different ones.
-    public func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool {
-        let (status, _, _) = try runQemuImg(["compare", "-U", "-f", firstFormat, "-F", secondFormat, first, second])
+    public func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) async throws -> Bool {
+        let (status, _, _) = try await runQemuImg(["compare", "-U", "-f", firstFormat, "-F", secondFormat, first, second])
         guard status == 0 || status == 1 else { throw InspectionFailed(path: "\(first) and \(second)") }
         return status == 0
     }
@@ -309,36 +311,6 @@ extension Array where Element == BlockDeviceInfo {
         return nil
     }
 }
-
-/// Runs `qemu-img ARGUMENTS` (found on PATH), reading `stdin` if given, and returns its
-/// status, its output and its error text on one line. Blocks until it exits.
-func runQemuImg(_ arguments: [String], stdin: FileHandle? = nil) throws -> (status: Int32, stdout: Data, stderr: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = ["qemu-img"] + arguments
-    if let stdin { process.standardInput = stdin }
-    let output = Pipe()
-    let errors = Pipe()
-    process.standardOutput = output
-    process.standardError = errors
-    try process.run()
-    let errorBox = OutputBox()
-    let group = DispatchGroup()
-    group.enter()
-    DispatchQueue.global().async {
-        errorBox.data = errors.fileHandleForReading.readDataToEndOfFile()
-        group.leave()
-    }
-    let data = output.fileHandleForReading.readDataToEndOfFile()
-    group.wait()
-    process.waitUntilExit()
-    let text = String(decoding: errorBox.data, as: UTF8.self)
-        .split(whereSeparator: \.isNewline).joined(separator: " ")
-    return (process.terminationStatus, data, text)
-}
-
-/// Holds what a reader thread collected.
-private final class OutputBox: @unchecked Sendable { var data = Data() }
 
 /// Which process, if any, has a file open. A write lease answers at once whether anyone
 /// (any user's process) has it open; `/proc/PID/fd` then names the holder by device and

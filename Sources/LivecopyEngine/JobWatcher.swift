@@ -31,7 +31,7 @@ struct JobWatcher {
 
     /// What the watcher tells its caller while it waits.
     struct Callbacks {
-        var progress: (JobInfo) -> Void = { _ in }
+        var progress: (JobInfo) async -> Void = { _ in }
         /// Called once when the job is ready (commit jobs: time to `block-job-complete`).
         var ready: (() async throws -> Void)?
         /// Called once when the job waits in `pending` (started with auto-finalize off).
@@ -39,7 +39,7 @@ struct JobWatcher {
         /// Called after each progress poll that finds the job running.
         var running: (() async -> Void)?
         /// Called for `BLOCK_JOB_ERROR` and for a job paused by an I/O error.
-        var ioError: (String) -> Void = { _ in }
+        var ioError: (String) async -> Void = { _ in }
         /// Called with the concluded job's error before `job-dismiss`, so the caller can
         /// persist what the conclusion proves while QEMU still shows the job.
         var concluded: ((String?) async throws -> Void)?
@@ -121,14 +121,14 @@ struct JobWatcher {
             case .status:
                 continue
             case .ioErrorEvent(let what):
-                callbacks.ioError(what)
+                await callbacks.ioError(what)
             case .lost:
                 throw QMPClientError.connectionLost(reason: "event stream ended while watching job \(jobId)")
             case .tick:
                 guard let job = try await session.queryJobs().first(where: { $0.id == jobId }) else {
                     throw JobWatchError.vanished(jobId)
                 }
-                callbacks.progress(job)
+                await callbacks.progress(job)
                 switch job.status {
                 case "concluded":
                     // Not yet: let the events before the conclusion be read first, so an
@@ -158,7 +158,7 @@ struct JobWatcher {
                     let now = Date()
                     if pausedByErrorSince == nil {
                         pausedByErrorSince = now
-                        callbacks.ioError("job paused by an I/O error (io-status \(ioStatus)); waiting up to \(Int(ioErrorWait)) s, retrying every 10 s")
+                        await callbacks.ioError("job paused by an I/O error (io-status \(ioStatus)); waiting up to \(Int(ioErrorWait)) s, retrying every 10 s")
                     }
                     if let since = pausedByErrorSince, now.timeIntervalSince(since) >= ioErrorWait {
                         throw JobWatchError.ioErrorTimeout(jobId: jobId, ioStatus: ioStatus, seconds: ioErrorWait)
@@ -182,7 +182,7 @@ struct JobWatcher {
     private func concludeAndDismiss(_ callbacks: Callbacks) async throws -> String? {
         let job = try await session.queryJobs().first(where: { $0.id == jobId })
         guard let job else { throw JobWatchError.vanished(jobId) }
-        callbacks.progress(job)
+        await callbacks.progress(job)
         try await callbacks.concluded?(job.error)
         try await session.jobDismiss(jobId: jobId)
         CrashPoint.reach("sent:job-dismiss")

@@ -14,7 +14,7 @@ extension DiskWorkflow {
         guard let source = disk.source else { throw NeedsAttention(description: "no source recorded") }
         switch policy.retireSource {
         case .keep:
-            try ledger.transition(to: .completed, "source kept at \(source) (retire_source: keep)")
+            try await ledger.transition(to: .completed, "source kept at \(source) (retire_source: keep)")
         case .rename:
             try await renameSource(source)
         case .delete:
@@ -27,32 +27,32 @@ extension DiskWorkflow {
         let retired = source + ".retired"
         // An intent left by an earlier run means that run may have renamed the source.
         let earlierAttempt = disk.intent == "rename"
-        try ledger.intend("rename", "\(source) → \(retired)")
+        try await ledger.intend("rename", "\(source) → \(retired)")
         try await refuseUnlessRetirable(source, action: "rename")
         if livecopy_rename_noreplace(source, retired) == 0 {
             ledger.sent()
             // The outcome is the move to `completed`, in one write: a record that said
             // "renamed" while still retiring could not be told from one never attempted.
-            try ledger.transition(to: .completed, "source renamed: retired to \(retired)")
+            try await ledger.transition(to: .completed, "source renamed: retired to \(retired)")
             return
         }
         let code = errno
         switch code {
         case ENOENT where earlierAttempt && exists(retired) && !exists(source):
-            try ledger.outcome("source already renamed by the interrupted attempt")
-            try ledger.transition(to: .completed, "source retired to \(retired)")
+            try await ledger.outcome("source already renamed by the interrupted attempt")
+            try await ledger.transition(to: .completed, "source retired to \(retired)")
         case ENOENT where !exists(source):
             let truth = "the source \(source) was gone before livecopy retired it: nothing was renamed"
                 + (exists(retired) ? " (the \(retired) there is not livecopy's doing)" : " and no \(retired) exists")
-            try ledger.outcome("refused: \(truth)")
-            try ledger.note("warning: \(truth)")
-            try ledger.transition(to: .completed, "\(truth); \(disk.destination) holds the data")
+            try await ledger.outcome("refused: \(truth)")
+            try await ledger.note("warning: \(truth)")
+            try await ledger.transition(to: .completed, "\(truth); \(disk.destination) holds the data")
         case EEXIST:
             let reason = "cannot retire \(source): \(retired) already exists and livecopy never overwrites a file; move it away, then run livecopy recover"
-            try ledger.outcome("refused: \(retired) exists")
+            try await ledger.outcome("refused: \(retired) exists")
             throw NeedsAttention(description: reason)
         default:
-            try ledger.outcome("refused: \(String(cString: strerror(code)))")
+            try await ledger.outcome("refused: \(String(cString: strerror(code)))")
             throw NeedsAttention(description: "cannot rename \(source) to \(retired): \(String(cString: strerror(code)))")
         }
     }
@@ -60,25 +60,25 @@ extension DiskWorkflow {
     /// Deletes the source.
     private func deleteSource(_ source: String) async throws {
         let earlierAttempt = disk.intent == "delete-source"
-        try ledger.intend("delete-source", source)
+        try await ledger.intend("delete-source", source)
         try await refuseUnlessRetirable(source, action: "delete")
         if unlink(source) == 0 {
             ledger.sent()
-            try ledger.transition(to: .completed, "source \(source) deleted")  // the outcome, in the same write
+            try await ledger.transition(to: .completed, "source \(source) deleted")  // the outcome, in the same write
             return
         }
         let code = errno
         switch code {
         case ENOENT where earlierAttempt:
-            try ledger.outcome("source already deleted by the interrupted attempt")
-            try ledger.transition(to: .completed, "source \(source) deleted")
+            try await ledger.outcome("source already deleted by the interrupted attempt")
+            try await ledger.transition(to: .completed, "source \(source) deleted")
         case ENOENT:
             let truth = "the source \(source) was gone before livecopy retired it: livecopy deleted nothing"
-            try ledger.outcome("refused: \(truth)")
-            try ledger.note("warning: \(truth)")
-            try ledger.transition(to: .completed, "\(truth); \(disk.destination) holds the data")
+            try await ledger.outcome("refused: \(truth)")
+            try await ledger.note("warning: \(truth)")
+            try await ledger.transition(to: .completed, "\(truth); \(disk.destination) holds the data")
         default:
-            try ledger.outcome("refused: \(String(cString: strerror(code)))")
+            try await ledger.outcome("refused: \(String(cString: strerror(code)))")
             throw NeedsAttention(description: "cannot delete \(source): \(String(cString: strerror(code)))")
         }
     }
@@ -88,7 +88,7 @@ extension DiskWorkflow {
     /// message naming both images.
     private func refuseUnlessRetirable(_ source: String, action: String) async throws {
         guard let problem = try await sourceRetirementProblem() else { return }
-        try ledger.outcome("refused: \(problem)")
+        try await ledger.outcome("refused: \(problem)")
         throw NeedsAttention(
             description: "refusing to \(action) the source \(source): \(problem). Neither \(source) nor \(disk.destination) was touched; find out which image holds the VM's newest writes, then run livecopy recover")
     }

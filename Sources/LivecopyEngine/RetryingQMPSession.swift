@@ -13,12 +13,12 @@ final class RetryingQMPSession: QMPSession, @unchecked Sendable {
     private let base: any QMPSession
     private let retries: Int
     private let backoff: Double
-    private let onRetry: @Sendable (String) -> Void
+    private let onRetry: @Sendable (String) async -> Void
 
     /// The longest single wait between two attempts, in seconds.
     static let maxBackoff: Double = 60
 
-    init(_ base: any QMPSession, policy: Policy, onRetry: @escaping @Sendable (String) -> Void) {
+    init(_ base: any QMPSession, policy: Policy, onRetry: @escaping @Sendable (String) async -> Void) {
         self.base = base
         self.retries = policy.qmpRetries
         self.backoff = policy.qmpRetryBackoff
@@ -33,7 +33,7 @@ final class RetryingQMPSession: QMPSession, @unchecked Sendable {
             } catch let error as QMPCommandError where attempt < retries && Self.isTransient(error) {
                 attempt += 1
                 let wait = min(backoff * pow(2, Double(attempt - 1)), Self.maxBackoff)
-                onRetry("\(error.description); transient, retry \(attempt) of \(retries) in \(String(format: "%.2f", wait)) s")
+                await onRetry("\(error.description); transient, retry \(attempt) of \(retries) in \(String(format: "%.2f", wait)) s")
                 try await Task.sleep(for: .seconds(wait))
             }
         }

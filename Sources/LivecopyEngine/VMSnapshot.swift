@@ -36,7 +36,7 @@ struct VMSnapshot {
             } catch {
                 acted.insert(member.ledger.disk.id)
                 refusal = "\(member.ledger.disk.device): \(describe(error))"
-                _ = try member.settle(error)
+                _ = try await member.settle(error)
                 break
             }
         }
@@ -67,7 +67,7 @@ struct VMSnapshot {
             // No answer, or the session broke: whether QEMU switched is unknown until the
             // VM is asked again; each member fails with the intent kept, and recover
             // reconciles it from what QEMU shows.
-            for (member, _) in ready { _ = try member.settle(error) }
+            for (member, _) in ready { _ = try await member.settle(error) }
             return acted
         }
         for (member, _) in ready { member.snapshotSent() }
@@ -82,7 +82,7 @@ struct VMSnapshot {
         do {
             try await step()
         } catch {
-            _ = try member.settle(error)
+            _ = try await member.settle(error)
         }
     }
 }

@@ -5,6 +5,12 @@ import Foundation
 ///
 /// Every write of a disk or plan is a compare-and-set on its state: it applies only if
 /// the row is still in `expecting`, so two writers can never both move one disk.
+///
+/// The writes a running engine makes (its disks' ledger, its plan's state, progress, the
+/// lease, operator request outcomes) are `async`: a commit waits for `fsync` under
+/// `synchronous=FULL`, and that wait must not hold a thread of the concurrency pool, where
+/// it would delay the lease heartbeat and every other disk. Reads, and the one-shot writes
+/// of the CLI (`insertPlan`, `requestCancel`, `requestControl`), stay synchronous.
 public protocol WorkflowStore: AnyObject, Sendable {
     /// Records a plan and its disks in one transaction, with a first event.
     func insertPlan(_ plan: NewPlan, at: Date) throws -> (PlanRecord, [DiskRecord])
@@ -20,16 +26,16 @@ public protocol WorkflowStore: AnyObject, Sendable {
 
     /// Writes every mutable column of `disk` if its row is still in state `expecting`,
     /// and appends `event` in the same transaction. Throws `StoreConflict` otherwise.
-    func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) throws
+    func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) async throws
 
     /// The same for a plan.
-    func save(plan: PlanRecord, expecting: PlanState, event: NewEvent?, at: Date) throws
+    func save(plan: PlanRecord, expecting: PlanState, event: NewEvent?, at: Date) async throws
 
     /// Updates only a disk's progress columns (no event; called every few seconds).
-    func saveProgress(diskId: Int64, bytesDone: Int64, bytesTotal: Int64, at: Date) throws
+    func saveProgress(diskId: Int64, bytesDone: Int64, bytesTotal: Int64, at: Date) async throws
 
     /// Appends an event that changes no row.
-    func appendEvent(planId: Int64, diskId: Int64?, event: NewEvent, at: Date) throws
+    func appendEvent(planId: Int64, diskId: Int64?, event: NewEvent, at: Date) async throws
 
     // MARK: Ownership and cancellation
 
@@ -40,13 +46,13 @@ public protocol WorkflowStore: AnyObject, Sendable {
     /// holder is gone, in one transaction. Returns the holder taken over from, if any;
     /// throws `LeaseHeld` when a live process holds it.
     @discardableResult
-    func acquireLease(planId: Int64, owner: PlanOwner, isGone: (PlanOwner) -> Bool) throws -> PlanOwner?
+    func acquireLease(planId: Int64, owner: PlanOwner, isGone: @escaping @Sendable (PlanOwner) -> Bool) async throws -> PlanOwner?
 
     /// Refreshes the lease's heartbeat; false when `owner` no longer holds it.
-    func renewLease(planId: Int64, owner: PlanOwner, at: Date) throws -> Bool
+    func renewLease(planId: Int64, owner: PlanOwner, at: Date) async throws -> Bool
 
     /// Gives the lease up if `owner` holds it.
-    func releaseLease(planId: Int64, owner: PlanOwner) throws
+    func releaseLease(planId: Int64, owner: PlanOwner) async throws
 
     /// Records that the plan must be cancelled (rolled back).
     func requestCancel(planId: Int64, at: Date) throws
@@ -68,7 +74,7 @@ public protocol WorkflowStore: AnyObject, Sendable {
     func controlRequest(id: Int64) throws -> OperatorRequest?
 
     /// Records a request's outcome (once: a finished request is left as it is), with an event.
-    func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) throws
+    func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) async throws
 }
 
 extension WorkflowStore {
@@ -79,7 +85,7 @@ extension WorkflowStore {
     }
     public func openControlRequests(planId: Int64) throws -> [OperatorRequest] { [] }
     public func controlRequest(id: Int64) throws -> OperatorRequest? { nil }
-    public func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) throws {}
+    public func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) async throws {}
 }
 
 /// A process that drives a plan: who it is and when it last said it is alive.

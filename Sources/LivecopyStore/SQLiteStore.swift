@@ -11,6 +11,11 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
 
 /// The SQLite store: WAL, `synchronous=FULL`, a busy timeout, and the schema from the
 /// migrations embedded in the binary.
+///
+/// The engine's writes (`WorkflowStore`'s `async` methods) run on GRDB's writer queue and
+/// are awaited, so the commit's `fsync` never holds a thread of the concurrency pool. The
+/// same writes also exist synchronously, for `batch` and for tools (the benchmark's
+/// synthesiser) that write many records from one thread.
 public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
     private let queue: DatabaseQueue
     public let path: String
@@ -173,6 +178,27 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
     }
 
+    /// Runs a write on GRDB's writer queue (`asyncWrite`) and awaits its commit, turning
+    /// database errors into `StoreError`s. The calling task is suspended meanwhile, and no
+    /// thread waits for the `fsync`. Cancelling the task does not abandon the write: a
+    /// ledger write that was asked for completes (or fails) as it would synchronously,
+    /// since the engine records each step before it goes on, cancelled or not.
+    private func writeAwaiting<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        let path = self.path
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
+            queue.asyncWrite(body) { _, result in
+                switch result {
+                case .success(let value):
+                    continuation.resume(returning: value)
+                case .failure(let error as DatabaseError):
+                    continuation.resume(throwing: StoreError("database \(path): \(Self.reason(error))"))
+                case .failure(let error):
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
+    }
+
     private func read<T>(_ body: (Database) throws -> T) throws -> T {
         do {
             if let db = currentBatch() { return try body(db) }
@@ -294,49 +320,75 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         return try read { db in try Row.fetchAllCached(db, sql: sql, arguments: arguments).map(Self.planRecord) }
     }
 
+    public func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) async throws {
+        try await writeAwaiting { db in try Self.save(db, disk: disk, expecting: expecting, event: event, at: at) }
+    }
+
+    /// `save(disk:expecting:event:at:)` on the calling thread (for `batch` and tools).
     public func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) throws {
-        try write { db in
-            try db.executeCached(
-                sql: """
-                    UPDATE disks SET source = ?, source_format = ?, qmp_device = ?, state = ?, bytes_done = ?,
-                        bytes_total = ?, error = ?, intent = ?, destination_created = ?, updated_at = ?
-                    WHERE id = ? AND state = ?
-                    """,
-                arguments: [disk.source, disk.sourceFormat, disk.qmpDevice, disk.state.rawValue, disk.bytesDone,
-                            disk.bytesTotal, disk.error, disk.intent, disk.destinationCreated,
-                            at.timeIntervalSince1970, disk.id, expecting.rawValue])
-            guard db.changesCount == 1 else {
-                throw StoreConflict("disk \(disk.id) is no longer \(expecting.rawValue)")
-            }
-            if let event {
-                try Self.insertEvent(db, planId: disk.planId, diskId: disk.id, event: event, at: at)
-            }
+        try write { db in try Self.save(db, disk: disk, expecting: expecting, event: event, at: at) }
+    }
+
+    private static func save(_ db: Database, disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) throws {
+        try db.executeCached(
+            sql: """
+                UPDATE disks SET source = ?, source_format = ?, qmp_device = ?, state = ?, bytes_done = ?,
+                    bytes_total = ?, error = ?, intent = ?, destination_created = ?, updated_at = ?
+                WHERE id = ? AND state = ?
+                """,
+            arguments: [disk.source, disk.sourceFormat, disk.qmpDevice, disk.state.rawValue, disk.bytesDone,
+                        disk.bytesTotal, disk.error, disk.intent, disk.destinationCreated,
+                        at.timeIntervalSince1970, disk.id, expecting.rawValue])
+        guard db.changesCount == 1 else {
+            throw StoreConflict("disk \(disk.id) is no longer \(expecting.rawValue)")
+        }
+        if let event {
+            try insertEvent(db, planId: disk.planId, diskId: disk.id, event: event, at: at)
         }
     }
 
+    public func save(plan: PlanRecord, expecting: PlanState, event: NewEvent?, at: Date) async throws {
+        try await writeAwaiting { db in try Self.save(db, plan: plan, expecting: expecting, event: event, at: at) }
+    }
+
+    /// `save(plan:expecting:event:at:)` on the calling thread (for `batch` and tools).
     public func save(plan: PlanRecord, expecting: PlanState, event: NewEvent?, at: Date) throws {
-        try write { db in
-            try db.executeCached(
-                sql: "UPDATE plans SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state = ?",
-                arguments: [plan.state.rawValue, plan.finishedAt?.timeIntervalSince1970, plan.error, plan.id,
-                            expecting.rawValue])
-            guard db.changesCount == 1 else {
-                throw StoreConflict("plan \(plan.id) is no longer \(expecting.rawValue)")
-            }
-            if let event {
-                try Self.insertEvent(db, planId: plan.id, diskId: nil, event: event, at: at)
-            }
+        try write { db in try Self.save(db, plan: plan, expecting: expecting, event: event, at: at) }
+    }
+
+    private static func save(_ db: Database, plan: PlanRecord, expecting: PlanState, event: NewEvent?, at: Date) throws {
+        try db.executeCached(
+            sql: "UPDATE plans SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state = ?",
+            arguments: [plan.state.rawValue, plan.finishedAt?.timeIntervalSince1970, plan.error, plan.id,
+                        expecting.rawValue])
+        guard db.changesCount == 1 else {
+            throw StoreConflict("plan \(plan.id) is no longer \(expecting.rawValue)")
+        }
+        if let event {
+            try insertEvent(db, planId: plan.id, diskId: nil, event: event, at: at)
         }
     }
 
+    public func saveProgress(diskId: Int64, bytesDone: Int64, bytesTotal: Int64, at: Date) async throws {
+        try await writeAwaiting { db in try Self.saveProgress(db, diskId: diskId, bytesDone: bytesDone, bytesTotal: bytesTotal, at: at) }
+    }
+
+    /// `saveProgress(diskId:bytesDone:bytesTotal:at:)` on the calling thread (for `batch` and tools).
     public func saveProgress(diskId: Int64, bytesDone: Int64, bytesTotal: Int64, at: Date) throws {
-        try write { db in
-            try db.executeCached(
-                sql: "UPDATE disks SET bytes_done = ?, bytes_total = ?, updated_at = ? WHERE id = ?",
-                arguments: [bytesDone, bytesTotal, at.timeIntervalSince1970, diskId])
-        }
+        try write { db in try Self.saveProgress(db, diskId: diskId, bytesDone: bytesDone, bytesTotal: bytesTotal, at: at) }
     }
 
+    private static func saveProgress(_ db: Database, diskId: Int64, bytesDone: Int64, bytesTotal: Int64, at: Date) throws {
+        try db.executeCached(
+            sql: "UPDATE disks SET bytes_done = ?, bytes_total = ?, updated_at = ? WHERE id = ?",
+            arguments: [bytesDone, bytesTotal, at.timeIntervalSince1970, diskId])
+    }
+
+    public func appendEvent(planId: Int64, diskId: Int64?, event: NewEvent, at: Date) async throws {
+        try await writeAwaiting { db in try Self.insertEvent(db, planId: planId, diskId: diskId, event: event, at: at) }
+    }
+
+    /// `appendEvent(planId:diskId:event:at:)` on the calling thread (for `batch` and tools).
     public func appendEvent(planId: Int64, diskId: Int64?, event: NewEvent, at: Date) throws {
         try write { db in try Self.insertEvent(db, planId: planId, diskId: diskId, event: event, at: at) }
     }
@@ -350,39 +402,61 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
     }
 
+    public func acquireLease(planId: Int64, owner: PlanOwner, isGone: @escaping @Sendable (PlanOwner) -> Bool) async throws -> PlanOwner? {
+        try await writeAwaiting { db in try Self.acquireLease(db, planId: planId, owner: owner, isGone: isGone) }
+    }
+
+    /// `acquireLease(planId:owner:isGone:)` on the calling thread (for `batch` and tools).
+    @discardableResult
     public func acquireLease(planId: Int64, owner: PlanOwner, isGone: (PlanOwner) -> Bool) throws -> PlanOwner? {
-        try write { db in
-            guard let row = try Row.fetchOne(
-                db, sql: "SELECT owner_pid, owner_host, owner_heartbeat FROM plans WHERE id = ?", arguments: [planId])
-            else { throw StoreError("no plan with id \(planId)") }
-            let current = try Self.owner(row)
-            if let current, current.pid != owner.pid || current.host != owner.host, !isGone(current) {
-                throw LeaseHeld(planId: planId, owner: current)
-            }
-            try db.executeCached(
-                sql: "UPDATE plans SET owner_pid = ?, owner_host = ?, owner_heartbeat = ? WHERE id = ?",
-                arguments: [owner.pid, owner.host, owner.heartbeat.timeIntervalSince1970, planId])
-            let detail = current.map { "lease taken over from \($0) by \(owner)" } ?? "lease taken by \(owner)"
-            try Self.insertEvent(db, planId: planId, diskId: nil, event: NewEvent(kind: .note, detail: detail), at: owner.heartbeat)
-            return current
-        }
+        try write { db in try Self.acquireLease(db, planId: planId, owner: owner, isGone: isGone) }
     }
 
+    private static func acquireLease(_ db: Database, planId: Int64, owner: PlanOwner, isGone: (PlanOwner) -> Bool) throws -> PlanOwner? {
+        guard let row = try Row.fetchOne(
+            db, sql: "SELECT owner_pid, owner_host, owner_heartbeat FROM plans WHERE id = ?", arguments: [planId])
+        else { throw StoreError("no plan with id \(planId)") }
+        let current = try Self.owner(row)
+        if let current, current.pid != owner.pid || current.host != owner.host, !isGone(current) {
+            throw LeaseHeld(planId: planId, owner: current)
+        }
+        try db.executeCached(
+            sql: "UPDATE plans SET owner_pid = ?, owner_host = ?, owner_heartbeat = ? WHERE id = ?",
+            arguments: [owner.pid, owner.host, owner.heartbeat.timeIntervalSince1970, planId])
+        let detail = current.map { "lease taken over from \($0) by \(owner)" } ?? "lease taken by \(owner)"
+        try insertEvent(db, planId: planId, diskId: nil, event: NewEvent(kind: .note, detail: detail), at: owner.heartbeat)
+        return current
+    }
+
+    public func renewLease(planId: Int64, owner: PlanOwner, at: Date) async throws -> Bool {
+        try await writeAwaiting { db in try Self.renewLease(db, planId: planId, owner: owner, at: at) }
+    }
+
+    /// `renewLease(planId:owner:at:)` on the calling thread (for `batch` and tools).
     public func renewLease(planId: Int64, owner: PlanOwner, at: Date) throws -> Bool {
-        try write { db in
-            try db.executeCached(
-                sql: "UPDATE plans SET owner_heartbeat = ? WHERE id = ? AND owner_pid = ? AND owner_host = ?",
-                arguments: [at.timeIntervalSince1970, planId, owner.pid, owner.host])
-            return db.changesCount == 1
-        }
+        try write { db in try Self.renewLease(db, planId: planId, owner: owner, at: at) }
     }
 
+    private static func renewLease(_ db: Database, planId: Int64, owner: PlanOwner, at: Date) throws -> Bool {
+        try db.executeCached(
+            sql: "UPDATE plans SET owner_heartbeat = ? WHERE id = ? AND owner_pid = ? AND owner_host = ?",
+            arguments: [at.timeIntervalSince1970, planId, owner.pid, owner.host])
+        return db.changesCount == 1
+    }
+
+    public func releaseLease(planId: Int64, owner: PlanOwner) async throws {
+        try await writeAwaiting { db in try Self.releaseLease(db, planId: planId, owner: owner) }
+    }
+
+    /// `releaseLease(planId:owner:)` on the calling thread (for `batch` and tools).
     public func releaseLease(planId: Int64, owner: PlanOwner) throws {
-        try write { db in
-            try db.executeCached(
-                sql: "UPDATE plans SET owner_pid = NULL, owner_host = NULL, owner_heartbeat = NULL WHERE id = ? AND owner_pid = ? AND owner_host = ?",
-                arguments: [planId, owner.pid, owner.host])
-        }
+        try write { db in try Self.releaseLease(db, planId: planId, owner: owner) }
+    }
+
+    private static func releaseLease(_ db: Database, planId: Int64, owner: PlanOwner) throws {
+        try db.executeCached(
+            sql: "UPDATE plans SET owner_pid = NULL, owner_host = NULL, owner_heartbeat = NULL WHERE id = ? AND owner_pid = ? AND owner_host = ?",
+            arguments: [planId, owner.pid, owner.host])
     }
 
     public func requestCancel(planId: Int64, at: Date) throws {
@@ -448,15 +522,22 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
     }
 
+    public func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) async throws {
+        try await writeAwaiting { db in try Self.finishControlRequest(db, id: id, planId: planId, ok: ok, outcome: outcome, at: at) }
+    }
+
+    /// `finishControlRequest(id:planId:ok:outcome:at:)` on the calling thread (for `batch` and tools).
     public func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) throws {
-        try write { db in
-            try db.executeCached(
-                sql: "UPDATE operator_requests SET finished_at = ?, ok = ?, outcome = ? WHERE id = ? AND finished_at IS NULL",
-                arguments: [at.timeIntervalSince1970, ok, outcome, id])
-            guard db.changesCount == 1 else { return }
-            try Self.insertEvent(db, planId: planId, diskId: nil,
-                                 event: NewEvent(kind: .outcome, detail: "request \(id): \(outcome)"), at: at)
-        }
+        try write { db in try Self.finishControlRequest(db, id: id, planId: planId, ok: ok, outcome: outcome, at: at) }
+    }
+
+    private static func finishControlRequest(_ db: Database, id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) throws {
+        try db.executeCached(
+            sql: "UPDATE operator_requests SET finished_at = ?, ok = ?, outcome = ? WHERE id = ? AND finished_at IS NULL",
+            arguments: [at.timeIntervalSince1970, ok, outcome, id])
+        guard db.changesCount == 1 else { return }
+        try insertEvent(db, planId: planId, diskId: nil,
+                        event: NewEvent(kind: .outcome, detail: "request \(id): \(outcome)"), at: at)
     }
 
     private static func operatorRequest(_ row: Row) throws -> OperatorRequest {

@@ -8,7 +8,8 @@ import NIOPosix
 /// (`qmp_capabilities`); the connection is then ready for commands. Commands carry the
 /// ids `lc-1`, `lc-2`, … and replies are matched by id, so any number of commands may be
 /// in flight from any number of tasks. Events interleave with replies on the wire and are
-/// delivered to every `events()` stream.
+/// delivered to every `events()` stream; each stream buffers at most `eventBufferLimit`
+/// unread events and then drops the oldest (see `QMPEventBufferStats`).
 ///
 /// Failure rules:
 /// - each command has a timeout (its own or `commandTimeout`), failing it with
@@ -34,6 +35,8 @@ public final class QMPConnection: QMPSession, @unchecked Sendable {
     public let greeting: JSONValue
     /// The timeout of commands that do not name their own, in seconds.
     public let defaultCommandTimeout: Double
+    /// The most unread events an `events()` subscription holds before it drops the oldest.
+    public static let defaultEventBufferLimit = 1024
 
     private let channel: Channel
     private let core: QMPConnectionCore
@@ -62,6 +65,8 @@ public final class QMPConnection: QMPSession, @unchecked Sendable {
     ///   - connectTimeout: seconds allowed for connecting, for the greeting, and for the
     ///     reply to `qmp_capabilities`.
     ///   - commandTimeout: the default timeout of `execute`, in seconds.
+    ///   - eventBufferLimit: the most unread events one `events()` subscription holds; past
+    ///     it the oldest is dropped (at least 1).
     /// - Throws: `QMPClientError.connectFailed` when the path is missing, is not a socket,
     ///   or refuses the connection; `QMPClientError.notQMP` when no greeting arrives in
     ///   time, the first message is not a greeting, or capabilities negotiation fails.
@@ -69,10 +74,11 @@ public final class QMPConnection: QMPSession, @unchecked Sendable {
         socketPath: String,
         connectTimeout: Double = 5,
         commandTimeout: Double = 30,
+        eventBufferLimit: Int = defaultEventBufferLimit,
         eventLoopGroup: EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> QMPConnection {
         try checkSocket(at: socketPath)
-        let core = QMPConnectionCore(path: socketPath)
+        let core = QMPConnectionCore(path: socketPath, eventBufferLimit: max(1, eventBufferLimit))
         let channel: Channel
         do {
             channel = try await ClientBootstrap(group: eventLoopGroup)
@@ -168,9 +174,15 @@ public final class QMPConnection: QMPSession, @unchecked Sendable {
     }
 
     /// A new subscription to every event that arrives from now on. It finishes when the
-    /// connection closes or is lost; cancelling its consumer unsubscribes it.
+    /// connection closes or is lost; cancelling its consumer unsubscribes it. It holds at
+    /// most `eventBufferLimit` unread events, then drops the oldest.
     public func events() -> AsyncStream<QMPEvent> {
         core.subscribe()
+    }
+
+    /// The event buffers' bound, drops and high-water mark so far.
+    public var eventBufferStats: QMPEventBufferStats {
+        core.eventBufferStats
     }
 
     /// True once the connection has been closed or lost.
@@ -276,13 +288,18 @@ final class QMPConnectionCore: @unchecked Sendable {
         var abandoned: Set<String> = []
         var subscribers: [UInt64: AsyncStream<QMPEvent>.Continuation] = [:]
         var nextSubscriberKey: UInt64 = 0
+        var eventBuffers: QMPEventBufferStats
     }
 
     let path: String
-    private let state = LockedBox(State())
+    /// The most unread events one subscription holds (`.bufferingNewest`).
+    let eventBufferLimit: Int
+    private let state: LockedBox<State>
 
-    init(path: String) {
+    init(path: String, eventBufferLimit: Int = QMPConnection.defaultEventBufferLimit) {
         self.path = path
+        self.eventBufferLimit = eventBufferLimit
+        self.state = LockedBox(State(eventBuffers: QMPEventBufferStats(bound: eventBufferLimit)))
     }
 
     var isClosed: Bool {
@@ -411,7 +428,7 @@ final class QMPConnectionCore: @unchecked Sendable {
     // MARK: Events
 
     func subscribe() -> AsyncStream<QMPEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: QMPEvent.self, bufferingPolicy: .unbounded)
+        let (stream, continuation) = AsyncStream.makeStream(of: QMPEvent.self, bufferingPolicy: .bufferingNewest(eventBufferLimit))
         let key = state.withLock { state in
             defer { state.nextSubscriberKey += 1 }
             return state.nextSubscriberKey
@@ -435,6 +452,36 @@ final class QMPConnectionCore: @unchecked Sendable {
     /// The number of live event subscriptions (for tests).
     var subscriberCount: Int {
         state.withLock { $0.subscribers.count }
+    }
+
+    var eventBufferStats: QMPEventBufferStats {
+        state.withLock { $0.eventBuffers }
+    }
+
+    /// Hands `event` to every subscriber and records what their buffers did with it.
+    /// Called on the event loop only, so one event's yields are never interleaved with
+    /// another's.
+    private func deliver(_ event: QMPEvent, to subscribers: [AsyncStream<QMPEvent>.Continuation]) {
+        var dropped = 0
+        var fullest = 0
+        for subscriber in subscribers {
+            switch subscriber.yield(event) {
+            case .enqueued(let remaining):
+                fullest = max(fullest, eventBufferLimit - remaining)
+            case .dropped:
+                dropped += 1
+                fullest = eventBufferLimit
+            case .terminated:
+                continue
+            @unknown default:
+                continue
+            }
+        }
+        guard dropped > 0 || fullest > 0 else { return }
+        state.withLock { state in
+            state.eventBuffers.dropped += dropped
+            state.eventBuffers.highWaterMark = max(state.eventBuffers.highWaterMark, fullest)
+        }
     }
 
     // MARK: Incoming
@@ -492,9 +539,7 @@ final class QMPConnectionCore: @unchecked Sendable {
             protocolViolation(.protocolViolation(what))
             return .close
         case .event(let subscribers, let event):
-            for subscriber in subscribers {
-                subscriber.yield(event)
-            }
+            deliver(event, to: subscribers)
             return .keepOpen
         }
     }

@@ -6,7 +6,8 @@
 //       notes), through SQLiteStore's WorkflowStore calls, B plans per transaction.
 //   livecopy-benchkit transitions --db PATH [--seconds S] [--disks D]
 //       Times single store writes as the engine makes them (save(disk:) with an event,
-//       one transaction each, synchronous=FULL as the store configures it) for S seconds.
+//       one transaction each, synchronous=FULL as the store configures it, awaited as the
+//       engine awaits them) for S seconds.
 //
 // Each prints one JSON object on stdout. Not part of livecopy itself.
 import Foundation
@@ -163,7 +164,7 @@ func synth(_ args: [String]) throws {
     try emit(["plans": plans, "disks": disks, "store_calls": writes, "seconds": seconds, "batch": batchSize, "db_bytes": size])
 }
 
-func transitions(_ args: [String]) throws {
+func transitions(_ args: [String]) async throws {
     guard let path = option("--db", in: args) else { throw Failure(description: "transitions needs --db PATH") }
     let seconds = Double(try intOption("--seconds", in: args, default: 3))
     let diskCount = try intOption("--disks", in: args, default: 2000)
@@ -188,9 +189,9 @@ func transitions(_ args: [String]) throws {
             var updated = current
             updated.state = next
             let before = monotonic()
-            try store.save(disk: updated, expecting: current.state,
-                           event: NewEvent(kind: .transition, from: current.state.rawValue, to: next.rawValue, detail: "benchkit"),
-                           at: Date())
+            try await store.save(disk: updated, expecting: current.state,
+                                 event: NewEvent(kind: .transition, from: current.state.rawValue, to: next.rawValue, detail: "benchkit"),
+                                 at: Date())
             latencies.append(monotonic() - before)
             current = updated
             count += 1
@@ -209,7 +210,7 @@ let arguments = Array(CommandLine.arguments.dropFirst())
 do {
     switch arguments.first {
     case "synth": try synth(arguments)
-    case "transitions": try transitions(arguments)
+    case "transitions": try await transitions(arguments)
     default:
         FileHandle.standardError.write(Data("usage: livecopy-benchkit synth|transitions --db PATH [options]\n".utf8))
         exit(2)

@@ -44,13 +44,13 @@ struct BootImageAgreementTests {
         for (disk, (_, change)) in zip(disks, Self.states) {
             var changed = disk
             change(&changed)
-            try store.save(disk: changed, expecting: .pending, event: nil, at: Date())
+            try await store.save(disk: changed, expecting: .pending, event: nil, at: Date())
         }
         var running = plan
         running.state = .running
-        try store.save(plan: running, expecting: .pending, event: nil, at: Date())
+        try await store.save(plan: running, expecting: .pending, event: nil, at: Date())
         running.state = .failed
-        try store.save(plan: running, expecting: .running, event: nil, at: Date())
+        try await store.save(plan: running, expecting: .running, event: nil, at: Date())
 
         // The engine's answers, disk by disk.
         let engine = Engine(store: store, connector: NoVM())

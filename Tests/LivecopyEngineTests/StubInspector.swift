@@ -8,6 +8,6 @@ struct StubInspector: ImageInspector {
     /// What `sameContents` answers for every pair.
     var same = true
 
-    func hasOwnData(_ path: String) throws -> Bool { ownData }
-    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) throws -> Bool { same }
+    func hasOwnData(_ path: String) async throws -> Bool { ownData }
+    func sameContents(_ first: String, format firstFormat: String, _ second: String, format secondFormat: String) async throws -> Bool { same }
 }

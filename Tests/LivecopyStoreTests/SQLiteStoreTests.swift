@@ -174,6 +174,46 @@ struct SQLiteStoreTests {
         #expect(try store.events(ofPlan: plan.id).count == 1)
     }
 
+    /// The engine's writes, awaited through the protocol: the same rules as the synchronous
+    /// ones, and a write asked for by a cancelled task still completes.
+    @Test func awaitedWritesKeepTheirRulesAndSurviveCancellation() async throws {
+        let scratch = try Scratch()
+        let concrete = try SQLiteStore(path: scratch.path + "/livecopy.db")
+        let store: any WorkflowStore = concrete
+        let (plan, disks) = try concrete.insertPlan(try Self.newPlan(), at: Date())
+        var disk = disks[0]
+        disk.state = .snapshotting
+        try await store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, detail: "go"), at: Date())
+        await #expect(throws: StoreConflict.self) {
+            try await store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, detail: "again"), at: Date())
+        }
+        try await store.saveProgress(diskId: disk.id, bytesDone: 5, bytesTotal: 10, at: Date())
+        #expect(try concrete.disk(id: disk.id).map { [$0.bytesDone, $0.bytesTotal] } == [5, 10])
+        try await store.appendEvent(planId: plan.id, diskId: disk.id, event: NewEvent(kind: .note, detail: "noted"), at: Date())
+        let owner = PlanOwner(pid: 42, host: "elsewhere", heartbeat: Date())
+        #expect(try await store.acquireLease(planId: plan.id, owner: owner, isGone: { _ in false }) == nil)
+        #expect(try await store.renewLease(planId: plan.id, owner: owner, at: Date()))
+        let other = PlanOwner(pid: 43, host: "elsewhere", heartbeat: Date())
+        await #expect(throws: LeaseHeld.self) { try await store.acquireLease(planId: plan.id, owner: other, isGone: { _ in false }) }
+        #expect(try await store.renewLease(planId: plan.id, owner: other, at: Date()) == false)
+
+        // A cancelled task's write is not abandoned: the ledger records each step it asked for.
+        var next = disk
+        next.state = .streaming
+        let cancelled = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            try await store.save(disk: next, expecting: .snapshotting, event: NewEvent(kind: .transition, detail: "cancelled"), at: Date())
+        }
+        try await cancelled.value
+        try await store.releaseLease(planId: plan.id, owner: owner)
+
+        let saved = try #require(try concrete.disk(id: disk.id))
+        #expect(saved.state == .streaming)
+        #expect(try concrete.owner(ofPlan: plan.id) == nil)
+        #expect(try concrete.events(ofPlan: plan.id).map(\.detail).filter { ["go", "again", "noted", "cancelled"].contains($0) }
+                == ["go", "noted", "cancelled"])
+    }
+
     @Test func listsPlansNewestFirstWithFilters() throws {
         let scratch = try Scratch()
         let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
