@@ -128,13 +128,17 @@ struct QMPConnectionTests {
         let slow = Task { try await connection.execute("slow") }
         let slowCommand = try await peer.waitForCommand(named: "slow")
         peer.send(event: Self.stop)  // while "slow" is in flight
+        // Received before the next command goes out: the fake peer's event loop may
+        // otherwise write its answer to that command before this queued event.
+        #expect(try await collect(1, from: one) == [Self.stop])
+        #expect(try await collect(1, from: two) == [Self.stop])
         #expect(try await connection.execute("query-jobs") == [])
         peer.reply(to: slowCommand.id, with: .returnWithEvents("done", before: [Self.resume], after: []))
         #expect(try await slow.value == "done")
 
-        let expected = [Self.stop, Self.job("created"), Self.job("running"), Self.job("concluded"), Self.resume]
-        #expect(try await collect(5, from: one) == expected)
-        #expect(try await collect(5, from: two) == expected)
+        let expected = [Self.job("created"), Self.job("running"), Self.job("concluded"), Self.resume]
+        #expect(try await collect(4, from: one) == expected)
+        #expect(try await collect(4, from: two) == expected)
 
         // A late subscriber sees only what comes after it subscribed.
         let late = connection.events()
