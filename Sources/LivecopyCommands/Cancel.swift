@@ -25,7 +25,7 @@ struct Cancel: AsyncParsableCommand {
             let store = try common.openStore()
             let plan = try requirePlan(id, in: store)
             if plan.state == .rolledBack {
-                printErr("livecopy: plan \(id) is rolled_back already")
+                printStderr("livecopy: plan \(id) is rolled_back already")
                 return ExitStatus.success
             }
             guard !plan.state.isFinal else { throw InputError("plan \(id) is \(plan.state.rawValue); there is nothing to cancel") }
@@ -34,7 +34,7 @@ struct Cancel: AsyncParsableCommand {
             let engine = Engine(store: store, connector: RealQMPConnector(), observer: display,
                                 commandTimeout: plan.policy.commandTimeout)
             if let owner = try engine.liveOwner(ofPlan: id) {
-                printErr("livecopy: cancel of plan \(id) requested; its owner (\(owner)) rolls it back")
+                printStderr("livecopy: cancel of plan \(id) requested; its owner (\(owner)) rolls it back")
                 let deadline = Date().addingTimeInterval(timeout)
                 while Date() < deadline {
                     try await Task.sleep(for: .milliseconds(200))
@@ -49,7 +49,7 @@ struct Cancel: AsyncParsableCommand {
                     throw InputError("plan \(id) was not rolled back within \(Int(timeout)) s; its owner still runs")
                 }
             }
-            printErr("livecopy: rolling back plan \(id)")
+            printStderr("livecopy: rolling back plan \(id)")
             let final = try await drive(engine, planId: id, mode: .rollback, display: display)
             _ = try report(final, store: store, json: false)
             return final.state == .rolledBack ? ExitStatus.success : ExitStatus.planNotCompleted

@@ -57,39 +57,40 @@ func reportingErrors(_ body: () async throws -> Int32) async throws {
     } catch let error as CleanExit {
         throw error
     } catch let error as InputError {
-        printError(error.message)
+        printStderr(error.message, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as StoreError {
-        printError(error.message)
+        printStderr(error.message, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as LeaseHeld {
-        printError(error.description)
+        printStderr(error.description, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as PreflightError {
-        printError(error.description)
+        printStderr(error.description, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as ClaimConflict {
-        printError(error.description)
+        printStderr(error.description, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as LeaseLost {
-        printError(error.description)
+        printStderr(error.description, asError: true)
         throw ExitCode(ExitStatus.interrupted)
     } catch {
-        printError("\(oneLine(error)); the plan is kept: livecopy recover picks it up")
+        printStderr("\(describe(error)); the plan is kept: livecopy recover picks it up", asError: true)
         throw ExitCode(ExitStatus.interrupted)
     }
     if code != 0 { throw ExitCode(code) }
 }
 
-func printError(_ message: String) {
-    FileHandle.standardError.write(Data("livecopy: error: \(message)\n".utf8))
+/// Writes `message` and a newline to stderr. With `asError` it is prefixed
+/// `livecopy: error: ` (a failure); without, it is written as it is (progress and
+/// outcomes, which name `livecopy:` themselves).
+func printStderr(_ message: String, asError: Bool = false) {
+    let line = asError ? "livecopy: error: \(message)\n" : message + "\n"
+    FileHandle.standardError.write(Data(line.utf8))
 }
 
-func printErr(_ message: String) {
-    FileHandle.standardError.write(Data((message + "\n").utf8))
-}
-
-func oneLine(_ error: Error) -> String {
+/// One line for any error (the same wording as the engine's `describe`).
+func describe(_ error: Error) -> String {
     String(describing: error).replacingOccurrences(of: "\n", with: " ")
 }
 

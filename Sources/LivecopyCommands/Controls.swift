@@ -95,7 +95,7 @@ private func sendControl(_ action: OperatorAction, planId: Int64, common: Common
     while true {
         if let current = try store.controlRequest(id: request.id), current.finishedAt != nil {
             if current.ok == false {
-                printError("plan \(planId): \(current.outcome ?? "\(action) failed")")
+                printStderr("plan \(planId): \(current.outcome ?? "\(action) failed")", asError: true)
                 return ExitStatus.planNotCompleted
             }
             print("plan \(planId): \(current.outcome ?? "\(action) applied")")

@@ -33,7 +33,7 @@ struct Recover: AsyncParsableCommand {
             if let plan {
                 let record = try requirePlan(plan, in: store)
                 guard !record.state.isFinal else {
-                    printErr("livecopy: plan \(plan) is \(record.state.rawValue); nothing to recover")
+                    printStderr("livecopy: plan \(plan) is \(record.state.rawValue); nothing to recover")
                     if json { print(try PlanDocument.json([PlanDocument(plan: record, disks: try store.disks(ofPlan: plan))])) }
                     return ExitStatus.success
                 }
@@ -41,7 +41,7 @@ struct Recover: AsyncParsableCommand {
             } else {
                 candidates = try store.plans(states: [.running, .failed, .needsAttention], vm: nil, limit: nil).reversed()
             }
-            if candidates.isEmpty { printErr("livecopy: nothing to recover") }
+            if candidates.isEmpty { printStderr("livecopy: nothing to recover") }
             var status = ExitStatus.success
             var documents: [PlanDocument] = []
             for record in candidates {
@@ -51,22 +51,22 @@ struct Recover: AsyncParsableCommand {
                 if let owner = try engine.liveOwner(ofPlan: record.id) {
                     let message = "plan \(record.id) is driven by a live livecopy (\(owner)); not touching it"
                     if plan != nil { throw InputError(message) }
-                    printErr("livecopy: \(message)")
+                    printStderr("livecopy: \(message)")
                     continue
                 }
                 let mode: RunMode = rollback || record.policy.afterRestart == .rollback ? .rollback : .resume
-                printErr("livecopy: plan \(record.id)\(record.name.map { " (\($0))" } ?? ""): \(record.state.rawValue); "
+                printStderr("livecopy: plan \(record.id)\(record.name.map { " (\($0))" } ?? ""): \(record.state.rawValue); "
                          + (mode == .rollback ? "rolling back" : "resuming"))
                 for (disk, finding) in try await engine.reconciliationReport(planId: record.id) {
-                    printErr("  \(disk.vmName)/\(disk.device): \(finding)")
+                    printStderr("  \(disk.vmName)/\(disk.device): \(finding)")
                 }
                 let final = try await drive(engine, planId: record.id, mode: mode, display: display)
                 let disks = try store.disks(ofPlan: record.id)
                 for disk in disks where disk.state != .completed && disk.state != .rolledBack {
-                    printErr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? ""); "
+                    printStderr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? ""); "
                              + (await engine.bootAdvice(for: disk)))
                 }
-                printErr("livecopy: plan \(record.id) \(final.state.rawValue)")
+                printStderr("livecopy: plan \(record.id) \(final.state.rawValue)")
                 if final.state != .completed && final.state != .rolledBack { status = ExitStatus.planNotCompleted }
                 documents.append(PlanDocument(plan: final, disks: disks))
             }

@@ -22,13 +22,13 @@ struct Run: AsyncParsableCommand {
             } else {
                 plans = try store.plans(states: [.pending], vm: nil, limit: nil).reversed()
             }
-            if plans.isEmpty { printErr("livecopy: no pending plan") }
+            if plans.isEmpty { printStderr("livecopy: no pending plan") }
             var status = ExitStatus.success
             for record in plans {
                 let display = ProgressDisplay()
                 let engine = Engine(store: store, connector: RealQMPConnector(), observer: display,
                                     commandTimeout: record.policy.commandTimeout)
-                printErr("livecopy: running plan \(record.id)\(record.name.map { " (\($0))" } ?? "")")
+                printStderr("livecopy: running plan \(record.id)\(record.name.map { " (\($0))" } ?? "")")
                 let final = try await drive(engine, planId: record.id, display: display)
                 let outcome = try report(final, store: store, json: false)
                 if outcome != ExitStatus.success && status != ExitStatus.refused { status = outcome }

@@ -62,7 +62,7 @@ struct Submit: AsyncParsableCommand {
                 await engine.shutdown()
                 return try refuse(plan, policy: policy, reason: conflict.description, engine: engine)
             }
-            printErr("livecopy: plan \(record.id)\(plan.name.map { " (\($0))" } ?? ""): \(disks.count) disk(s), policy \(plan.policyReference ?? "default")")
+            printStderr("livecopy: plan \(record.id)\(plan.name.map { " (\($0))" } ?? ""): \(disks.count) disk(s), policy \(plan.policyReference ?? "default")")
             let final = try await drive(engine, planId: record.id, display: display)
             return try report(final, store: store, json: json)
         }
@@ -72,7 +72,7 @@ struct Submit: AsyncParsableCommand {
 /// Records `plan` as refused, with `reason`, and says so in one line: exit 2.
 private func refuse(_ plan: Plan, policy: Policy, reason: String, engine: Engine) throws -> Int32 {
     let refused = try engine.recordRefused(plan, policy: policy, reason: reason)
-    printError("plan refused (recorded as plan \(refused.id)): \(reason)")
+    printStderr("plan refused (recorded as plan \(refused.id)): \(reason)", asError: true)
     return ExitStatus.refused
 }
 
@@ -84,12 +84,12 @@ func report(_ plan: PlanRecord, store: any WorkflowStore, json: Bool) throws -> 
     }
     if plan.state == .refused {
         // A detached plan refused when it ran: the refusal submit would have given.
-        printError("plan \(plan.id) refused: \(plan.error ?? "no reason recorded")")
+        printStderr("plan \(plan.id) refused: \(plan.error ?? "no reason recorded")", asError: true)
         return ExitStatus.refused
     }
-    printErr("livecopy: plan \(plan.id) \(plan.state.rawValue)")
+    printStderr("livecopy: plan \(plan.id) \(plan.state.rawValue)")
     for disk in disks where disk.state != .completed {
-        printErr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? "")"
+        printStderr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? "")"
             + (disk.bootImage.map { "; the VM must boot from \($0)" } ?? ""))
     }
     return plan.state == .completed ? ExitStatus.success : ExitStatus.planNotCompleted

@@ -1,32 +1,10 @@
+// The workflow engine's core: setting up, recording plans, and running a plan under its
+// lease. Ownership, operator requests, driving the disks and the reconciliation report
+// are extensions in Engine+*.swift.
+
 import Foundation
 import LivecopyModel
 import QMP
-
-/// This process no longer holds its lease on a plan, and stopped driving the plan: it was
-/// taken over (this process stalled past the lease timeout while another host's livecopy
-/// took the plan), or it could not be renewed in time (the database kept failing).
-public struct LeaseLost: Error, CustomStringConvertible {
-    /// Why the lease is gone.
-    public enum Cause: Sendable, Equatable {
-        /// Another process holds the lease now.
-        case takenOver
-        /// Renewals kept failing; the last success was `seconds` ago, past what the lease
-        /// timeout allows before another host may take over.
-        case notRenewed(seconds: Double, lastError: String)
-    }
-
-    public let planId: Int64
-    public let cause: Cause
-
-    public var description: String {
-        switch cause {
-        case .takenOver:
-            return "plan \(planId): another livecopy took the plan over; this one stopped driving it"
-        case .notRenewed(let seconds, let lastError):
-            return "plan \(planId): the lease could not be renewed for \(String(format: "%.1f", seconds)) s (\(lastError)); this livecopy stopped driving the plan so that another may take it over"
-        }
-    }
-}
 
 /// What a run does with the disks it picks up.
 public enum RunMode: Sendable {
@@ -46,11 +24,11 @@ public enum RunMode: Sendable {
 public final class Engine: @unchecked Sendable {
     let store: any WorkflowStore
     let observer: any EngineObserver
-    private let inspector: any ImageInspector
-    private let creator: any DestinationCreator
+    let inspector: any ImageInspector
+    let creator: any DestinationCreator
     let sessions: VMSessions
-    private let me: PlanOwner
-    private let lease: LeaseTiming
+    let me: PlanOwner
+    let lease: LeaseTiming
 
     /// How long an owner may stay silent before its lease counts as abandoned (default).
     public static let leaseTimeout: Double = LeaseTiming().timeout
@@ -104,48 +82,6 @@ public final class Engine: @unchecked Sendable {
         return try store.insertPlan(new, at: Date()).0
     }
 
-    // MARK: - Ownership
-
-    /// This host as lease records name it: the host name and the kernel's boot id, so a
-    /// lease left by a process before a reboot is never mistaken for a live one.
-    public static let thisHost: String = {
-        let bootId = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines).prefix(8) ?? "unknown"
-        return "\(ProcessInfo.processInfo.hostName) boot \(bootId)"
-    }()
-
-    /// Whether a lease holder is gone. On this host (same boot) the process itself is
-    /// asked: a live owner keeps its plan even when stalled (stopped, swapped out), since
-    /// taking over would make two processes drive one disk. A holder elsewhere, or from
-    /// before a reboot, is gone once its heartbeat is older than `leaseTimeout`.
-    public static func isGone(_ owner: PlanOwner, now: Date = Date(), host: String = thisHost,
-                              leaseTimeout: Double = leaseTimeout) -> Bool {
-        if owner.host == host {
-            return !isLivecopyProcess(owner.pid)
-        }
-        return now.timeIntervalSince(owner.heartbeat) > leaseTimeout
-    }
-
-    /// `isGone` as this engine judges it (its host, its lease timeout).
-    private var isGoneHere: @Sendable (PlanOwner) -> Bool {
-        let host = me.host
-        let timeout = lease.timeout
-        return { Self.isGone($0, host: host, leaseTimeout: timeout) }
-    }
-
-    /// Whether `pid` is a running process of a livecopy binary (not a reused pid).
-    private static func isLivecopyProcess(_ pid: Int32) -> Bool {
-        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
-        guard let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8) else { return true }
-        let own = (try? String(contentsOfFile: "/proc/self/comm", encoding: .utf8)) ?? ""
-        return name == own || name.contains("livecopy")
-    }
-
-    /// Whether a live process other than this one drives plan `id`.
-    public func liveOwner(ofPlan id: Int64) throws -> PlanOwner? {
-        guard let owner = try store.owner(ofPlan: id), owner != me, !isGoneHere(owner) else { return nil }
-        return owner.pid == me.pid && owner.host == me.host ? nil : owner
-    }
 
     // MARK: - Running
 
@@ -243,73 +179,6 @@ public final class Engine: @unchecked Sendable {
         return try await finish(planId: planId)
     }
 
-    /// Applies the plan's open operator requests, oldest first, to its stream jobs in
-    /// QEMU (over the sessions already open), and records each outcome.
-    func applyOperatorRequests(planId: Int64) async {
-        guard let requests = try? store.openControlRequests(planId: planId), !requests.isEmpty else { return }
-        for request in requests {
-            let (ok, outcome) = await apply(request.action, planId: planId)
-            do {
-                try await store.finishControlRequest(id: request.id, planId: planId, ok: ok, outcome: outcome, at: Date())
-            } catch {
-                observer.note(nil, "plan \(planId): cannot record the outcome of request \(request.id): \(describe(error))")
-                return
-            }
-            observer.note(nil, "plan \(planId): \(outcome)")
-        }
-    }
-
-    /// Sends `action` to every stream job of the plan that QEMU still runs.
-    private func apply(_ action: OperatorAction, planId: Int64) async -> (ok: Bool, outcome: String) {
-        let disks: [DiskRecord]
-        do {
-            disks = try store.disks(ofPlan: planId)
-        } catch {
-            return (false, "\(action): cannot read the plan's disks (\(describe(error)))")
-        }
-        var applied: [String] = []
-        var failures: [String] = []
-        let sockets = Set(disks.filter { !$0.state.isFinal }.map(\.qmpSocket)).sorted()
-        for socket in sockets {
-            guard let session = await sessions.existing(for: socket) else { continue }
-            let ids = Set(disks.filter { $0.qmpSocket == socket }.map(\.streamJobId))
-            let jobs: [JobInfo]
-            do {
-                jobs = try await session.queryJobs().filter { ids.contains($0.id) && Self.controllable.contains($0.status) }
-            } catch {
-                failures.append("\(socket): \(describe(error))")
-                continue
-            }
-            for job in jobs.sorted(by: { $0.id < $1.id }) {
-                do {
-                    switch action {
-                    case .throttle(let speed):
-                        try await session.blockJobSetSpeed(jobId: job.id, speed: speed)
-                        applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")
-                    case .pause:
-                        if job.status != "paused" { try await session.blockJobPause(jobId: job.id) }
-                        applied.append("job \(job.id) paused")
-                    case .resume:
-                        if job.status == "paused" { try await session.blockJobResume(jobId: job.id) }
-                        applied.append("job \(job.id) resumed")
-                    }
-                } catch {
-                    failures.append("job \(job.id): \(describe(error))")
-                }
-            }
-        }
-        var outcome = "\(action): "
-        if applied.isEmpty && failures.isEmpty {
-            outcome += "no stream job runs now; recorded for the jobs the plan starts later"
-        } else {
-            outcome += (applied + failures.map { "failed on \($0)" }).joined(separator: "; ")
-        }
-        return (failures.isEmpty, outcome)
-    }
-
-    /// Job statuses an operator request applies to.
-    private static let controllable: Set<String> = ["created", "running", "paused", "ready", "standby"]
-
     /// A flag set once, read from several tasks.
     private final class CancelFlag: @unchecked Sendable {
         private let lock = NSLock()
@@ -350,91 +219,6 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    /// Runs `step` for every disk of the plan that is not final, at most
-    /// `max_parallel_disks` at a time. Returns the first error that puts a record in doubt.
-    /// `snapshots` (forward runs) makes the disks of each VM switch together.
-    private func driveDisks(planId: Int64, policy: Policy, snapshots: VMSnapshotBarrier?,
-                            _ step: @escaping @Sendable (DiskWorkflow) async throws -> Void) async -> Error? {
-        let disks: [DiskRecord]
-        do {
-            disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal }
-        } catch {
-            return error
-        }
-        var firstError: Error?
-        await withTaskGroup(of: Error?.self) { group in
-            var running = 0
-            for disk in disks {
-                if running == policy.maxParallelDisks {
-                    if let error = await group.next() ?? nil { firstError = firstError ?? error }
-                    running -= 1
-                }
-                group.addTask { await self.drive(disk, policy: policy, snapshots: snapshots, step) }
-                running += 1
-            }
-            for await error in group where error != nil { firstError = firstError ?? error }
-        }
-        return firstError
-    }
-
-    /// Drives one disk; returns an error only when the record itself is in doubt. A VM
-    /// that cannot be reached leaves the disk's state as it is (the plan is interrupted).
-    private func drive(_ recorded: DiskRecord, policy: Policy, snapshots: VMSnapshotBarrier?,
-                       _ step: (DiskWorkflow) async throws -> Void) async -> Error? {
-        let ledger = DiskLedger(disk: recorded, store: store, observer: observer)
-        do {
-            // Another disk's step (its VM's snapshot) may have moved this one since the plan was read.
-            try ledger.reload()
-            let disk = ledger.disk
-            if disk.state.isFinal { return nil }
-            do {
-                try SocketCheck.check(disk.qmpSocket, policy: policy)
-            } catch {
-                // Checked again at every run: the socket may have changed since the plan was checked.
-                try await ledger.note("VM '\(disk.vmName)': \(describe(error)); not connecting")
-                return nil
-            }
-            let session: any QMPSession
-            do {
-                session = try await sessions.session(for: disk.qmpSocket)
-            } catch {
-                if Task.isCancelled { return nil }
-                let boot = disk.bootImage.map { "; start it on \($0)" } ?? ""
-                try await ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
-                return nil
-            }
-            var join: (@Sendable () async throws -> Set<Int64>)?
-            if let snapshots {
-                join = { try await snapshots.join(disk.qmpSocket) { try await self.snapshotVM(of: disk, session: session, policy: policy) } }
-            }
-            try await step(workflow(ledger, session: session, policy: policy, joinVMSnapshot: join))
-            return nil
-        } catch is CancellationError {
-            return nil
-        } catch {
-            return error
-        }
-    }
-
-    /// A disk's workflow over `session`, retrying QEMU's transient refusals per policy.
-    private func workflow(_ ledger: DiskLedger, session: any QMPSession, policy: Policy,
-                          joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)?) -> DiskWorkflow {
-        let store = self.store
-        let planId = ledger.disk.planId
-        let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
-        let retrying = RetryingQMPSession(session, policy: policy) { message in try? await ledger.note(message) }
-        return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
-                            controls: controls, joinVMSnapshot: joinVMSnapshot)
-    }
-
-    /// The snapshot step for every disk of the plan on `disk`'s VM, in one transaction.
-    private func snapshotVM(of disk: DiskRecord, session: any QMPSession, policy: Policy) async throws -> Set<Int64> {
-        let members = try store.disks(ofPlan: disk.planId)
-            .filter { $0.qmpSocket == disk.qmpSocket && !$0.state.isFinal }
-            .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy, joinVMSnapshot: nil) }
-        return try await VMSnapshot(vmName: disk.vmName, members: members).run()
-    }
-
     /// Moves the plan through the plan transition table (a no-op if already there).
     private func movePlan(_ planId: Int64, to next: PlanState, detail: String) async throws {
         guard var plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
@@ -466,68 +250,5 @@ public final class Engine: @unchecked Sendable {
         try await movePlan(planId, to: outcome, detail: "\(completed) of \(disks.count) disk(s) completed")
         guard let plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
         return plan
-    }
-}
-
-extension Engine {
-    /// What QEMU and the files say about each disk of a plan that is not final, in one
-    /// line per disk, without changing anything. `recover` prints it before acting.
-    public func reconciliationReport(planId: Int64) async throws -> [(disk: DiskRecord, finding: String)] {
-        var report: [(disk: DiskRecord, finding: String)] = []
-        for disk in try store.disks(ofPlan: planId) where !disk.state.isFinal {
-            var recorded = "recorded \(disk.state.rawValue)"
-            if let intent = disk.intent { recorded += " (unfinished: \(intent))" }
-            let session: any QMPSession
-            do {
-                session = try await sessions.session(for: disk.qmpSocket)
-            } catch {
-                report.append((disk, "\(recorded); VM unreachable (\(describe(error))); \(await bootAdvice(for: disk))"))
-                continue
-            }
-            do {
-                let devices = try await session.queryBlock()
-                let entry = devices.entry(for: disk)
-                let image = entry?.inserted.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
-                    ?? "device not found"
-                let jobs = try await session.queryJobs().filter { $0.id == disk.streamJobId || $0.id == disk.commitJobId }
-                let jobText = jobs.isEmpty ? "no livecopy job" : jobs.map { "job \($0.id) \($0.status)" }.joined(separator: ", ")
-                report.append((disk, "\(recorded); \(image); \(jobText)"))
-            } catch {
-                report.append((disk, "\(recorded); QEMU did not answer (\(describe(error)))"))
-            }
-        }
-        return report
-    }
-
-    /// The image a disk's VM must be started from if it is restarted now: the record's
-    /// answer when it has one; else QEMU's, when the VM runs; else the files'. Nil when
-    /// nobody can tell (a pivot back to the source was requested just before QEMU
-    /// stopped, and the two images differ).
-    /// `askingQEMU: false` skips the running VM (its monitor is held by a live owner, which
-    /// settles the answer itself); `status` and `recover` both answer through this function.
-    public func bootImage(of disk: DiskRecord, askingQEMU: Bool = true) async -> String? {
-        if let image = disk.bootImage { return image }
-        guard let source = disk.source else { return nil }
-        if disk.intent == "block-job-complete" {
-            return await inspector.sourceMatchesDestination(disk) ? source : nil
-        }
-        var info = stat()
-        guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return source }
-        // A running VM on the destination: that is the image with every write. (Its qcow2
-        // metadata may not be on disk yet, so the file alone would mislead.)
-        if askingQEMU, let session = try? await sessions.session(for: disk.qmpSocket),
-           let devices = try? await session.queryBlock() {
-            let active = devices.entry(for: disk)?.inserted?.file
-            if active == disk.destination { return disk.destination }
-        }
-        // QEMU does not hold the destination: its own data, if any, is newer than the source.
-        return (try? await inspector.hasOwnData(disk.destination)) == false ? source : disk.destination
-    }
-
-    /// `bootImage(of:)` as a sentence for the operator.
-    public func bootAdvice(for disk: DiskRecord) async -> String {
-        if let image = await bootImage(of: disk) { return "the VM must boot from \(image)" }
-        let source = disk.source ?? "the source"
-        return "nobody can tell which image the VM must boot from: a pivot back to \(source) was requested just before QEMU stopped, and \(source) and \(disk.destination) differ; compare them, keep the one with the newest data, delete the other yourself, then run livecopy recover"
     }
 }

@@ -1,0 +1,93 @@
+// Driving a plan's disks: at most `max_parallel_disks` at a time, each through its own
+// `DiskWorkflow`, with the disks of one VM snapshotted together.
+
+import Foundation
+import LivecopyModel
+import QMP
+
+extension Engine {
+    /// Runs `step` for every disk of the plan that is not final, at most
+    /// `max_parallel_disks` at a time. Returns the first error that puts a record in doubt.
+    /// `snapshots` (forward runs) makes the disks of each VM switch together.
+    func driveDisks(planId: Int64, policy: Policy, snapshots: VMSnapshotBarrier?,
+                            _ step: @escaping @Sendable (DiskWorkflow) async throws -> Void) async -> Error? {
+        let disks: [DiskRecord]
+        do {
+            disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal }
+        } catch {
+            return error
+        }
+        var firstError: Error?
+        await withTaskGroup(of: Error?.self) { group in
+            var running = 0
+            for disk in disks {
+                if running == policy.maxParallelDisks {
+                    if let error = await group.next() ?? nil { firstError = firstError ?? error }
+                    running -= 1
+                }
+                group.addTask { await self.drive(disk, policy: policy, snapshots: snapshots, step) }
+                running += 1
+            }
+            for await error in group where error != nil { firstError = firstError ?? error }
+        }
+        return firstError
+    }
+
+    /// Drives one disk; returns an error only when the record itself is in doubt. A VM
+    /// that cannot be reached leaves the disk's state as it is (the plan is interrupted).
+    private func drive(_ recorded: DiskRecord, policy: Policy, snapshots: VMSnapshotBarrier?,
+                       _ step: (DiskWorkflow) async throws -> Void) async -> Error? {
+        let ledger = DiskLedger(disk: recorded, store: store, observer: observer)
+        do {
+            // Another disk's step (its VM's snapshot) may have moved this one since the plan was read.
+            try ledger.reload()
+            let disk = ledger.disk
+            if disk.state.isFinal { return nil }
+            do {
+                try SocketCheck.check(disk.qmpSocket, policy: policy)
+            } catch {
+                // Checked again at every run: the socket may have changed since the plan was checked.
+                try await ledger.note("VM '\(disk.vmName)': \(describe(error)); not connecting")
+                return nil
+            }
+            let session: any QMPSession
+            do {
+                session = try await sessions.session(for: disk.qmpSocket)
+            } catch {
+                if Task.isCancelled { return nil }
+                let boot = disk.bootImage.map { "; start it on \($0)" } ?? ""
+                try await ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
+                return nil
+            }
+            var join: (@Sendable () async throws -> Set<Int64>)?
+            if let snapshots {
+                join = { try await snapshots.join(disk.qmpSocket) { try await self.snapshotVM(of: disk, session: session, policy: policy) } }
+            }
+            try await step(workflow(ledger, session: session, policy: policy, joinVMSnapshot: join))
+            return nil
+        } catch is CancellationError {
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// A disk's workflow over `session`, retrying QEMU's transient refusals per policy.
+    private func workflow(_ ledger: DiskLedger, session: any QMPSession, policy: Policy,
+                          joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)?) -> DiskWorkflow {
+        let store = self.store
+        let planId = ledger.disk.planId
+        let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
+        let retrying = RetryingQMPSession(session, policy: policy) { message in try? await ledger.note(message) }
+        return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
+                            controls: controls, joinVMSnapshot: joinVMSnapshot)
+    }
+
+    /// The snapshot step for every disk of the plan on `disk`'s VM, in one transaction.
+    private func snapshotVM(of disk: DiskRecord, session: any QMPSession, policy: Policy) async throws -> Set<Int64> {
+        let members = try store.disks(ofPlan: disk.planId)
+            .filter { $0.qmpSocket == disk.qmpSocket && !$0.state.isFinal }
+            .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy, joinVMSnapshot: nil) }
+        return try await VMSnapshot(vmName: disk.vmName, members: members).run()
+    }
+}

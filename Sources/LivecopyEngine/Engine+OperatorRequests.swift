@@ -1,0 +1,74 @@
+// Operator requests (throttle, pause, resume) applied to a running plan's stream jobs.
+
+import Foundation
+import LivecopyModel
+import QMP
+
+extension Engine {
+    /// Applies the plan's open operator requests, oldest first, to its stream jobs in
+    /// QEMU (over the sessions already open), and records each outcome.
+    func applyOperatorRequests(planId: Int64) async {
+        guard let requests = try? store.openControlRequests(planId: planId), !requests.isEmpty else { return }
+        for request in requests {
+            let (ok, outcome) = await apply(request.action, planId: planId)
+            do {
+                try await store.finishControlRequest(id: request.id, planId: planId, ok: ok, outcome: outcome, at: Date())
+            } catch {
+                observer.note(nil, "plan \(planId): cannot record the outcome of request \(request.id): \(describe(error))")
+                return
+            }
+            observer.note(nil, "plan \(planId): \(outcome)")
+        }
+    }
+
+    /// Sends `action` to every stream job of the plan that QEMU still runs.
+    private func apply(_ action: OperatorAction, planId: Int64) async -> (ok: Bool, outcome: String) {
+        let disks: [DiskRecord]
+        do {
+            disks = try store.disks(ofPlan: planId)
+        } catch {
+            return (false, "\(action): cannot read the plan's disks (\(describe(error)))")
+        }
+        var applied: [String] = []
+        var failures: [String] = []
+        let sockets = Set(disks.filter { !$0.state.isFinal }.map(\.qmpSocket)).sorted()
+        for socket in sockets {
+            guard let session = await sessions.existing(for: socket) else { continue }
+            let ids = Set(disks.filter { $0.qmpSocket == socket }.map(\.streamJobId))
+            let jobs: [JobInfo]
+            do {
+                jobs = try await session.queryJobs().filter { ids.contains($0.id) && Self.controllable.contains($0.status) }
+            } catch {
+                failures.append("\(socket): \(describe(error))")
+                continue
+            }
+            for job in jobs.sorted(by: { $0.id < $1.id }) {
+                do {
+                    switch action {
+                    case .throttle(let speed):
+                        try await session.blockJobSetSpeed(jobId: job.id, speed: speed)
+                        applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")
+                    case .pause:
+                        if job.status != "paused" { try await session.blockJobPause(jobId: job.id) }
+                        applied.append("job \(job.id) paused")
+                    case .resume:
+                        if job.status == "paused" { try await session.blockJobResume(jobId: job.id) }
+                        applied.append("job \(job.id) resumed")
+                    }
+                } catch {
+                    failures.append("job \(job.id): \(describe(error))")
+                }
+            }
+        }
+        var outcome = "\(action): "
+        if applied.isEmpty && failures.isEmpty {
+            outcome += "no stream job runs now; recorded for the jobs the plan starts later"
+        } else {
+            outcome += (applied + failures.map { "failed on \($0)" }).joined(separator: "; ")
+        }
+        return (failures.isEmpty, outcome)
+    }
+
+    /// Job statuses an operator request applies to.
+    private static let controllable: Set<String> = ["created", "running", "paused", "ready", "standby"]
+}

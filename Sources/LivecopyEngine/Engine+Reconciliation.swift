@@ -1,0 +1,69 @@
+// What `recover` and `status` report without changing anything: each disk's findings and
+// the image its VM must boot from.
+
+import Foundation
+import LivecopyModel
+import QMP
+
+extension Engine {
+    /// What QEMU and the files say about each disk of a plan that is not final, in one
+    /// line per disk, without changing anything. `recover` prints it before acting.
+    public func reconciliationReport(planId: Int64) async throws -> [(disk: DiskRecord, finding: String)] {
+        var report: [(disk: DiskRecord, finding: String)] = []
+        for disk in try store.disks(ofPlan: planId) where !disk.state.isFinal {
+            var recorded = "recorded \(disk.state.rawValue)"
+            if let intent = disk.intent { recorded += " (unfinished: \(intent))" }
+            let session: any QMPSession
+            do {
+                session = try await sessions.session(for: disk.qmpSocket)
+            } catch {
+                report.append((disk, "\(recorded); VM unreachable (\(describe(error))); \(await bootAdvice(for: disk))"))
+                continue
+            }
+            do {
+                let devices = try await session.queryBlock()
+                let entry = devices.entry(for: disk)
+                let image = entry?.inserted.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
+                    ?? "device not found"
+                let jobs = try await session.queryJobs().filter { $0.id == disk.streamJobId || $0.id == disk.commitJobId }
+                let jobText = jobs.isEmpty ? "no livecopy job" : jobs.map { "job \($0.id) \($0.status)" }.joined(separator: ", ")
+                report.append((disk, "\(recorded); \(image); \(jobText)"))
+            } catch {
+                report.append((disk, "\(recorded); QEMU did not answer (\(describe(error)))"))
+            }
+        }
+        return report
+    }
+
+    /// The image a disk's VM must be started from if it is restarted now: the record's
+    /// answer when it has one; else QEMU's, when the VM runs; else the files'. Nil when
+    /// nobody can tell (a pivot back to the source was requested just before QEMU
+    /// stopped, and the two images differ).
+    /// `askingQEMU: false` skips the running VM (its monitor is held by a live owner, which
+    /// settles the answer itself); `status` and `recover` both answer through this function.
+    public func bootImage(of disk: DiskRecord, askingQEMU: Bool = true) async -> String? {
+        if let image = disk.bootImage { return image }
+        guard let source = disk.source else { return nil }
+        if disk.intent == "block-job-complete" {
+            return await inspector.sourceMatchesDestination(disk) ? source : nil
+        }
+        var info = stat()
+        guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return source }
+        // A running VM on the destination: that is the image with every write. (Its qcow2
+        // metadata may not be on disk yet, so the file alone would mislead.)
+        if askingQEMU, let session = try? await sessions.session(for: disk.qmpSocket),
+           let devices = try? await session.queryBlock() {
+            let active = devices.entry(for: disk)?.inserted?.file
+            if active == disk.destination { return disk.destination }
+        }
+        // QEMU does not hold the destination: its own data, if any, is newer than the source.
+        return (try? await inspector.hasOwnData(disk.destination)) == false ? source : disk.destination
+    }
+
+    /// `bootImage(of:)` as a sentence for the operator.
+    public func bootAdvice(for disk: DiskRecord) async -> String {
+        if let image = await bootImage(of: disk) { return "the VM must boot from \(image)" }
+        let source = disk.source ?? "the source"
+        return "nobody can tell which image the VM must boot from: a pivot back to \(source) was requested just before QEMU stopped, and \(source) and \(disk.destination) differ; compare them, keep the one with the newest data, delete the other yourself, then run livecopy recover"
+    }
+}

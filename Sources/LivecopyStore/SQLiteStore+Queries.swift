@@ -1,0 +1,54 @@
+// Reading plans, disks and events.
+
+import Foundation
+import GRDB
+import LivecopyModel
+
+extension SQLiteStore {
+    public func plan(id: Int64) throws -> PlanRecord? {
+        try read { db in
+            try Row.fetchOneCached(db, sql: "SELECT * FROM plans WHERE id = ?", arguments: [id]).map(Self.planRecord)
+        }
+    }
+
+    public func disks(ofPlan planId: Int64) throws -> [DiskRecord] {
+        try read { db in
+            try Row.fetchAllCached(db, sql: "SELECT * FROM disks WHERE plan_id = ? ORDER BY id", arguments: [planId])
+                .map(Self.diskRecord)
+        }
+    }
+
+    public func disk(id: Int64) throws -> DiskRecord? {
+        try read { db in
+            try Row.fetchOneCached(db, sql: "SELECT * FROM disks WHERE id = ?", arguments: [id]).map(Self.diskRecord)
+        }
+    }
+
+    public func events(ofPlan planId: Int64) throws -> [EventRecord] {
+        try read { db in
+            try Row.fetchAllCached(db, sql: "SELECT * FROM events WHERE plan_id = ? ORDER BY id", arguments: [planId])
+                .map(Self.eventRecord)
+        }
+    }
+
+    public func plans(states: Set<PlanState>?, vm: String?, limit: Int?) throws -> [PlanRecord] {
+        var clauses: [String] = []
+        var arguments: StatementArguments = []
+        if let states {
+            clauses.append("state IN (\(states.map { _ in "?" }.joined(separator: ", ")))")
+            for state in states.sorted(by: { $0.rawValue < $1.rawValue }) { _ = arguments.append(contentsOf: [state.rawValue]) }
+        }
+        if let vm {
+            clauses.append("id IN (SELECT plan_id FROM disks WHERE vm_name = ?)")
+            _ = arguments.append(contentsOf: [vm])
+        }
+        var sql = "SELECT * FROM plans"
+        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        sql += " ORDER BY id DESC"
+        if let limit {
+            sql += " LIMIT ?"
+            _ = arguments.append(contentsOf: [limit])
+        }
+        return try read { db in try Row.fetchAllCached(db, sql: sql, arguments: arguments).map(Self.planRecord) }
+    }
+}

@@ -1,0 +1,38 @@
+"""Source images: filling them with a byte pattern, checking copies, fresh copies per run."""
+
+import json
+
+from .common import BenchError, CHUNK, run, size_text
+
+
+def fill_pattern_image(path, size, pattern):
+    run(["qemu-img", "create", "-q", "-f", "qcow2", path, str(size)])
+    writes = []
+    for offset in range(0, size, CHUNK):
+        writes += ["-c", f"write -P {pattern} {offset} {min(CHUNK, size - offset)}"]
+    run(["qemu-io", "-f", "qcow2"] + writes + [path])
+    info = json.loads(run(["qemu-img", "info", "-f", "qcow2", "--output=json", path]))
+    allocated = sum(int(e["length"]) for e in json.loads(run(["qemu-img", "map", "-f", "qcow2", "--output=json", path]))
+                    if e.get("data"))
+    if allocated != size:
+        raise BenchError(f"{path}: {allocated} bytes allocated, expected {size}")
+    return info
+
+
+def verify_pattern_image(path, size, pattern):
+    """Offline check (QEMU stopped): every byte of `path` is `pattern`, no backing file."""
+    reads = []
+    for offset in range(0, size, CHUNK):
+        reads += ["-c", f"read -P {pattern} {offset} {min(CHUNK, size - offset)}"]
+    output = run(["qemu-io", "-r", "-f", "qcow2"] + reads + [path])
+    chunks = (size + CHUNK - 1) // CHUNK
+    if "Pattern verification failed" in output or output.count("read ") < chunks:
+        raise BenchError(f"{path} does not hold pattern {pattern} over {size} bytes:\n{output[-1000:]}")
+    info = json.loads(run(["qemu-img", "info", "-f", "qcow2", "--output=json", path]))
+    if "backing-filename" in info:
+        raise BenchError(f"{path} still has backing file {info['backing-filename']}")
+    return f"pattern {pattern} over all {size_text(size)} intact, no backing file"
+
+
+def copy_pristine(pristine, target):
+    run(["cp", "--reflink=auto", pristine, target])

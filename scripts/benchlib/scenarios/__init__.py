@@ -1,0 +1,9 @@
+"""Every scenario, registered in `benchlib.registry` on import, in the order they run by default."""
+
+from . import one_disk  # noqa: F401
+from . import disk_limit  # noqa: F401
+from . import parallel_disks  # noqa: F401
+from . import many_disks  # noqa: F401
+from . import idle_cost  # noqa: F401
+from . import store_at_scale  # noqa: F401
+from . import recovery_at_scale  # noqa: F401

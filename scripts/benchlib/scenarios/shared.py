@@ -1,0 +1,111 @@
+"""Helpers shared by the scenarios: plan and policy files, ABBA ordering, result rows,
+fleets of VMs."""
+
+import os
+import shutil
+import subprocess
+
+from ..common import raw_qmp_copy, run
+from ..images import fill_pattern_image, verify_pattern_image
+from ..vm import VM
+
+
+def write_policy(path, **settings):
+    with open(path, "w") as f:
+        f.write("# scripts/bench\n" + "".join(f"{key}: {value}\n" for key, value in settings.items()))
+
+
+def write_plan(path, name, policy, vms):
+    """vms: list of (vm name, qmp socket, [(device, destination)])."""
+    lines = [f"name: {name}", f"policy: {policy}", "vms:"]
+    for vm_name, qmp, disks in vms:
+        lines += [f"  - name: {vm_name}", f"    qmp: {qmp}", "    disks:"]
+        for device, destination in disks:
+            lines += [f"      - device: {device}", f"        destination: {destination}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def abba(index):
+    return "AB" if index % 2 == 0 else "BA"
+
+
+def pair_rows(results, a_name, b_name, fmt="{:.3f}"):
+    lines = [f"| pair | order | {a_name} (s) | {b_name} (s) | A / B | A − B (ms) |", "|---:|:---:|---:|---:|---:|---:|"]
+    for p in results:
+        lines.append(f"| {p['pair']} | {p['order']} | {fmt.format(p['livecopy'])} | {fmt.format(p['raw'])} | "
+                     f"{p['livecopy'] / p['raw']:.3f} | {(p['livecopy'] - p['raw']) * 1000:+.0f} |")
+    return lines
+
+
+def start_vms(vms):
+    for vm in vms:
+        vm.spawn()
+    for vm in vms:
+        vm.wait_ready()
+
+
+def stop_vms(vms):
+    for vm in vms:
+        if vm.process is not None and vm.process.poll() is None:
+            try:
+                vm.admin_command("quit")
+            except (OSError, raw_qmp_copy.QMPError):
+                vm.process.kill()
+    for vm in vms:
+        if vm.process is not None:
+            try:
+                vm.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                vm.process.kill()
+                vm.process.wait()
+
+
+class Fleet:
+    """`count` VMs with `disks` drives each, every drive a fresh qcow2 overlay (backing
+    format recorded) over one shared, fully allocated base image: each drive holds
+    `size` bytes of data for block-stream to copy, and a run's sources cost no copying."""
+
+    def __init__(self, directory, count, disks, template):
+        self.directory = directory
+        self.vms = []
+        self.destinations = []
+        for number in range(count):
+            sources, destinations = [], []
+            for disk in range(disks):
+                source = os.path.join(directory, f"v{number:02d}d{disk}.qcow2")
+                shutil.copyfile(template, source)
+                sources.append(source)
+                destinations.append(os.path.join(directory, f"v{number:02d}d{disk}.new.qcow2"))
+            self.vms.append(VM(directory, sources, prefix=f"v{number:02d}"))
+            self.destinations.append(destinations)
+
+    def plan_vms(self):
+        return [(f"vm{number:02d}", vm.qmp, [(f"drive{d}", dst) for d, dst in enumerate(dests)])
+                for number, (vm, dests) in enumerate(zip(self.vms, self.destinations))]
+
+    def raw_plan(self):
+        return [{"socket": vm.qmp, "device": f"drive{d}", "destination": dst}
+                for vm, dests in zip(self.vms, self.destinations) for d, dst in enumerate(dests)]
+
+    def start(self):
+        start_vms(self.vms)
+
+    def check_copied(self):
+        for vm, destinations in zip(self.vms, self.destinations):
+            vm.check_copied(destinations)
+
+    def stop(self):
+        stop_vms(self.vms)
+
+
+def make_fleet_template(directory, size, pattern):
+    base = os.path.join(directory, "base.qcow2")
+    fill_pattern_image(base, size, pattern)
+    template = os.path.join(directory, "overlay-template.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", template])
+    return template
+
+
+def verify_overlay_copy(path, size, pattern):
+    return verify_pattern_image(path, size, pattern)
