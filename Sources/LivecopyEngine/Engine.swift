@@ -275,7 +275,7 @@ public final class Engine: @unchecked Sendable {
             let ids = Set(disks.filter { $0.qmpSocket == socket }.map(\.streamJobId))
             let jobs: [JobInfo]
             do {
-                jobs = try await session.queryJobs().filter { ids.contains($0.id) && Self.controllable.contains($0.status) }
+                jobs = try await session.queryJobs().filter { ids.contains($0.id) && $0.status.acceptsControls }
             } catch {
                 failures.append("\(socket): \(describe(error))")
                 continue
@@ -287,10 +287,10 @@ public final class Engine: @unchecked Sendable {
                         try await session.blockJobSetSpeed(jobId: job.id, speed: speed)
                         applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")
                     case .pause:
-                        if job.status != "paused" { try await session.blockJobPause(jobId: job.id) }
+                        if job.status != .paused { try await session.blockJobPause(jobId: job.id) }
                         applied.append("job \(job.id) paused")
                     case .resume:
-                        if job.status == "paused" { try await session.blockJobResume(jobId: job.id) }
+                        if job.status == .paused { try await session.blockJobResume(jobId: job.id) }
                         applied.append("job \(job.id) resumed")
                     }
                 } catch {
@@ -307,8 +307,6 @@ public final class Engine: @unchecked Sendable {
         return (failures.isEmpty, outcome)
     }
 
-    /// Job statuses an operator request applies to.
-    private static let controllable: Set<String> = ["created", "running", "paused", "ready", "standby"]
 
     /// A flag set once, read from several tasks.
     private final class CancelFlag: @unchecked Sendable {
@@ -455,6 +453,7 @@ public final class Engine: @unchecked Sendable {
         try await store.save(plan: plan, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
+        EdgeLog.record("plan", from: previous.rawValue, to: next.rawValue)
         CrashPoint.reach("plan:\(next.rawValue)")
     }
 
@@ -508,7 +507,7 @@ extension Engine {
     public func bootImage(of disk: DiskRecord, askingQEMU: Bool = true) async -> String? {
         if let image = disk.bootImage { return image }
         guard let source = disk.source else { return nil }
-        if disk.intent == "block-job-complete" {
+        if disk.intent == .pivotBack {
             return await inspector.sourceMatchesDestination(disk) ? source : nil
         }
         var info = stat()
