@@ -60,6 +60,7 @@ extension Engine {
         try await store.save(plan: plan, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: PlanState.refused.rawValue, detail: "refused: \(reason)"),
                        at: Date())
+        EdgeLog.record("plan", from: previous.rawValue, to: PlanState.refused.rawValue)
         observer.note(nil, "plan \(planId) refused: \(reason)")
     }
 }

@@ -19,6 +19,10 @@ final class DiskLedger: @unchecked Sendable {
 
     /// Moves the disk to `next` if the transition table allows it, applying `update` in
     /// the same write. This is the only function that changes a disk's state.
+    ///
+    /// An open intent stays open only where `DiskIntent.isAllowed(in:)` lets it (its own
+    /// step, `failed`, `needs_attention`): a move elsewhere is made by the reconciliation
+    /// that settled it from what QEMU shows, and closes it, saying so in the event.
     func transition(to next: DiskState, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) async throws {
         let previous = disk.state
         guard previous.canMove(to: next) else {
@@ -27,18 +31,26 @@ final class DiskLedger: @unchecked Sendable {
         var updated = disk
         update(&updated)
         updated.state = next
-        if next == .completed || next == .rolledBack { updated.intent = nil }
+        var detail = detail
+        if let open = updated.intent, !open.isAllowed(in: next) {
+            updated.intent = nil
+            if next != .completed && next != .rolledBack { detail += " (open intent \(open.rawValue) settled from what QEMU shows)" }
+        }
         try await store.save(disk: updated, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
         disk = updated
+        EdgeLog.record("disk", from: previous.rawValue, to: next.rawValue)
         CrashPoint.reach("transition:\(next.rawValue)")
         observer.diskMoved(updated, from: previous, detail: detail)
     }
 
     /// Records that `action` is about to be attempted; call before the side effect.
-    func intend(_ action: String, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) async throws {
-        try await record(.intent, action: action, detail) {
+    func intend(_ action: DiskIntent, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+        guard action.isAllowed(in: disk.state) else {
+            throw IllegalTransition(subject: "disk \(disk.id)", from: disk.state.rawValue, to: "intent \(action.rawValue)")
+        }
+        try await record(.intent, action: action.rawValue, detail) {
             update(&$0)
             $0.intent = action
         }
@@ -46,17 +58,20 @@ final class DiskLedger: @unchecked Sendable {
 
     /// Marks the end of the side effect announced by the pending intent (for crash tests).
     func sent() {
-        CrashPoint.reach("sent:\(disk.intent ?? "check")")
+        CrashPoint.reach("sent:\(disk.intent?.rawValue ?? "check")")
     }
 
     /// Records the outcome of the pending intent; call after the side effect. `next`
     /// records the following intent in the same write, when the outcome proves it safe.
-    func outcome(_ detail: String, next: String? = nil, update: (inout DiskRecord) -> Void = { _ in }) async throws {
-        try await record(.outcome, action: disk.intent ?? "check", detail + (next.map { "; next: \($0)" } ?? "")) {
+    func outcome(_ detail: String, next: DiskIntent? = nil, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+        if let next, !next.isAllowed(in: disk.state) {
+            throw IllegalTransition(subject: "disk \(disk.id)", from: disk.state.rawValue, to: "intent \(next.rawValue)")
+        }
+        try await record(.outcome, action: disk.intent?.rawValue ?? "check", detail + (next.map { "; next: \($0.rawValue)" } ?? "")) {
             update(&$0)
             $0.intent = next
         }
-        if let next { CrashPoint.reach("intent:\(next)") }
+        if let next { CrashPoint.reach("intent:\(next.rawValue)") }
     }
 
     /// Writes an intent or outcome: the disk's new columns and the event, in one transaction.

@@ -191,7 +191,7 @@ final class DiskWorkflow: @unchecked Sendable {
             try await createDestination(entry)
             return entry
         case .failed, .needsAttention:
-            if try await job(disk.commitJobId) != nil || DiskWorkflow.rollbackIntents.contains(disk.intent ?? "") { return nil }
+            if try await job(disk.commitJobId) != nil || disk.intent?.belongsToRollback == true { return nil }
             guard try await locateDevice().inserted?.file == disk.source else { return nil }
             try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
             return try await reconcileSnapshot()
@@ -259,7 +259,7 @@ final class DiskWorkflow: @unchecked Sendable {
         guard let image = entry.inserted?.image, let source = disk.source, image.filename == source else {
             throw NeedsAttention(description: "device '\(disk.device)' is not on the recorded source \(disk.source ?? "?")")
         }
-        try await ledger.intend("create-destination", "\(disk.destination): qcow2 of \(image.virtualSize) bytes, backing \(source) (\(image.format))") {
+        try await ledger.intend(.createDestination, "\(disk.destination): qcow2 of \(image.virtualSize) bytes, backing \(source) (\(image.format))") {
             $0.destinationCreated = false
         }
         do {
@@ -272,7 +272,7 @@ final class DiskWorkflow: @unchecked Sendable {
         // The intent to snapshot goes in the same write: the record never shows the new file
         // as livecopy's with nothing under way (which would name it as the image to boot).
         try await ledger.outcome("created \(disk.destination) (mode 0600, backing \(source), backing format \(image.format))",
-                           next: "blockdev-snapshot-sync") { $0.destinationCreated = true }
+                           next: .snapshot) { $0.destinationCreated = true }
     }
 
     /// After an interruption in `snapshotting`: did the snapshot happen? If so, go on to
@@ -290,7 +290,7 @@ final class DiskWorkflow: @unchecked Sendable {
             try await refuseSplitBrain(activeImage: disk.source ?? "")
             try await removeDestinationIfOurs()
             var info = stat()
-            if !disk.destinationCreated, disk.intent == "create-destination", lstat(disk.destination, &info) == 0 {
+            if !disk.destinationCreated, disk.intent == .createDestination, lstat(disk.destination, &info) == 0 {
                 throw NeedsAttention(
                     description: "livecopy was interrupted while creating \(disk.destination) and cannot prove the file there is its own, so it left it; delete it if nothing else uses it, then run livecopy recover")
             }
@@ -357,7 +357,7 @@ final class DiskWorkflow: @unchecked Sendable {
                     throw NeedsAttention(description: "\(disk.destination) is backed by \(backing), not by the source \(disk.source ?? "?")")
                 }
                 let speed = controls().speedOverride ?? policy.speed
-                try await ledger.intend("block-stream", "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
+                try await ledger.intend(.stream, "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
                 // Subscribed before the job exists: an I/O error reported at once is not missed.
                 earlyEvents = session.events()
                 try await session.blockStream(
@@ -412,7 +412,7 @@ final class DiskWorkflow: @unchecked Sendable {
     /// it stays `pending` (the destination keeps its backing file) and the disk fails,
     /// for `recover` or `run` to flush again.
     private func flushThenFinalize(_ jobId: String) async throws {
-        try await ledger.intend("job-finalize", "flush \(disk.destination), then finalize job \(jobId)")
+        try await ledger.intend(.finalize, "flush \(disk.destination), then finalize job \(jobId)")
         let entry = try await locateDevice()
         let evidence: FlushEvidence
         if let node = entry.inserted?.nodeName, node == disk.destinationNodeName || entry.inserted?.file == disk.destination {
@@ -441,7 +441,7 @@ final class DiskWorkflow: @unchecked Sendable {
     /// read after the job exists (a request recorded earlier may have found no job).
     private func applyControls(to jobId: String) async throws {
         let settings = controls()
-        guard let job = try await job(jobId), ["created", "running", "paused", "ready", "standby"].contains(job.status) else { return }
+        guard let job = try await job(jobId), job.status.acceptsControls else { return }
         // QEMU refusing a control (the job concluded meanwhile, say) fails nothing: the
         // watch that follows reads the job's fate.
         do {
@@ -449,10 +449,10 @@ final class DiskWorkflow: @unchecked Sendable {
                 try await session.blockJobSetSpeed(jobId: jobId, speed: speed)
                 try await ledger.note("job \(jobId): speed \(OperatorAction.speedText(speed)) (livecopy throttle)")
             }
-            if settings.paused, job.status != "paused" {
+            if settings.paused, job.status != .paused {
                 try await session.blockJobPause(jobId: jobId)
                 try await ledger.note("job \(jobId) paused: the plan is paused (livecopy resume \(disk.planId))")
-            } else if !settings.paused, job.status == "paused",
+            } else if !settings.paused, job.status == .paused,
                       try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok" == "ok" {
                 // Paused on purpose by an earlier owner, and resumed since.
                 try await session.blockJobResume(jobId: jobId)
@@ -504,19 +504,20 @@ final class DiskWorkflow: @unchecked Sendable {
 
     // MARK: - Failed disks
 
-    /// Intents only a rollback records: a disk stopped with one of them goes on rolling back.
-    static let rollbackIntents: Set<String> = ["block-job-cancel", "block-commit", "drive-mirror", "block-job-complete", "delete-destination"]
-
     /// Picks up a failed disk, or one that needed attention, where reality says it is.
     private func resumeFailed() async throws {
-        if try await job(disk.commitJobId) != nil || DiskWorkflow.rollbackIntents.contains(disk.intent ?? "") {
+        if try await job(disk.commitJobId) != nil || disk.intent?.belongsToRollback == true {
             try await ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
             return
         }
         let entry = try await locateDevice()
         switch entry.inserted?.file {
         case disk.destination?:
-            if entry.inserted?.backingFile == nil, try await job(disk.streamJobId) == nil {
+            if disk.state == .failed, disk.intent?.step == .retiring, entry.inserted?.backingFile == nil, try await job(disk.streamJobId) == nil {
+                // Stopped while retiring the source: retire again (its checks run first), with
+                // the open intent telling whether the earlier attempt may have acted.
+                try await ledger.transition(to: .retiring, "resuming the retirement of the source") { $0.error = nil }
+            } else if entry.inserted?.backingFile == nil, try await job(disk.streamJobId) == nil {
                 try await ledger.transition(to: .streaming, "resuming: the destination already stands alone") { $0.error = nil }
             } else {
                 try await ledger.transition(to: .streaming, "resuming the stream") { $0.error = nil }
@@ -535,8 +536,8 @@ final class DiskWorkflow: @unchecked Sendable {
     /// looks at QEMU's jobs and the VM's active image.
     private func rollback() async throws {
         if let stream = try await job(disk.streamJobId) {
-            if stream.status != "concluded" {
-                try await ledger.intend("block-job-cancel", "job \(disk.streamJobId)")
+            if stream.status != .concluded {
+                try await ledger.intend(.cancelStream, "job \(disk.streamJobId)")
                 try await session.blockJobCancel(jobId: disk.streamJobId, force: true)
                 ledger.sent()
             }
@@ -550,11 +551,12 @@ final class DiskWorkflow: @unchecked Sendable {
                 // Either the pivot is done (the intent to delete says so, or nothing was
                 // ever written to the destination) or the VM was restarted on its source.
                 switch disk.intent {
-                case "delete-destination"?:
+                case .deleteDestination?:
                     break  // the rollback job concluded on the source: the pivot is done
-                case "block-job-complete"?:
+                case .pivotBack?:
                     try await refuseAmbiguousPivot()
-                default:
+                case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .renameSource?, .deleteSource?,
+                     .cancelStream?, .commitBack?, .mirrorBack?:
                     try await refuseSplitBrain(activeImage: disk.source ?? "the source")
                 }
                 try await finishRollback()
@@ -564,7 +566,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
             }
             if entry.inserted?.backingFile == source {
-                try await ledger.intend("block-commit", "job \(commitId): \(disk.destination) into \(source)")
+                try await ledger.intend(.commitBack, "job \(commitId): \(disk.destination) into \(source)")
                 // The source at the bottom of the chain is QEMU's default base; named only
                 // when it has a chain of its own below it.
                 let sourceIsBottom = entry.inserted?.image.backingImage?.backingImage == nil
@@ -578,7 +580,7 @@ final class DiskWorkflow: @unchecked Sendable {
                 guard FileManager.default.fileExists(atPath: source), let format = disk.sourceFormat else {
                     throw NeedsAttention(description: "rollback: \(disk.destination) stands alone and the source \(source) is gone; \(disk.destination) holds all data")
                 }
-                try await ledger.intend("drive-mirror", "job \(commitId): \(disk.destination) back into \(source)")
+                try await ledger.intend(.mirrorBack, "job \(commitId): \(disk.destination) back into \(source)")
                 try await session.driveMirrorToExisting(device: try deviceName(entry), jobId: commitId, target: source, format: format)
                 ledger.sent()
                 try await ledger.outcome("mirror job started")
@@ -589,7 +591,7 @@ final class DiskWorkflow: @unchecked Sendable {
         let disk = self.disk
         var callbacks = JobWatcher.Callbacks()
         callbacks.ready = {
-            try await ledger.intend("block-job-complete", "pivot to the source")
+            try await ledger.intend(.pivotBack, "pivot to the source")
             do {
                 try await session.blockJobComplete(jobId: commitId)
             } catch let error as QMPCommandError {
@@ -604,7 +606,7 @@ final class DiskWorkflow: @unchecked Sendable {
             let devices = try await session.queryBlock()
             let active = devices.entry(for: disk)?.inserted?.file
             if active == disk.source {
-                try await ledger.outcome("the VM is on the source with every write", next: "delete-destination")
+                try await ledger.outcome("the VM is on the source with every write", next: .deleteDestination)
             }
         }
         let error = try await watch(jobId: commitId, callbacks: callbacks)
@@ -620,7 +622,7 @@ final class DiskWorkflow: @unchecked Sendable {
     /// QEMU and the kernel say nothing uses it.
     private func finishRollback() async throws {
         if disk.destinationCreated {
-            if disk.intent != "delete-destination" { try await ledger.intend("delete-destination", disk.destination) }
+            if disk.intent != .deleteDestination { try await ledger.intend(.deleteDestination, disk.destination) }
             let source = disk.source ?? "the source"
             if let entry = try await session.queryBlock().entry(for: disk), entry.inserted?.file != disk.source {
                 throw NeedsAttention(

@@ -37,7 +37,7 @@ extension Engine {
             let ids = Set(disks.filter { $0.qmpSocket == socket }.map(\.streamJobId))
             let jobs: [JobInfo]
             do {
-                jobs = try await session.queryJobs().filter { ids.contains($0.id) && Self.controllable.contains($0.status) }
+                jobs = try await session.queryJobs().filter { ids.contains($0.id) && $0.status.acceptsControls }
             } catch {
                 failures.append("\(socket): \(describe(error))")
                 continue
@@ -49,10 +49,10 @@ extension Engine {
                         try await session.blockJobSetSpeed(jobId: job.id, speed: speed)
                         applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")
                     case .pause:
-                        if job.status != "paused" { try await session.blockJobPause(jobId: job.id) }
+                        if job.status != .paused { try await session.blockJobPause(jobId: job.id) }
                         applied.append("job \(job.id) paused")
                     case .resume:
-                        if job.status == "paused" { try await session.blockJobResume(jobId: job.id) }
+                        if job.status == .paused { try await session.blockJobResume(jobId: job.id) }
                         applied.append("job \(job.id) resumed")
                     }
                 } catch {
@@ -68,7 +68,4 @@ extension Engine {
         }
         return (failures.isEmpty, outcome)
     }
-
-    /// Job statuses an operator request applies to.
-    private static let controllable: Set<String> = ["created", "running", "paused", "ready", "standby"]
 }

@@ -44,7 +44,7 @@ extension Engine {
     public func bootImage(of disk: DiskRecord, askingQEMU: Bool = true) async -> String? {
         if let image = disk.bootImage { return image }
         guard let source = disk.source else { return nil }
-        if disk.intent == "block-job-complete" {
+        if disk.intent == .pivotBack {
             return await inspector.sourceMatchesDestination(disk) ? source : nil
         }
         var info = stat()

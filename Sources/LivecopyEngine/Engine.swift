@@ -239,6 +239,7 @@ public final class Engine: @unchecked Sendable {
         try await store.save(plan: plan, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
+        EdgeLog.record("plan", from: previous.rawValue, to: next.rawValue)
         CrashPoint.reach("plan:\(next.rawValue)")
     }
 

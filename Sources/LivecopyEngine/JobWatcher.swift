@@ -46,7 +46,7 @@ struct JobWatcher {
     }
 
     private enum Signal {
-        case status(String)
+        case status(JobStatus)
         case ioErrorEvent(String)
         case tick
         /// The poll saw the job concluded, a moment ago: events sent before the
@@ -72,9 +72,9 @@ struct JobWatcher {
             for await event in events {
                 switch event.name {
                 case "JOB_STATUS_CHANGE" where event.data["id"]?.stringValue == jobId:
-                    continuation.yield(.status(event.data["status"]?.stringValue ?? ""))
+                    continuation.yield(.status(JobStatus(event.data["status"]?.stringValue ?? "")))
                 case "BLOCK_JOB_READY" where event.data["device"]?.stringValue == jobId:
-                    continuation.yield(.status("ready"))
+                    continuation.yield(.status(.ready))
                 case "BLOCK_JOB_ERROR" where event.data["device"]?.stringValue == jobId:
                     let operation = event.data["operation"]?.stringValue ?? "?"
                     let action = event.data["action"]?.stringValue ?? "?"
@@ -106,20 +106,25 @@ struct JobWatcher {
         var lastResumeAttempt = Date.distantPast
         for await signal in signals {
             switch signal {
-            case .status("concluded"), .settled:
+            case .settled:
                 return try await concludeAndDismiss(callbacks)
-            case .status("ready"):
-                if !readyHandled, let ready = callbacks.ready {
-                    readyHandled = true
-                    try await ready()
+            case .status(let status):
+                switch status {
+                case .concluded:
+                    return try await concludeAndDismiss(callbacks)
+                case .ready:
+                    if !readyHandled, let ready = callbacks.ready {
+                        readyHandled = true
+                        try await ready()
+                    }
+                case .pending:
+                    if !pendingHandled, let pending = callbacks.pending {
+                        pendingHandled = true
+                        try await pending()
+                    }
+                case .undefined, .created, .running, .paused, .standby, .waiting, .aborting, .null, .unrecognized:
+                    continue  // the next poll tells what to do, if anything
                 }
-            case .status("pending"):
-                if !pendingHandled, let pending = callbacks.pending {
-                    pendingHandled = true
-                    try await pending()
-                }
-            case .status:
-                continue
             case .ioErrorEvent(let what):
                 await callbacks.ioError(what)
             case .lost:
@@ -130,7 +135,7 @@ struct JobWatcher {
                 }
                 await callbacks.progress(job)
                 switch job.status {
-                case "concluded":
+                case .concluded:
                     // Not yet: let the events before the conclusion be read first, so an
                     // error event just ahead of it is recorded.
                     guard !settling else { continue }
@@ -139,17 +144,17 @@ struct JobWatcher {
                         try? await Task.sleep(for: .seconds(Self.settleDelay))
                         continuation.yield(.settled)
                     }
-                case "ready":
+                case .ready:
                     if !readyHandled, let ready = callbacks.ready {
                         readyHandled = true
                         try await ready()
                     }
-                case "pending":
+                case .pending:
                     if !pendingHandled, let pending = callbacks.pending {
                         pendingHandled = true
                         try await pending()
                     }
-                case "paused":
+                case .paused:
                     let ioStatus = try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok"
                     guard ioStatus != "ok" else {
                         pausedByErrorSince = nil  // paused on purpose (block-job-pause)
@@ -167,11 +172,13 @@ struct JobWatcher {
                         lastResumeAttempt = now
                         try? await session.blockJobResume(jobId: jobId)
                     }
-                case "running":
+                case .running:
                     pausedByErrorSince = nil
                     await callbacks.running?()
-                default:
+                case .undefined, .created, .standby, .waiting, .aborting, .null:
                     pausedByErrorSince = nil
+                case .unrecognized:
+                    pausedByErrorSince = nil  // a newer QEMU's status: watch on, act on nothing
                 }
             }
         }

@@ -26,8 +26,8 @@ extension DiskWorkflow {
     private func renameSource(_ source: String) async throws {
         let retired = source + ".retired"
         // An intent left by an earlier run means that run may have renamed the source.
-        let earlierAttempt = disk.intent == "rename"
-        try await ledger.intend("rename", "\(source) → \(retired)")
+        let earlierAttempt = disk.intent == .renameSource
+        try await ledger.intend(.renameSource, "\(source) → \(retired)")
         try await refuseUnlessRetirable(source, action: "rename")
         if livecopy_rename_noreplace(source, retired) == 0 {
             ledger.sent()
@@ -59,8 +59,8 @@ extension DiskWorkflow {
 
     /// Deletes the source.
     private func deleteSource(_ source: String) async throws {
-        let earlierAttempt = disk.intent == "delete-source"
-        try await ledger.intend("delete-source", source)
+        let earlierAttempt = disk.intent == .deleteSource
+        try await ledger.intend(.deleteSource, source)
         try await refuseUnlessRetirable(source, action: "delete")
         if unlink(source) == 0 {
             ledger.sent()

@@ -12,8 +12,6 @@ enum VMActivityCheck {
         "setup", "active", "pre-switchover", "device", "postcopy-active", "postcopy-paused", "postcopy-recover",
         "wait-unplug", "cancelling", "colo",
     ]
-    /// Job statuses of a job that is over (it holds no block node any more).
-    static let over: Set<String> = ["concluded", "null"]
     /// Block job types, which run on one device's chain; other job types (snapshot-save,
     /// snapshot-load, create, amend …) concern the whole VM.
     static let blockJobTypes: Set<String> = ["stream", "mirror", "commit", "backup"]
@@ -39,7 +37,7 @@ enum VMActivityCheck {
         } catch {
             throw PreflightError("VM '\(vmName)': query-jobs failed: \(describe(error))")
         }
-        for job in jobs.sorted(by: { $0.id < $1.id }) where !over.contains(job.status) {
+        for job in jobs.sorted(by: { $0.id < $1.id }) where !job.status.isOver {
             if ownJobOfAnotherDisk(job.id) { continue }
             // A block job started without a job id is named after its device: one on a
             // device outside the plan is none of livecopy's business. Any other job may

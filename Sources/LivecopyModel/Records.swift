@@ -49,8 +49,8 @@ public struct DiskRecord: Sendable, Equatable {
     public var bytesTotal: Int64
     public var error: String?
     /// A side effect that was started and whose outcome is not recorded yet (for
-    /// example `blockdev-snapshot-sync`). After a crash it says what to reconcile.
-    public var intent: String?
+    /// example the snapshot). After a crash it says what to reconcile.
+    public var intent: DiskIntent?
     /// True once livecopy asked QEMU to create the destination: only then may livecopy delete it.
     public var destinationCreated: Bool
     public var updatedAt: Date
@@ -58,7 +58,7 @@ public struct DiskRecord: Sendable, Equatable {
     public init(
         id: Int64, planId: Int64, vmName: String, qmpSocket: String, device: String, destination: String,
         source: String?, sourceFormat: String?, qmpDevice: String?, state: DiskState, bytesDone: Int64,
-        bytesTotal: Int64, error: String?, intent: String?, destinationCreated: Bool, updatedAt: Date
+        bytesTotal: Int64, error: String?, intent: DiskIntent?, destinationCreated: Bool, updatedAt: Date
     ) {
         self.id = id
         self.planId = planId
@@ -95,12 +95,14 @@ public struct DiskRecord: Sendable, Equatable {
             return destinationCreated ? destination : source
         case .streaming, .retiring, .completed, .failed: return destinationCreated ? destination : source
         case .rollingBack:
-            // Once the rollback job concluded on the source, "delete-destination" is the intent; while a
-            // pivot may be under way nobody can tell without looking.
+            // Once the rollback job concluded on the source, deleting the destination is the intent;
+            // while a pivot may be under way nobody can tell without looking.
             switch intent {
-            case "delete-destination"?: return source
-            case "block-job-complete"?: return nil
-            default: return destinationCreated ? destination : source
+            case .deleteDestination?: return source
+            case .pivotBack?: return nil
+            case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .renameSource?, .deleteSource?,
+                 .cancelStream?, .commitBack?, .mirrorBack?:
+                return destinationCreated ? destination : source
             }
         case .needsAttention: return nil
         }

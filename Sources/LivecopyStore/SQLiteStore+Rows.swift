@@ -57,12 +57,17 @@ extension SQLiteStore {
         func value<Value: DatabaseValueConvertible>(_ name: String) throws -> Value { try column(row, name, of: "disks") }
         let stateText: String = try value("state")
         guard let state = DiskState(rawValue: stateText) else { throw StoreError("disk has unknown state '\(stateText)'") }
+        let intentText: String? = try value("intent")
+        let intent = try intentText.map { text in
+            guard let intent = DiskIntent(rawValue: text) else { throw StoreError("disk has unknown intent '\(text)'") }
+            return intent
+        }
         return DiskRecord(
             id: try value("id"), planId: try value("plan_id"), vmName: try value("vm_name"), qmpSocket: try value("qmp_socket"),
             device: try value("device"), destination: try value("destination"), source: try value("source"),
             sourceFormat: try value("source_format"), qmpDevice: try value("qmp_device"), state: state,
             bytesDone: try value("bytes_done"), bytesTotal: try value("bytes_total"), error: try value("error"),
-            intent: try value("intent"), destinationCreated: try value("destination_created"),
+            intent: intent, destinationCreated: try value("destination_created"),
             updatedAt: try date(row, "updated_at", of: "disks") ?? Date())
     }
 

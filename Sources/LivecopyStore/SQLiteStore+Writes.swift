@@ -86,7 +86,7 @@ extension SQLiteStore {
                 WHERE id = ? AND state = ?
                 """,
             arguments: [disk.source, disk.sourceFormat, disk.qmpDevice, disk.state.rawValue, disk.bytesDone,
-                        disk.bytesTotal, disk.error, disk.intent, disk.destinationCreated,
+                        disk.bytesTotal, disk.error, disk.intent?.rawValue, disk.destinationCreated,
                         at.timeIntervalSince1970, disk.id, expecting.rawValue])
         guard db.changesCount == 1 else {
             throw StoreConflict("disk \(disk.id) is no longer \(expecting.rawValue)")

@@ -59,8 +59,7 @@ public final class ImageInfo: Decodable, Sendable {
 public struct JobInfo: Decodable, Sendable {
     public let id: String
     public let type: String
-    /// created, running, paused, ready, standby, waiting, pending, aborting, concluded, null, undefined.
-    public let status: String
+    public let status: JobStatus
     public let currentProgress: Int64
     public let totalProgress: Int64
     /// Set on a concluded job that failed.

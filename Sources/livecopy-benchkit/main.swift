@@ -56,18 +56,18 @@ func forwardCopy(_ disk: DiskRecord, store: SQLiteStore, at: Date) throws -> Int
     }
     let source = record.source ?? "?"
     try save(.transition, to: .snapshotting, "snapshot \(source) → \(record.destination)")
-    try save(.intent, "create-destination: creating \(record.destination)") { $0.intent = "create-destination" }
+    try save(.intent, "create-destination: creating \(record.destination)") { $0.intent = .createDestination }
     try save(.outcome, "create-destination: created \(record.destination) (mode 0600, backing \(source), backing format qcow2)") {
         $0.intent = nil
         $0.destinationCreated = true
     }
-    try save(.intent, "blockdev-snapshot-sync: switching \(record.device) to \(record.destination)") { $0.intent = "blockdev-snapshot-sync" }
+    try save(.intent, "blockdev-snapshot-sync: switching \(record.device) to \(record.destination)") { $0.intent = .snapshot }
     try save(.outcome, "blockdev-snapshot-sync: the VM now writes into \(record.destination)") { $0.intent = nil }
     try save(.transition, to: .streaming, "destination overlay active, backing \(source)")
-    try save(.intent, "block-stream: job \(record.streamJobId)") { $0.intent = "block-stream" }
+    try save(.intent, "block-stream: job \(record.streamJobId)") { $0.intent = .stream }
     try save(.outcome, "block-stream: job \(record.streamJobId) started") { $0.intent = nil }
     try store.saveProgress(diskId: record.id, bytesDone: 1 << 30, bytesTotal: 1 << 30, at: at)
-    try save(.intent, "job-finalize: flushing \(record.destination)") { $0.intent = "job-finalize" }
+    try save(.intent, "job-finalize: flushing \(record.destination)") { $0.intent = .finalize }
     try save(.outcome, "job-finalize: destination flushed; job finalized") { $0.intent = nil }
     try save(.transition, to: .retiring, "\(record.destination) stands alone") {
         $0.bytesDone = 1 << 30

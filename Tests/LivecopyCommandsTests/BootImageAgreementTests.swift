@@ -21,10 +21,10 @@ struct BootImageAgreementTests {
     static let states: [(String, (inout DiskRecord) -> Void)] = [
         ("streaming", { $0.state = .streaming; $0.destinationCreated = true }),
         // The record alone cannot tell (a snapshot under way); the files can: no destination.
-        ("snapshotting", { $0.state = .snapshotting; $0.intent = "blockdev-snapshot-sync"; $0.destinationCreated = true }),
+        ("snapshotting", { $0.state = .snapshotting; $0.intent = .snapshot; $0.destinationCreated = true }),
         ("attention", { $0.state = .needsAttention; $0.error = "stopped" }),
         // A pivot back requested just before QEMU stopped, images that cannot be compared: nobody can tell.
-        ("pivot", { $0.state = .rollingBack; $0.intent = "block-job-complete"; $0.destinationCreated = true }),
+        ("pivot", { $0.state = .rollingBack; $0.intent = .pivotBack; $0.destinationCreated = true }),
         ("failed", { $0.state = .failed; $0.destinationCreated = false; $0.error = "copy failed" }),
     ]
 

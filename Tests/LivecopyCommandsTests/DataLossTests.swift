@@ -161,19 +161,9 @@ struct DataLossTests {
     /// fails with a message; `recover` flushes again and, confirmed this time, finishes.
     @Test(.timeLimit(.minutes(3)))
     func aFlushThatFailsBeforeFinalizingLeavesTheJobPendingAndRecoverRetries() async throws {
-        let rig = try Rig("lc-flush-fail", dataMiB: 24, policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
+        let (rig, planId, removeTheFlushFault) = try await Self.planFailedByItsFlush("lc-flush-fail")
         defer { rig.scratch.remove() }
-        try await rig.write(slot: 0)
-        let submit = try rig.livecopy.start(["submit", rig.planPath])
-        defer { RecoveryIntegrationTests.killIfRunning(submit) }
-        try await rig.waitForStreamJob(status: ["running"])
-        let removeTheFlushFault = try await Self.failNextFlushOfTheDestination(rig)
-
-        let result = try await submit.wait(timeout: 120)
-        #expect(result.status == 1, "submit ends the plan failed: \(result.status)\n\(result.stderr)")
-        let planId = try rig.planId()
         let disk = try #require(try rig.store().disks(ofPlan: planId).first)
-        #expect(disk.state == .failed, "disk is \(disk.state.rawValue)")
         #expect((disk.error ?? "").contains("flush") && (disk.error ?? "").contains("Input/output error"),
                 "the disk says the flush failed: \(disk.error ?? "")")
         #expect(try await rig.streamJob()?.status == "pending", "the stream job waits in pending, not finalized")
@@ -191,6 +181,64 @@ struct DataLossTests {
         try await rig.write(slot: 2)
         await rig.vm.stop()
         try rig.expectDestinationHoldsEverything("flush failed once")
+    }
+
+    /// A plan left `failed` by a flush that failed is cancelled: the disk rolls back from
+    /// `failed` (the pending job cancelled, the destination committed into the source), and
+    /// every write is in the source.
+    @Test(.timeLimit(.minutes(3)))
+    func aDiskFailedByItsFlushRollsBackOnCancel() async throws {
+        let (rig, planId, removeTheFlushFault) = try await Self.planFailedByItsFlush("lc-flush-cancel")
+        defer { rig.scratch.remove() }
+        try await removeTheFlushFault()
+        try await rig.write(slot: 2)  // into the destination, before the rollback
+        let cancel = try await rig.livecopy.run(["cancel", String(planId)])
+        #expect(cancel.status == 0, "cancel: \(cancel.stderr)")
+        let events = try rig.store().events(ofPlan: planId).filter { $0.kind == .transition && $0.diskId != nil }
+        #expect(events.contains { $0.from == "failed" && $0.to == "rolling_back" }, "the disk rolls back from failed")
+        try await RecoveryIntegrationTests.expectRecoverFinishesTheRollback(rig, planId: planId, point: "cancel after a failed flush")
+    }
+
+    /// A plan left `failed` by a flush that failed; then the VM is restarted on a third
+    /// image (neither source nor destination): `recover` touches nothing and the disk
+    /// needs attention.
+    @Test(.timeLimit(.minutes(3)))
+    func aFailedDiskWhoseVMRunsOnAThirdImageNeedsAttention() async throws {
+        let (rig, planId, _) = try await Self.planFailedByItsFlush("lc-flush-third")
+        defer { rig.scratch.remove() }
+        rig.vm.kill()
+        let third = rig.scratch.appending("third.qcow2")
+        try QEMUImage.create(third, size: "64M")
+        rig.vm = try QEMUVirtualMachine(name: "vm", directory: rig.scratch.url, drives: [(id: "drive0", image: third, format: "qcow2")])
+        let destinationBefore = try Data(contentsOf: URL(fileURLWithPath: rig.destination))
+
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status != 0, "recover must refuse: \(recover.stderr)")
+        let disk = try #require(try rig.store().disks(ofPlan: planId).first)
+        #expect(disk.state == .needsAttention, "disk is \(disk.state.rawValue)")
+        #expect((disk.error ?? "").contains(third), "the message names the image the VM runs on: \(disk.error ?? "")")
+        let events = try rig.store().events(ofPlan: planId).filter { $0.kind == .transition && $0.diskId != nil }
+        #expect(events.contains { $0.from == "failed" && $0.to == "needs_attention" })
+        #expect(FileManager.default.fileExists(atPath: rig.source), "the source is untouched")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: rig.destination)) == destinationBefore, "the destination is untouched")
+        await rig.vm.stop()
+    }
+
+    /// Runs `submit` until the flush before finalizing fails (see the test above); the
+    /// plan ends `failed` with the job pending. Returns what takes the fault out again.
+    static func planFailedByItsFlush(_ prefix: String) async throws -> (Rig, Int64, () async throws -> Void) {
+        let rig = try Rig(prefix, dataMiB: 24, policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
+        try await rig.write(slot: 0)
+        let submit = try rig.livecopy.start(["submit", rig.planPath])
+        defer { RecoveryIntegrationTests.killIfRunning(submit) }
+        try await rig.waitForStreamJob(status: ["running"])
+        let removeTheFlushFault = try await failNextFlushOfTheDestination(rig)
+        let result = try await submit.wait(timeout: 120)
+        #expect(result.status == 1, "submit ends the plan failed: \(result.status)\n\(result.stderr)")
+        let planId = try rig.planId()
+        #expect(try rig.store().disks(ofPlan: planId).first?.state == .failed)
+        #expect(try await rig.streamJob()?.status == "pending")
+        return (rig, planId, removeTheFlushFault)
     }
 
     /// Puts a blkdebug node that fails the next flush (once) between the destination's

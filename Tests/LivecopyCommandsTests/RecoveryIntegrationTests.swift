@@ -1111,8 +1111,8 @@ struct RecoveryIntegrationTests {
             var last = "none"
             while Date() < deadline {
                 if let job = try await streamJob() {
-                    if status.contains(job.status) { return job }
-                    last = job.status
+                    if status.contains(job.status.description) { return job }
+                    last = job.status.description
                 }
                 try await Task.sleep(for: .milliseconds(30))
             }

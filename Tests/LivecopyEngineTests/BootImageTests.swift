@@ -36,7 +36,7 @@ struct BootImageTests {
         defer { scratch.remove() }
         let (store, disk) = try Self.disk(scratch) {
             $0.state = .rollingBack
-            $0.intent = "block-job-complete"
+            $0.intent = .pivotBack
             $0.destinationCreated = true
         }
         let engine = Engine(store: store, connector: NoVM(), inspector: StubInspector(same: same))
@@ -52,7 +52,7 @@ struct BootImageTests {
         defer { scratch.remove() }
         let (store, disk) = try Self.disk(scratch) {
             $0.state = .snapshotting
-            $0.intent = "blockdev-snapshot-sync"
+            $0.intent = .snapshot
             $0.destinationCreated = true
         }
         _ = FileManager.default.createFile(atPath: disk.destination, contents: Data())
