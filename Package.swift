@@ -3,12 +3,12 @@ import PackageDescription
 
 /// livecopy: a live block copy orchestrator for QEMU virtual machines.
 ///
-/// Module map (each does one job):
+/// Module map (each does one job; docs/architecture.md follows the data flow through them):
 /// - `QMP`: the QMP client (SwiftNIO over a UNIX socket) and typed block commands.
 /// - `LivecopyModel`: plans, policies, states, the transition table and the store protocol.
 /// - `LivecopyStore`: the SQLite store (GRDB) and the migration runner.
 /// - `EmbeddedFiles`: `Migrations/` and `Policies/` compiled into the binary by a build-tool plugin.
-/// - `CSystemExtras`: Linux calls Swift's Glibc module does not import.
+/// - `CSystemExtras`: Linux calls Swift's Glibc module does not import (`sync_file_range`, write leases, `renameat2`).
 /// - `LivecopyEngine`: the workflow engine; it sees QMP and the store through protocols,
 ///   and runs `qemu-img` through swift-subprocess (awaited, never blocking a thread).
 /// - `LivecopyCommands`: the CLI (swift-argument-parser), testable in-process.
