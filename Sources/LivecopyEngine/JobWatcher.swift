@@ -99,8 +99,9 @@ struct JobWatcher {
         }
         continuation.yield(.tick)
 
-        var readyHandled = false
-        var pendingHandled = false
+        // Each called once, whether the event or a poll shows the status first.
+        var onReady = Once(action: callbacks.ready)
+        var onPending = Once(action: callbacks.pending)
         var settling = false
         var pausedByErrorSince: Date?
         var lastResumeAttempt = Date.distantPast
@@ -113,15 +114,9 @@ struct JobWatcher {
                 case .concluded:
                     return try await concludeAndDismiss(callbacks)
                 case .ready:
-                    if !readyHandled, let ready = callbacks.ready {
-                        readyHandled = true
-                        try await ready()
-                    }
+                    try await onReady.run()
                 case .pending:
-                    if !pendingHandled, let pending = callbacks.pending {
-                        pendingHandled = true
-                        try await pending()
-                    }
+                    try await onPending.run()
                 case .undefined, .created, .running, .paused, .standby, .waiting, .aborting, .null, .unrecognized:
                     continue  // the next poll tells what to do, if anything
                 }
@@ -145,15 +140,9 @@ struct JobWatcher {
                         continuation.yield(.settled)
                     }
                 case .ready:
-                    if !readyHandled, let ready = callbacks.ready {
-                        readyHandled = true
-                        try await ready()
-                    }
+                    try await onReady.run()
                 case .pending:
-                    if !pendingHandled, let pending = callbacks.pending {
-                        pendingHandled = true
-                        try await pending()
-                    }
+                    try await onPending.run()
                 case .paused:
                     let ioStatus = try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok"
                     guard ioStatus != "ok" else {
@@ -183,6 +172,17 @@ struct JobWatcher {
             }
         }
         throw QMPClientError.connectionLost(reason: "stopped watching job \(jobId)")
+    }
+
+    /// A callback run at most once.
+    private struct Once {
+        var action: (() async throws -> Void)?
+
+        mutating func run() async throws {
+            guard let action else { return }
+            self.action = nil
+            try await action()
+        }
     }
 
     /// Reads the concluded job's error, then dismisses it.
