@@ -60,15 +60,16 @@ func reportingErrors(_ body: () async throws -> Int32) async throws {
         printStderr(error.message, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as StoreError {
-        printStderr(error.message, asError: true)
-        throw ExitCode(ExitStatus.refused)
-    } catch let error as LeaseHeld {
-        printStderr(error.description, asError: true)
-        throw ExitCode(ExitStatus.refused)
+        switch error.kind {
+        case .database, .leaseHeld, .claimed:
+            printStderr(error.description, asError: true)
+            throw ExitCode(ExitStatus.refused)
+        case .conflict:
+            // Unexpected after a run started: as any other error below.
+            printStderr("\(describe(error)); the plan is kept: livecopy recover picks it up", asError: true)
+            throw ExitCode(ExitStatus.interrupted)
+        }
     } catch let error as PreflightError {
-        printStderr(error.description, asError: true)
-        throw ExitCode(ExitStatus.refused)
-    } catch let error as ClaimConflict {
         printStderr(error.description, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as LeaseLost {

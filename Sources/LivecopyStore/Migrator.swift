@@ -1,6 +1,7 @@
 import EmbeddedFiles
 import Foundation
 import GRDB
+import LivecopyModel
 
 /// One numbered schema migration, `Migrations/NNNN_name.sql`.
 public struct Migration: Sendable, Equatable {

@@ -107,7 +107,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     /// Runs `body` with every store call it makes on this thread inside one transaction,
     /// committed at the end (rolled back if `body` throws). Each call still applies as a
-    /// unit (a savepoint), so a `StoreConflict` leaves nothing half-written. For tools that
+    /// unit (a savepoint), so a `.conflict` `StoreError` leaves nothing half-written. For tools that
     /// write many records at once (the benchmark's synthesiser): one commit, one fsync.
     public func batch<T>(_ body: () throws -> T) throws -> T {
         var result: T?
@@ -148,9 +148,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
         do {
             return try queue.write(body)
-        } catch let error as StoreConflict {
-            throw error
-        } catch let error as LeaseHeld {
+        } catch let error as StoreError {
             throw error
         } catch let error as DatabaseError {
             throw StoreError("database \(path): \(Self.reason(error))")
