@@ -4,6 +4,7 @@
 
 import Foundation
 import GRDB
+import Logging
 import LivecopyModel
 
 /// The SQLite store: WAL, `synchronous=FULL`, a busy timeout, and the schema from the
@@ -51,9 +52,11 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
                 // sets `synchronous = NORMAL`, which would let a power cut lose the last commits.
                 try opened.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
                 try Migrator(migrations: migrations).migrate(opened, path: path)
+                logger.info("database opened", metadata: ["path": "\(path)", "schema": "\(migrations.last?.version ?? 0)"])
                 queue = opened
                 return
             } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && Date() < deadline {
+                logger.notice("database busy while opening; retrying", metadata: ["path": "\(path)"])
                 usleep(20_000)
             } catch let error as StoreError {
                 throw error
