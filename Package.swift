@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .target(
@@ -34,6 +35,7 @@ let package = Package(
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(name: "EmbedFilesTool"),
         .plugin(
@@ -55,6 +57,7 @@ let package = Package(
                 "LivecopyModel",
                 "EmbeddedFiles",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         /// Linux system calls Swift's Glibc module does not import (`sync_file_range`).
         .target(name: "CSystemExtras"),
@@ -63,19 +66,21 @@ let package = Package(
             dependencies: [
                 "LivecopyModel", "QMP", "CSystemExtras",
                 .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .target(
             name: "LivecopyCommands",
             dependencies: [
                 "LivecopyModel", "LivecopyStore", "LivecopyEngine", "QMP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "livecopy",
             dependencies: ["LivecopyCommands"]),
         .executableTarget(
             name: "livecopy-benchkit",
-            dependencies: ["LivecopyStore", "LivecopyModel"]),
+            dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "Logging", package: "swift-log")]),
 
         // Test support: real QEMU fixtures and a scripted fake QMP peer.
         .target(

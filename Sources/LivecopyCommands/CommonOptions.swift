@@ -3,6 +3,7 @@ import Foundation
 import LivecopyModel
 import LivecopyEngine
 import LivecopyStore
+import Logging
 
 /// Options every subcommand takes.
 struct CommonOptions: ParsableArguments {
@@ -20,8 +21,31 @@ struct CommonOptions: ParsableArguments {
         return "/var/lib/livecopy/livecopy.db"
     }
 
+    @Option(name: .long, help: ArgumentHelp(
+        "What to log on stderr, besides livecopy's own messages: trace, debug, info, notice, warning, error or critical.",
+        discussion: "Default: $LIVECOPY_LOG_LEVEL, else warning.", valueName: "level"))
+    var logLevel: String?
+
+    /// The log level in force: `--log-level`, else $LIVECOPY_LOG_LEVEL, else warning; nil
+    /// when the one in force names no level (which `validate` refuses).
+    var logLevelInForce: Logger.Level? {
+        if let logLevel { return Logger.Level(rawValue: logLevel) }
+        if let fromEnvironment = ProcessInfo.processInfo.environment["LIVECOPY_LOG_LEVEL"], !fromEnvironment.isEmpty {
+            return Logger.Level(rawValue: fromEnvironment)
+        }
+        return .warning
+    }
+
     func validate() throws {
         if let db, db.isEmpty { throw ValidationError("--db must not be empty") }
+        if logLevelInForce == nil {
+            // One line and exit 2, as for bad input (a ValidationError adds the usage, exit 64).
+            let (source, value) = logLevel.map { ("--log-level", $0) }
+                ?? ("LIVECOPY_LOG_LEVEL", ProcessInfo.processInfo.environment["LIVECOPY_LOG_LEVEL"] ?? "")
+            let levels = Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")
+            printStderr("\(source): unknown log level '\(value)' (expected \(levels))", asError: true)
+            throw ExitCode(ExitStatus.refused)
+        }
     }
 
     /// Opens the store (creating it and its directory if missing).
@@ -60,15 +84,16 @@ func reportingErrors(_ body: () async throws -> Int32) async throws {
         printStderr(error.message, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as StoreError {
-        printStderr(error.message, asError: true)
-        throw ExitCode(ExitStatus.refused)
-    } catch let error as LeaseHeld {
-        printStderr(error.description, asError: true)
-        throw ExitCode(ExitStatus.refused)
+        switch error.kind {
+        case .database, .leaseHeld, .claimed:
+            printStderr(error.description, asError: true)
+            throw ExitCode(ExitStatus.refused)
+        case .conflict:
+            // Unexpected after a run started: as any other error below.
+            printStderr("\(describe(error)); the plan is kept: livecopy recover picks it up", asError: true)
+            throw ExitCode(ExitStatus.interrupted)
+        }
     } catch let error as PreflightError {
-        printStderr(error.description, asError: true)
-        throw ExitCode(ExitStatus.refused)
-    } catch let error as ClaimConflict {
         printStderr(error.description, asError: true)
         throw ExitCode(ExitStatus.refused)
     } catch let error as LeaseLost {

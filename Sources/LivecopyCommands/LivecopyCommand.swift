@@ -23,15 +23,18 @@ extension LivecopyCommand {
     public static func execute(_ arguments: [String]) async -> Int32 {
         installInterruptMessage()
         do {
-            var command = try parseAsRoot(arguments)
+            var command = try parseAsRoot(hoistingLogLevel(arguments))
+            applyLogLevel(of: command)
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
                 try command.run()
             }
+            logger.debug("livecopy finished", metadata: ["status": "0"])
             return 0
         } catch {
             let code = exitCode(for: error).rawValue
+            logger.debug("livecopy finished", metadata: ["status": "\(code)"])
             let message = fullMessage(for: error)
             if !message.isEmpty {
                 let text = message.hasSuffix("\n") ? message : message + "\n"

@@ -31,7 +31,7 @@ struct Submit: AsyncParsableCommand {
                 let engine = Engine(store: store, connector: RealQMPConnector(), commandTimeout: policy.commandTimeout)
                 try engine.checkOffline(plan, policy: policy)
                 // A plan claiming what another submit recorded meanwhile is refused like the
-                // check above refuses it: one line, exit 2 (ClaimConflict), nothing recorded.
+                // check above refuses it: one line, exit 2 (a `.claimed` `StoreError`), nothing recorded.
                 let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map {
                     NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device,
                                  destination: $0.disk.destination)
@@ -57,8 +57,9 @@ struct Submit: AsyncParsableCommand {
             let record: PlanRecord
             do {
                 record = try engine.record(plan, policy: policy, disks: disks)
-            } catch let conflict as ClaimConflict {
+            } catch let error as StoreError {
                 // Another submit recorded a plan claiming the same disk or destination meanwhile.
+                guard case .claimed(let conflict) = error.kind else { throw error }
                 await engine.shutdown()
                 return try refuse(plan, policy: policy, reason: conflict.description, engine: engine)
             }

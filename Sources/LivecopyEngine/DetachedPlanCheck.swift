@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import LivecopyModel
 import QMP
 
@@ -60,6 +61,9 @@ extension Engine {
         try await store.save(plan: plan, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: PlanState.refused.rawValue, detail: "refused: \(reason)"),
                        at: Date())
+        logger.debug("plan transition", metadata: [
+            "plan": "\(planId)", "from": "\(previous.rawValue)", "to": "\(PlanState.refused.rawValue)", "detail": "refused: \(reason)",
+        ])
         EdgeLog.record("plan", from: previous.rawValue, to: PlanState.refused.rawValue)
         observer.note(nil, "plan \(planId) refused: \(reason)")
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import LivecopyModel
 
 /// The one place a disk's record changes: every state transition, every intent before
@@ -40,6 +41,10 @@ final class DiskLedger: @unchecked Sendable {
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
         disk = updated
+        logger.debug("disk transition", metadata: [
+            "plan": "\(disk.planId)", "disk": "\(disk.id)", "from": "\(previous.rawValue)", "to": "\(next.rawValue)",
+            "detail": "\(detail)",
+        ])
         EdgeLog.record("disk", from: previous.rawValue, to: next.rawValue)
         CrashPoint.reach("transition:\(next.rawValue)")
         observer.diskMoved(updated, from: previous, detail: detail)
@@ -83,6 +88,10 @@ final class DiskLedger: @unchecked Sendable {
                                        detail: "\(action): \(detail)"),
                        at: Date())
         disk = updated
+        logger.debug("disk \(kind.rawValue)", metadata: [
+            "plan": "\(disk.planId)", "disk": "\(disk.id)", "state": "\(disk.state.rawValue)", "action": "\(action)",
+            "detail": "\(detail)",
+        ])
         CrashPoint.reach("\(kind.rawValue):\(action)")
     }
 

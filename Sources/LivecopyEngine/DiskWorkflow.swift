@@ -96,7 +96,9 @@ final class DiskWorkflow: @unchecked Sendable {
         case let error as NeedsAttention:
             try await ledger.transition(to: .needsAttention, error.description) { $0.error = error.description }
             return true
-        case is IllegalTransition, is StoreConflict, is StoreFailure:
+        case is IllegalTransition, is StoreFailure:
+            throw error
+        case let error as StoreError where error.stopsTheEngine:
             throw error
         default:
             if Task.isCancelled { return false }
@@ -637,9 +639,22 @@ final class DiskWorkflow: @unchecked Sendable {
 }
 
 /// An error that must stop the engine rather than fail a disk (the record itself is in doubt).
+/// The engine's own error, raised when what the store returned makes no sense (a disk gone,
+/// a final disk asked to fail); `StoreError` is what the store itself throws.
 struct StoreFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+extension StoreError {
+    /// Whether `DiskWorkflow.settle` rethrows it, stopping the engine: a lost compare-and-set
+    /// puts the record in doubt. The other kinds fail the disk as any other error does.
+    var stopsTheEngine: Bool {
+        switch kind {
+        case .conflict: return true
+        case .database, .leaseHeld, .claimed: return false
+        }
+    }
 }
 
 /// One line for any error.

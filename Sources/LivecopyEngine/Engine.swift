@@ -3,6 +3,7 @@
 // are extensions in Engine+*.swift.
 
 import Foundation
+import Logging
 import LivecopyModel
 import QMP
 
@@ -96,6 +97,7 @@ public final class Engine: @unchecked Sendable {
         if let previous = try await store.acquireLease(planId: planId, owner: claim, isGone: isGoneHere) {
             observer.note(nil, "plan \(planId): took over from \(previous), which is gone")
         }
+        logger.debug("lease acquired", metadata: ["plan": "\(planId)", "owner": "\(claim)"])
         let outcome: Result<PlanRecord, Error>
         do {
             outcome = .success(try await drive(plan, mode: mode, leaseTakenAt: claim.heartbeat))
@@ -103,6 +105,7 @@ public final class Engine: @unchecked Sendable {
             outcome = .failure(error)
         }
         try? await store.releaseLease(planId: planId, owner: me)
+        logger.debug("lease released", metadata: ["plan": "\(planId)", "owner": "\(me)"])
         return try outcome.get()
     }
 
@@ -239,6 +242,9 @@ public final class Engine: @unchecked Sendable {
         try await store.save(plan: plan, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
+        logger.debug("plan transition", metadata: [
+            "plan": "\(planId)", "from": "\(previous.rawValue)", "to": "\(next.rawValue)", "detail": "\(detail)",
+        ])
         EdgeLog.record("plan", from: previous.rawValue, to: next.rawValue)
         CrashPoint.reach("plan:\(next.rawValue)")
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import LivecopyModel
 
 /// How long a plan's lease lives without renewal, and how often its owner renews it.
@@ -48,6 +49,7 @@ struct LeaseHeartbeat {
                 let held = try await store.renewLease(planId: planId, owner: owner, at: now)
                 if Task.isCancelled { return nil }
                 guard held else { return .takenOver }
+                logger.trace("lease renewed", metadata: ["plan": "\(planId)", "owner": "\(owner)"])
                 if failures > 0 {
                     observer.note(nil, "plan \(planId): lease renewed again after \(failures) failed attempt(s)")
                 }
@@ -60,6 +62,9 @@ struct LeaseHeartbeat {
                 if silent + timing.heartbeatInterval >= timing.timeout {
                     return .notRenewed(seconds: silent, lastError: describe(error))
                 }
+                logger.notice("lease renewal failed; retrying at the next beat", metadata: [
+                    "plan": "\(planId)", "attempt": "\(failures)", "error": "\(describe(error))",
+                ])
                 observer.note(nil, "plan \(planId): cannot renew the lease (attempt \(failures), last renewed \(String(format: "%.1f", silent)) s ago): \(describe(error)); retrying in \(formatSeconds(timing.heartbeatInterval)) s")
             }
         }

@@ -259,7 +259,7 @@ struct Preflight {
 
     /// A plan not yet final must not claim the same destination or the same VM disk.
     /// Checked here to refuse early; the store checks again when it records the plan, in
-    /// the same transaction (`ClaimConflict`), which is what makes two concurrent submits safe.
+    /// the same transaction (a `.claimed` `StoreError`), which is what makes two concurrent submits safe.
     private func checkOtherPlans(_ plan: Plan) throws {
         let active = try store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
         for other in active {

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import LivecopyModel
 import QMP
 
@@ -33,6 +34,10 @@ final class RetryingQMPSession: QMPSession, @unchecked Sendable {
             } catch let error as QMPCommandError where attempt < retries && Self.isTransient(error) {
                 attempt += 1
                 let wait = min(backoff * pow(2, Double(attempt - 1)), Self.maxBackoff)
+                logger.notice("QMP command refused for a transient reason; retrying", metadata: [
+                    "command": "\(command)", "attempt": "\(attempt)", "of": "\(retries)", "wait": "\(wait)",
+                    "error": "\(error.description)",
+                ])
                 await onRetry("\(error.description); transient, retry \(attempt) of \(retries) in \(String(format: "%.2f", wait)) s")
                 try await Task.sleep(for: .seconds(wait))
             }

@@ -3,7 +3,8 @@ import Foundation
 /// A plan not yet final already claims a destination or a VM disk that a new plan names.
 /// The store checks claims and records a plan in one transaction, so of two plans
 /// submitted at once that claim the same thing exactly one is recorded.
-public struct ClaimConflict: Error, CustomStringConvertible, Sendable, Equatable {
+/// The store throws it as a `.claimed` `StoreError`; preflight words its refusal with it.
+public struct ClaimConflict: CustomStringConvertible, Sendable, Equatable {
     /// What the other plan claims.
     public enum Claim: Sendable, Equatable {
         /// The destination file, by path.

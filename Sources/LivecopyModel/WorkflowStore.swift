@@ -25,7 +25,7 @@ public protocol WorkflowStore: AnyObject, Sendable {
     func plans(states: Set<PlanState>?, vm: String?, limit: Int?) throws -> [PlanRecord]
 
     /// Writes every mutable column of `disk` if its row is still in state `expecting`,
-    /// and appends `event` in the same transaction. Throws `StoreConflict` otherwise.
+    /// and appends `event` in the same transaction. Throws a `.conflict` `StoreError` otherwise.
     func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) async throws
 
     /// The same for a plan.
@@ -44,7 +44,7 @@ public protocol WorkflowStore: AnyObject, Sendable {
 
     /// Takes the plan's lease for `owner` when it is free or when `isGone` says its
     /// holder is gone, in one transaction. Returns the holder taken over from, if any;
-    /// throws `LeaseHeld` when a live process holds it.
+    /// throws a `.leaseHeld` `StoreError` when a live process holds it.
     @discardableResult
     func acquireLease(planId: Int64, owner: PlanOwner, isGone: @escaping @Sendable (PlanOwner) -> Bool) async throws -> PlanOwner?
 
@@ -81,7 +81,7 @@ extension WorkflowStore {
     // Defaults for stores without operator controls (test doubles): nothing is ever set.
     public func controls(ofPlan planId: Int64) throws -> PlanControls { PlanControls() }
     public func requestControl(planId: Int64, _ action: OperatorAction, by requester: String, at: Date) throws -> OperatorRequest {
-        throw StoreConflict("this store keeps no operator controls")
+        throw StoreError(.conflict("this store keeps no operator controls"))
     }
     public func openControlRequests(planId: Int64) throws -> [OperatorRequest] { [] }
     public func controlRequest(id: Int64) throws -> OperatorRequest? { nil }

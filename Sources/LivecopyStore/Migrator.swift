@@ -1,6 +1,8 @@
 import EmbeddedFiles
 import Foundation
 import GRDB
+import Logging
+import LivecopyModel
 
 /// One numbered schema migration, `Migrations/NNNN_name.sql`.
 public struct Migration: Sendable, Equatable {
@@ -75,6 +77,7 @@ struct Migrator {
                     let applied = try Bool.fetchOne(
                         db, sql: "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?)", arguments: [migration.version]) ?? false
                     guard !applied else { return .commit }
+                    logger.info("applying migration", metadata: ["path": "\(path)", "migration": "\(migration.version)_\(migration.name)"])
                     try db.execute(sql: migration.sql)
                     try db.execute(
                         sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",

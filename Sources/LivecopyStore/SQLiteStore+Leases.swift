@@ -28,7 +28,7 @@ extension SQLiteStore {
         else { throw StoreError("no plan with id \(planId)") }
         let current = try Self.owner(row)
         if let current, current.pid != owner.pid || current.host != owner.host, !isGone(current) {
-            throw LeaseHeld(planId: planId, owner: current)
+            throw StoreError(.leaseHeld(planId: planId, owner: current))
         }
         try db.executeCached(
             sql: "UPDATE plans SET owner_pid = ?, owner_host = ?, owner_heartbeat = ? WHERE id = ?",

@@ -44,7 +44,7 @@ extension SQLiteStore {
     /// for word: SQLite uses a partial index only for a query repeating its WHERE term).
     static let diskNotFinal = "state NOT IN ('completed', 'rolled_back')"
 
-    /// Throws `ClaimConflict` when a plan not yet final has a disk not yet final with one
+    /// Throws a `.claimed` `StoreError` when a plan not yet final has a disk not yet final with one
     /// of `disks`' destinations, or on the same VM disk (QMP socket and device).
     private static func refuseClaimed(_ db: Database, _ disks: [NewPlan.Disk]) throws {
         let planStates = ClaimConflict.claimingPlanStates.map { "'\($0.rawValue)'" }.joined(separator: ", ")
@@ -62,9 +62,9 @@ extension SQLiteStore {
                 guard let row else { continue }
                 let stateText: String = try column(row, "plan_state", of: "plans")
                 guard let state = PlanState(rawValue: stateText) else { throw StoreError("plan has unknown state '\(stateText)'") }
-                throw ClaimConflict(vmName: disk.vmName, device: disk.device,
+                throw StoreError(.claimed(ClaimConflict(vmName: disk.vmName, device: disk.device,
                                     claim: sameDestination ? .destination(disk.destination) : .vmDisk,
-                                    otherPlanId: try column(row, "plan_id", of: "plans"), otherPlanState: state)
+                                    otherPlanId: try column(row, "plan_id", of: "plans"), otherPlanState: state)))
             }
         }
     }
@@ -89,7 +89,7 @@ extension SQLiteStore {
                         disk.bytesTotal, disk.error, disk.intent?.rawValue, disk.destinationCreated,
                         at.timeIntervalSince1970, disk.id, expecting.rawValue])
         guard db.changesCount == 1 else {
-            throw StoreConflict("disk \(disk.id) is no longer \(expecting.rawValue)")
+            throw StoreError(.conflict("disk \(disk.id) is no longer \(expecting.rawValue)"))
         }
         if let event {
             try insertEvent(db, planId: disk.planId, diskId: disk.id, event: event, at: at)
@@ -111,7 +111,7 @@ extension SQLiteStore {
             arguments: [plan.state.rawValue, plan.finishedAt?.timeIntervalSince1970, plan.error, plan.id,
                         expecting.rawValue])
         guard db.changesCount == 1 else {
-            throw StoreConflict("plan \(plan.id) is no longer \(expecting.rawValue)")
+            throw StoreError(.conflict("plan \(plan.id) is no longer \(expecting.rawValue)"))
         }
         if let event {
             try insertEvent(db, planId: plan.id, diskId: nil, event: event, at: at)

@@ -4,6 +4,7 @@
 
 import Foundation
 import GRDB
+import Logging
 import LivecopyModel
 
 /// The SQLite store: WAL, `synchronous=FULL`, a busy timeout, and the schema from the
@@ -51,9 +52,11 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
                 // sets `synchronous = NORMAL`, which would let a power cut lose the last commits.
                 try opened.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
                 try Migrator(migrations: migrations).migrate(opened, path: path)
+                logger.info("database opened", metadata: ["path": "\(path)", "schema": "\(migrations.last?.version ?? 0)"])
                 queue = opened
                 return
             } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && Date() < deadline {
+                logger.notice("database busy while opening; retrying", metadata: ["path": "\(path)"])
                 usleep(20_000)
             } catch let error as StoreError {
                 throw error
@@ -107,7 +110,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
 
     /// Runs `body` with every store call it makes on this thread inside one transaction,
     /// committed at the end (rolled back if `body` throws). Each call still applies as a
-    /// unit (a savepoint), so a `StoreConflict` leaves nothing half-written. For tools that
+    /// unit (a savepoint), so a `.conflict` `StoreError` leaves nothing half-written. For tools that
     /// write many records at once (the benchmark's synthesiser): one commit, one fsync.
     public func batch<T>(_ body: () throws -> T) throws -> T {
         var result: T?
@@ -148,9 +151,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         }
         do {
             return try queue.write(body)
-        } catch let error as StoreConflict {
-            throw error
-        } catch let error as LeaseHeld {
+        } catch let error as StoreError {
             throw error
         } catch let error as DatabaseError {
             throw StoreError("database \(path): \(Self.reason(error))")

@@ -3,6 +3,7 @@
 // (QMPConnectionCore*.swift); the socket reader is `QMPChannelHandler`.
 
 import Foundation
+import Logging
 import NIOCore
 import NIOPosix
 
@@ -146,6 +147,8 @@ public final class QMPConnection: QMPSession, @unchecked Sendable {
         }
         frame.writeString("\r\n")
         let payload = frame
+        let sentAt = ContinuousClock.now
+        logger.debug("QMP command sent", metadata: ["command": "\(command)", "id": "\(id)", "socket": "\(socketPath)"])
 
         let core = self.core
         let channel = self.channel
@@ -169,12 +172,23 @@ public final class QMPConnection: QMPSession, @unchecked Sendable {
         } onCancel: {
             core.finish(id: id, with: .failure(CancellationError()), expectLateReply: true)
         }
+        let replied = if case .failure(let reply) = result { "error \(reply.errorClass)" } else { "return" }
+        logger.debug("QMP reply", metadata: [
+            "command": "\(command)", "id": "\(id)", "socket": "\(socketPath)",
+            "seconds": "\(Self.seconds(since: sentAt))", "reply": "\(replied)",
+        ])
         switch result {
         case .success(let value):
             return value
         case .failure(let reply):
             throw QMPCommandError(command: command, errorClass: reply.errorClass, desc: reply.desc)
         }
+    }
+
+    /// Seconds elapsed since `start`, to the millisecond (for logs).
+    static func seconds(since start: ContinuousClock.Instant) -> String {
+        let elapsed = (ContinuousClock.now - start).components
+        return String(format: "%.3f", Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18)
     }
 
     /// A new subscription to every event that arrives from now on. It finishes when the

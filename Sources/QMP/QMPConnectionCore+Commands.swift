@@ -1,6 +1,7 @@
 // Commands in flight: ids, registration, timeouts and completion.
 
 import Foundation
+import Logging
 import NIOCore
 
 extension QMPConnectionCore {
@@ -52,6 +53,7 @@ extension QMPConnectionCore {
             return command
         }
         guard let command else { return }
+        logger.debug("QMP command timed out", metadata: ["command": "\(command.command)", "id": "\(id)", "seconds": "\(command.seconds)"])
         command.continuation.resume(throwing: QMPClientError.timeout(command: command.command, seconds: command.seconds))
     }
 

@@ -3,6 +3,7 @@
 // The greeting, command and event bookkeeping are extensions in QMPConnectionCore+*.swift.
 
 import Foundation
+import Logging
 import NIOCore
 
 /// The shared state of one connection, used by both `QMPConnection` (callers' threads)
@@ -154,6 +155,7 @@ final class QMPConnectionCore: @unchecked Sendable {
             return (Array(state.pending.values), Array(state.subscribers.values))
         }
         guard let taken else { return false }
+        logger.debug("QMP connection closed", metadata: ["socket": "\(path)", "reason": "\(reason)", "commandsFailed": "\(taken.commands.count)"])
         settleGreeting(.failure(greetingError))
         for command in taken.commands {
             command.timer?.cancel()

@@ -13,6 +13,7 @@
 import Foundation
 import LivecopyModel
 import LivecopyStore
+import Logging
 
 struct Failure: Error, CustomStringConvertible {
     let description: String
@@ -206,6 +207,13 @@ func transitions(_ args: [String]) async throws {
               "median_ms": median * 1000, "p99_ms": p99 * 1000, "synchronous_level": try store.synchronousLevel()])
 }
 
+// The store logs its opening at info: only warnings and worse here, so scripts/bench (which
+// reads stdout and stderr together) sees the one JSON object alone.
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = .warning
+    return handler
+}
 let arguments = Array(CommandLine.arguments.dropFirst())
 do {
     switch arguments.first {

@@ -63,10 +63,15 @@ struct LeaseHeartbeatTests {
         #expect(holder.host == "host-a boot test")
         #expect(!Engine.isGone(holder, host: "host-b boot test", leaseTimeout: Self.lease.timeout))
         let rival = PlanOwner(pid: 1, host: "host-b boot test", heartbeat: Date())
-        await #expect(throws: LeaseHeld.self) {
+        let refused = await #expect(throws: StoreError.self) {
             try await (setup.store as any WorkflowStore).acquireLease(planId: planId, owner: rival) {
                 Engine.isGone($0, host: rival.host, leaseTimeout: Self.lease.timeout)
             }
+        }
+        if case .leaseHeld(_, let owner)? = refused?.kind {
+            #expect(owner.host == "host-a boot test")
+        } else {
+            Issue.record("the rival's claim was refused with \(String(describing: refused)), not a held lease")
         }
         #expect(try setup.store.owner(ofPlan: planId)?.host == "host-a boot test", "the rival took nothing")
 

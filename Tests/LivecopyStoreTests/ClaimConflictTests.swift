@@ -57,7 +57,7 @@ struct ClaimConflictTests {
             let results = Self.race(stores, plans)
             let winners = results.compactMap { try? $0.get() }
             let conflicts = results.compactMap { result -> ClaimConflict? in
-                if case .failure(let error) = result { return error as? ClaimConflict }
+                if case .failure(let error) = result { return (error as? StoreError)?.kind.claim }
                 return nil
             }
             #expect(winners.count == 1, "round \(round): \(results)")
@@ -79,14 +79,16 @@ struct ClaimConflictTests {
         do {
             _ = try store.insertPlan(try Self.plan(vm: "db", destination: "/dst/web.qcow2"), at: Date())
             Issue.record("a second plan claiming /dst/web.qcow2 was recorded")
-        } catch let conflict as ClaimConflict {
-            #expect(conflict.description == "VM 'db' disk 'drive0': destination /dst/web.qcow2 is claimed by plan \(first.id) (pending)")
+        } catch let error as StoreError {
+            #expect(error.kind.claim != nil)
+            #expect(error.description == "VM 'db' disk 'drive0': destination /dst/web.qcow2 is claimed by plan \(first.id) (pending)")
         }
         do {
             _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/other.qcow2"), at: Date())
             Issue.record("a second plan of VM web's drive0 was recorded")
-        } catch let conflict as ClaimConflict {
-            #expect(conflict.description == "VM 'web' disk 'drive0' is already being copied by plan \(first.id) (pending)")
+        } catch let error as StoreError {
+            #expect(error.kind.claim != nil)
+            #expect(error.description == "VM 'web' disk 'drive0' is already being copied by plan \(first.id) (pending)")
         }
         #expect(try store.plans(states: nil, vm: nil, limit: nil).count == 1)
     }
@@ -99,9 +101,10 @@ struct ClaimConflictTests {
         _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2", state: .refused), at: Date())
         // A pending plan claims; once its disk is rolled back and the plan final, it no longer does.
         let (plan, disks) = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2"), at: Date())
-        #expect(throws: ClaimConflict.self) {
+        let claimed = #expect(throws: StoreError.self) {
             try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2"), at: Date())
         }
+        #expect(claimed?.kind.claim != nil)
         var disk = disks[0]
         disk.state = .rolledBack
         try store.save(disk: disk, expecting: .pending, event: nil, at: Date())
@@ -122,8 +125,9 @@ struct ClaimConflictTests {
         var failedDisk = others[0]
         failedDisk.state = .failed
         try store.save(disk: failedDisk, expecting: .pending, event: nil, at: Date())
-        #expect(throws: ClaimConflict.self) {
+        let stillClaimed = #expect(throws: StoreError.self) {
             try store.insertPlan(try Self.plan(vm: "db", device: "drive0", destination: "/dst/db2.qcow2"), at: Date())
         }
+        #expect(stillClaimed?.kind.claim != nil)
     }
 }

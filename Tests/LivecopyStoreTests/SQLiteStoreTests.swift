@@ -49,8 +49,8 @@ struct MigrationTests {
             _ = try SQLiteStore(path: path)
             Issue.record("opened a newer database")
         } catch let error as StoreError {
-            #expect(error.message.contains("newer livecopy"))
-            #expect(error.message.contains("9999"))
+            #expect(error.description.contains("newer livecopy"))
+            #expect(error.description.contains("9999"))
         }
     }
 
@@ -141,9 +141,10 @@ struct SQLiteStoreTests {
             var disk = disks[0]
             disk.state = .snapshotting
             try store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, detail: "go"), at: Date())
-            #expect(throws: StoreConflict.self) {
+            let conflict = #expect(throws: StoreError.self) {
                 try store.save(disk: disk, expecting: .streaming, event: NewEvent(kind: .transition, detail: "x"), at: Date())
             }
+            #expect(conflict?.kind.name == "conflict")
             #expect(try store.disks(ofPlan: plan.id)[0].state == .snapshotting)
             return (plan, disks)
         }
@@ -167,9 +168,11 @@ struct SQLiteStoreTests {
         let (plan, disks) = try store.insertPlan(try Self.newPlan(), at: Date())
         var disk = disks[0]
         disk.state = .streaming
-        #expect(throws: StoreConflict.self) {
+        let conflict = #expect(throws: StoreError.self) {
             try store.save(disk: disk, expecting: .snapshotting, event: NewEvent(kind: .transition, detail: "x"), at: Date())
         }
+        #expect(conflict?.kind.name == "conflict")
+        #expect(conflict?.description == "record changed concurrently: disk \(disk.id) is no longer snapshotting")
         #expect(try store.disks(ofPlan: plan.id)[0].state == .pending)
         #expect(try store.events(ofPlan: plan.id).count == 1)
     }
@@ -184,9 +187,10 @@ struct SQLiteStoreTests {
         var disk = disks[0]
         disk.state = .snapshotting
         try await store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, detail: "go"), at: Date())
-        await #expect(throws: StoreConflict.self) {
+        let conflict = await #expect(throws: StoreError.self) {
             try await store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, detail: "again"), at: Date())
         }
+        #expect(conflict?.kind.name == "conflict")
         try await store.saveProgress(diskId: disk.id, bytesDone: 5, bytesTotal: 10, at: Date())
         #expect(try concrete.disk(id: disk.id).map { [$0.bytesDone, $0.bytesTotal] } == [5, 10])
         try await store.appendEvent(planId: plan.id, diskId: disk.id, event: NewEvent(kind: .note, detail: "noted"), at: Date())
@@ -194,7 +198,9 @@ struct SQLiteStoreTests {
         #expect(try await store.acquireLease(planId: plan.id, owner: owner, isGone: { _ in false }) == nil)
         #expect(try await store.renewLease(planId: plan.id, owner: owner, at: Date()))
         let other = PlanOwner(pid: 43, host: "elsewhere", heartbeat: Date())
-        await #expect(throws: LeaseHeld.self) { try await store.acquireLease(planId: plan.id, owner: other, isGone: { _ in false }) }
+        let held = await #expect(throws: StoreError.self) { try await store.acquireLease(planId: plan.id, owner: other, isGone: { _ in false }) }
+        #expect(held?.kind.name == "leaseHeld")
+        #expect(held?.description.hasPrefix("plan \(plan.id) is owned by a live livecopy (") == true)
         #expect(try await store.renewLease(planId: plan.id, owner: other, at: Date()) == false)
 
         // A cancelled task's write is not abandoned: the ledger records each step it asked for.
@@ -234,8 +240,8 @@ struct SQLiteStoreTests {
             _ = try SQLiteStore(path: path)
             Issue.record("opened a junk file")
         } catch let error as StoreError {
-            #expect(error.message.contains("not an SQLite database"), "\(error.message)")
-            #expect(!error.message.contains("\n"))
+            #expect(error.description.contains("not an SQLite database"), "\(error.description)")
+            #expect(!error.description.contains("\n"))
         }
     }
 }
@@ -268,6 +274,27 @@ struct OperatorControlStoreTests {
         let details = try store.events(ofPlan: plan.id).map(\.detail)
         #expect(details.contains { $0.hasPrefix("throttle to 20.0 MiB/s requested by pid 1") })
         #expect(details.filter { $0.contains("request \(throttle.id): ") } == ["request \(throttle.id): applied"])
-        #expect(throws: StoreError.self) { try store.requestControl(planId: 999, .pause, by: "pid 4", at: Date()) }
+        let missing = #expect(throws: StoreError.self) { try store.requestControl(planId: 999, .pause, by: "pid 4", at: Date()) }
+        #expect(missing?.kind.name == "database")
+    }
+}
+
+extension StoreError.Kind {
+    /// The case's name, for a test to say which kind it expects.
+    var name: String {
+        switch self {
+        case .database: return "database"
+        case .conflict: return "conflict"
+        case .leaseHeld: return "leaseHeld"
+        case .claimed: return "claimed"
+        }
+    }
+
+    /// The claim refused, for a `.claimed` error.
+    var claim: ClaimConflict? {
+        switch self {
+        case .claimed(let conflict): return conflict
+        case .database, .conflict, .leaseHeld: return nil
+        }
     }
 }

@@ -1,0 +1,6 @@
+import Logging
+
+/// The LivecopyEngine module's logger (`livecopy.engine`). Where it writes and at which level is the
+/// process's choice (`LoggingSystem.bootstrap`, made by the `livecopy` executable); this
+/// module never bootstraps the logging system itself.
+let logger = Logger(label: "livecopy.engine")
