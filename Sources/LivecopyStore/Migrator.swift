@@ -77,7 +77,7 @@ struct Migrator {
                     let applied = try Bool.fetchOne(
                         db, sql: "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?)", arguments: [migration.version]) ?? false
                     guard !applied else { return .commit }
-                    logger.info("applying migration", metadata: ["path": "\(path)", "migration": "\(migration.version)_\(migration.name)"])
+                    logger.debug("applying migration", metadata: ["path": "\(path)", "migration": "\(migration.version)_\(migration.name)"])
                     try db.execute(sql: migration.sql)
                     try db.execute(
                         sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",

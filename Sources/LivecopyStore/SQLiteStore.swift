@@ -52,7 +52,7 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
                 // sets `synchronous = NORMAL`, which would let a power cut lose the last commits.
                 try opened.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
                 try Migrator(migrations: migrations).migrate(opened, path: path)
-                logger.info("database opened", metadata: ["path": "\(path)", "schema": "\(migrations.last?.version ?? 0)"])
+                logger.debug("database opened", metadata: ["path": "\(path)", "schema": "\(migrations.last?.version ?? 0)"])
                 queue = opened
                 return
             } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && Date() < deadline {

@@ -23,7 +23,7 @@ struct LoggingTests {
         #expect(debug.stdout == quiet.stdout, "logs never go to stdout")
         let lines = debug.stderr.split(separator: "\n")
         #expect(lines.contains { $0.contains(" debug livecopy.commands:") && $0.contains("livecopy started") }, "\(debug.stderr)")
-        #expect(lines.contains { $0.contains(" info livecopy.store:") && $0.contains("database opened") }, "\(debug.stderr)")
+        #expect(lines.contains { $0.contains(" debug livecopy.store:") && $0.contains("database opened") }, "\(debug.stderr)")
         #expect(!lines.contains { $0.contains(" trace ") }, "\(debug.stderr)")
 
         // The same from the environment; the option wins over it.
