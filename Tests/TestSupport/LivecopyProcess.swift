@@ -55,7 +55,7 @@ public struct LivecopyProcess: Sendable {
     }
 
     /// A `livecopy` process started by `start`.
-    public final class Running: @unchecked Sendable {
+    public final class Running: Sendable {
         public let process: Process
         let stdoutPath: String
         let stderrPath: String
