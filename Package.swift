@@ -15,7 +15,7 @@ import PackageDescription
 /// - `livecopy`: the tiny executable that calls `LivecopyCommands`.
 let package = Package(
     name: "livecopy",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "livecopy", targets: ["livecopy"]),
         // scripts/bench's helper (store synthesis, transition rate); not installed.
@@ -106,5 +106,5 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -7,6 +7,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Synchronization
 
 /// The LivecopyCommands module's logger (`livecopy.commands`).
 let logger = Logger(label: "livecopy.commands")
@@ -23,12 +24,11 @@ extension LivecopyCommand {
 /// The process's log level: warning, until the command line sets the one in force.
 /// Loggers may exist before the command line is parsed, so handlers read it at each call.
 enum ProcessLogLevel {
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var level: Logger.Level = .warning
+    private static let level = Mutex<Logger.Level>(.warning)
 
     static var current: Logger.Level {
-        get { lock.withLock { level } }
-        set { lock.withLock { level = newValue } }
+        get { level.withLock { $0 } }
+        set { level.withLock { $0 = newValue } }
     }
 }
 

@@ -1,11 +1,12 @@
 import Foundation
 import LivecopyEngine
 import LivecopyModel
+import Synchronization
 
 /// Shows the engine's progress on stderr: on a terminal, one live line per disk with a
 /// bar, percent, rate and ETA; otherwise a plain line per disk every few seconds.
 /// State changes are always printed as lines of their own.
-final class ProgressDisplay: EngineObserver, @unchecked Sendable {
+final class ProgressDisplay: EngineObserver, Sendable {
     private struct Line {
         var label: String
         var state: DiskState
@@ -16,13 +17,17 @@ final class ProgressDisplay: EngineObserver, @unchecked Sendable {
         var lastPlainPrint = Date.distantPast
     }
 
-    private let lock = NSLock()
+    /// What is on the screen; every change goes through `screen.withLock`.
+    private struct Screen {
+        var lines: [Int64: Line] = [:]
+        var order: [Int64] = []
+        var drawnLines = 0
+        var lastDraw = Date.distantPast
+    }
+
+    private let screen = Mutex(Screen())
     private let isTerminal: Bool
     private let plainInterval: Double
-    private var lines: [Int64: Line] = [:]
-    private var order: [Int64] = []
-    private var drawnLines = 0
-    private var lastDraw = Date.distantPast
 
     init(plainInterval: Double = 3) {
         isTerminal = isatty(STDERR_FILENO) == 1 && ProcessInfo.processInfo.environment["TERM"] != "dumb"
@@ -30,19 +35,19 @@ final class ProgressDisplay: EngineObserver, @unchecked Sendable {
     }
 
     func diskMoved(_ disk: DiskRecord, from: DiskState, detail: String) {
-        lock.withLock {
-            var line = lines[disk.id] ?? Line(label: "\(disk.vmName)/\(disk.device)", state: disk.state)
+        screen.withLock { screen in
+            var line = screen.lines[disk.id] ?? Line(label: "\(disk.vmName)/\(disk.device)", state: disk.state)
             line.state = disk.state
-            if lines[disk.id] == nil { order.append(disk.id) }
-            lines[disk.id] = line
-            emit("\(line.label): \(from.rawValue) → \(disk.state.rawValue): \(detail)")
+            if screen.lines[disk.id] == nil { screen.order.append(disk.id) }
+            screen.lines[disk.id] = line
+            emit("\(line.label): \(from.rawValue) → \(disk.state.rawValue): \(detail)", &screen)
         }
     }
 
     func diskProgress(_ disk: DiskRecord, bytesDone: Int64, bytesTotal: Int64) {
-        lock.withLock {
-            var line = lines[disk.id] ?? Line(label: "\(disk.vmName)/\(disk.device)", state: disk.state)
-            if lines[disk.id] == nil { order.append(disk.id) }
+        screen.withLock { screen in
+            var line = screen.lines[disk.id] ?? Line(label: "\(disk.vmName)/\(disk.device)", state: disk.state)
+            if screen.lines[disk.id] == nil { screen.order.append(disk.id) }
             let now = Date()
             if let (at, done) = line.lastSample, now.timeIntervalSince(at) > 0.2 {
                 let instant = (Double(bytesDone) - Double(done)) / now.timeIntervalSince(at)
@@ -55,50 +60,50 @@ final class ProgressDisplay: EngineObserver, @unchecked Sendable {
             line.total = bytesTotal
             if !isTerminal && now.timeIntervalSince(line.lastPlainPrint) >= plainInterval {
                 line.lastPlainPrint = now
-                lines[disk.id] = line
-                emit(describe(line))
+                screen.lines[disk.id] = line
+                emit(describe(line), &screen)
                 return
             }
-            lines[disk.id] = line
-            if isTerminal && now.timeIntervalSince(lastDraw) >= 0.2 { redraw() }
+            screen.lines[disk.id] = line
+            if isTerminal && now.timeIntervalSince(screen.lastDraw) >= 0.2 { redraw(&screen) }
         }
     }
 
     func note(_ disk: DiskRecord?, _ message: String) {
-        lock.withLock {
-            emit(disk.map { "\($0.vmName)/\($0.device): \(message)" } ?? message)
+        screen.withLock { screen in
+            emit(disk.map { "\($0.vmName)/\($0.device): \(message)" } ?? message, &screen)
         }
     }
 
     /// Clears the live block (terminal) so later output starts on a clean line.
     func finish() {
-        lock.withLock {
-            clearBlock()
+        screen.withLock { screen in
+            clearBlock(&screen)
         }
     }
 
     // MARK: - Rendering (lock held)
 
-    private func emit(_ message: String) {
-        clearBlock()
+    private func emit(_ message: String, _ screen: inout Screen) {
+        clearBlock(&screen)
         FileHandle.standardError.write(Data((message + "\n").utf8))
-        if isTerminal { redraw() }
+        if isTerminal { redraw(&screen) }
     }
 
-    private func clearBlock() {
-        guard isTerminal, drawnLines > 0 else { return }
-        FileHandle.standardError.write(Data("\u{1B}[\(drawnLines)A\u{1B}[J".utf8))
-        drawnLines = 0
+    private func clearBlock(_ screen: inout Screen) {
+        guard isTerminal, screen.drawnLines > 0 else { return }
+        FileHandle.standardError.write(Data("\u{1B}[\(screen.drawnLines)A\u{1B}[J".utf8))
+        screen.drawnLines = 0
     }
 
-    private func redraw() {
-        clearBlock()
-        let active = order.compactMap { lines[$0] }.filter { $0.state == .streaming && $0.total > 0 }
+    private func redraw(_ screen: inout Screen) {
+        clearBlock(&screen)
+        let active = screen.order.compactMap { screen.lines[$0] }.filter { $0.state == .streaming && $0.total > 0 }
         guard !active.isEmpty else { return }
         let text = active.map(bar).joined(separator: "\n") + "\n"
         FileHandle.standardError.write(Data(text.utf8))
-        drawnLines = active.count
-        lastDraw = Date()
+        screen.drawnLines = active.count
+        screen.lastDraw = Date()
     }
 
     private func bar(_ line: Line) -> String {

@@ -1,21 +1,31 @@
 import Foundation
 import Logging
 import LivecopyModel
+import Synchronization
 
 /// The one place a disk's record changes: every state transition, every intent before
 /// a side effect and every outcome after it is checked here and persisted, with an
 /// event, before the engine goes on. Every write is awaited (the store commits it on its
 /// own queue), so the `fsync` of a commit never holds a thread of the concurrency pool.
-final class DiskLedger: @unchecked Sendable {
-    private(set) var disk: DiskRecord
+final class DiskLedger: Sendable {
+    private struct State {
+        var disk: DiskRecord
+        var lastProgressWrite = Date.distantPast
+    }
+    private let state: Mutex<State>
     private let store: any WorkflowStore
     private let observer: any EngineObserver
-    private var lastProgressWrite = Date.distantPast
 
     init(disk: DiskRecord, store: any WorkflowStore, observer: any EngineObserver) {
-        self.disk = disk
+        self.state = Mutex(State(disk: disk))
         self.store = store
         self.observer = observer
+    }
+
+    /// The disk's record as last persisted (or reloaded).
+    private(set) var disk: DiskRecord {
+        get { state.withLock { $0.disk } }
+        set { state.withLock { $0.disk = newValue } }
     }
 
     /// Moves the disk to `next` if the transition table allows it, applying `update` in
@@ -25,6 +35,7 @@ final class DiskLedger: @unchecked Sendable {
     /// step, `failed`, `needs_attention`): a move elsewhere is made by the reconciliation
     /// that settled it from what QEMU shows, and closes it, saying so in the event.
     func transition(to next: DiskState, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+        let disk = self.disk
         let previous = disk.state
         guard previous.canMove(to: next) else {
             throw IllegalTransition(subject: "disk \(disk.id)", from: previous.rawValue, to: next.rawValue)
@@ -40,7 +51,7 @@ final class DiskLedger: @unchecked Sendable {
         try await store.save(disk: updated, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
-        disk = updated
+        self.disk = updated
         logger.debug("disk transition", metadata: [
             "plan": "\(disk.planId)", "disk": "\(disk.id)", "from": "\(previous.rawValue)", "to": "\(next.rawValue)",
             "detail": "\(detail)",
@@ -52,6 +63,7 @@ final class DiskLedger: @unchecked Sendable {
 
     /// Records that `action` is about to be attempted; call before the side effect.
     func intend(_ action: DiskIntent, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+        let disk = self.disk
         guard action.isAllowed(in: disk.state) else {
             throw IllegalTransition(subject: "disk \(disk.id)", from: disk.state.rawValue, to: "intent \(action.rawValue)")
         }
@@ -69,6 +81,7 @@ final class DiskLedger: @unchecked Sendable {
     /// Records the outcome of the pending intent; call after the side effect. `next`
     /// records the following intent in the same write, when the outcome proves it safe.
     func outcome(_ detail: String, next: DiskIntent? = nil, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+        let disk = self.disk
         if let next, !next.isAllowed(in: disk.state) {
             throw IllegalTransition(subject: "disk \(disk.id)", from: disk.state.rawValue, to: "intent \(next.rawValue)")
         }
@@ -81,13 +94,14 @@ final class DiskLedger: @unchecked Sendable {
 
     /// Writes an intent or outcome: the disk's new columns and the event, in one transaction.
     private func record(_ kind: EventKind, action: String, _ detail: String, update: (inout DiskRecord) -> Void) async throws {
+        let disk = self.disk
         var updated = disk
         update(&updated)
         try await store.save(disk: updated, expecting: disk.state,
                        event: NewEvent(kind: kind, from: disk.state.rawValue, to: disk.state.rawValue,
                                        detail: "\(action): \(detail)"),
                        at: Date())
-        disk = updated
+        self.disk = updated
         logger.debug("disk \(kind.rawValue)", metadata: [
             "plan": "\(disk.planId)", "disk": "\(disk.id)", "state": "\(disk.state.rawValue)", "action": "\(action)",
             "detail": "\(detail)",
@@ -109,25 +123,33 @@ final class DiskLedger: @unchecked Sendable {
     func report(_ problem: String) async throws {
         var updated = disk
         updated.error = problem
-        try await store.save(disk: updated, expecting: disk.state, event: NewEvent(kind: .note, detail: problem), at: Date())
+        try await store.save(disk: updated, expecting: updated.state, event: NewEvent(kind: .note, detail: problem), at: Date())
         disk = updated
-        observer.note(disk, problem)
+        observer.note(updated, problem)
     }
 
     /// Appends a note to the timeline (no state change).
     func note(_ detail: String) async throws {
+        let disk = self.disk
         try await store.appendEvent(planId: disk.planId, diskId: disk.id, event: NewEvent(kind: .note, detail: detail), at: Date())
         observer.note(disk, detail)
     }
 
     /// Reports progress; persisted at most every `persistEvery` seconds.
     func progress(done: Int64, total: Int64, persistEvery: Double) async {
-        disk.bytesDone = done
-        disk.bytesTotal = total
+        let disk = state.withLock { state in
+            state.disk.bytesDone = done
+            state.disk.bytesTotal = total
+            return state.disk
+        }
         observer.diskProgress(disk, bytesDone: done, bytesTotal: total)
         let now = Date()
-        guard now.timeIntervalSince(lastProgressWrite) >= persistEvery || done == total else { return }
-        lastProgressWrite = now
+        let persist = state.withLock { state -> Bool in
+            guard now.timeIntervalSince(state.lastProgressWrite) >= persistEvery || done == total else { return false }
+            state.lastProgressWrite = now
+            return true
+        }
+        guard persist else { return }
         try? await store.saveProgress(diskId: disk.id, bytesDone: done, bytesTotal: total, at: now)
     }
 }

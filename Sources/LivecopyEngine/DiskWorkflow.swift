@@ -11,7 +11,7 @@ struct NeedsAttention: Error, CustomStringConvertible {
 /// Drives one disk through the recipe: snapshot, stream, verify, retire; or back out
 /// through rollback. Each step first reconciles with what QEMU and the files say, so
 /// the same code resumes a disk after any interruption.
-final class DiskWorkflow: @unchecked Sendable {
+final class DiskWorkflow: Sendable {
     let ledger: DiskLedger
     let session: any QMPSession
     let policy: Policy

@@ -6,6 +6,7 @@ import Foundation
 import Logging
 import LivecopyModel
 import QMP
+import Synchronization
 
 /// What a run does with the disks it picks up.
 public enum RunMode: Sendable {
@@ -22,7 +23,7 @@ public enum RunMode: Sendable {
 /// `WorkflowStore`. One engine at a time drives a plan: it holds the plan's lease and
 /// renews it every `LeaseTiming.heartbeatInterval` on a task of its own (`LeaseHeartbeat`),
 /// while another task watches for cancel and operator requests.
-public final class Engine: @unchecked Sendable {
+public final class Engine: Sendable {
     let store: any WorkflowStore
     let observer: any EngineObserver
     let inspector: any ImageInspector
@@ -183,40 +184,40 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// A flag set once, read from several tasks.
-    private final class CancelFlag: @unchecked Sendable {
-        private let lock = NSLock()
-        private var value = false
-        var isSet: Bool { lock.withLock { value } }
-        func set() { lock.withLock { value = true } }
+    private final class CancelFlag: Sendable {
+        private let value = Mutex(false)
+        var isSet: Bool { value.withLock { $0 } }
+        func set() { value.withLock { $0 = true } }
     }
 
     /// Why the lease is gone, once the heartbeat says so; read from several tasks.
-    private final class LeaseGone: @unchecked Sendable {
-        private let lock = NSLock()
-        private var value: LeaseLost.Cause?
-        var cause: LeaseLost.Cause? { lock.withLock { value } }
-        func set(_ cause: LeaseLost.Cause) { lock.withLock { value = value ?? cause } }
+    private final class LeaseGone: Sendable {
+        private let value = Mutex<LeaseLost.Cause?>(nil)
+        var cause: LeaseLost.Cause? { value.withLock { $0 } }
+        func set(_ cause: LeaseLost.Cause) { value.withLock { $0 = $0 ?? cause } }
     }
 
     /// The tasks driving a plan's disks, all cancelled at once when the lease is gone
     /// (a task added after that is cancelled as it is added).
-    private final class DrivingTasks: @unchecked Sendable {
-        private let lock = NSLock()
-        private var tasks: [Task<Error?, Never>] = []
-        private var stopped = false
+    private final class DrivingTasks: Sendable {
+        private struct State {
+            var tasks: [Task<Error?, Never>] = []
+            var stopped = false
+        }
+        private let state = Mutex(State())
 
         func add(_ task: Task<Error?, Never>) {
-            let cancelNow = lock.withLock { () -> Bool in
-                if !stopped { tasks.append(task) }
-                return stopped
+            let cancelNow = state.withLock { state -> Bool in
+                if !state.stopped { state.tasks.append(task) }
+                return state.stopped
             }
             if cancelNow { task.cancel() }
         }
 
         func stopAll() {
-            let all = lock.withLock { () -> [Task<Error?, Never>] in
-                stopped = true
-                return tasks
+            let all = state.withLock { state -> [Task<Error?, Never>] in
+                state.stopped = true
+                return state.tasks
             }
             for task in all { task.cancel() }
         }

@@ -10,7 +10,7 @@ import QMP
 /// Only error replies are retried: QEMU did nothing for them. A command that got no
 /// reply, or whose connection broke, is never sent again blindly; the workflow asks
 /// QEMU what happened instead.
-final class RetryingQMPSession: QMPSession, @unchecked Sendable {
+final class RetryingQMPSession: QMPSession, Sendable {
     private let base: any QMPSession
     private let retries: Int
     private let backoff: Double

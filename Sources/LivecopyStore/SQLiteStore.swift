@@ -6,6 +6,7 @@ import Foundation
 import GRDB
 import Logging
 import LivecopyModel
+import Synchronization
 
 /// The SQLite store: WAL, `synchronous=FULL`, a busy timeout, and the schema from the
 /// migrations embedded in the binary.
@@ -14,7 +15,7 @@ import LivecopyModel
 /// are awaited, so the commit's `fsync` never holds a thread of the concurrency pool. The
 /// same writes also exist synchronously, for `batch` and for tools (the benchmark's
 /// synthesiser) that write many records from one thread.
-public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
+public final class SQLiteStore: WorkflowStore, Sendable {
     private let queue: DatabaseQueue
     public let path: String
 
@@ -94,17 +95,20 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
     }
 
     /// The connection of the batch under way (see `batch`) and the thread running it.
-    private let batchLock = NSLock()
-    private var batchDatabase: Database?
-    private var batchThread: pthread_t?
+    // @unchecked: GRDB's `Database` is not Sendable; it is handed back only to the thread running the batch.
+    private struct OpenBatch: @unchecked Sendable {
+        let database: Database
+        let thread: pthread_t
+    }
+    private let openBatch = Mutex<OpenBatch?>(nil)
 
     /// The open batch's connection, if the calling thread is the one running `batch`.
     private func currentBatch() -> Database? {
-        batchLock.withLock {
-            guard let database = batchDatabase, let thread = batchThread, pthread_equal(thread, pthread_self()) != 0 else {
+        openBatch.withLock { batch in
+            guard let batch, pthread_equal(batch.thread, pthread_self()) != 0 else {
                 return nil
             }
-            return database
+            return batch.database
         }
     }
 
@@ -116,16 +120,8 @@ public final class SQLiteStore: WorkflowStore, @unchecked Sendable {
         var result: T?
         do {
             try queue.inTransaction(.immediate) { db in
-                batchLock.withLock {
-                    batchDatabase = db
-                    batchThread = pthread_self()
-                }
-                defer {
-                    batchLock.withLock {
-                        batchDatabase = nil
-                        batchThread = nil
-                    }
-                }
+                openBatch.withLock { $0 = OpenBatch(database: db, thread: pthread_self()) }
+                defer { openBatch.withLock { $0 = nil } }
                 result = try body()
                 return .commit
             }

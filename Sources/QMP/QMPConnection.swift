@@ -33,7 +33,7 @@ import NIOPosix
 /// once `connectTimeout` passes.
 ///
 /// The class is thread-safe: all mutable state sits behind one lock.
-public final class QMPConnection: QMPSession, @unchecked Sendable {
+public final class QMPConnection: QMPSession, Sendable {
     /// The monitor socket's path.
     public let socketPath: String
     /// The `QMP` member of QEMU's greeting (`version`, `capabilities`).

@@ -5,11 +5,12 @@
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 
 /// The shared state of one connection, used by both `QMPConnection` (callers' threads)
 /// and `QMPChannelHandler` (the event loop). Everything mutable is behind one lock, and
 /// continuations are resumed and streams finished only after the lock is released.
-final class QMPConnectionCore: @unchecked Sendable {
+final class QMPConnectionCore: Sendable {
     /// What the handler should do after a message.
     enum ReceiveOutcome {
         case keepOpen
@@ -51,12 +52,14 @@ final class QMPConnectionCore: @unchecked Sendable {
     let path: String
     /// The most unread events one subscription holds (`.bufferingNewest`).
     let eventBufferLimit: Int
-    let state: LockedBox<State>
+    /// Not reentrant: never call back into the owner (resume continuations, finish
+    /// streams, run user code) while holding it.
+    let state: Mutex<State>
 
     init(path: String, eventBufferLimit: Int = QMPConnection.defaultEventBufferLimit) {
         self.path = path
         self.eventBufferLimit = eventBufferLimit
-        self.state = LockedBox(State(eventBuffers: QMPEventBufferStats(bound: eventBufferLimit)))
+        self.state = Mutex(State(eventBuffers: QMPEventBufferStats(bound: eventBufferLimit)))
     }
 
     var isClosed: Bool {

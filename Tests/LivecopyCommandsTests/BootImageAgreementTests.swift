@@ -18,7 +18,7 @@ struct BootImageAgreementTests {
     }
 
     /// The disks' states (device name, then how the record is changed from `pending`).
-    static let states: [(String, (inout DiskRecord) -> Void)] = [
+    static let states: [(String, @Sendable (inout DiskRecord) -> Void)] = [
         ("streaming", { $0.state = .streaming; $0.destinationCreated = true }),
         // The record alone cannot tell (a snapshot under way); the files can: no destination.
         ("snapshotting", { $0.state = .snapshotting; $0.intent = .snapshot; $0.destinationCreated = true }),

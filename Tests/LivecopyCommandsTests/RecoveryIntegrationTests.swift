@@ -974,7 +974,7 @@ struct RecoveryIntegrationTests {
     ///
     /// Guest writes go to numbered slots: slot i is 64 KiB at 4M + i×64k (over the
     /// offline data) plus 64 KiB at 40M + i×128k (an area the source never had).
-    final class Rig: @unchecked Sendable {
+    final class Rig {
         static let slots = 8
         let scratch: TemporaryDirectory
         var vm: QEMUVirtualMachine

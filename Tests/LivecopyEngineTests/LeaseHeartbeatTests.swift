@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import Synchronization
 import TestSupport
 import Testing
 
@@ -124,33 +125,30 @@ struct LeaseHeartbeatTests {
 }
 
 /// Collects the observer's notes.
-final class NoteCollector: EngineObserver, @unchecked Sendable {
-    private let lock = NSLock()
-    private var notes: [String] = []
-    var all: [String] { lock.withLock { notes } }
+final class NoteCollector: EngineObserver, Sendable {
+    private let notes = Mutex<[String]>([])
+    var all: [String] { notes.withLock { $0 } }
     func diskMoved(_ disk: DiskRecord, from: DiskState, detail: String) {}
     func diskProgress(_ disk: DiskRecord, bytesDone: Int64, bytesTotal: Int64) {}
-    func note(_ disk: DiskRecord?, _ message: String) { lock.withLock { notes.append(message) } }
+    func note(_ disk: DiskRecord?, _ message: String) { notes.withLock { $0.append(message) } }
 }
 
 /// The SQLite store, except that lease renewals throw once `failRenewals()` is called.
-final class RenewalFailingStore: WorkflowStore, @unchecked Sendable {
+final class RenewalFailingStore: WorkflowStore, Sendable {
     private let base: SQLiteStore
-    private let lock = NSLock()
-    private var failing = false
-    private var failures = 0
+    private let renewals = Mutex((failing: false, failures: 0))
 
     struct Refused: Error, CustomStringConvertible { var description: String { "renewal refused by the test" } }
 
     init(_ base: SQLiteStore) { self.base = base }
 
-    func failRenewals() { lock.withLock { failing = true } }
-    var renewalFailures: Int { lock.withLock { failures } }
+    func failRenewals() { renewals.withLock { $0.failing = true } }
+    var renewalFailures: Int { renewals.withLock { $0.failures } }
 
     func renewLease(planId: Int64, owner: PlanOwner, at: Date) async throws -> Bool {
-        let fail = lock.withLock { () -> Bool in
-            if failing { failures += 1 }
-            return failing
+        let fail = renewals.withLock { renewals -> Bool in
+            if renewals.failing { renewals.failures += 1 }
+            return renewals.failing
         }
         if fail { throw Refused() }
         return try await base.renewLease(planId: planId, owner: owner, at: at)

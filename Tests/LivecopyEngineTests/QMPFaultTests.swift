@@ -9,6 +9,7 @@ import Testing
 /// A VM with one disk (`drive0`), played by a `FakeQMPPeer`: it answers the recipe's
 /// commands from a small model of the block layer (active image, backing file, jobs),
 /// and can be told to misbehave once on a given command.
+// @unchecked: test fake; its model changes under `lock` (the peer's handler calls in from the event loop), `peer` is set once by attach.
 final class FakeVM: @unchecked Sendable {
     /// What a new stream job does.
     enum StreamBehaviour {

@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import Synchronization
 import TestSupport
 import Testing
 
@@ -10,9 +11,8 @@ import Testing
 /// into the disk's record and the timeline before it sends the dismiss.
 struct StreamErrorRecordTests {
     /// What the store held when the fake VM received `job-dismiss`.
-    final class AtDismiss: @unchecked Sendable {
-        private let lock = NSLock()
-        private var seen: [(error: String?, details: [String])] = []
+    final class AtDismiss: Sendable {
+        private let seen = Mutex<[(error: String?, details: [String])]>([])
         func record(_ store: SQLiteStore) {
             var error: String?
             var details: [String] = []
@@ -20,9 +20,9 @@ struct StreamErrorRecordTests {
                 error = (try? store.disks(ofPlan: plan.id))?.first?.error
                 details = (try? store.events(ofPlan: plan.id))?.map(\.detail) ?? []
             }
-            lock.withLock { seen.append((error, details)) }
+            seen.withLock { $0.append((error, details)) }
         }
-        var snapshots: [(error: String?, details: [String])] { lock.withLock { seen } }
+        var snapshots: [(error: String?, details: [String])] { seen.withLock { $0 } }
     }
 
     @Test(.timeLimit(.minutes(1)))

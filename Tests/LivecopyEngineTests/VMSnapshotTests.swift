@@ -3,21 +3,21 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import Synchronization
 import TestSupport
 import Testing
 
 /// A real QMP session that also remembers every command sent through it.
-final class RecordingSession: QMPSession, @unchecked Sendable {
+final class RecordingSession: QMPSession, Sendable {
     let base: QMPConnection
-    private let lock = NSLock()
-    private var sent: [(String, [String: JSONValue]?)] = []
+    private let sent = Mutex<[(String, [String: JSONValue]?)]>([])
 
     init(_ base: QMPConnection) { self.base = base }
 
-    var commands: [(name: String, arguments: [String: JSONValue]?)] { lock.withLock { sent.map { ($0.0, $0.1) } } }
+    var commands: [(name: String, arguments: [String: JSONValue]?)] { sent.withLock { $0.map { ($0.0, $0.1) } } }
 
     func execute(_ command: String, arguments: [String: JSONValue]?, timeout: Double?) async throws -> JSONValue {
-        lock.withLock { sent.append((command, arguments)) }
+        sent.withLock { $0.append((command, arguments)) }
         return try await base.execute(command, arguments: arguments, timeout: timeout)
     }
 
@@ -27,20 +27,19 @@ final class RecordingSession: QMPSession, @unchecked Sendable {
 }
 
 /// Connects to real QEMU and keeps every session, so a test can see what was sent.
-final class RecordingConnector: QMPConnector, @unchecked Sendable {
-    private let lock = NSLock()
-    private var opened: [String: [RecordingSession]] = [:]
+final class RecordingConnector: QMPConnector, Sendable {
+    private let opened = Mutex<[String: [RecordingSession]]>([:])
 
     func connect(socketPath: String, commandTimeout: Double) async throws -> any QMPSession {
         let session = RecordingSession(
             try await QMPConnection.connect(socketPath: socketPath, connectTimeout: 5, commandTimeout: commandTimeout))
-        lock.withLock { opened[socketPath, default: []].append(session) }
+        opened.withLock { $0[socketPath, default: []].append(session) }
         return session
     }
 
     /// Every command sent to the VM at `socket`, in order.
     func commands(to socket: String) -> [(name: String, arguments: [String: JSONValue]?)] {
-        lock.withLock { opened[socket] ?? [] }.flatMap(\.commands)
+        opened.withLock { $0[socket] ?? [] }.flatMap(\.commands)
     }
 }
 

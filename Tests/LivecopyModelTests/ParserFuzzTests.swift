@@ -592,7 +592,7 @@ enum FuzzGen {
         return Int.random(in: 0..<5, using: &rng) == 0 ? token(&rng) : pool.randomElement(using: &rng)!
     }
 
-    typealias PolicyValue = (inout SplitMix64) -> (String, (inout Policy) -> Void)
+    typealias PolicyValue = @Sendable (inout SplitMix64) -> (String, (inout Policy) -> Void)
 
     /// For each policy key, a generator of a valid value's text and its effect.
     static let policyValues: [String: PolicyValue] = [

@@ -1,6 +1,7 @@
 import Foundation
 import LivecopyModel
 import LivecopyStore
+import Synchronization
 import Testing
 
 /// A plan not yet final claims its destinations and VM disks. The store checks the claims
@@ -33,12 +34,11 @@ struct ClaimConflictTests {
     }
 
     /// What the racing threads got, by index.
-    final class ResultsBox: @unchecked Sendable {
-        private let lock = NSLock()
-        private var storage: [Result<Int64, Error>?]
-        init(count: Int) { storage = Array(repeating: nil, count: count) }
-        func set(_ index: Int, _ value: Result<Int64, Error>) { lock.withLock { storage[index] = value } }
-        var values: [Result<Int64, Error>] { lock.withLock { storage.map { $0! } } }
+    final class ResultsBox: Sendable {
+        private let storage: Mutex<[Result<Int64, Error>?]>
+        init(count: Int) { storage = Mutex(Array(repeating: nil, count: count)) }
+        func set(_ index: Int, _ value: Result<Int64, Error>) { storage.withLock { $0[index] = value } }
+        var values: [Result<Int64, Error>] { storage.withLock { $0.map { $0! } } }
     }
 
     @Test(arguments: ["destination", "vm disk"])

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import QMP
+import Synchronization
 
 /// What a `FakeQMPPeer` sends first when a client connects.
 public enum FakeGreeting: Sendable {
@@ -85,6 +86,7 @@ public enum FakeQMPPeerError: Error, Sendable, CustomStringConvertible {
 /// accepts one at a time; `FakeGreeting.none` imitates the waiting one).
 ///
 /// Thread-safe; everything mutable is behind one lock.
+// @unchecked: test fake; its State (with waiters' non-Sendable conditions) is behind `lock`, reached only through `withState`.
 public final class FakeQMPPeer: @unchecked Sendable {
     /// The socket's path; connect here.
     public let socketPath: String
@@ -478,20 +480,18 @@ public final class FakeQMPPeer: @unchecked Sendable {
 }
 
 /// Hands the peer to client handlers created before the peer object exists.
-private final class PeerBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private weak var peer: FakeQMPPeer?
+private final class PeerBox: Sendable {
+    private struct Weak {
+        weak var peer: FakeQMPPeer?
+    }
+    private let peer = Mutex(Weak())
 
     func set(_ peer: FakeQMPPeer) {
-        lock.lock()
-        defer { lock.unlock() }
-        self.peer = peer
+        self.peer.withLock { $0.peer = peer }
     }
 
     func get() -> FakeQMPPeer? {
-        lock.lock()
-        defer { lock.unlock() }
-        return peer
+        peer.withLock { $0.peer }
     }
 }
 

@@ -40,8 +40,8 @@ public struct LivecopyProcess: Sendable {
         process.environment = env
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("lc-out-\(UUID().uuidString)")
         let err = FileManager.default.temporaryDirectory.appendingPathComponent("lc-err-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
-        FileManager.default.createFile(atPath: err.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: out)
         process.standardError = try FileHandle(forWritingTo: err)
         process.standardInput = FileHandle.nullDevice
@@ -55,7 +55,7 @@ public struct LivecopyProcess: Sendable {
     }
 
     /// A `livecopy` process started by `start`.
-    public final class Running: @unchecked Sendable {
+    public final class Running: Sendable {
         public let process: Process
         let stdoutPath: String
         let stderrPath: String

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Errors from the QEMU fixtures.
 public enum QEMUFixtureError: Error, Sendable, CustomStringConvertible {
@@ -77,7 +78,7 @@ public enum QEMUTools {
         let stdoutBox = DataBox()
         group.enter()
         DispatchQueue.global().async {
-            stdoutBox.data = stdoutPipe.fileHandleForReading.readDataToEndOfFile()
+            stdoutBox.data.withLock { $0 = stdoutPipe.fileHandleForReading.readDataToEndOfFile() }
             group.leave()
         }
         let stderrData = stderrPipe.fileHandleForReading.readDataToEndOfFile()
@@ -85,7 +86,7 @@ public enum QEMUTools {
         process.waitUntilExit()
         return (
             process.terminationStatus,
-            String(decoding: stdoutBox.data, as: UTF8.self),
+            String(decoding: stdoutBox.data.withLock { $0 }, as: UTF8.self),
             String(decoding: stderrData, as: UTF8.self)
         )
     }
@@ -106,8 +107,8 @@ public enum QEMUTools {
     }
 }
 
-private final class DataBox: @unchecked Sendable {
-    var data = Data()
+private final class DataBox: Sendable {
+    let data = Mutex(Data())
 }
 
 /// What `qemu-img info` reports about an image.

@@ -14,7 +14,7 @@ import Darwin
 /// QEMU's stdout and stderr go to `<directory>/<name>.log` (appended to, so a restarted
 /// VM with the same name keeps the earlier text there); `output` is what this instance
 /// printed. The process is killed on deinit if it still runs.
-public final class QEMUVirtualMachine: @unchecked Sendable {
+public final class QEMUVirtualMachine: Sendable {
     /// The name given at start; it names the sockets and the log.
     public let name: String
     /// The directory holding the sockets and the log.

@@ -1,17 +1,17 @@
 import Foundation
+import Synchronization
 
 /// A fresh temporary directory, removed with everything in it by `remove()` or on deinit.
 ///
 /// It is created under `$TMPDIR` when that path is short, otherwise under `/tmp`, so
 /// QMP socket paths inside it stay below the 107-byte limit of UNIX socket addresses.
-public final class TemporaryDirectory: @unchecked Sendable {
+public final class TemporaryDirectory: Sendable {
     /// The directory.
     public let url: URL
     /// The directory's path.
     public var path: String { url.path }
 
-    private let lock = NSLock()
-    private var removed = false
+    private let removed = Mutex(false)
 
     /// Creates the directory, named `<prefix>.XXXXXX`.
     public init(prefix: String = "livecopy-test") throws {
@@ -40,10 +40,10 @@ public final class TemporaryDirectory: @unchecked Sendable {
 
     /// Removes the directory and its contents. Calling it twice is harmless.
     public func remove() {
-        lock.lock()
-        let already = removed
-        removed = true
-        lock.unlock()
+        let already = removed.withLock { removed in
+            defer { removed = true }
+            return removed
+        }
         if !already {
             try? FileManager.default.removeItem(at: url)
         }
