@@ -10,7 +10,7 @@ from ..common import BenchError, GIB, MIB, RAW_CLIENT, log, run, size_text
 from ..images import copy_pristine, fill_pattern_image, verify_pattern_image
 from ..process import read_output, timed
 from ..registry import scenario
-from .shared import write_plan, write_policy
+from .shared import in_scratch, write_plan, write_policy
 from ..vm import VM
 
 
@@ -31,13 +31,7 @@ class DiskLimit:
         return ctx.pairs_override or self.default_pairs
 
     def run(self, ctx):
-        directory = os.path.join(ctx.work, self.name)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
-        try:
-            return self._run(ctx, directory)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        return in_scratch(ctx, self.name, lambda directory: self._run(ctx, directory))
 
     def _run(self, ctx, directory):
         rounds = self.pairs(ctx)

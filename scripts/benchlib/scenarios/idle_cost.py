@@ -8,7 +8,7 @@ from ..common import BenchError, GIB, MIB, RAW_CLIENT, log, run, size_text
 from ..images import copy_pristine, fill_pattern_image
 from ..process import cpu_seconds, read_output, timed
 from ..registry import scenario
-from .shared import write_plan, write_policy
+from .shared import in_scratch, write_plan, write_policy
 from ..vm import VM
 
 
@@ -45,13 +45,7 @@ class IdleCost:
         return 1
 
     def run(self, ctx):
-        directory = os.path.join(ctx.work, self.name)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
-        try:
-            return self._run(ctx, directory)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        return in_scratch(ctx, self.name, lambda directory: self._run(ctx, directory))
 
     def _run(self, ctx, directory):
         pristine = os.path.join(directory, "pristine.qcow2")

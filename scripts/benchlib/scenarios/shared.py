@@ -109,3 +109,15 @@ def make_fleet_template(directory, size, pattern):
 
 def verify_overlay_copy(path, size, pattern):
     return verify_pattern_image(path, size, pattern)
+
+
+def in_scratch(ctx, name, body):
+    """Runs body(directory) in a fresh scratch directory named after the scenario under
+    the bench's work directory, and removes the directory afterwards, whatever happens."""
+    directory = os.path.join(ctx.work, name)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    try:
+        return body(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

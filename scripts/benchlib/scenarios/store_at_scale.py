@@ -8,6 +8,7 @@ import statistics
 from ..common import BenchError, MIB, log, run
 from ..process import read_output, timed
 from ..registry import scenario
+from .shared import in_scratch
 from ..report import startup_floor
 from ..timeline import db_rows
 
@@ -25,13 +26,7 @@ class StoreAtScale:
         return ctx.pairs_override or self.runs
 
     def run(self, ctx):
-        directory = os.path.join(ctx.work, self.name)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
-        try:
-            return self._run(ctx, directory)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        return in_scratch(ctx, self.name, lambda directory: self._run(ctx, directory))
 
     def _run(self, ctx, directory):
         plans = int(os.environ.get("BENCH_STORE_PLANS") or 100_000)
