@@ -9,9 +9,11 @@ extension QMPConnectionCore {
     func waitForGreeting(timeout: Double, on eventLoop: EventLoop) async throws -> JSONValue {
         let path = self.path
         let timer = eventLoop.scheduleTask(in: QMPConnection.timeAmount(seconds: timeout)) { [self] in
-            settleGreeting(.failure(QMPClientError.notQMP(
-                path: path,
-                reason: "no QMP greeting within \(formatSeconds(timeout)) s (is another client connected to this monitor?)")))
+            let skipped = state.withLock { $0.eventsBeforeGreeting }
+            let reason = skipped.isEmpty
+                ? "no QMP greeting within \(formatSeconds(timeout)) s (is another client connected to this monitor?)"
+                : "no QMP greeting within \(formatSeconds(timeout)) s, only \(skipped.map { "the event \($0)" }.joined(separator: ", "))"
+            settleGreeting(.failure(QMPClientError.notQMP(path: path, reason: reason)))
         }
         defer { timer.cancel() }
         return try await withTaskCancellationHandler {

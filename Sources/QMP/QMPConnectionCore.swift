@@ -38,6 +38,10 @@ final class QMPConnectionCore: Sendable {
     struct State {
         var greeting: GreetingState = .waiting(nil)
         var greeted = false
+        /// Events that came before the greeting (skipped), by name: QEMU 7.2 can write an
+        /// event it emits while accepting a client (`RESUME` as the VM starts) ahead of its
+        /// greeting on that new connection.
+        var eventsBeforeGreeting: [String] = []
         /// Why the connection is closed; nil while it is open.
         var closedReason: String?
         var nextCommandNumber: UInt64 = 1
@@ -97,7 +101,12 @@ final class QMPConnectionCore: Sendable {
                 }
                 return .violation("a reply with the unknown id \(id)")
             case .event(let event):
-                guard state.greeted else { return .notGreeting }
+                guard state.greeted else {
+                    // Skipped, up to a few: they predate the session. Many are not QEMU.
+                    guard state.eventsBeforeGreeting.count < Self.eventsBeforeGreetingLimit else { return .notGreeting }
+                    state.eventsBeforeGreeting.append(event.name)
+                    return .none
+                }
                 return .event(Array(state.subscribers.values), event)
             }
         }
@@ -169,6 +178,9 @@ final class QMPConnectionCore: Sendable {
         }
         return true
     }
+
+    /// How many events before the greeting are skipped before the peer counts as not QEMU.
+    static let eventsBeforeGreetingLimit = 8
 
     private func describe(_ message: QMPMessage) -> String {
         switch message {

@@ -377,7 +377,20 @@ struct QMPConnectionTests {
         try await peer.waitUntilNoClients()
     }
 
-    @Test func eventBeforeGreetingIsNotQMP() async throws {
+    /// QEMU 7.2 can write an event it emits while accepting a client (RESUME as the VM
+    /// starts) ahead of its greeting: skipped, and the session goes on (seen once in a CI run).
+    @Test func eventsBeforeTheGreetingAreSkipped() async throws {
+        let peer = try await FakeQMPPeer.start(greeting: .raw(FakeQMPPeer.line(for: Self.resume) + FakeQMPPeer.standardGreetingLine))
+        defer { peer.stop() }
+        let connection = try await QMPConnection.connect(socketPath: peer.socketPath, connectTimeout: 5)
+        defer { Task { await connection.close() } }
+        #expect(!connection.isClosed)
+        // The session works: the fake peer's answer to a command it does not know comes back.
+        await #expect(throws: QMPCommandError.self) { try await connection.execute("query-status") }
+        #expect(!connection.isClosed)
+    }
+
+    @Test func anEventAloneWithNoGreetingIsNotQMP() async throws {
         let peer = try await FakeQMPPeer.start(greeting: .raw(FakeQMPPeer.line(for: Self.stop)))
         defer { peer.stop() }
         let error = await #expect(throws: QMPClientError.self) {
