@@ -90,6 +90,20 @@ struct EngineFailureTests {
         return (record.id, run)
     }
 
+    /// The copy finished: the VM runs on `destination` with no backing file, and once the
+    /// VM is stopped the destination alone holds the 24 MiB written offline and the guest's
+    /// write at 60M.
+    static func expectFinishedCopy(_ vm: QEMUVirtualMachine, destination: String,
+                                   sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let active = try await activeImage(vm)
+        #expect(active.file == destination, sourceLocation: sourceLocation)
+        #expect(active.backing == nil, sourceLocation: sourceLocation)
+        await vm.stop()
+        #expect(try QEMUImage.verify(destination, pattern: 0x11, offset: "0", length: "24M"), sourceLocation: sourceLocation)
+        #expect(try QEMUImage.verify(destination, pattern: 0x55, offset: "60M", length: "64k"), sourceLocation: sourceLocation)
+        #expect(try QEMUImage.info(destination).backingFilename == nil, sourceLocation: sourceLocation)
+    }
+
     static func activeImage(_ vm: QEMUVirtualMachine) async throws -> (file: String?, backing: String?) {
         let devices = try await vm.testMonitor().queryBlock()
         let inserted = devices.first { $0.device == "drive0" }?.inserted
@@ -143,14 +157,7 @@ struct EngineFailureTests {
         let resumed = try await engine.run(planId: planId)
         await engine.shutdown()
         #expect(resumed.state == .completed)
-        let after = try await Self.activeImage(setup.vm)
-        #expect(after.file == setup.destination)
-        #expect(after.backing == nil)
-
-        await setup.vm.stop()
-        #expect(try QEMUImage.verify(setup.destination, pattern: 0x11, offset: "0", length: "24M"))
-        #expect(try QEMUImage.verify(setup.destination, pattern: 0x55, offset: "60M", length: "64k"))
-        #expect(try QEMUImage.info(setup.destination).backingFilename == nil)
+        try await Self.expectFinishedCopy(setup.vm, destination: setup.destination)
         #expect(FileManager.default.fileExists(atPath: setup.source), "retire_source: keep")
     }
 

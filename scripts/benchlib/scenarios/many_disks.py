@@ -10,7 +10,7 @@ from ..common import BenchError, MIB, RAW_CLIENT, capture, log, run, size_text
 from ..images import verify_pattern_image
 from ..process import cpu_seconds, read_output, running, timed
 from ..registry import scenario
-from .shared import Fleet, abba, make_fleet_template, pair_rows, write_plan, write_policy
+from .shared import Fleet, abba, in_scratch, make_fleet_template, pair_rows, write_plan, write_policy
 from ..stats import describe_pairs, pct
 from ..timeline import db_rows, event_label
 
@@ -38,14 +38,7 @@ class ManyDisks:
         disks = self.vm_count * self.disks_per_vm
         need = disks * self.size + 2 * self.size + 256 * MIB
         images = ctx.fast_dir(self.name, need)
-        directory = os.path.join(ctx.work, self.name)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
-        try:
-            return self._run(ctx, directory, images)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-            shutil.rmtree(images, ignore_errors=True)
+        return in_scratch(ctx, self.name, lambda directory: self._run(ctx, directory, images), also_remove=(images,))
 
     def _run(self, ctx, directory, images):
         template = make_fleet_template(images, self.size, self.pattern)

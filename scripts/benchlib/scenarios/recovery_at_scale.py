@@ -10,7 +10,7 @@ from ..common import BenchError, MIB, log, size_text
 from ..images import verify_pattern_image
 from ..process import cpu_seconds, read_output, running, timed
 from ..registry import scenario
-from .shared import Fleet, make_fleet_template, write_plan, write_policy
+from .shared import Fleet, in_scratch, make_fleet_template, write_plan, write_policy
 from ..timeline import db_rows
 
 
@@ -33,14 +33,7 @@ class RecoveryAtScale:
     def run(self, ctx):
         disks = self.vm_count * self.disks_per_vm
         images = ctx.fast_dir(self.name, disks * self.size + 2 * self.size + 256 * MIB)
-        directory = os.path.join(ctx.work, self.name)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
-        try:
-            return self._run(ctx, directory, images)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-            shutil.rmtree(images, ignore_errors=True)
+        return in_scratch(ctx, self.name, lambda directory: self._run(ctx, directory, images), also_remove=(images,))
 
     def _run(self, ctx, directory, images):
         template = make_fleet_template(images, self.size, self.pattern)

@@ -111,13 +111,15 @@ def verify_overlay_copy(path, size, pattern):
     return verify_pattern_image(path, size, pattern)
 
 
-def in_scratch(ctx, name, body):
+def in_scratch(ctx, name, body, also_remove=()):
     """Runs body(directory) in a fresh scratch directory named after the scenario under
-    the bench's work directory, and removes the directory afterwards, whatever happens."""
+    the bench's work directory, and removes it afterwards, with the directories in
+    also_remove, whatever happens."""
     directory = os.path.join(ctx.work, name)
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
     try:
         return body(directory)
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        for path in (directory, *also_remove):
+            shutil.rmtree(path, ignore_errors=True)
