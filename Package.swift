@@ -5,11 +5,14 @@ import PackageDescription
 ///
 /// Module map (each does one job; docs/architecture.md follows the data flow through them):
 /// - `QMP`: the QMP client (SwiftNIO over a UNIX socket) and typed block commands.
+/// - `LivecopyBackend`: the hypervisor boundary: what the engine needs from a hypervisor
+///   (`Hypervisor`, `VMSession`), in the model's words, with named capabilities.
+/// - `QMPBackend`: that boundary over QMP (QEMU's monitor), checked at connect.
 /// - `LivecopyModel`: plans, policies, states, the transition table and the store protocol.
 /// - `LivecopyStore`: the SQLite store (GRDB) and the migration runner.
 /// - `EmbeddedFiles`: `Migrations/` and `Policies/` compiled into the binary by a build-tool plugin.
 /// - `CSystemExtras`: Linux calls Swift's Glibc module does not import (`sync_file_range`, write leases, `renameat2`).
-/// - `LivecopyEngine`: the workflow engine; it sees QMP and the store through protocols,
+/// - `LivecopyEngine`: the workflow engine; it sees the hypervisor and the store through protocols,
 ///   and runs `qemu-img` through swift-subprocess (awaited, never blocking a thread).
 /// - `LivecopyCommands`: the CLI (swift-argument-parser), testable in-process.
 /// - `livecopy`: the tiny executable that calls `LivecopyCommands`.
@@ -37,6 +40,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        .target(name: "LivecopyBackend"),
+        .target(name: "QMPBackend", dependencies: ["LivecopyBackend", "QMP"]),
         .executableTarget(name: "EmbedFilesTool"),
         .plugin(
             name: "EmbedFilesPlugin",
@@ -64,14 +69,14 @@ let package = Package(
         .target(
             name: "LivecopyEngine",
             dependencies: [
-                "LivecopyModel", "QMP", "CSystemExtras",
+                "LivecopyModel", "LivecopyBackend", "CSystemExtras",
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .target(
             name: "LivecopyCommands",
             dependencies: [
-                "LivecopyModel", "LivecopyStore", "LivecopyEngine", "QMP",
+                "LivecopyModel", "LivecopyStore", "LivecopyEngine", "LivecopyBackend", "QMPBackend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -82,7 +87,7 @@ let package = Package(
             name: "livecopy-benchkit",
             dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "Logging", package: "swift-log")]),
 
-        // Test support: real QEMU fixtures and a scripted fake QMP peer.
+        // Test support: real QEMU fixtures and a scripted fake QMP peer; the in-memory backend.
         .target(
             name: "TestSupport",
             dependencies: [
@@ -91,6 +96,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/TestSupport"),
+        .target(name: "InMemoryBackend", dependencies: ["LivecopyBackend"], path: "Tests/InMemoryBackend"),
         .testTarget(name: "QMPTests", dependencies: ["QMP", "TestSupport"]),
         .testTarget(name: "LivecopyModelTests", dependencies: ["LivecopyModel", "TestSupport"]),
         .testTarget(
@@ -98,11 +104,16 @@ let package = Package(
             dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(
             name: "LivecopyEngineTests",
-            dependencies: ["LivecopyEngine", "LivecopyStore", "LivecopyModel", "QMP", "TestSupport"]),
+            dependencies: ["LivecopyEngine", "LivecopyStore", "LivecopyModel", "LivecopyBackend", "QMPBackend", "QMP",
+                           "InMemoryBackend", "TestSupport"]),
+        .testTarget(
+            name: "BackendConformanceTests",
+            dependencies: ["LivecopyBackend", "QMPBackend", "QMP", "InMemoryBackend", "TestSupport"]),
         .testTarget(
             name: "LivecopyCommandsTests",
             dependencies: [
-                "LivecopyCommands", "LivecopyEngine", "LivecopyStore", "LivecopyModel", "QMP", "TestSupport", "livecopy",
+                "LivecopyCommands", "LivecopyEngine", "LivecopyStore", "LivecopyModel", "LivecopyBackend", "QMPBackend", "QMP",
+                "InMemoryBackend", "TestSupport", "livecopy",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]),
     ],

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LivecopyEngine
+import QMPBackend
 import LivecopyModel
 import LivecopyStore
 
@@ -78,7 +79,7 @@ private func sendControl(_ action: OperatorAction, planId: Int64, common: Common
     guard !plan.state.isFinal else {
         throw InputError("plan \(planId) is \(plan.state.rawValue); there is nothing to \(action.name)")
     }
-    let engine = Engine(store: store, connector: RealQMPConnector())
+    let engine = Engine(store: store, hypervisor: QMPHypervisor())
     let request = try store.requestControl(planId: planId, action, by: "pid \(getpid())", at: Date())
     let recorded = "\(action): recorded; no livecopy drives the plan now, so it applies when the plan next runs"
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LivecopyEngine
+import QMPBackend
 import LivecopyModel
 
 /// `livecopy submit PLAN`: validate, preflight, record, then run the plan to its end.
@@ -28,7 +29,7 @@ struct Submit: AsyncParsableCommand {
             let store = try common.openStore()
 
             if detach {
-                let engine = Engine(store: store, connector: RealQMPConnector(), commandTimeout: policy.commandTimeout)
+                let engine = Engine(store: store, hypervisor: QMPHypervisor(), commandTimeout: policy.commandTimeout)
                 try engine.checkOffline(plan, policy: policy)
                 // A plan claiming what another submit recorded meanwhile is refused like the
                 // check above refuses it: one line, exit 2 (a `.claimed` `StoreError`), nothing recorded.
@@ -45,7 +46,7 @@ struct Submit: AsyncParsableCommand {
             }
 
             let display = ProgressDisplay()
-            let engine = Engine(store: store, connector: RealQMPConnector(), observer: display,
+            let engine = Engine(store: store, hypervisor: QMPHypervisor(), observer: display,
                                 commandTimeout: policy.commandTimeout)
             let disks: [NewPlan.Disk]
             do {

@@ -1,16 +1,14 @@
-// Finding a disk's entry in `query-block`'s answer.
+// Finding a disk's device among the VM's.
 
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
-extension Array where Element == BlockDeviceInfo {
-    /// The `query-block` entry of `disk`: by the name QMP commands use, else by the
-    /// plan's name, matching a device name, a qdev id or the top node name.
-    func entry(for disk: DiskRecord) -> BlockDeviceInfo? {
+extension Array where Element == VMDisk {
+    /// The device of `disk`: by the name the backend's operations use, else by the plan's
+    /// name, matching a device name, a guest device or the active node name.
+    func entry(for disk: DiskRecord) -> VMDisk? {
         for name in [disk.qmpDevice, disk.device].compactMap({ $0 }) {
-            if let found = first(where: { $0.device == name || $0.qdev == name || $0.inserted?.nodeName == name }) {
-                return found
-            }
+            if let found = first(where: { $0.answers(to: name) }) { return found }
         }
         return nil
     }

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 /// A plan recorded with `submit --detach` was checked without its VMs: its sources, the
 /// destinations' free space, foreign jobs and migrations are unknown until it runs. Its
@@ -23,7 +23,7 @@ extension Engine {
                 let mine = disks.filter { $0.qmpSocket == socket }
                 let vmName = mine[0].vmName
                 guard let session = try? await preflight.sessions.session(for: socket),
-                      let devices = try? await session.queryBlock() else { continue }
+                      let devices = try? await session.disks() else { continue }
                 let vm = Plan.VM(name: vmName, qmp: socket, disks: [])
                 var planDevices = Set<String>()
                 for disk in mine {
@@ -31,7 +31,7 @@ extension Engine {
                     let found = try Preflight.check(Plan.Disk(device: disk.device, destination: disk.destination),
                                                     of: vm, in: devices, name: name, policy: policy)
                     planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
-                    if let image = devices.first(where: { $0.inserted?.image.filename == found.source })?.inserted?.image {
+                    if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
                         space.add(name: name, destination: disk.destination, source: image)
                     }
                 }

@@ -1,7 +1,7 @@
 import CSystemExtras
 import Foundation
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 /// A disk whose VM shows something livecopy must not guess about.
 struct NeedsAttention: Error, CustomStringConvertible {
@@ -13,7 +13,7 @@ struct NeedsAttention: Error, CustomStringConvertible {
 /// the same code resumes a disk after any interruption.
 final class DiskWorkflow: Sendable {
     let ledger: DiskLedger
-    let session: any QMPSession
+    let session: any VMSession
     let policy: Policy
     let inspector: any ImageInspector
     let creator: any DestinationCreator
@@ -24,7 +24,7 @@ final class DiskWorkflow: Sendable {
     /// Nil: the disk is snapshotted on its own.
     let joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)?
 
-    init(ledger: DiskLedger, session: any QMPSession, policy: Policy, inspector: any ImageInspector,
+    init(ledger: DiskLedger, session: any VMSession, policy: Policy, inspector: any ImageInspector,
          creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() },
          joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)? = nil) {
         self.ledger = ledger
@@ -102,9 +102,9 @@ final class DiskWorkflow: Sendable {
             throw error
         default:
             if Task.isCancelled { return false }
-            // A lost or broken QMP session says nothing about the copy: a rollback under
+            // A lost or broken VM session says nothing about the copy: a rollback under
             // way stays under way (recover resumes it), and a stream does not roll back.
-            let sessionLost = error is QMPClientError
+            let sessionLost = (error as? BackendError)?.isAboutTheSession == true
             if sessionLost && disk.state == .rollingBack {
                 try await ledger.note("rollback interrupted (\(describe(error))); livecopy recover resumes it")
                 return false
@@ -148,28 +148,28 @@ final class DiskWorkflow: Sendable {
     // MARK: - Where the VM is
 
     /// The disk's entry in `query-block`.
-    private func locateDevice() async throws -> BlockDeviceInfo {
-        if let found = try await session.queryBlock().entry(for: disk) { return found }
+    private func locateDevice() async throws -> VMDisk {
+        if let found = try await session.disks().entry(for: disk) { return found }
         throw NeedsAttention(description: "device '\(disk.device)' is no longer in VM '\(disk.vmName)'")
     }
 
     /// How block commands name this disk's active layer right now.
-    private func target(_ entry: BlockDeviceInfo) throws -> BlockTarget {
+    private func target(_ entry: VMDisk) throws -> DiskTarget {
         if !entry.device.isEmpty { return .device(entry.device) }
-        guard let node = entry.inserted?.nodeName else {
+        guard let node = entry.medium?.nodeName else {
             throw NeedsAttention(description: "device '\(disk.device)' has no medium")
         }
         return .node(node)
     }
 
-    private func deviceName(_ entry: BlockDeviceInfo) throws -> String {
+    private func deviceName(_ entry: VMDisk) throws -> String {
         switch try target(entry) {
         case .device(let name), .node(let name): return name
         }
     }
 
-    private func job(_ id: String) async throws -> JobInfo? {
-        try await session.queryJobs().first(where: { $0.id == id })
+    private func job(_ id: String) async throws -> CopyJob? {
+        try await session.jobs().first(where: { $0.id == id })
     }
 
     // MARK: - Snapshot (one member of the VM's snapshot; see `VMSnapshot`)
@@ -179,14 +179,14 @@ final class DiskWorkflow: Sendable {
     /// business). A disk `pending` is checked and its destination created; one
     /// `snapshotting` after an interruption is reconciled first (did the snapshot happen?);
     /// one `failed` or `needs_attention` while still on its source is resumed.
-    func prepareSnapshot() async throws -> BlockDeviceInfo? {
+    func prepareSnapshot() async throws -> VMDisk? {
         switch disk.state {
         case .pending:
             if disk.source == nil { try await discoverSource() }
             let entry = try await locateDevice()
-            guard let active = entry.inserted?.file, active == disk.source else {
+            guard let active = entry.medium?.file, active == disk.source else {
                 throw NeedsAttention(
-                    description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), not on the recorded source \(disk.source ?? "?")")
+                    description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.medium?.file ?? "no image"), not on the recorded source \(disk.source ?? "?")")
             }
             try DestinationCheck.refuseExisting(disk.destination)
             try await ledger.transition(to: .snapshotting, "snapshot \(disk.source ?? "?") → \(disk.destination)")
@@ -194,7 +194,7 @@ final class DiskWorkflow: Sendable {
             return entry
         case .failed, .needsAttention:
             if try await job(disk.commitJobId) != nil || disk.intent?.belongsToRollback == true { return nil }
-            guard try await locateDevice().inserted?.file == disk.source else { return nil }
+            guard try await locateDevice().medium?.file == disk.source else { return nil }
             try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
             return try await reconcileSnapshot()
         case .snapshotting:
@@ -204,11 +204,10 @@ final class DiskWorkflow: Sendable {
         }
     }
 
-    /// The snapshot request for this disk: its destination file (made by livecopy;
-    /// `mode: existing`, so QEMU never creates one) on top of the device's active image.
-    func snapshotRequest(_ entry: BlockDeviceInfo) throws -> SnapshotRequest {
-        SnapshotRequest(target: try target(entry), snapshotFile: disk.destination,
-                        snapshotNodeName: disk.destinationNodeName, mode: "existing")
+    /// The snapshot request for this disk: its destination file (made by livecopy, never
+    /// by the hypervisor) on top of the device's active image.
+    func snapshotRequest(_ entry: VMDisk) throws -> OverlayRequest {
+        OverlayRequest(disk: try target(entry), overlayFile: disk.destination, overlayNodeName: disk.destinationNodeName)
     }
 
     /// Marks the end of the snapshot command (for crash tests).
@@ -217,8 +216,8 @@ final class DiskWorkflow: Sendable {
     /// QEMU accepted the snapshot: records what it shows, and moves on to streaming.
     func snapshotTaken() async throws {
         let after = try await locateDevice()
-        guard after.inserted?.file == disk.destination else {
-            throw NeedsAttention(description: "snapshot reported success but the VM is on \(after.inserted?.file ?? "no image")")
+        guard after.medium?.file == disk.destination else {
+            throw NeedsAttention(description: "snapshot reported success but the VM is on \(after.medium?.file ?? "no image")")
         }
         try await ledger.outcome("the VM now writes into \(disk.destination)") { $0.qmpDevice = try? deviceName(after) }
         try await ledger.transition(to: .streaming, "destination overlay active, backing \(disk.source ?? "?")")
@@ -229,7 +228,7 @@ final class DiskWorkflow: Sendable {
     /// the file livecopy made, and fail, resumable.
     func snapshotNotTaken(_ reason: String) async throws {
         let entry = try await locateDevice()
-        if entry.inserted?.file == disk.destination {
+        if entry.medium?.file == disk.destination {
             try await ledger.outcome("the VM is on \(disk.destination) despite the error")
             try await ledger.transition(to: .streaming, "destination overlay active")
             return
@@ -244,7 +243,7 @@ final class DiskWorkflow: Sendable {
     private func discoverSource() async throws {
         let vm = Plan.VM(name: disk.vmName, qmp: disk.qmpSocket, disks: [])
         let found = try Preflight.check(
-            Plan.Disk(device: disk.device, destination: disk.destination), of: vm, in: try await session.queryBlock(),
+            Plan.Disk(device: disk.device, destination: disk.destination), of: vm, in: try await session.disks(),
             name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
         try await ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
             $0.source = found.source
@@ -257,8 +256,8 @@ final class DiskWorkflow: Sendable {
     /// source's format recorded. The file counts as livecopy's (`destinationCreated`) only
     /// once the exclusive create succeeded: a crash before that outcome is written leaves a
     /// file that no later step deletes.
-    private func createDestination(_ entry: BlockDeviceInfo) async throws {
-        guard let image = entry.inserted?.image, let source = disk.source, image.filename == source else {
+    private func createDestination(_ entry: VMDisk) async throws {
+        guard let image = entry.medium?.image, let source = disk.source, image.filename == source else {
             throw NeedsAttention(description: "device '\(disk.device)' is not on the recorded source \(disk.source ?? "?")")
         }
         try await ledger.intend(.createDestination, "\(disk.destination): qcow2 of \(image.virtualSize) bytes, backing \(source) (\(image.format))") {
@@ -279,9 +278,9 @@ final class DiskWorkflow: Sendable {
 
     /// After an interruption in `snapshotting`: did the snapshot happen? If so, go on to
     /// streaming (nil); if not, make the destination again and return the entry to snapshot.
-    private func reconcileSnapshot() async throws -> BlockDeviceInfo? {
+    private func reconcileSnapshot() async throws -> VMDisk? {
         let entry = try await locateDevice()
-        switch entry.inserted?.file {
+        switch entry.medium?.file {
         case disk.destination?:
             try await ledger.outcome("the snapshot had happened: the VM is on \(disk.destination)") {
                 $0.qmpDevice = try? deviceName(entry)
@@ -302,7 +301,7 @@ final class DiskWorkflow: Sendable {
             return entry
         default:
             throw NeedsAttention(
-                description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
+                description: "VM '\(disk.vmName)' device '\(disk.device)' is on \(entry.medium?.file ?? "no image"), neither the source nor the destination")
         }
     }
 
@@ -345,25 +344,25 @@ final class DiskWorkflow: Sendable {
 
     private func stream() async throws {
         let jobId = disk.streamJobId
-        var earlyEvents: AsyncStream<QMPEvent>?
+        var earlyEvents: AsyncStream<JobEvent>?
         if let existing = try await job(jobId) {
             try await ledger.note("re-attaching to job \(jobId) (\(existing.status))")
         } else {
             let entry = try await locateDevice()
-            guard entry.inserted?.file == disk.destination else {
+            guard entry.medium?.file == disk.destination else {
                 throw NeedsAttention(
-                    description: "VM '\(disk.vmName)' device '\(disk.device)' runs on \(entry.inserted?.file ?? "no image") although \(disk.destination) holds its newest writes; start it on \(disk.destination) (never on \(disk.source ?? "the source")), then run livecopy recover")
+                    description: "VM '\(disk.vmName)' device '\(disk.device)' runs on \(entry.medium?.file ?? "no image") although \(disk.destination) holds its newest writes; start it on \(disk.destination) (never on \(disk.source ?? "the source")), then run livecopy recover")
             }
-            if let backing = entry.inserted?.backingFile {
+            if let backing = entry.medium?.backingFile {
                 guard backing == disk.source else {
                     throw NeedsAttention(description: "\(disk.destination) is backed by \(backing), not by the source \(disk.source ?? "?")")
                 }
                 let speed = controls().speedOverride ?? policy.speed
                 try await ledger.intend(.stream, "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
                 // Subscribed before the job exists: an I/O error reported at once is not missed.
-                earlyEvents = session.events()
-                try await session.blockStream(
-                    device: try deviceName(entry), jobId: jobId, speed: speed, onError: policy.onError.rawValue)
+                earlyEvents = session.jobEvents()
+                try await session.startPull(
+                    disk: try deviceName(entry), jobId: jobId, speed: speed, onError: policy.onError.rawValue)
                 ledger.sent()
                 try await ledger.outcome("job \(jobId) started")
             }
@@ -417,12 +416,12 @@ final class DiskWorkflow: Sendable {
         try await ledger.intend(.finalize, "flush \(disk.destination), then finalize job \(jobId)")
         let entry = try await locateDevice()
         let evidence: FlushEvidence
-        if let node = entry.inserted?.nodeName, node == disk.destinationNodeName || entry.inserted?.file == disk.destination {
+        if let node = entry.medium?.nodeName, node == disk.destinationNodeName || entry.medium?.file == disk.destination {
             // The node livecopy named at the snapshot, or after a QEMU restart the one QEMU
             // opened the destination as.
-            evidence = try await session.flushWithEvidence(nodeName: node)
+            evidence = try await session.flush(nodeName: node)
         } else {
-            evidence = .notConfirmed("the VM is on \(entry.inserted?.file ?? "no image"), not on \(disk.destination)")
+            evidence = .notConfirmed("the VM is on \(entry.medium?.file ?? "no image"), not on \(disk.destination)")
         }
         func refuse(_ verdict: String, _ why: String) async throws -> Never {
             try await ledger.outcome("refused: flush \(verdict): \(why)")
@@ -434,7 +433,7 @@ final class DiskWorkflow: Sendable {
         case .failed(let why): try await refuse("failed", why)
         case .notConfirmed(let why): try await refuse("could not be confirmed", why)
         }
-        try await session.jobFinalize(jobId: jobId)
+        try await session.finalize(jobId: jobId)
         ledger.sent()
         try await ledger.outcome("destination flushed (confirmed by QEMU); job finalized")
     }
@@ -448,20 +447,20 @@ final class DiskWorkflow: Sendable {
         // watch that follows reads the job's fate.
         do {
             if let speed = settings.speedOverride {
-                try await session.blockJobSetSpeed(jobId: jobId, speed: speed)
+                try await session.setSpeed(jobId: jobId, speed: speed)
                 try await ledger.note("job \(jobId): speed \(OperatorAction.speedText(speed)) (livecopy throttle)")
             }
             if settings.paused, job.status != .paused {
-                try await session.blockJobPause(jobId: jobId)
+                try await session.pause(jobId: jobId)
                 try await ledger.note("job \(jobId) paused: the plan is paused (livecopy resume \(disk.planId))")
             } else if !settings.paused, job.status == .paused,
-                      try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok" == "ok" {
+                      try await session.ioErrorStatus(ofJob: jobId) == nil {
                 // Paused on purpose by an earlier owner, and resumed since.
-                try await session.blockJobResume(jobId: jobId)
+                try await session.resume(jobId: jobId)
                 try await ledger.note("job \(jobId) resumed: the plan is no longer paused")
             }
-        } catch let error as QMPCommandError {
-            try await ledger.note("job \(jobId): the plan's operator settings were not applied: \(error.desc)")
+        } catch let error as BackendError where error.isRefusal {
+            try await ledger.note("job \(jobId): the plan's operator settings were not applied: \(error.reason)")
         }
     }
 
@@ -471,7 +470,7 @@ final class DiskWorkflow: Sendable {
         return try await watch(jobId: jobId, callbacks: callbacks)
     }
 
-    private func watch(jobId: String, callbacks given: JobWatcher.Callbacks, events: AsyncStream<QMPEvent>? = nil) async throws -> String? {
+    private func watch(jobId: String, callbacks given: JobWatcher.Callbacks, events: AsyncStream<JobEvent>? = nil) async throws -> String? {
         let ledger = self.ledger
         var callbacks = given
         callbacks.progress = { job in
@@ -485,7 +484,7 @@ final class DiskWorkflow: Sendable {
             return try await watcher.waitForConclusion(callbacks)
         } catch let error as JobWatchError {
             if case .ioErrorTimeout = error {
-                try? await session.blockJobCancel(jobId: jobId, force: true)
+                try? await session.cancel(jobId: jobId, force: true)
                 _ = try? await JobWatcher(session: session, jobId: jobId, pollInterval: 1, ioErrorWait: .infinity)
                     .waitForConclusion(JobWatcher.Callbacks())
             }
@@ -513,13 +512,13 @@ final class DiskWorkflow: Sendable {
             return
         }
         let entry = try await locateDevice()
-        switch entry.inserted?.file {
+        switch entry.medium?.file {
         case disk.destination?:
-            if disk.state == .failed, disk.intent?.step == .retiring, entry.inserted?.backingFile == nil, try await job(disk.streamJobId) == nil {
+            if disk.state == .failed, disk.intent?.step == .retiring, entry.medium?.backingFile == nil, try await job(disk.streamJobId) == nil {
                 // Stopped while retiring the source: retire again (its checks run first), with
                 // the open intent telling whether the earlier attempt may have acted.
                 try await ledger.transition(to: .retiring, "resuming the retirement of the source") { $0.error = nil }
-            } else if entry.inserted?.backingFile == nil, try await job(disk.streamJobId) == nil {
+            } else if entry.medium?.backingFile == nil, try await job(disk.streamJobId) == nil {
                 try await ledger.transition(to: .streaming, "resuming: the destination already stands alone") { $0.error = nil }
             } else {
                 try await ledger.transition(to: .streaming, "resuming the stream") { $0.error = nil }
@@ -527,7 +526,7 @@ final class DiskWorkflow: Sendable {
         case disk.source?:
             try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
         default:
-            throw NeedsAttention(description: "VM is on \(entry.inserted?.file ?? "no image"), neither source nor destination")
+            throw NeedsAttention(description: "VM is on \(entry.medium?.file ?? "no image"), neither source nor destination")
         }
     }
 
@@ -540,7 +539,7 @@ final class DiskWorkflow: Sendable {
         if let stream = try await job(disk.streamJobId) {
             if stream.status != .concluded {
                 try await ledger.intend(.cancelStream, "job \(disk.streamJobId)")
-                try await session.blockJobCancel(jobId: disk.streamJobId, force: true)
+                try await session.cancel(jobId: disk.streamJobId, force: true)
                 ledger.sent()
             }
             _ = try await watch(jobId: disk.streamJobId, ready: nil)
@@ -549,7 +548,7 @@ final class DiskWorkflow: Sendable {
         let commitId = disk.commitJobId
         if try await job(commitId) == nil {
             let entry = try await locateDevice()
-            if entry.inserted?.file == disk.source {
+            if entry.medium?.file == disk.source {
                 // Either the pivot is done (the intent to delete says so, or nothing was
                 // ever written to the destination) or the VM was restarted on its source.
                 switch disk.intent {
@@ -564,15 +563,15 @@ final class DiskWorkflow: Sendable {
                 try await finishRollback()
                 return
             }
-            guard entry.inserted?.file == disk.destination, let source = disk.source else {
-                throw NeedsAttention(description: "rollback: the VM is on \(entry.inserted?.file ?? "no image"), neither the source nor the destination")
+            guard entry.medium?.file == disk.destination, let source = disk.source else {
+                throw NeedsAttention(description: "rollback: the VM is on \(entry.medium?.file ?? "no image"), neither the source nor the destination")
             }
-            if entry.inserted?.backingFile == source {
+            if entry.medium?.backingFile == source {
                 try await ledger.intend(.commitBack, "job \(commitId): \(disk.destination) into \(source)")
                 // The source at the bottom of the chain is QEMU's default base; named only
                 // when it has a chain of its own below it.
-                let sourceIsBottom = entry.inserted?.image.backingImage?.backingImage == nil
-                try await session.blockCommit(device: try deviceName(entry), jobId: commitId,
+                let sourceIsBottom = entry.medium?.image.backingImage?.backingImage == nil
+                try await session.startCommit(disk: try deviceName(entry), jobId: commitId,
                                               baseFile: sourceIsBottom ? nil : source, speed: 0)
                 ledger.sent()
                 try await ledger.outcome("commit job started")
@@ -583,7 +582,7 @@ final class DiskWorkflow: Sendable {
                     throw NeedsAttention(description: "rollback: \(disk.destination) stands alone and the source \(source) is gone; \(disk.destination) holds all data")
                 }
                 try await ledger.intend(.mirrorBack, "job \(commitId): \(disk.destination) back into \(source)")
-                try await session.driveMirrorToExisting(device: try deviceName(entry), jobId: commitId, target: source, format: format)
+                try await session.startMirror(disk: try deviceName(entry), jobId: commitId, target: source, format: format)
                 ledger.sent()
                 try await ledger.outcome("mirror job started")
             }
@@ -595,18 +594,18 @@ final class DiskWorkflow: Sendable {
         callbacks.ready = {
             try await ledger.intend(.pivotBack, "pivot to the source")
             do {
-                try await session.blockJobComplete(jobId: commitId)
-            } catch let error as QMPCommandError {
+                try await session.complete(jobId: commitId)
+            } catch let error as BackendError where error.isRefusal {
                 // Already completing (asked before a crash): the job's conclusion tells.
-                try await ledger.note("block-job-complete: \(error.desc)")
+                try await ledger.note("block-job-complete: \(error.reason)")
             }
             ledger.sent()
         }
         callbacks.concluded = { error in
             // Persist what the conclusion proves before job-dismiss erases it from QEMU.
             guard error == nil else { return }
-            let devices = try await session.queryBlock()
-            let active = devices.entry(for: disk)?.inserted?.file
+            let devices = try await session.disks()
+            let active = devices.entry(for: disk)?.medium?.file
             if active == disk.source {
                 try await ledger.outcome("the VM is on the source with every write", next: .deleteDestination)
             }
@@ -614,8 +613,8 @@ final class DiskWorkflow: Sendable {
         let error = try await watch(jobId: commitId, callbacks: callbacks)
         if let error { throw NeedsAttention(description: "rollback job \(commitId) failed: \(error); \(disk.destination) still holds the newest writes") }
         let entry = try await locateDevice()
-        guard entry.inserted?.file == disk.source else {
-            throw NeedsAttention(description: "after the rollback the VM is on \(entry.inserted?.file ?? "no image"), not on the source")
+        guard entry.medium?.file == disk.source else {
+            throw NeedsAttention(description: "after the rollback the VM is on \(entry.medium?.file ?? "no image"), not on the source")
         }
         try await finishRollback()
     }
@@ -626,9 +625,9 @@ final class DiskWorkflow: Sendable {
         if disk.destinationCreated {
             if disk.intent != .deleteDestination { try await ledger.intend(.deleteDestination, disk.destination) }
             let source = disk.source ?? "the source"
-            if let entry = try await session.queryBlock().entry(for: disk), entry.inserted?.file != disk.source {
+            if let entry = try await session.disks().entry(for: disk), entry.medium?.file != disk.source {
                 throw NeedsAttention(
-                    description: "rollback: VM '\(disk.vmName)' device '\(disk.device)' runs on \(entry.inserted?.file ?? "no image"), not on \(source); \(disk.destination) was not deleted")
+                    description: "rollback: VM '\(disk.vmName)' device '\(disk.device)' runs on \(entry.medium?.file ?? "no image"), not on \(source); \(disk.destination) was not deleted")
             }
             try await deleteOwnFile(disk.destination, because: "rolled back onto \(source)")
             ledger.sent()

@@ -3,7 +3,7 @@
 
 import Foundation
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 extension Engine {
     /// Runs `step` for every disk of the plan that is not final, at most
@@ -50,7 +50,7 @@ extension Engine {
                 try await ledger.note("VM '\(disk.vmName)': \(describe(error)); not connecting")
                 return nil
             }
-            let session: any QMPSession
+            let session: any VMSession
             do {
                 session = try await sessions.session(for: disk.qmpSocket)
             } catch {
@@ -73,18 +73,18 @@ extension Engine {
     }
 
     /// A disk's workflow over `session`, retrying QEMU's transient refusals per policy.
-    private func workflow(_ ledger: DiskLedger, session: any QMPSession, policy: Policy,
+    private func workflow(_ ledger: DiskLedger, session: any VMSession, policy: Policy,
                           joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)?) -> DiskWorkflow {
         let store = self.store
         let planId = ledger.disk.planId
         let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
-        let retrying = RetryingQMPSession(session, policy: policy) { message in try? await ledger.note(message) }
+        let retrying = RetryingVMSession(session, policy: policy) { message in try? await ledger.note(message) }
         return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
                             controls: controls, joinVMSnapshot: joinVMSnapshot)
     }
 
     /// The snapshot step for every disk of the plan on `disk`'s VM, in one transaction.
-    private func snapshotVM(of disk: DiskRecord, session: any QMPSession, policy: Policy) async throws -> Set<Int64> {
+    private func snapshotVM(of disk: DiskRecord, session: any VMSession, policy: Policy) async throws -> Set<Int64> {
         let members = try store.disks(ofPlan: disk.planId)
             .filter { $0.qmpSocket == disk.qmpSocket && !$0.state.isFinal }
             .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy, joinVMSnapshot: nil) }

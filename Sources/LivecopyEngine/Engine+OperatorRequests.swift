@@ -2,7 +2,7 @@
 
 import Foundation
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 extension Engine {
     /// Applies the plan's open operator requests, oldest first, to its stream jobs in
@@ -35,9 +35,9 @@ extension Engine {
         for socket in sockets {
             guard let session = await sessions.existing(for: socket) else { continue }
             let ids = Set(disks.filter { $0.qmpSocket == socket }.map(\.streamJobId))
-            let jobs: [JobInfo]
+            let jobs: [CopyJob]
             do {
-                jobs = try await session.queryJobs().filter { ids.contains($0.id) && $0.status.acceptsControls }
+                jobs = try await session.jobs().filter { ids.contains($0.id) && $0.status.acceptsControls }
             } catch {
                 failures.append("\(socket): \(describe(error))")
                 continue
@@ -46,13 +46,13 @@ extension Engine {
                 do {
                     switch action {
                     case .throttle(let speed):
-                        try await session.blockJobSetSpeed(jobId: job.id, speed: speed)
+                        try await session.setSpeed(jobId: job.id, speed: speed)
                         applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")
                     case .pause:
-                        if job.status != .paused { try await session.blockJobPause(jobId: job.id) }
+                        if job.status != .paused { try await session.pause(jobId: job.id) }
                         applied.append("job \(job.id) paused")
                     case .resume:
-                        if job.status == .paused { try await session.blockJobResume(jobId: job.id) }
+                        if job.status == .paused { try await session.resume(jobId: job.id) }
                         applied.append("job \(job.id) resumed")
                     }
                 } catch {

@@ -2,7 +2,6 @@
 
 import Foundation
 import LivecopyModel
-import QMP
 
 extension Engine {
     /// This host as lease records name it: the host name and the kernel's boot id, so a

@@ -3,7 +3,7 @@
 
 import Foundation
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 extension Engine {
     /// What QEMU and the files say about each disk of a plan that is not final, in one
@@ -13,7 +13,7 @@ extension Engine {
         for disk in try store.disks(ofPlan: planId) where !disk.state.isFinal {
             var recorded = "recorded \(disk.state.rawValue)"
             if let intent = disk.intent { recorded += " (unfinished: \(intent))" }
-            let session: any QMPSession
+            let session: any VMSession
             do {
                 session = try await sessions.session(for: disk.qmpSocket)
             } catch {
@@ -21,11 +21,11 @@ extension Engine {
                 continue
             }
             do {
-                let devices = try await session.queryBlock()
+                let devices = try await session.disks()
                 let entry = devices.entry(for: disk)
-                let image = entry?.inserted.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
+                let image = entry?.medium.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
                     ?? "device not found"
-                let jobs = try await session.queryJobs().filter { $0.id == disk.streamJobId || $0.id == disk.commitJobId }
+                let jobs = try await session.jobs().filter { $0.id == disk.streamJobId || $0.id == disk.commitJobId }
                 let jobText = jobs.isEmpty ? "no livecopy job" : jobs.map { "job \($0.id) \($0.status)" }.joined(separator: ", ")
                 report.append((disk, "\(recorded); \(image); \(jobText)"))
             } catch {
@@ -52,8 +52,8 @@ extension Engine {
         // A running VM on the destination: that is the image with every write. (Its qcow2
         // metadata may not be on disk yet, so the file alone would mislead.)
         if askingQEMU, let session = try? await sessions.session(for: disk.qmpSocket),
-           let devices = try? await session.queryBlock() {
-            let active = devices.entry(for: disk)?.inserted?.file
+           let devices = try? await session.disks() {
+            let active = devices.entry(for: disk)?.medium?.file
             if active == disk.destination { return disk.destination }
         }
         // QEMU does not hold the destination: its own data, if any, is newer than the source.

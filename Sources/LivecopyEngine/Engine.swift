@@ -5,7 +5,7 @@
 import Foundation
 import Logging
 import LivecopyModel
-import QMP
+import LivecopyBackend
 import Synchronization
 
 /// What a run does with the disks it picks up.
@@ -19,8 +19,8 @@ public enum RunMode: Sendable {
 /// The workflow engine: checks a plan, records it, and drives every disk of it to a
 /// final state, persisting each step through the store before going on.
 ///
-/// It sees QMP only through `QMPConnector`/`QMPSession` and SQLite only through
-/// `WorkflowStore`. One engine at a time drives a plan: it holds the plan's lease and
+/// It sees the hypervisor only through `Hypervisor`/`VMSession` (QMP is one backend)
+/// and SQLite only through `WorkflowStore`. One engine at a time drives a plan: it holds the plan's lease and
 /// renews it every `LeaseTiming.heartbeatInterval` on a task of its own (`LeaseHeartbeat`),
 /// while another task watches for cancel and operator requests.
 public final class Engine: Sendable {
@@ -39,19 +39,19 @@ public final class Engine: Sendable {
 
     /// `lease` and `host` are for tests: a short lease, and an engine that names its host
     /// as another machine would (whose lease is judged by heartbeat age alone).
-    public init(store: any WorkflowStore, connector: any QMPConnector, observer: any EngineObserver = SilentObserver(),
+    public init(store: any WorkflowStore, hypervisor: any Hypervisor, observer: any EngineObserver = SilentObserver(),
                 inspector: any ImageInspector = QemuImgInspector(), creator: any DestinationCreator = ExclusiveOverlayCreator(),
                 commandTimeout: Double = 30, lease: LeaseTiming = LeaseTiming(), host: String = Engine.thisHost) {
         self.store = store
         self.observer = observer
         self.inspector = inspector
         self.creator = creator
-        self.sessions = VMSessions(connector: connector, commandTimeout: commandTimeout)
+        self.sessions = VMSessions(hypervisor: hypervisor, commandTimeout: commandTimeout)
         self.lease = lease
         self.me = PlanOwner(pid: getpid(), host: host, heartbeat: Date())
     }
 
-    /// Closes every QMP session the engine opened.
+    /// Closes every VM session the engine opened.
     public func shutdown() async {
         await sessions.closeAll()
     }
@@ -141,7 +141,7 @@ public final class Engine: Sendable {
             return await self.driveDisks(planId: planId, policy: plan.policy, snapshots: VMSnapshotBarrier()) { try await $0.run() }
         }
         driving.add(forward)
-        // Cancel and operator requests (throttle, pause, resume): a QMP command that hangs
+        // Cancel and operator requests (throttle, pause, resume): an operation that hangs
         // here delays only this task, never the heartbeat.
         let requests = Task {
             while !Task.isCancelled {

@@ -1,5 +1,5 @@
 import Foundation
-import QMP
+import LivecopyBackend
 
 /// Why watching a job stopped without the job concluding.
 enum JobWatchError: Error, CustomStringConvertible {
@@ -17,21 +17,21 @@ enum JobWatchError: Error, CustomStringConvertible {
     }
 }
 
-/// Follows one QMP job to its conclusion. Completion is driven by events
-/// (`JOB_STATUS_CHANGE`, `BLOCK_JOB_*`); `query-jobs` is polled only for progress and
+/// Follows one job to its conclusion. Completion is driven by the VM's job events
+/// (QMP's `JOB_STATUS_CHANGE`, `BLOCK_JOB_*`); the job list is polled only for progress and
 /// as a safety net, so the poll interval never adds to the wall time.
 struct JobWatcher {
-    let session: any QMPSession
+    let session: any VMSession
     let jobId: String
     let pollInterval: Double
     let ioErrorWait: Double
     /// An events subscription taken before the job was started, so an event sent at once
     /// (an I/O error on the first read, say) is not missed; nil subscribes now.
-    var subscription: AsyncStream<QMPEvent>? = nil
+    var subscription: AsyncStream<JobEvent>? = nil
 
     /// What the watcher tells its caller while it waits.
     struct Callbacks {
-        var progress: (JobInfo) async -> Void = { _ in }
+        var progress: (CopyJob) async -> Void = { _ in }
         /// Called once when the job is ready (commit jobs: time to `block-job-complete`).
         var ready: (() async throws -> Void)?
         /// Called once when the job waits in `pending` (started with auto-finalize off).
@@ -66,21 +66,15 @@ struct JobWatcher {
     /// so nothing is missed.
     func waitForConclusion(_ callbacks: Callbacks) async throws -> String? {
         let (signals, continuation) = AsyncStream<Signal>.makeStream()
-        let events = subscription ?? session.events()
+        let events = subscription ?? session.jobEvents()
         let jobId = self.jobId
         let eventTask = Task {
             for await event in events {
-                switch event.name {
-                case "JOB_STATUS_CHANGE" where event.data["id"]?.stringValue == jobId:
-                    continuation.yield(.status(JobStatus(event.data["status"]?.stringValue ?? "")))
-                case "BLOCK_JOB_READY" where event.data["device"]?.stringValue == jobId:
-                    continuation.yield(.status(.ready))
-                case "BLOCK_JOB_ERROR" where event.data["device"]?.stringValue == jobId:
-                    let operation = event.data["operation"]?.stringValue ?? "?"
-                    let action = event.data["action"]?.stringValue ?? "?"
-                    continuation.yield(.ioErrorEvent("I/O error on \(operation), action \(action)"))
-                default:
-                    continue
+                switch event {
+                case .statusChanged(let id, let status):
+                    if id == jobId { continuation.yield(.status(status)) }
+                case .ioError(let id, let operation, let action):
+                    if id == jobId { continuation.yield(.ioErrorEvent("I/O error on \(operation), action \(action)")) }
                 }
             }
             continuation.yield(.lost)
@@ -123,9 +117,9 @@ struct JobWatcher {
             case .ioErrorEvent(let what):
                 await callbacks.ioError(what)
             case .lost:
-                throw QMPClientError.connectionLost(reason: "event stream ended while watching job \(jobId)")
+                throw BackendError(.sessionLost, reason: "connection lost: the VM's event stream ended while watching job \(jobId)")
             case .tick:
-                guard let job = try await session.queryJobs().first(where: { $0.id == jobId }) else {
+                guard let job = try await session.jobs().first(where: { $0.id == jobId }) else {
                     throw JobWatchError.vanished(jobId)
                 }
                 await callbacks.progress(job)
@@ -144,8 +138,7 @@ struct JobWatcher {
                 case .pending:
                     try await onPending.run()
                 case .paused:
-                    let ioStatus = try await session.queryBlockJobs().first(where: { $0.device == jobId })?.ioStatus ?? "ok"
-                    guard ioStatus != "ok" else {
+                    guard let ioStatus = try await session.ioErrorStatus(ofJob: jobId) else {
                         pausedByErrorSince = nil  // paused on purpose (block-job-pause)
                         continue
                     }
@@ -159,7 +152,7 @@ struct JobWatcher {
                     }
                     if now.timeIntervalSince(lastResumeAttempt) >= 10 {
                         lastResumeAttempt = now
-                        try? await session.blockJobResume(jobId: jobId)
+                        try? await session.resume(jobId: jobId)
                     }
                 case .running:
                     pausedByErrorSince = nil
@@ -171,7 +164,7 @@ struct JobWatcher {
                 }
             }
         }
-        throw QMPClientError.connectionLost(reason: "stopped watching job \(jobId)")
+        throw BackendError(.sessionLost, reason: "connection lost: stopped watching job \(jobId)")
     }
 
     /// A callback run at most once.
@@ -187,11 +180,11 @@ struct JobWatcher {
 
     /// Reads the concluded job's error, then dismisses it.
     private func concludeAndDismiss(_ callbacks: Callbacks) async throws -> String? {
-        let job = try await session.queryJobs().first(where: { $0.id == jobId })
+        let job = try await session.jobs().first(where: { $0.id == jobId })
         guard let job else { throw JobWatchError.vanished(jobId) }
         await callbacks.progress(job)
         try await callbacks.concluded?(job.error)
-        try await session.jobDismiss(jobId: jobId)
+        try await session.dismiss(jobId: jobId)
         CrashPoint.reach("sent:job-dismiss")
         return job.error
     }

@@ -1,6 +1,6 @@
 import Foundation
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 /// A plan refused before anything was touched, with a one-line reason naming the disk.
 public struct PreflightError: Error, CustomStringConvertible, Sendable {
@@ -54,7 +54,7 @@ struct FreeSpaceCheck {
 
     init(margin: Double) { self.margin = margin }
 
-    mutating func add(name: String, destination: String, source: ImageInfo) {
+    mutating func add(name: String, destination: String, source: DiskImage) {
         guard margin > 0 else { return }
         let directory = (destination as NSString).deletingLastPathComponent
         var info = stat()
@@ -143,15 +143,15 @@ struct Preflight {
             } catch let error as PreflightError {
                 throw PreflightError("VM '\(vm.name)': \(error.description)")
             }
-            let session: any QMPSession
+            let session: any VMSession
             do {
                 session = try await sessions.session(for: vm.qmp)
             } catch {
                 throw PreflightError("VM '\(vm.name)': \(describe(error))")
             }
-            let devices: [BlockDeviceInfo]
+            let devices: [VMDisk]
             do {
-                devices = try await session.queryBlock()
+                devices = try await session.disks()
             } catch {
                 throw PreflightError("VM '\(vm.name)': query-block failed: \(describe(error))")
             }
@@ -164,7 +164,7 @@ struct Preflight {
                     throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
                 }
                 disks.append(found)
-                if let image = devices.first(where: { $0.inserted?.image.filename == found.source })?.inserted?.image {
+                if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
                     space.add(name: name, destination: disk.destination, source: image)
                 }
             }
@@ -175,7 +175,7 @@ struct Preflight {
     }
 
     /// `VMActivityCheck` for one VM of the plan: no foreign job, no migration.
-    func checkActivity(vmName: String, socket: String, session: any QMPSession, devices: [BlockDeviceInfo],
+    func checkActivity(vmName: String, socket: String, session: any VMSession, devices: [VMDisk],
                        planDevices: Set<String>) async throws {
         let store = self.store
         try await VMActivityCheck.check(
@@ -184,20 +184,20 @@ struct Preflight {
         ) { VMActivityCheck.isOwnJobOfAnotherDisk($0, socket: socket, planDevices: planDevices, store: store) }
     }
 
-    static func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [BlockDeviceInfo], name: String, policy: Policy) throws -> NewPlan.Disk {
+    static func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [VMDisk], name: String, policy: Policy) throws -> NewPlan.Disk {
         guard let entry = devices.first(where: { $0.device == disk.device })
-            ?? devices.first(where: { $0.qdev == disk.device })
-            ?? devices.first(where: { $0.inserted?.nodeName == disk.device })
+            ?? devices.first(where: { $0.guestDevice == disk.device })
+            ?? devices.first(where: { $0.medium?.nodeName == disk.device })
         else {
-            let known = devices.map { $0.device.isEmpty ? ($0.qdev ?? "?") : $0.device }.joined(separator: ", ")
+            let known = devices.map { $0.device.isEmpty ? ($0.guestDevice ?? "?") : $0.device }.joined(separator: ", ")
             throw PreflightError("\(name): no such device in the VM (devices: \(known))")
         }
-        guard let inserted = entry.inserted else { throw PreflightError("\(name): the device has no medium") }
-        let source = inserted.image.filename
+        guard let medium = entry.medium else { throw PreflightError("\(name): the device has no medium") }
+        let source = medium.image.filename
         guard source.hasPrefix("/") else {
             throw PreflightError("\(name): source \(source) is not a plain file (json: and network protocols are refused)")
         }
-        try checkChain(inserted.image, name: name)
+        try checkChain(medium.image, name: name)
         do {
             try DestinationCheck.refuseExisting(disk.destination)
             try DestinationCheck.checkDirectory(of: disk.destination)
@@ -205,7 +205,7 @@ struct Preflight {
             throw PreflightError("\(name): \(error.description)")
         }
         let destination = DestinationCheck.resolved(disk.destination)
-        for image in inserted.image.chain {
+        for image in medium.image.chain {
             if image.filename == disk.destination || DestinationCheck.resolved(image.filename) == destination {
                 throw PreflightError("\(name): destination \(disk.destination) is an image of the source chain (\(image.filename))")
             }
@@ -219,20 +219,20 @@ struct Preflight {
         do {
             // The destination overlay livecopy will write must be possible for this size: a
             // hostile image header's size is refused here, before anything is touched.
-            _ = try Qcow2Overlay(virtualSize: inserted.image.virtualSize, backing: source, backingFormat: inserted.image.format)
+            _ = try Qcow2Overlay(virtualSize: medium.image.virtualSize, backing: source, backingFormat: medium.image.format)
         } catch let error as CreationFailed {
             throw PreflightError("\(name): source \(source): \(error.description)")
         }
-        let qmpDevice = entry.device.isEmpty ? (entry.qdev ?? inserted.nodeName ?? disk.device) : entry.device
+        let qmpDevice = entry.device.isEmpty ? (entry.guestDevice ?? medium.nodeName ?? disk.device) : entry.device
         return NewPlan.Disk(
             vmName: vm.name, qmpSocket: vm.qmp, device: disk.device, destination: disk.destination,
-            source: source, sourceFormat: inserted.image.format, qmpDevice: qmpDevice)
+            source: source, sourceFormat: medium.image.format, qmpDevice: qmpDevice)
     }
 
     /// Every image of the source chain is a plain file, and every backing link records its
     /// format: a link without one makes QEMU guess the format from the backing file's
     /// contents (a raw disk whose guest wrote a qcow2 header would open any file it names).
-    static func checkChain(_ top: ImageInfo, name: String) throws {
+    static func checkChain(_ top: DiskImage, name: String) throws {
         for image in top.chain {
             guard image.filename.hasPrefix("/") else {
                 throw PreflightError("\(name): image \(image.filename) of the source chain is not a plain file (json: and network protocols are refused)")

@@ -1,6 +1,6 @@
 import Foundation
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 /// The checks every destructive step makes right before it acts, on every path
 /// (a first run or a resume): what QEMU and the kernel say now, never what the record
@@ -12,16 +12,16 @@ extension DiskWorkflow {
     /// its chain, and no process may hold the source open.
     func sourceRetirementProblem() async throws -> String? {
         let source = disk.source ?? "the source"
-        let devices = try await session.queryBlock()
+        let devices = try await session.disks()
         guard let entry = devices.entry(for: disk) else {
             return "device '\(disk.device)' is no longer in VM '\(disk.vmName)', so nothing proves \(disk.destination) holds its data"
         }
-        guard entry.inserted?.file == disk.destination, entry.inserted?.backingFile == nil else {
-            let active = entry.inserted?.file ?? "no image"
-            let backing = entry.inserted?.backingFile.map { " backed by \($0)" } ?? ""
+        guard entry.medium?.file == disk.destination, entry.medium?.backingFile == nil else {
+            let active = entry.medium?.file ?? "no image"
+            let backing = entry.medium?.backingFile.map { " backed by \($0)" } ?? ""
             return "VM '\(disk.vmName)' device '\(disk.device)' runs on \(active)\(backing), not on \(disk.destination) standing alone"
         }
-        if let user = devices.first(where: { $0.inserted?.image.chain.contains { $0.filename == source } ?? false }) {
+        if let user = devices.first(where: { $0.medium?.image.chain.contains { $0.filename == source } ?? false }) {
             return "device '\(user.device)' of VM '\(disk.vmName)' has \(source) in its chain"
         }
         if let holder = await OpenFiles.holder(of: source) {
@@ -34,8 +34,8 @@ extension DiskWorkflow {
     /// device of the VM may run on it or have it in its chain, and no process may hold it
     /// open.
     func deletionProblem(_ path: String) async throws -> String? {
-        let devices = try await session.queryBlock()
-        if let user = devices.first(where: { $0.inserted?.image.chain.contains { $0.filename == path } ?? false }) {
+        let devices = try await session.disks()
+        if let user = devices.first(where: { $0.medium?.image.chain.contains { $0.filename == path } ?? false }) {
             return "device '\(user.device)' of VM '\(disk.vmName)' uses \(path)"
         }
         if let holder = await OpenFiles.holder(of: path) {

@@ -1,6 +1,6 @@
 import Foundation
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 /// Refuses a VM that is busy with something livecopy must not interleave with: a job of
 /// another tool (stream, mirror, commit, backup, or a VM-wide job such as a snapshot
@@ -20,20 +20,20 @@ enum VMActivityCheck {
     /// the plan's disks of this VM, as `query-block` names them; `deviceNames` every device
     /// of the VM; `ownJobOfAnotherDisk` says whether a job id is one livecopy made for a
     /// disk outside the plan.
-    static func check(vmName: String, session: any QMPSession, planDevices: Set<String>, deviceNames: Set<String>,
+    static func check(vmName: String, session: any VMSession, planDevices: Set<String>, deviceNames: Set<String>,
                       ownJobOfAnotherDisk: (String) -> Bool) async throws {
-        let migration: MigrationInfo
+        let migration: String?
         do {
-            migration = try await session.queryMigrate()
+            migration = try await session.migrationStatus()
         } catch {
             throw PreflightError("VM '\(vmName)': query-migrate failed: \(describe(error))")
         }
-        if let status = migration.status, migrating.contains(status) {
+        if let status = migration, migrating.contains(status) {
             throw PreflightError("VM '\(vmName)' is migrating (query-migrate status \(status)); livecopy touches nothing until the migration ends")
         }
-        let jobs: [JobInfo]
+        let jobs: [CopyJob]
         do {
-            jobs = try await session.queryJobs()
+            jobs = try await session.jobs()
         } catch {
             throw PreflightError("VM '\(vmName)': query-jobs failed: \(describe(error))")
         }

@@ -1,39 +1,40 @@
-// The engine's QMP sessions, one per VM monitor socket.
+// The engine's VM sessions, one per VM address (QMP socket).
 
-import QMP
+import LivecopyBackend
 
-/// One QMP session per VM socket, shared by all of that VM's disks: QEMU serves one
-/// client per monitor socket, so a second connection would wait forever.
+/// One session per VM, shared by all of that VM's disks: QEMU serves one client per
+/// monitor socket, so a second connection would wait forever.
 actor VMSessions {
-    private let connector: any QMPConnector
+    private let hypervisor: any Hypervisor
     private let commandTimeout: Double
-    private var sessions: [String: Task<any QMPSession, Error>] = [:]
+    private var sessions: [String: Task<any VMSession, Error>] = [:]
 
-    init(connector: any QMPConnector, commandTimeout: Double) {
-        self.connector = connector
+    init(hypervisor: any Hypervisor, commandTimeout: Double) {
+        self.hypervisor = hypervisor
         self.commandTimeout = commandTimeout
     }
 
-    /// The live session for `socket`, connecting (once, even with concurrent callers) if needed.
-    func session(for socket: String) async throws -> any QMPSession {
-        if let pending = sessions[socket], let session = try? await pending.value, !session.isClosed {
+    /// The live session for the VM at `address`, connecting (once, even with concurrent
+    /// callers) if needed.
+    func session(for address: String) async throws -> any VMSession {
+        if let pending = sessions[address], let session = try? await pending.value, !session.isClosed {
             return session
         }
-        let connector = self.connector
+        let hypervisor = self.hypervisor
         let timeout = commandTimeout
-        let task = Task { try await connector.connect(socketPath: socket, commandTimeout: timeout) }
-        sessions[socket] = task
+        let task = Task { try await hypervisor.connect(to: address, commandTimeout: timeout) }
+        sessions[address] = task
         do {
             return try await task.value
         } catch {
-            sessions[socket] = nil
+            sessions[address] = nil
             throw error
         }
     }
 
-    /// The session already open for `socket`, if any (never connects).
-    func existing(for socket: String) async -> (any QMPSession)? {
-        guard let pending = sessions[socket], let session = try? await pending.value, !session.isClosed else { return nil }
+    /// The session already open for `address`, if any (never connects).
+    func existing(for address: String) async -> (any VMSession)? {
+        guard let pending = sessions[address], let session = try? await pending.value, !session.isClosed else { return nil }
         return session
     }
 

@@ -1,10 +1,10 @@
 import Foundation
 import LivecopyModel
-import QMP
+import LivecopyBackend
 
 /// The snapshot step for the disks of one VM: every member that still has to switch is
-/// readied (checked, its destination created), then all switch in **one** QMP
-/// `transaction`, so the VM's disks move to their destinations together as one
+/// readied (checked, its destination created), then all switch in **one** 
+/// transaction, so the VM's disks move to their destinations together as one
 /// crash-consistent set, or none does.
 ///
 /// If any member cannot be readied, or QEMU refuses the transaction (after the
@@ -21,7 +21,7 @@ struct VMSnapshot {
     /// errors that put a record in doubt.
     @discardableResult
     func run() async throws -> Set<Int64> {
-        var ready: [(member: DiskWorkflow, request: SnapshotRequest)] = []
+        var ready: [(member: DiskWorkflow, request: OverlayRequest)] = []
         var acted = Set<Int64>()
         var refusal: String?
         for member in members {
@@ -54,8 +54,8 @@ struct VMSnapshot {
         guard !ready.isEmpty else { return acted }
         guard let session = ready.first?.member.session else { return acted }
         do {
-            try await session.snapshotTransaction(ready.map(\.request))
-        } catch let error as QMPCommandError {
+            try await session.switchToOverlays(ready.map(\.request))
+        } catch let error as BackendError where error.isRefusal {
             let reason = ready.count == 1
                 ? error.description
                 : "snapshot transaction of \(ready.count) disks of VM '\(vmName)' failed, none switched: \(error.description)"

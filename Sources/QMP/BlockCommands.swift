@@ -59,7 +59,8 @@ public final class ImageInfo: Decodable, Sendable {
 public struct JobInfo: Decodable, Sendable {
     public let id: String
     public let type: String
-    public let status: JobStatus
+    /// QEMU's `JobStatus` name (`running`, `pending`, `concluded`, …).
+    public let status: String
     public let currentProgress: Int64
     public let totalProgress: Int64
     /// Set on a concluded job that failed.
@@ -140,28 +141,6 @@ extension QMPSession {
     /// `job-finalize` of a job waiting in `pending`.
     public func jobFinalize(jobId: String) async throws {
         try await execute("job-finalize", ["id": .string(jobId)])
-    }
-
-    /// Flushes block node `nodeName` to disk, with evidence: HMP `qemu-io NODE "reopen"`
-    /// reopens the node with its own options, and QEMU flushes a node before reopening it
-    /// (`bdrv_reopen_prepare`), reporting a failure as "Error flushing drive: …" in the
-    /// HMP reply. QMP has no flush command, and neither HMP `qemu-io … "flush"` (its reply
-    /// is empty whether the flush worked or not) nor `query-blockstats` (it does not count
-    /// flushes that are not the guest's) can confirm one: both were checked on QEMU 7.2
-    /// with a blkdebug rule failing every flush of the image's file.
-    ///
-    /// The node must be a format node such as the qcow2 destination (`query-block`'s
-    /// `inserted.node-name`, which skips the implicit copy-on-read filter of a stream
-    /// job); filters refuse to reopen, and that is reported as not confirmed too.
-    public func flushWithEvidence(nodeName: String) async throws -> FlushEvidence {
-        let reply = try await execute("human-monitor-command", ["command-line": .string("qemu-io \(nodeName) \"reopen\"")])
-        guard let text = reply.stringValue else {
-            return .notConfirmed("HMP answered \(reply.compactText) instead of text")
-        }
-        let answer = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        if answer.isEmpty { return .confirmed }
-        if answer.contains("Error flushing drive") { return .failed(answer) }
-        return .notConfirmed(answer)
     }
 
     /// Active `block-commit` of `device`'s top image into the image of its chain opened as
@@ -247,15 +226,4 @@ public enum BlockTarget: Sendable, Equatable {
     case device(String)
     /// A graph node name.
     case node(String)
-}
-
-/// What QEMU said about a flush: only `.confirmed` allows a step that relies on the data
-/// being on disk.
-public enum FlushEvidence: Sendable, Hashable {
-    /// QEMU flushed the node and reported no error.
-    case confirmed
-    /// QEMU tried to flush and the flush failed (its message).
-    case failed(String)
-    /// QEMU did not flush, or said something livecopy cannot read as success (its answer).
-    case notConfirmed(String)
 }

@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import TestSupport
 import Testing
 
@@ -53,7 +54,7 @@ struct BootImageAgreementTests {
         try await store.save(plan: running, expecting: .running, event: nil, at: Date())
 
         // The engine's answers, disk by disk.
-        let engine = Engine(store: store, connector: NoVM())
+        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: NoVM()))
         var expected: [String: String?] = [:]
         for disk in try store.disks(ofPlan: plan.id) { expected[disk.device] = await engine.bootImage(of: disk) }
         #expect(expected["streaming"] == .some(scratch.appending("streaming-dst.qcow2")))

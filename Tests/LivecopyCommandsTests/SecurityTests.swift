@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import TestSupport
 import Testing
 
@@ -362,7 +363,7 @@ struct SecurityTests {
             }
         }
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
-        let engine = Engine(store: store, connector: Connector(), creator: RacingCreator(intruder: intruder))
+        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: Connector()), creator: RacingCreator(intruder: intruder))
         let plan = Plan(name: "race", policyReference: nil, vms: [
             .init(name: "vm", qmp: vm.livecopySocket, disks: [.init(device: "drive0", destination: destination)]),
         ])
@@ -395,7 +396,7 @@ struct SecurityTests {
 
         // A second run (recover) reconciles: the VM is on the source, the file is not
         // livecopy's, so it is refused again and still left as it is.
-        let second = Engine(store: store, connector: Connector())
+        let second = Engine(store: store, hypervisor: QMPHypervisor(connector: Connector()))
         _ = try await second.run(planId: record.id)
         await second.shutdown()
         let after = try #require(try store.disks(ofPlan: record.id).first)

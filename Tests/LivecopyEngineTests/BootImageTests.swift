@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import TestSupport
 import Testing
 
@@ -39,7 +40,7 @@ struct BootImageTests {
             $0.intent = .pivotBack
             $0.destinationCreated = true
         }
-        let engine = Engine(store: store, connector: NoVM(), inspector: StubInspector(same: same))
+        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: NoVM()), inspector: StubInspector(same: same))
         #expect(await engine.bootImage(of: disk) == (same ? disk.source : nil))
         #expect(await engine.bootAdvice(for: disk).contains(same ? "the VM must boot from \(disk.source ?? "")" : "nobody can tell"))
     }
@@ -56,7 +57,7 @@ struct BootImageTests {
             $0.destinationCreated = true
         }
         _ = FileManager.default.createFile(atPath: disk.destination, contents: Data())
-        let engine = Engine(store: store, connector: NoVM(), inspector: StubInspector(ownData: ownData))
+        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: NoVM()), inspector: StubInspector(ownData: ownData))
         #expect(await engine.bootImage(of: disk) == (ownData ? disk.destination : disk.source))
     }
 }

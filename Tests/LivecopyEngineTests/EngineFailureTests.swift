@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import TestSupport
 import Testing
 
@@ -114,7 +115,7 @@ struct EngineFailureTests {
     func aFailedCopyRollsBackToTheSourceWithEveryWrite() async throws {
         let setup = try Self.setUp("lc-rollback")
         defer { setup.scratch.remove() }
-        let engine = Engine(store: setup.store, connector: TestConnector())
+        let engine = Engine(store: setup.store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let (planId, run) = try await Self.startAndWriteDuringCopy(setup, engine: engine, policy: try Self.policy(onFailure: .rollback))
         let plan = try await run.value
         await engine.shutdown()
@@ -140,7 +141,7 @@ struct EngineFailureTests {
     func aStoppedCopyWaitsOnItsOverlayAndResumesLater() async throws {
         let setup = try Self.setUp("lc-stop")
         defer { setup.scratch.remove() }
-        let engine = Engine(store: setup.store, connector: TestConnector())
+        let engine = Engine(store: setup.store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let (planId, run) = try await Self.startAndWriteDuringCopy(setup, engine: engine, policy: try Self.policy(onFailure: .stop))
         let stopped = try await run.value
 
@@ -165,7 +166,7 @@ struct EngineFailureTests {
     func preflightRefusesADestinationFilesystemTooSmallForTheSource() async throws {
         let setup = try Self.setUp("lc-space")
         defer { setup.scratch.remove() }
-        let engine = Engine(store: setup.store, connector: TestConnector())
+        let engine = Engine(store: setup.store, hypervisor: QMPHypervisor(connector: TestConnector()))
         defer { Task { await engine.shutdown() } }
         var policy = try Policy.resolve(nil)
         #expect(policy.spaceMargin == 1.1, "the shipped default margin")
@@ -201,7 +202,7 @@ extension EngineFailureTests {
     func aDetachedPlanIsRefusedWhenItRunsIfTheDestinationFilesystemIsTooSmall() async throws {
         let setup = try Self.setUp("lc-space-detached")
         defer { setup.scratch.remove() }
-        let engine = Engine(store: setup.store, connector: TestConnector())
+        let engine = Engine(store: setup.store, hypervisor: QMPHypervisor(connector: TestConnector()))
         var policy = try Self.policy(onFailure: .stop)
         policy.spaceMargin = 1.1
         func recordDetached() throws -> Int64 {

@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import TestSupport
 import Testing
 
@@ -32,7 +33,7 @@ struct IOErrorTests {
     func enospcPausesTheJobUntilSpaceIsFreedThenCompletes() async throws {
         let setup = try EngineFailureTests.setUp("lc-enospc-wait")
         defer { setup.scratch.remove() }
-        let engine = Engine(store: setup.store, connector: TestConnector())
+        let engine = Engine(store: setup.store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let policy = try Self.policy(ioErrorWait: 300, onFailure: .stop)
         let (planId, run) = try await EngineFailureTests.startAndWriteDuringCopy(setup, engine: engine, policy: policy)
 
@@ -58,7 +59,7 @@ struct IOErrorTests {
     func enospcOutlastingTheWaitStopsOnTheOverlayAndResumesLater() async throws {
         let setup = try EngineFailureTests.setUp("lc-enospc-stop")
         defer { setup.scratch.remove() }
-        let engine = Engine(store: setup.store, connector: TestConnector())
+        let engine = Engine(store: setup.store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let policy = try Self.policy(ioErrorWait: 2, onFailure: .stop)
         let (planId, run) = try await EngineFailureTests.startAndWriteDuringCopy(setup, engine: engine, policy: policy)
         let stopped = try await run.value

@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import TestSupport
 import Testing
 
@@ -31,7 +32,7 @@ struct InjectedIOErrorTests {
         let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [], extraArguments: ["-drive", drive])
         let inserted = try #require(try await vm.testMonitor().queryBlock().first { $0.device == "drive0" }?.inserted)
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
-        let engine = Engine(store: store, connector: TestConnector())
+        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let destination = scratch.appending("dst.qcow2")
         let plan = Plan(name: "eio", policyReference: nil, vms: [
             .init(name: "vm", qmp: vm.livecopySocket, disks: [.init(device: "drive0", destination: destination)]),
@@ -116,7 +117,7 @@ struct InjectedIOErrorTests {
         #expect(inserted?.file.hasPrefix("json:") == true, "\(inserted?.file ?? "none")")
 
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
-        let engine = Engine(store: store, connector: TestConnector())
+        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let plan = Plan(name: "eio", policyReference: nil, vms: [
             .init(name: "vm", qmp: vm.livecopySocket, disks: [.init(device: "drive0", destination: scratch.appending("dst.qcow2"))]),
         ])

@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import Synchronization
 import TestSupport
 import Testing
@@ -19,7 +20,7 @@ struct LeaseHeartbeatTests {
 
     static func engine(_ setup: FakeSetup, host: String, store: (any WorkflowStore)? = nil,
                        observer: any EngineObserver = SilentObserver()) -> Engine {
-        Engine(store: store ?? setup.store, connector: TestConnector(), observer: observer, inspector: StubInspector(),
+        Engine(store: store ?? setup.store, hypervisor: QMPHypervisor(connector: TestConnector()), observer: observer, inspector: StubInspector(),
                creator: StubCreator(), commandTimeout: 600, lease: lease, host: host)
     }
 

@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import TestSupport
 import Testing
 
@@ -268,7 +269,7 @@ struct FakeSetup {
     }
 
     func engine(_ policy: Policy) -> Engine {
-        Engine(store: store, connector: TestConnector(), inspector: StubInspector(), creator: StubCreator(),
+        Engine(store: store, hypervisor: QMPHypervisor(connector: TestConnector()), inspector: StubInspector(), creator: StubCreator(),
                commandTimeout: policy.commandTimeout)
     }
 
@@ -474,7 +475,7 @@ struct QMPFaultTests {
         #expect(stopped.state == .failed)
         let disk = try #require(try setup.store.disks(ofPlan: planId).first)
         #expect(disk.state == .failed)
-        #expect(disk.error?.contains("QMP connection lost") == true, "\(disk.error ?? "")")
+        #expect(disk.error?.contains("connection lost") == true, "\(disk.error ?? "")")
         _ = try setup.transitions(planId)
 
         // Meanwhile the job finished in QEMU; the next run re-attaches, dismisses and completes.

@@ -1,7 +1,7 @@
 import Foundation
 @testable import LivecopyEngine
 import LivecopyModel
-import QMP
+import LivecopyBackend
 import TestSupport
 import Testing
 
@@ -49,13 +49,10 @@ import Testing
         }
     }
 
-    /// A device whose image header claims `size` bytes, as `query-block` would show it.
-    static func device(file: String, size: Int64) throws -> [BlockDeviceInfo] {
-        let json = """
-            [{"device": "drive0", "inserted": {"file": "\(file)", "drv": "qcow2", "node-name": "n0",
-              "image": {"filename": "\(file)", "format": "qcow2", "virtual-size": \(size)}}}]
-            """
-        return try JSONDecoder().decode([BlockDeviceInfo].self, from: Data(json.utf8))
+    /// A device whose image header claims `size` bytes, as the hypervisor would show it.
+    static func device(file: String, size: Int64) throws -> [VMDisk] {
+        let image = DiskImage(filename: file, format: "qcow2", virtualSize: size)
+        return [VMDisk(device: "drive0", guestDevice: nil, medium: .init(file: file, nodeName: "n0", backingFile: nil, image: image))]
     }
 
     @Test(arguments: hugeSizes)
@@ -98,7 +95,7 @@ import Testing
         _ = FileManager.default.createFile(atPath: source, contents: Data(repeating: 1, count: 8192))
         var space = FreeSpaceCheck(margin: 100)
         for index in 0..<4 {
-            let image = try #require(try Self.device(file: source, size: .max - 511).first?.inserted?.image)
+            let image = try #require(try Self.device(file: source, size: .max - 511).first?.medium?.image)
             space.add(name: "disk \(index)", destination: scratch.appending("dst\(index).qcow2"), source: image)
         }
         try space.check()

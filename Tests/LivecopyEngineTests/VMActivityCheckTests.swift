@@ -1,6 +1,7 @@
 import Foundation
 @testable import LivecopyEngine
 import QMP
+import QMPBackend
 import TestSupport
 import Testing
 
@@ -17,7 +18,7 @@ struct VMActivityCheckTests {
             }
         }
         defer { peer.stop() }
-        let session = try await QMPConnection.connect(socketPath: peer.socketPath)
+        let session = QMPVMSession(try await QMPConnection.connect(socketPath: peer.socketPath))
         defer { Task { await session.close() } }
         try await VMActivityCheck.check(vmName: "vm", session: session, planDevices: ["drive0"],
                                         deviceNames: ["drive0", "drive1"]) { ownOfAnotherDisk.contains($0) }

@@ -3,6 +3,7 @@ import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
 import QMP
+import QMPBackend
 import Synchronization
 import TestSupport
 import Testing
@@ -117,7 +118,7 @@ struct VMSnapshotTests {
         let rig = try Rig("lc-txn")
         defer { rig.scratch.remove() }
         let connector = RecordingConnector()
-        let engine = Engine(store: rig.store, connector: connector)
+        let engine = Engine(store: rig.store, hypervisor: QMPHypervisor(connector: connector))
         let policy = try Rig.policy()
         let record = try engine.record(rig.plan, policy: policy, disks: try await engine.preflight(rig.plan, policy: policy))
         for disk in rig.disks { try await disk.vm.guestWrite(drive: disk.drive, pattern: 0x5c, offset: "16M", length: "64k") }
@@ -160,7 +161,7 @@ struct VMSnapshotTests {
         let rig = try Rig("lc-txnfail")
         defer { rig.scratch.remove() }
         let policy = try Rig.policy()
-        let engine = Engine(store: rig.store, connector: TestConnector())
+        let engine = Engine(store: rig.store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let record = try engine.record(rig.plan, policy: policy, disks: try await engine.preflight(rig.plan, policy: policy))
         let disks = try rig.store.disks(ofPlan: record.id)
         // A node already named like vm1's second destination: QEMU refuses that action, so

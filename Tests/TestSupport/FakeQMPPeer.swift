@@ -47,7 +47,8 @@ public struct FakeCommand: Sendable, Hashable {
 }
 
 /// Decides the answer to each command: `(name, arguments, id)`. Return nil for the default
-/// behaviour (`qmp_capabilities` → `{}`, anything else → `CommandNotFound`). It runs on
+/// behaviour (`FakeQMPPeer.defaultReply`: QEMU 7.2's answers to the commands a client
+/// sends at connect, `CommandNotFound` to anything else). It runs on
 /// the peer's event loop, so it must be quick and must not block.
 public typealias FakeQMPHandler = @Sendable (_ name: String, _ arguments: JSONValue?, _ id: JSONValue?) -> FakeReply?
 
@@ -126,12 +127,28 @@ public final class FakeQMPPeer: @unchecked Sendable {
         ]
     ]
 
-    /// The default answers: `qmp_capabilities` → `{}`, anything else → `CommandNotFound`.
+    /// The commands QEMU 7.2 offers that livecopy sends (and a few more), for the default
+    /// `query-commands` answer.
+    public static let qemu72Commands: [String] = [
+        "qmp_capabilities", "query-version", "query-commands", "query-status", "query-block", "query-jobs",
+        "query-block-jobs", "query-migrate", "transaction", "blockdev-snapshot-sync", "block-stream", "job-finalize",
+        "job-dismiss", "human-monitor-command", "block-commit", "drive-mirror", "block-job-complete", "block-job-cancel",
+        "block-job-pause", "block-job-resume", "block-job-set-speed", "blockdev-add", "blockdev-del",
+    ]
+
+    /// The default answers, like QEMU 7.2's: `qmp_capabilities` → `{}`, `query-version` →
+    /// 7.2.22, `query-commands` → `qemu72Commands`; anything else → `CommandNotFound`.
     public static func defaultReply(name: String) -> FakeReply {
-        if name == "qmp_capabilities" {
+        switch name {
+        case "qmp_capabilities":
             return .return([:])
+        case "query-version":
+            return .return(["qemu": ["micro": 22, "minor": 2, "major": 7], "package": "Debian 1:7.2+dfsg-7+deb12u16 (fake)"])
+        case "query-commands":
+            return .return(.array(qemu72Commands.map { ["name": .string($0)] }))
+        default:
+            return .error(class: "CommandNotFound", desc: "The command \(name) has not been found")
         }
-        return .error(class: "CommandNotFound", desc: "The command \(name) has not been found")
     }
 
     /// Starts a peer listening on `<temporary directory>/qmp.sock`.

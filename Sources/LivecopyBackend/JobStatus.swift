@@ -1,6 +1,8 @@
-/// A QMP job's status (`JobStatus` in QEMU's qapi/job.json). A status this livecopy does
-/// not know (a newer QEMU's) is `.unrecognized`: the watcher keeps watching such a job
-/// and acts on nothing until it reaches a status it knows.
+/// A copy job's status, in the words of QEMU's job model (`JobStatus` in qapi/job.json);
+/// every backend reports its jobs in these words (libvirt's block jobs know fewer of
+/// them: running, ready, concluded). A status livecopy does not know (a newer QEMU's) is
+/// `.unrecognized`: the watcher keeps watching such a job and acts on nothing until it
+/// reaches a status it knows.
 public enum JobStatus: Sendable, Hashable, CustomStringConvertible {
     /// Erroneous, default state; should never be visible.
     case undefined
@@ -82,10 +84,4 @@ public enum JobStatus: Sendable, Hashable, CustomStringConvertible {
 
 extension JobStatus: ExpressibleByStringLiteral {
     public init(stringLiteral text: String) { self.init(text) }
-}
-
-extension JobStatus: Decodable {
-    public init(from decoder: Decoder) throws {
-        self.init(try decoder.singleValueContainer().decode(String.self))
-    }
 }

@@ -1,0 +1,73 @@
+/// A job of a VM: a pull, commit or mirror livecopy started, or any other tool's job.
+public struct CopyJob: Sendable {
+    public let id: String
+    /// The job's type as the hypervisor names it (`stream`, `commit`, `mirror`, `backup`,
+    /// `snapshot-save`, …).
+    public let type: String
+    public let status: JobStatus
+    /// Work done so far, in units of `totalProgress` (bytes for QEMU's block jobs).
+    public let currentProgress: Int64
+    public let totalProgress: Int64
+    /// Set on a concluded job that failed.
+    public let error: String?
+
+    public init(id: String, type: String, status: JobStatus, currentProgress: Int64, totalProgress: Int64, error: String?) {
+        self.id = id
+        self.type = type
+        self.status = status
+        self.currentProgress = currentProgress
+        self.totalProgress = totalProgress
+        self.error = error
+    }
+}
+
+/// What a VM says about its jobs as it happens.
+public enum JobEvent: Sendable, Hashable {
+    /// Job `id` moved to `status`.
+    case statusChanged(id: String, status: JobStatus)
+    /// Job `id` met an I/O error in `operation` (`read`, `write`) and reacted with `action`
+    /// (`stop`, `report`, `ignore`).
+    case ioError(id: String, operation: String, action: String)
+}
+
+/// One overlay to put on top of a disk's active image (`VMSession.switchToOverlays`).
+public struct OverlayRequest: Sendable, Equatable {
+    /// The disk: a device name, or the active image's node name.
+    public let disk: DiskTarget
+    /// The overlay file, made beforehand by livecopy (never created by the hypervisor).
+    public let overlayFile: String
+    /// The name the overlay is opened as (QEMU's node name).
+    public let overlayNodeName: String
+
+    public init(disk: DiskTarget, overlayFile: String, overlayNodeName: String) {
+        self.disk = disk
+        self.overlayFile = overlayFile
+        self.overlayNodeName = overlayNodeName
+    }
+}
+
+/// How an operation names the disk it acts on.
+public enum DiskTarget: Sendable, Equatable {
+    /// A device name.
+    case device(String)
+    /// The active image's node name.
+    case node(String)
+
+    /// The name, whichever kind it is.
+    public var name: String {
+        switch self {
+        case .device(let name), .node(let name): return name
+        }
+    }
+}
+
+/// What the hypervisor said about a flush: only `.confirmed` allows a step that relies on
+/// the data being on disk.
+public enum FlushEvidence: Sendable, Hashable {
+    /// The hypervisor flushed the image and reported no error.
+    case confirmed
+    /// The hypervisor tried to flush and the flush failed (its message).
+    case failed(String)
+    /// The hypervisor did not flush, or said something livecopy cannot read as success.
+    case notConfirmed(String)
+}

@@ -1,0 +1,85 @@
+// The boundary between the engine and a hypervisor: what livecopy needs from one, in
+// the model's words (disks, images, copy jobs), never in one hypervisor's protocol.
+
+/// A way to reach VMs: QEMU's QMP monitor today (`QMPHypervisor`), libvirt next. The
+/// engine opens one `VMSession` per VM through it, and asks nothing else of it.
+public protocol Hypervisor: Sendable {
+    /// The backend's name for messages ("QMP", "libvirt", "in-memory").
+    var name: String { get }
+
+    /// Opens a session to the VM at `address` (a QMP socket path, a libvirt domain, …),
+    /// after checking that the hypervisor there offers what livecopy needs (its version,
+    /// its commands); throws `BackendError` with kind `.unreachable` or `.unsupported`
+    /// naming what is missing otherwise.
+    func connect(to address: String, commandTimeout: Double) async throws -> any VMSession
+}
+
+/// A live session to one VM: what livecopy asks of it and tells it to do. Every
+/// operation either completes, or throws a `BackendError` saying whether the hypervisor
+/// refused (nothing was done) or the session broke (the outcome is unknown until asked
+/// again).
+///
+/// The recipe's operations are all here; a backend that cannot do one says so in
+/// `capabilities`, and the engine never calls it there (it refuses the plan, or skips
+/// the step with a note).
+public protocol VMSession: AnyObject, Sendable {
+    /// What this backend can do for this VM.
+    var capabilities: Set<BackendCapability> { get }
+
+    // MARK: What the VM shows
+
+    /// Every block device of the VM with the image chain it runs on.
+    func disks() async throws -> [VMDisk]
+    /// Every job of the VM (livecopy's and any other tool's).
+    func jobs() async throws -> [CopyJob]
+    /// Why job `id` is paused by an I/O error (`failed`, `nospace`), or nil when it is not.
+    func ioErrorStatus(ofJob id: String) async throws -> String?
+    /// The VM's migration status (`active`, `completed`, …), nil when it never migrated.
+    func migrationStatus() async throws -> String?
+    /// Every job event from now on (status changes, I/O errors); the stream finishes when
+    /// the session closes or breaks.
+    func jobEvents() -> AsyncStream<JobEvent>
+
+    // MARK: The recipe
+
+    /// Puts each request's overlay on top of its disk's active image, all at once (one
+    /// transaction): every disk switches, or none does.
+    func switchToOverlays(_ requests: [OverlayRequest]) async throws
+    /// Starts job `jobId` copying the backing chain of `disk`'s active image into it (a
+    /// stream, or a pull). With `.holdsFinishedPull` the finished job waits in `pending`
+    /// until `finalize`, the active image keeping its backing file until then.
+    /// `onError` is the I/O error action (`stop`, `enospc`, `report`, `ignore`;
+    /// `.ioErrorAction`).
+    func startPull(disk: String, jobId: String, speed: Int64, onError: String) async throws
+    /// Lets a pull waiting in `pending` finish: the active image drops its backing file.
+    func finalize(jobId: String) async throws
+    /// Flushes the image open as `nodeName` to disk and says whether that is proven
+    /// (`.confirmedFlush`).
+    func flush(nodeName: String) async throws -> FlushEvidence
+
+    // MARK: Rollback
+
+    /// Starts job `jobId` committing `disk`'s active image into the image of its chain
+    /// opened as `baseFile` (nil: the bottom of the chain); ready when caught up.
+    func startCommit(disk: String, jobId: String, baseFile: String?, speed: Int64) async throws
+    /// Starts job `jobId` mirroring `disk`'s whole chain into the existing image `target`
+    /// (`format`); ready when caught up.
+    func startMirror(disk: String, jobId: String, target: String, format: String) async throws
+    /// Completes a ready commit or mirror: the disk pivots onto its base or target.
+    func complete(jobId: String) async throws
+
+    // MARK: Job controls
+
+    /// Cancels job `id` (`force`: at once, even when ready).
+    func cancel(jobId: String, force: Bool) async throws
+    func pause(jobId: String) async throws
+    func resume(jobId: String) async throws
+    func setSpeed(jobId: String, speed: Int64) async throws
+    /// Removes a concluded job from the VM's list (the engine reads its error first).
+    func dismiss(jobId: String) async throws
+
+    /// True once the session has closed or broken.
+    var isClosed: Bool { get }
+    /// Closes the session; operations in flight fail with `.sessionLost`.
+    func close() async
+}

@@ -1,0 +1,72 @@
+/// A block device of a VM and the image chain it runs on.
+public struct VMDisk: Sendable {
+    /// The device's name as the hypervisor's commands take it (QEMU's `-drive id=…`);
+    /// empty when the device has no such name (a `-blockdev` disk attached to a device).
+    public let device: String
+    /// The guest device's id or path, if any (QEMU's qdev).
+    public let guestDevice: String?
+    /// The image chain in the device; nil when it has no medium.
+    public let medium: Medium?
+
+    public init(device: String, guestDevice: String?, medium: Medium?) {
+        self.device = device
+        self.guestDevice = guestDevice
+        self.medium = medium
+    }
+
+    /// The image chain in a device.
+    public struct Medium: Sendable {
+        /// The active (top) image's file name.
+        public let file: String
+        /// The name the hypervisor opened the active image as (QEMU's node name), if any.
+        public let nodeName: String?
+        /// The active image's backing file name, if it has one.
+        public let backingFile: String?
+        /// The active image with, recursively, its backing chain.
+        public let image: DiskImage
+
+        public init(file: String, nodeName: String?, backingFile: String?, image: DiskImage) {
+            self.file = file
+            self.nodeName = nodeName
+            self.backingFile = backingFile
+            self.image = image
+        }
+    }
+
+    /// Whether the device answers to `name`: its device name, guest device or active node name.
+    public func answers(to name: String) -> Bool {
+        device == name || guestDevice == name || medium?.nodeName == name
+    }
+}
+
+/// One image of a chain and, recursively, the images below it.
+public final class DiskImage: Sendable {
+    public let filename: String
+    /// `qcow2`, `raw`, …
+    public let format: String
+    public let virtualSize: Int64
+    public let actualSize: Int64?
+    /// The backing file as the image's header names it.
+    public let backingFilename: String?
+    /// The backing file's format as the header records it (nil or empty: not recorded).
+    public let backingFilenameFormat: String?
+    public let backingImage: DiskImage?
+
+    public init(filename: String, format: String, virtualSize: Int64, actualSize: Int64? = nil,
+                backingFilename: String? = nil, backingFilenameFormat: String? = nil, backingImage: DiskImage? = nil) {
+        self.filename = filename
+        self.format = format
+        self.virtualSize = virtualSize
+        self.actualSize = actualSize
+        self.backingFilename = backingFilename
+        self.backingFilenameFormat = backingFilenameFormat
+        self.backingImage = backingImage
+    }
+
+    /// This image and every image below it, top first.
+    public var chain: [DiskImage] {
+        var images: [DiskImage] = [self]
+        while let next = images.last?.backingImage { images.append(next) }
+        return images
+    }
+}

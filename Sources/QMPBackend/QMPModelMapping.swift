@@ -1,0 +1,52 @@
+// QMP's answers (`query-block`, `query-jobs`, events) in the backend's words.
+
+import LivecopyBackend
+import QMP
+
+extension VMDisk {
+    /// A `query-block` entry.
+    init(_ entry: BlockDeviceInfo) {
+        self.init(device: entry.device, guestDevice: entry.qdev, medium: entry.inserted.map { inserted in
+            Medium(file: inserted.file, nodeName: inserted.nodeName, backingFile: inserted.backingFile,
+                   image: DiskImage(inserted.image))
+        })
+    }
+}
+
+extension DiskImage {
+    /// QEMU's `ImageInfo`, with its chain.
+    convenience init(_ info: ImageInfo) {
+        self.init(filename: info.filename, format: info.format, virtualSize: info.virtualSize, actualSize: info.actualSize,
+                  backingFilename: info.backingFilename, backingFilenameFormat: info.backingFilenameFormat,
+                  backingImage: info.backingImage.map(DiskImage.init))
+    }
+}
+
+extension CopyJob {
+    /// A `query-jobs` entry.
+    init(_ job: JobInfo) {
+        self.init(id: job.id, type: job.type, status: JobStatus(job.status), currentProgress: job.currentProgress,
+                  totalProgress: job.totalProgress, error: job.error)
+    }
+}
+
+extension JobEvent {
+    /// A QMP event about a job, or nil for any other event. Block jobs name themselves
+    /// `device` in their `BLOCK_JOB_*` events.
+    init?(_ event: QMPEvent) {
+        switch event.name {
+        case "JOB_STATUS_CHANGE":
+            guard let id = event.data["id"]?.stringValue else { return nil }
+            self = .statusChanged(id: id, status: JobStatus(event.data["status"]?.stringValue ?? ""))
+        case "BLOCK_JOB_READY":
+            guard let id = event.data["device"]?.stringValue else { return nil }
+            self = .statusChanged(id: id, status: .ready)
+        case "BLOCK_JOB_ERROR":
+            guard let id = event.data["device"]?.stringValue else { return nil }
+            self = .ioError(id: id, operation: event.data["operation"]?.stringValue ?? "?",
+                            action: event.data["action"]?.stringValue ?? "?")
+        default:
+            return nil
+        }
+    }
+}
