@@ -114,10 +114,6 @@ func printStderr(_ message: String, asError: Bool = false) {
     FileHandle.standardError.write(Data(line.utf8))
 }
 
-/// One line for any error (the same wording as the engine's `describe`).
-func describe(_ error: Error) -> String {
-    String(describing: error).replacingOccurrences(of: "\n", with: " ")
-}
 
 /// A plan id argument, validated.
 func requirePlan(_ id: Int64, in store: SQLiteStore) throws -> PlanRecord {

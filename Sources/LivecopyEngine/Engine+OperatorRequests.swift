@@ -43,6 +43,10 @@ extension Engine {
                 continue
             }
             for job in jobs.sorted(by: { $0.id < $1.id }) {
+                if let needed = action.neededCapability, !session.capabilities.contains(needed) {
+                    failures.append("job \(job.id): this VM's hypervisor backend cannot \(needed.rawValue)")
+                    continue
+                }
                 do {
                     switch action {
                     case .throttle(let speed):
@@ -67,5 +71,15 @@ extension Engine {
             outcome += (applied + failures.map { "failed on \($0)" }).joined(separator: "; ")
         }
         return (failures.isEmpty, outcome)
+    }
+}
+
+extension OperatorAction {
+    /// What the VM's backend must be able to do for this action.
+    var neededCapability: BackendCapability? {
+        switch self {
+        case .throttle: return .throttleJobs
+        case .pause, .resume: return .pauseJobs
+        }
     }
 }

@@ -12,7 +12,7 @@ extension Engine {
         var report: [(disk: DiskRecord, finding: String)] = []
         for disk in try store.disks(ofPlan: planId) where !disk.state.isFinal {
             var recorded = "recorded \(disk.state.rawValue)"
-            if let intent = disk.intent { recorded += " (unfinished: \(intent))" }
+            if let intent = disk.intent { recorded += " (unfinished: \(intent.rawValue))" }
             let session: any VMSession
             do {
                 session = try await sessions.session(for: disk.qmpSocket)
@@ -64,6 +64,6 @@ extension Engine {
     public func bootAdvice(for disk: DiskRecord) async -> String {
         if let image = await bootImage(of: disk) { return "the VM must boot from \(image)" }
         let source = disk.source ?? "the source"
-        return "nobody can tell which image the VM must boot from: a pivot back to \(source) was requested just before QEMU stopped, and \(source) and \(disk.destination) differ; compare them, keep the one with the newest data, delete the other yourself, then run livecopy recover"
+        return "nobody can tell which image the VM must boot from: a pivot back to \(source) was requested just before QEMU stopped, and \(source) and \(disk.destination) differ; \(DiskWorkflow.ambiguousPivotAdvice(source: source, destination: disk.destination))"
     }
 }

@@ -174,9 +174,15 @@ struct Preflight {
         return disks
     }
 
-    /// `VMActivityCheck` for one VM of the plan: no foreign job, no migration.
+    /// For one VM of the plan: its backend can do what the stream strategy needs, and
+    /// `VMActivityCheck` (no foreign job, no migration).
     func checkActivity(vmName: String, socket: String, session: any VMSession, devices: [VMDisk],
                        planDevices: Set<String>) async throws {
+        let missing = BackendCapability.neededToStream.subtracting(session.capabilities)
+        if !missing.isEmpty {
+            throw PreflightError(
+                "VM '\(vmName)': its hypervisor backend cannot \(missing.map(\.rawValue).sorted().joined(separator: ", ")), which copying by streaming needs (a finished copy held until a confirmed flush, all disks switched at once); nothing was touched")
+        }
         let store = self.store
         try await VMActivityCheck.check(
             vmName: vmName, session: session, planDevices: planDevices,

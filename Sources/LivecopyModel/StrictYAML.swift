@@ -7,10 +7,10 @@ public struct InputError: Error, CustomStringConvertible, Sendable, Equatable {
     public let message: String
     /// Line breaks and other control characters in `message` (it quotes the file's own
     /// keys and values) are escaped, `\n` or `\u{85}`, so the error stays one line.
-    public init(_ message: String) { self.message = Self.oneLine(message) }
+    public init(_ message: String) { self.message = Self.escapingLineBreaks(message) }
     public var description: String { message }
 
-    static func oneLine(_ text: String) -> String {
+    static func escapingLineBreaks(_ text: String) -> String {
         func breaks(_ scalar: Unicode.Scalar) -> Bool {
             switch scalar.properties.generalCategory {
             case .control, .lineSeparator, .paragraphSeparator: return true
