@@ -26,9 +26,10 @@ extension DiskWorkflow {
             try await createDestination(entry)
             return entry
         case .failed, .needsAttention:
-            if try await job(disk.commitJobId) != nil || disk.intent?.belongsToRollback == true { return nil }
-            guard try await locateDevice().medium?.file == disk.source else { return nil }
-            try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
+            // Only a disk still on its source takes part; `run` resumes the others.
+            let resumption = Resumption.decide(disk, try await DiskSighting.look(at: disk, in: session))
+            guard resumption == .snapshotAgain else { return nil }
+            try await ledger.transition(to: resumption.nextState, resumption.summary) { $0.error = nil }
             return try await reconcileSnapshot()
         case .snapshotting:
             return try await reconcileSnapshot()

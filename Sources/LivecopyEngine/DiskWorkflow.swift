@@ -19,21 +19,15 @@ final class DiskWorkflow: Sendable {
     let creator: any DestinationCreator
     /// The operator's settings for the plan (`livecopy throttle`, `pause`), read when a job starts.
     let controls: @Sendable () -> PlanControls
-    /// Waits until the snapshot of this disk's VM, taken for all its disks of the plan at
-    /// once, is done (forward runs only), and returns the ids of the disks it acted on.
-    /// Nil: the disk is snapshotted on its own.
-    let joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)?
 
     init(ledger: DiskLedger, session: any VMSession, policy: Policy, inspector: any ImageInspector,
-         creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() },
-         joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)? = nil) {
+         creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() }) {
         self.ledger = ledger
         self.session = session
         self.policy = policy
         self.inspector = inspector
         self.creator = creator
         self.controls = controls
-        self.joinVMSnapshot = joinVMSnapshot
     }
 
     var disk: DiskRecord { ledger.disk }
@@ -42,19 +36,10 @@ final class DiskWorkflow: Sendable {
     var state: DiskState { ledger.disk.state }
 
     /// Runs the disk until it rests: completed, failed, rolled back or needing attention.
-    /// A forward run first joins its VM's snapshot (all the VM's disks switch in one
-    /// transaction). A disk that starts `failed` or `needs_attention` is reconciled and
-    /// resumed once.
-    func run() async throws {
-        var settledBySnapshot = false
-        if let joinVMSnapshot {
-            // The VM's snapshot settles each member's record itself; it throws only when a
-            // record is in doubt. Either way this ledger's copy of the record is stale now.
-            let groupError: Error?
-            do { settledBySnapshot = try await joinVMSnapshot().contains(disk.id); groupError = nil } catch { groupError = error }
-            try ledger.reload()
-            if let groupError { throw groupError }
-        }
+    /// A disk that starts `failed` or `needs_attention` is reconciled and resumed once,
+    /// unless its VM's snapshot phase (`Engine.snapshotPhase`) settled it in this run
+    /// (`settledBySnapshot`): a disk that phase just failed is not resumed again at once.
+    func run(settledBySnapshot: Bool = false) async throws {
         // A disk the VM's snapshot just failed is not resumed again in the same run.
         if !settledBySnapshot && (disk.state == .failed || disk.state == .needsAttention) {
             do {
@@ -176,29 +161,20 @@ final class DiskWorkflow: Sendable {
 
     /// Picks up a failed disk, or one that needed attention, where reality says it is.
     func resumeFailed() async throws {
-        if try await job(disk.commitJobId) != nil || disk.intent?.belongsToRollback == true {
-            try await ledger.transition(to: .rollingBack, "resuming the interrupted rollback")
-            return
-        }
-        let entry = try await locateDevice()
-        switch entry.medium?.file {
-        case disk.destination?:
-            if disk.state == .failed, disk.intent?.step == .retiring, entry.medium?.backingFile == nil, try await job(disk.streamJobId) == nil {
-                // Stopped while retiring the source: retire again (its checks run first), with
-                // the open intent telling whether the earlier attempt may have acted.
-                try await ledger.transition(to: .retiring, "resuming the retirement of the source") { $0.error = nil }
-            } else if entry.medium?.backingFile == nil, try await job(disk.streamJobId) == nil {
-                try await ledger.transition(to: .streaming, "resuming: the destination already stands alone") { $0.error = nil }
-            } else {
-                try await ledger.transition(to: .streaming, "resuming the stream") { $0.error = nil }
+        let seen = try await DiskSighting.look(at: disk, in: session)
+        let resumption = Resumption.decide(disk, seen)
+        switch resumption {
+        case .rollBack:
+            try await ledger.transition(to: resumption.nextState, resumption.summary)
+        case .retireAgain, .verifyAlone, .streamAgain, .snapshotAgain:
+            try await ledger.transition(to: resumption.nextState, resumption.summary) { $0.error = nil }
+        case .attention:
+            guard seen.device != nil else {
+                throw NeedsAttention(description: "device '\(disk.device)' is no longer in VM '\(disk.vmName)'")
             }
-        case disk.source?:
-            try await ledger.transition(to: .snapshotting, "resuming: the VM is still on the source") { $0.error = nil }
-        default:
-            throw NeedsAttention(description: "VM is on \(entry.medium?.file ?? "no image"), neither source nor destination")
+            throw NeedsAttention(description: "VM is on \(seen.activeImage ?? "no image"), neither source nor destination")
         }
     }
-
 }
 
 /// An error that must stop the engine rather than fail a disk (the record itself is in doubt).

@@ -1,5 +1,5 @@
 // Driving a plan's disks: at most `max_parallel_disks` at a time, each through its own
-// `DiskWorkflow`, with the disks of one VM snapshotted together.
+// `DiskWorkflow`; on a forward run each VM's snapshot phase first, for all its disks at once.
 
 import Foundation
 import LivecopyModel
@@ -8,9 +8,11 @@ import LivecopyBackend
 extension Engine {
     /// Runs `step` for every disk of the plan that is not final, at most
     /// `max_parallel_disks` at a time. Returns the first error that puts a record in doubt.
-    /// `snapshots` (forward runs) makes the disks of each VM switch together.
+    /// `snapshots` (forward runs): before a disk's step, its VM's snapshot phase runs,
+    /// once per VM, so the disks of each VM switch together; `step` learns whether that
+    /// phase settled the disk.
     func driveDisks(planId: Int64, policy: Policy, snapshots: VMSnapshotBarrier?,
-                            _ step: @escaping @Sendable (DiskWorkflow) async throws -> Void) async -> Error? {
+                    _ step: @escaping @Sendable (DiskWorkflow, _ settledBySnapshot: Bool) async throws -> Void) async -> Error? {
         let disks: [DiskRecord]
         do {
             disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal }
@@ -36,7 +38,7 @@ extension Engine {
     /// Drives one disk; returns an error only when the record itself is in doubt. A VM
     /// that cannot be reached leaves the disk's state as it is (the plan is interrupted).
     private func drive(_ recorded: DiskRecord, policy: Policy, snapshots: VMSnapshotBarrier?,
-                       _ step: (DiskWorkflow) async throws -> Void) async -> Error? {
+                       _ step: (DiskWorkflow, Bool) async throws -> Void) async -> Error? {
         let ledger = DiskLedger(disk: recorded, store: store, observer: observer)
         do {
             // Another disk's step (its VM's snapshot) may have moved this one since the plan was read.
@@ -59,11 +61,22 @@ extension Engine {
                 try await ledger.note("VM '\(disk.vmName)' is unreachable (\(describe(error)))\(boot), then run livecopy recover")
                 return nil
             }
-            var join: (@Sendable () async throws -> Set<Int64>)?
+            var settledBySnapshot = false
             if let snapshots {
-                join = { try await snapshots.join(disk.qmpSocket) { try await self.snapshotVM(of: disk, session: session, policy: policy) } }
+                // The phase settles each member's record itself; it throws only when a
+                // record is in doubt. Either way this disk's record is read again after it.
+                let phase: Result<Set<Int64>, Error>
+                do {
+                    phase = .success(try await snapshots.join(disk.qmpSocket) {
+                        try await self.snapshotPhase(of: disk, session: session, policy: policy)
+                    })
+                } catch {
+                    phase = .failure(error)
+                }
+                try ledger.reload()
+                settledBySnapshot = try phase.get().contains(disk.id)
             }
-            try await step(workflow(ledger, session: session, policy: policy, joinVMSnapshot: join))
+            try await step(workflow(ledger, session: session, policy: policy), settledBySnapshot)
             return nil
         } catch is CancellationError {
             return nil
@@ -73,21 +86,21 @@ extension Engine {
     }
 
     /// A disk's workflow over `session`, retrying QEMU's transient refusals per policy.
-    private func workflow(_ ledger: DiskLedger, session: any VMSession, policy: Policy,
-                          joinVMSnapshot: (@Sendable () async throws -> Set<Int64>)?) -> DiskWorkflow {
+    private func workflow(_ ledger: DiskLedger, session: any VMSession, policy: Policy) -> DiskWorkflow {
         let store = self.store
         let planId = ledger.disk.planId
         let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
         let retrying = RetryingVMSession(session, policy: policy) { message in try? await ledger.note(message) }
         return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
-                            controls: controls, joinVMSnapshot: joinVMSnapshot)
+                            controls: controls)
     }
 
-    /// The snapshot step for every disk of the plan on `disk`'s VM, in one transaction.
-    private func snapshotVM(of disk: DiskRecord, session: any VMSession, policy: Policy) async throws -> Set<Int64> {
+    /// The snapshot phase of `disk`'s VM: every disk of the plan on that VM switches in
+    /// one transaction (`VMSnapshot`). Returns the ids of the disks it settled.
+    func snapshotPhase(of disk: DiskRecord, session: any VMSession, policy: Policy) async throws -> Set<Int64> {
         let members = try store.disks(ofPlan: disk.planId)
             .filter { $0.qmpSocket == disk.qmpSocket && !$0.state.isFinal }
-            .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy, joinVMSnapshot: nil) }
+            .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy) }
         return try await VMSnapshot(vmName: disk.vmName, members: members).run()
     }
 }

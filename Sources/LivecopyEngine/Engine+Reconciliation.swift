@@ -21,13 +21,20 @@ extension Engine {
                 continue
             }
             do {
-                let devices = try await session.disks()
-                let entry = devices.entry(for: disk)
-                let image = entry?.medium.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
+                let seen = try await DiskSighting.look(at: disk, in: session)
+                let image = seen.device?.medium.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
                     ?? "device not found"
-                let jobs = try await session.jobs().filter { $0.id == disk.streamJobId || $0.id == disk.commitJobId }
+                let jobs = [seen.streamJob, seen.rollbackJob].compactMap { $0 }
                 let jobText = jobs.isEmpty ? "no livecopy job" : jobs.map { "job \($0.id) \($0.status)" }.joined(separator: ", ")
-                report.append((disk, "\(recorded); \(image); \(jobText)"))
+                var finding = "\(recorded); \(image); \(jobText)"
+                switch disk.state {
+                case .failed, .needsAttention:
+                    // What run, recover and cancel will do with it: the same decision.
+                    finding += "; next: \(Resumption.decide(disk, seen).summary)"
+                case .pending, .snapshotting, .streaming, .retiring, .rollingBack, .completed, .rolledBack:
+                    break
+                }
+                report.append((disk, finding))
             } catch {
                 report.append((disk, "\(recorded); QEMU did not answer (\(describe(error)))"))
             }
@@ -52,9 +59,8 @@ extension Engine {
         // A running VM on the destination: that is the image with every write. (Its qcow2
         // metadata may not be on disk yet, so the file alone would mislead.)
         if askingQEMU, let session = try? await sessions.session(for: disk.qmpSocket),
-           let devices = try? await session.disks() {
-            let active = devices.entry(for: disk)?.medium?.file
-            if active == disk.destination { return disk.destination }
+           let seen = try? await DiskSighting.look(at: disk, in: session), seen.activeImage == disk.destination {
+            return disk.destination
         }
         // QEMU does not hold the destination: its own data, if any, is newer than the source.
         return (try? await inspector.hasOwnData(disk.destination)) == false ? source : disk.destination

@@ -138,7 +138,9 @@ public final class Engine: Sendable {
         defer { heartbeat.cancel() }
         let forward = Task { () -> Error? in
             if mode == .rollback || (try? self.store.isCancelRequested(planId: planId)) == true { return nil }
-            return await self.driveDisks(planId: planId, policy: plan.policy, snapshots: VMSnapshotBarrier()) { try await $0.run() }
+            return await self.driveDisks(planId: planId, policy: plan.policy, snapshots: VMSnapshotBarrier()) { workflow, settled in
+                try await workflow.run(settledBySnapshot: settled)
+            }
         }
         driving.add(forward)
         // Cancel and operator requests (throttle, pause, resume): an operation that hangs
@@ -168,7 +170,7 @@ public final class Engine: Sendable {
                     .transition(to: .rolledBack, "\(reason): nothing had been done")
             }
             let rollback = Task { () -> Error? in
-                await self.driveDisks(planId: planId, policy: plan.policy, snapshots: nil) { workflow in
+                await self.driveDisks(planId: planId, policy: plan.policy, snapshots: nil) { workflow, _ in
                     try await workflow.beginRollback(reason)
                     // Only disks now rolling back go on; one that needs attention stays put.
                     guard workflow.state == .rollingBack else { return }

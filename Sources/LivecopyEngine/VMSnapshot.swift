@@ -87,8 +87,8 @@ struct VMSnapshot {
     }
 }
 
-/// Runs each VM's snapshot step once per engine run, for whichever of its disks'
-/// workflows gets there first; the others wait for it, then read their records again.
+/// Runs each VM's snapshot phase once per engine run, when the first of its disks comes
+/// up to be driven; the VM's other disks wait for it, then read their records again.
 actor VMSnapshotBarrier {
     private var steps: [String: Task<Set<Int64>, Error>] = [:]
 
