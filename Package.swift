@@ -31,6 +31,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Tests only: property-based tests (generators, seeds to replay, shrinking) on Swift Testing.
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         .target(
@@ -97,8 +99,12 @@ let package = Package(
             ],
             path: "Tests/TestSupport"),
         .target(name: "InMemoryBackend", dependencies: ["LivecopyBackend"], path: "Tests/InMemoryBackend"),
-        .testTarget(name: "QMPTests", dependencies: ["QMP", "TestSupport"]),
-        .testTarget(name: "LivecopyModelTests", dependencies: ["LivecopyModel", "TestSupport"]),
+        .testTarget(
+            name: "QMPTests",
+            dependencies: ["QMP", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
+        .testTarget(
+            name: "LivecopyModelTests",
+            dependencies: ["LivecopyModel", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(
             name: "LivecopyStoreTests",
             dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift")]),

@@ -1,17 +1,20 @@
 import Foundation
 import LivecopyModel
-import TestSupport
+import PropertyBased
 import Testing
 
-/// Property-based tests of the plan and policy parsers: thousands of seeded random,
-/// mutated and hostile inputs. Whatever the input, a parser never crashes and never
-/// hangs; it either returns a value that keeps every invariant or throws an
-/// `InputError` whose message is one non-empty line naming the file. Valid documents,
-/// rendered as block YAML or as JSON, parse back to exactly what was generated.
+/// Property-based tests of the plan and policy parsers on generated, mutated and hostile
+/// input. Whatever the input, a parser never crashes and never hangs; it either returns
+/// a value that keeps every invariant or throws an `InputError` whose message is one
+/// non-empty line naming the file. Valid documents, rendered as block YAML or as JSON,
+/// parse back to exactly what was generated.
 ///
-/// Every test prints nothing on success; a failure names its seed and the input.
-/// A parse that hangs is caught by the suite's time limit (a watchdog, not a speed
-/// requirement: a slow machine must not fail a test that did its work).
+/// The inputs come from PropertyBased generators, fresh on every run. Every test prints
+/// nothing on success; a failure names the input (shrunk where the generators allow) and
+/// the `.fixedSeed` that replays it; `propertyCheck` does not report an error its body
+/// throws, so the bodies catch and record them. A parse that hangs is caught by the suite's
+/// time limit (a watchdog, not a speed requirement: a slow machine must not fail a test
+/// that did its work).
 @Suite("Plan and policy parser fuzzing", .timeLimit(.minutes(10)))
 struct ParserFuzzTests {
     static let planSource = "fuzz-plan.yaml"
@@ -19,79 +22,53 @@ struct ParserFuzzTests {
 
     // MARK: - Plans
 
-    @Test(arguments: [UInt64(1), 2])
-    func randomBytesNeverCrashThePlanParser(seed: UInt64) {
-        var rng = SplitMix64(seed: seed)
-        var checker = Checker(seed: seed)
-        for _ in 0..<1_500 {
-            let count = Int.random(in: 0...300, using: &rng)
-            let bytes = (0..<count).map { _ in FuzzGen.byte(&rng) }
-            checker.plan(String(decoding: bytes, as: UTF8.self))
-        }
+    @Test func randomBytesNeverCrashThePlanParser() async {
+        var checker = Checker()
+        await propertyCheck(count: 3_000, input: FuzzGen.bytes(0...300)) { checker.plan($0) }
     }
 
-    @Test(arguments: [UInt64(3), 4])
-    func randomUnicodeNeverCrashesThePlanParser(seed: UInt64) {
-        var rng = SplitMix64(seed: seed)
-        var checker = Checker(seed: seed)
-        for _ in 0..<1_500 {
-            checker.plan(FuzzGen.unicodeText(&rng, maxLength: 200))
-        }
+    @Test func randomUnicodeNeverCrashesThePlanParser() async {
+        var checker = Checker()
+        await propertyCheck(count: 3_000, input: FuzzGen.unicodeText(0...200)) { checker.plan($0) }
     }
 
     /// Valid plans parse back to the plan generated, as block YAML and as JSON.
-    @Test(arguments: [UInt64(5), 6])
-    func validPlansRoundTrip(seed: UInt64) throws {
-        var rng = SplitMix64(seed: seed)
-        for iteration in 0..<300 {
-            let model = FuzzGen.planModel(&rng)
-            let doc = model.doc(&rng)
-            for text in [FuzzRender.block(doc), FuzzRender.json(doc)] {
+    @Test func validPlansRoundTrip() async {
+        await propertyCheck(count: 600, input: FuzzGen.plan) { plan in
+            for text in [FuzzRender.block(plan.doc), FuzzRender.json(plan.doc)] {
                 do {
-                    let plan = try Plan.parse(text, source: Self.planSource)
-                    #expect(plan == model.expected, "seed \(seed) #\(iteration):\n\(text)")
-                    if let violation = Invariants.plan(plan) {
-                        Issue.record("seed \(seed) #\(iteration): \(violation)\n\(text)")
+                    let parsed = try Plan.parse(text, source: Self.planSource)
+                    #expect(parsed == plan.expected, "\(text)")
+                    if let violation = Invariants.plan(parsed) {
+                        Issue.record("\(violation)\n\(text)")
                     }
                 } catch {
-                    Issue.record("seed \(seed) #\(iteration): refused a valid plan: \(error)\n\(text)")
+                    Issue.record("refused a valid plan: \(error)\n\(text)")
                 }
             }
         }
     }
 
-    /// Valid plans with one to three structural mutations: deleted, duplicated, renamed
+    /// Valid plans with one to three structural edits: deleted, duplicated, renamed
     /// and unknown keys, wrong types, empty lists, deep nesting, duplicated entries,
-    /// relative paths, anchors and aliases; then text mutations and truncations.
-    @Test(arguments: [UInt64(7), 8, 9])
-    func mutatedPlansAreParsedOrRefusedInOneLine(seed: UInt64) {
-        var rng = SplitMix64(seed: seed)
-        var checker = Checker(seed: seed)
-        for _ in 0..<1_200 {
-            var doc = FuzzGen.planModel(&rng).doc(&rng)
-            for _ in 0..<Int.random(in: 1...3, using: &rng) {
-                doc = FuzzMutate.tree(doc, &rng, keys: FuzzGen.planKeys)
-            }
-            var text = Bool.random(using: &rng) ? FuzzRender.block(doc) : FuzzRender.json(doc)
-            if Int.random(in: 0..<3, using: &rng) == 0 {
-                text = FuzzMutate.text(text, &rng)
-            }
-            checker.plan(text)
-        }
-        #expect(checker.accepted > 0, "seed \(seed): some mutations must keep the plan valid")
+    /// relative paths, anchors and aliases; then, one time in three, a text edit
+    /// (truncation, a line cut, repeated or re-indented, YAML syntax put in, a byte changed).
+    @Test func mutatedPlansAreParsedOrRefusedInOneLine() async {
+        var checker = Checker()
+        await propertyCheck(count: 3_600, input: FuzzGen.mutatedPlan) { checker.plan($0) }
+        #expect(checker.accepted > 0, "some mutations must keep the plan valid")
         #expect(checker.refused > 0)
     }
 
     /// Every prefix of valid plans (cut at every byte, so also inside a UTF-8 sequence).
-    @Test func everyTruncationOfValidPlansIsHandled() {
-        var rng = SplitMix64(seed: 10)
-        var checker = Checker(seed: 10)
-        for _ in 0..<4 {
-            let doc = FuzzGen.planModel(&rng).doc(&rng)
-            for text in [FuzzRender.block(doc), FuzzRender.json(doc)] {
+    @Test func everyTruncationOfValidPlansIsHandled() async {
+        await propertyCheck(count: 4, input: FuzzGen.plan) { plan in
+            var checker = Checker()
+            for text in [FuzzRender.block(plan.doc), FuzzRender.json(plan.doc)] {
                 let bytes = Array(text.utf8)
                 for end in 0...bytes.count {
-                    checker.plan(String(decoding: bytes[..<end], as: UTF8.self))
+                    // The first prefix that breaks a property is enough.
+                    guard checker.plan(String(decoding: bytes[..<end], as: UTF8.self)) else { break }
                 }
             }
         }
@@ -99,7 +76,7 @@ struct ParserFuzzTests {
 
     /// Huge scalars, huge lists and nesting at and beyond libyaml's limit of 1000 levels.
     @Test func hugeAndDeepPlansAreHandled() {
-        var checker = Checker(seed: 0)
+        var checker = Checker()
         let valid = "vms:\n  - name: a\n    qmp: /q\n    disks:\n      - device: d\n        destination: /x\n"
         let huge = String(repeating: "x", count: 2_000_000)
         checker.plan("name: \(huge)\n" + valid)
@@ -185,65 +162,46 @@ struct ParserFuzzTests {
 
     // MARK: - Policies
 
-    @Test(arguments: [UInt64(20), 21])
-    func randomInputNeverCrashesThePolicyParser(seed: UInt64) throws {
-        var rng = SplitMix64(seed: seed)
-        var checker = Checker(seed: seed)
+    @Test func randomInputNeverCrashesThePolicyParser() async throws {
+        var checker = Checker()
         let base = try Policy.shippedDefault()
-        for _ in 0..<1_000 {
-            let count = Int.random(in: 0...200, using: &rng)
-            checker.policy(String(decoding: (0..<count).map { _ in FuzzGen.byte(&rng) }, as: UTF8.self), base: base)
-            checker.policy(FuzzGen.unicodeText(&rng, maxLength: 120), base: base)
+        await propertyCheck(count: 2_000, input: FuzzGen.bytes(0...200), FuzzGen.unicodeText(0...120)) { bytes, text in
+            checker.policy(bytes, base: base)
+            checker.policy(text, base: base)
         }
     }
 
     /// Policies of valid values parse to exactly those values; keys left out keep the base's.
-    @Test(arguments: [UInt64(22), 23])
-    func validPoliciesParseToTheirValues(seed: UInt64) throws {
-        var rng = SplitMix64(seed: seed)
+    @Test func validPoliciesParseToTheirValues() async throws {
         let base = try Policy.shippedDefault()
-        for iteration in 0..<500 {
+        await propertyCheck(count: 1_000, input: FuzzGen.policySettings) { settings in
             var expected = base
-            var entries: [(key: String, value: FuzzDoc)] = []
-            for key in FuzzGen.policyValues.keys.shuffled(using: &rng) where Bool.random(using: &rng) {
-                let (text, apply) = FuzzGen.policyValues[key]!(&rng)
-                entries.append((key, .scalar(text)))
-                apply(&expected)
+            for setting in settings {
+                setting.apply(&expected)
             }
-            let doc = FuzzDoc.map(entries)
-            let texts = entries.isEmpty ? ["{}"] : [FuzzRender.block(doc), FuzzRender.json(doc)]
-            for text in texts {
+            let doc = FuzzDoc.map(settings.map { ($0.key, .scalar($0.text)) })
+            for text in settings.isEmpty ? ["{}"] : [FuzzRender.block(doc), FuzzRender.json(doc)] {
                 do {
                     let policy = try Policy.parse(text, source: Self.policySource, base: base)
-                    #expect(policy == expected, "seed \(seed) #\(iteration):\n\(text)")
+                    #expect(policy == expected, "\(text)")
                     if let violation = Invariants.policy(policy) {
-                        Issue.record("seed \(seed) #\(iteration): \(violation)\n\(text)")
+                        Issue.record("\(violation)\n\(text)")
                     }
                 } catch {
-                    Issue.record("seed \(seed) #\(iteration): refused a valid policy: \(error)\n\(text)")
+                    Issue.record("refused a valid policy: \(error)\n\(text)")
                 }
             }
         }
     }
 
-    /// Random keys with random, often out-of-range, values; structural and text mutations.
-    @Test(arguments: [UInt64(24), 25, 26])
-    func mutatedPoliciesAreInRangeOrRefusedInOneLine(seed: UInt64) throws {
-        var rng = SplitMix64(seed: seed)
-        var checker = Checker(seed: seed)
-        let bases = [try Policy.shippedDefault(), try Policy.resolve("gentle")]
-        for _ in 0..<1_500 {
-            var entries: [(key: String, value: FuzzDoc)] = []
-            for _ in 0..<Int.random(in: 0...6, using: &rng) {
-                let key = Bool.random(using: &rng) || Int.random(in: 0..<4, using: &rng) > 0
-                    ? FuzzGen.policyKeys.randomElement(using: &rng)! : FuzzGen.weirdKey(&rng)
-                entries.append((key, .scalar(FuzzGen.policyScalar(&rng))))
-            }
-            var doc = FuzzDoc.map(entries)
-            if Bool.random(using: &rng) { doc = FuzzMutate.tree(doc, &rng, keys: FuzzGen.policyKeys) }
-            var text = Bool.random(using: &rng) ? FuzzRender.block(doc) : FuzzRender.json(doc)
-            if Int.random(in: 0..<4, using: &rng) == 0 { text = FuzzMutate.text(text, &rng) }
-            checker.policy(text, base: bases.randomElement(using: &rng)!)
+    /// Known and odd keys with valid, out-of-range and garbage values; then, one time in
+    /// two, a structural edit and, one time in four, a text edit; on the default policy
+    /// or on gentle.
+    @Test func mutatedPoliciesAreInRangeOrRefusedInOneLine() async throws {
+        var checker = Checker()
+        let bases = (default: try Policy.shippedDefault(), gentle: try Policy.resolve("gentle"))
+        await propertyCheck(count: 4_500, input: FuzzGen.mutatedPolicy, Gen.bool) { text, onGentle in
+            checker.policy(text, base: onGentle ? bases.gentle : bases.default)
         }
         #expect(checker.accepted > 0)
         #expect(checker.refused > 0)
@@ -266,36 +224,36 @@ struct ParserFuzzTests {
         ("command_timeout: ~", false), ("retire_source: Keep", false), ("retire_source: 'keep '", true),
     ])
     func edgeValues(text: String, accepted: Bool) throws {
-        var checker = Checker(seed: 0)
+        var checker = Checker()
         checker.policy(text, base: try Policy.shippedDefault())
         #expect(checker.accepted == (accepted ? 1 : 0), "\(text): \(checker.lastError ?? "accepted")")
     }
 
     // MARK: - Checking
 
-    /// Parses inputs and checks the properties, recording at most a few failures per test.
+    /// Parses inputs and checks the properties, counting what was accepted and refused.
     struct Checker {
-        let seed: UInt64
         var accepted = 0
         var refused = 0
-        var failures = 0
         var lastError: String?
 
-        init(seed: UInt64) { self.seed = seed }
-
-        mutating func plan(_ text: String) {
+        /// Whether the plan parser kept the properties on `text`; if not, records an issue.
+        @discardableResult
+        mutating func plan(_ text: String) -> Bool {
             check(text, source: ParserFuzzTests.planSource) {
                 Invariants.plan(try Plan.parse(text, source: ParserFuzzTests.planSource))
             }
         }
 
-        mutating func policy(_ text: String, base: Policy) {
+        /// Whether the policy parser kept the properties on `text`; if not, records an issue.
+        @discardableResult
+        mutating func policy(_ text: String, base: Policy) -> Bool {
             check(text, source: ParserFuzzTests.policySource) {
                 Invariants.policy(try Policy.parse(text, source: ParserFuzzTests.policySource, base: base))
             }
         }
 
-        private mutating func check(_ text: String, source: String, _ body: () throws -> String?) {
+        private mutating func check(_ text: String, source: String, _ body: () throws -> String?) -> Bool {
             var problem: String?
             do {
                 problem = try body()
@@ -307,12 +265,10 @@ struct ParserFuzzTests {
             } catch {
                 problem = "threw \(type(of: error)), not InputError: \(error)"
             }
-            guard let problem else { return }
-            failures += 1
-            if failures <= 5 {
-                let shown = text.count > 600 ? String(text.prefix(600)) + "… (\(text.utf8.count) bytes)" : text
-                Issue.record("seed \(seed): \(problem)\ninput: \(shown.debugDescription)")
-            }
+            guard let problem else { return true }
+            let shown = text.count > 600 ? String(text.prefix(600)) + "… (\(text.utf8.count) bytes)" : text
+            Issue.record("\(problem)\ninput: \(shown.debugDescription)")
+            return false
         }
     }
 
@@ -385,7 +341,7 @@ struct ParserFuzzTests {
 // MARK: - Documents
 
 /// A YAML document as a tree, to render as block YAML or as JSON.
-indirect enum FuzzDoc {
+indirect enum FuzzDoc: Sendable {
     case scalar(String)
     case list([FuzzDoc])
     case map([(key: String, value: FuzzDoc)])
@@ -504,284 +460,363 @@ enum FuzzGen {
         "progress_interval", "command_timeout", "allow_shared_socket",
     ]
 
+    /// A position or a count, taken modulo what it indexes.
+    static let index = Gen.int(in: 0...1_000_000)
+
+    /// One of `choices`, without shrinking.
+    static func one<T: Sendable>(of choices: [T]) -> Generator<T, some SendableSequenceType> {
+        Gen<T?>.element(of: choices).map { $0! }
+    }
+
     /// Bytes the mutations favour: YAML and JSON punctuation, line ends, odd bytes.
     static let interestingBytes: [UInt8] = Array("{}[]\"':,-?&*!|>#%@`~ \t\r\n0123456789.aAz/\\".utf8)
         + [0x00, 0x7F, 0x80, 0xC2, 0xC3, 0xE2, 0xED, 0xEF, 0xBB, 0xBF, 0xF0, 0xFF]
 
-    static func byte(_ rng: inout SplitMix64) -> UInt8 {
-        Bool.random(using: &rng) ? interestingBytes.randomElement(using: &rng)! : UInt8.random(in: 0...255, using: &rng)
+    /// Half the time an interesting byte, else any byte.
+    static let byte: Generator<UInt8, some SendableSequenceType> = Gen<UInt8>.oneOf(one(of: interestingBytes), Gen.uint8())
+
+    /// Bytes, read as UTF-8 (invalid sequences become U+FFFD).
+    static func bytes(_ count: ClosedRange<Int>) -> Generator<String, some SendableSequenceType> {
+        byte.array(of: count).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// Scalars from every range that trips parsers: controls, YAML indicators, combining
     /// marks, line separators, BOMs, private use, astral planes.
-    static func unicodeScalar(_ rng: inout SplitMix64) -> Unicode.Scalar {
-        let ranges: [ClosedRange<UInt32>] = [
-            0x00...0x1F, 0x20...0x7E, 0x20...0x7E, 0x20...0x7E, 0x7F...0x9F, 0xA0...0x24F, 0x300...0x36F,
-            0x2000...0x206F, 0xFEFF...0xFEFF, 0xE000...0xF8FF, 0xFFF0...0xFFFF, 0x1F600...0x1F64F, 0x10000...0x10FFFF,
-        ]
-        let range = ranges.randomElement(using: &rng)!
-        while true {
-            if let scalar = Unicode.Scalar(UInt32.random(in: range, using: &rng)) { return scalar }
-        }
+    static let unicodeScalar: Generator<Unicode.Scalar, some SendableSequenceType> = zip(one(of: [
+        0x00...0x1F, 0x20...0x7E, 0x20...0x7E, 0x20...0x7E, 0x7F...0x9F, 0xA0...0x24F, 0x300...0x36F,
+        0x2000...0x206F, 0xFEFF...0xFEFF, 0xE000...0xF8FF, 0xFFF0...0xFFFF, 0x1F600...0x1F64F, 0x10000...0x10FFFF,
+    ] as [ClosedRange<UInt32>]), Gen.uint32()).compactMap { range, offset in
+        Unicode.Scalar(range.lowerBound + offset % (range.upperBound - range.lowerBound + 1))
     }
 
-    static func unicodeText(_ rng: inout SplitMix64, maxLength: Int) -> String {
-        var text = ""
-        for _ in 0..<Int.random(in: 0...maxLength, using: &rng) {
-            if Int.random(in: 0..<4, using: &rng) == 0 {
-                text += ["vms:", "\n  - ", "name: ", "qmp: /", "disks:", "device: ", "destination: /", "\n", ": ", "- ",
-                         "&a ", "*a", "!!str ", "{", "}", "[", "]", "\"", "'"].randomElement(using: &rng)!
-            } else {
-                text.unicodeScalars.append(unicodeScalar(&rng))
-            }
-        }
-        return text
+    /// Those scalars, one piece in four a piece of plan syntax.
+    static func unicodeText(_ count: ClosedRange<Int>) -> Generator<String, some SendableSequenceType> {
+        let syntax = one(of: ["vms:", "\n  - ", "name: ", "qmp: /", "disks:", "device: ", "destination: /", "\n", ": ", "- ",
+                              "&a ", "*a", "!!str ", "{", "}", "[", "]", "\"", "'"])
+        return Gen<String>.frequency((1, syntax), (3, unicodeScalar.map { String($0) })).array(of: count).map { $0.joined() }
     }
 
     /// A name of letters, digits and now and then anything at all (quoted when rendered).
-    static func token(_ rng: inout SplitMix64, allowSlash: Bool = false) -> String {
-        let plain = Array("abcdefghijklmnopqrstuvwxyz0123456789-_.")
-        let odd: [Character] = [" ", "é", "日", "🙂", "'", "\"", ":", "#", "&", "*", "!", "%", "@", "`", "\\", "{", "[",
-                                ",", "\u{0301}", "\u{200B}", "\t", "\n", "\u{7F}", "\u{85}", "\u{2028}"]
-        var text = ""
-        for _ in 0..<Int.random(in: 1...12, using: &rng) {
-            text.append(Int.random(in: 0..<8, using: &rng) == 0 ? odd.randomElement(using: &rng)! : plain.randomElement(using: &rng)!)
-        }
-        if !allowSlash { text = text.replacingOccurrences(of: "/", with: "_") }
+    static let token: Generator<String, some SendableSequenceType> = Gen<Character>.frequency(
+        (7, one(of: Array("abcdefghijklmnopqrstuvwxyz0123456789-_."))),
+        (1, one(of: [" ", "é", "日", "🙂", "'", "\"", ":", "#", "&", "*", "!", "%", "@", "`", "\\", "{", "[", ",", "\u{0301}",
+                     "\u{200B}", "\t", "\n", "\u{7F}", "\u{85}", "\u{2028}"] as [Character]))
+    ).string(of: 1...12).map { text in
         // string() trims spaces and tabs, so a generated value never starts or ends with them.
-        text = text.trimmingCharacters(in: .whitespaces)
-        return text.isEmpty ? "x" : text
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        return trimmed.isEmpty ? "x" : trimmed
     }
 
-    static func planModel(_ rng: inout SplitMix64) -> FuzzPlanModel {
-        var vms: [FuzzPlanModel.VM] = []
-        for i in 0..<Int.random(in: 1...4, using: &rng) {
-            var disks: [(device: String, destination: String)] = []
-            for j in 0..<Int.random(in: 1...4, using: &rng) {
-                var destination = "/srv/new/v\(i)d\(j)-\(token(&rng)).qcow2"
-                switch Int.random(in: 0..<5, using: &rng) {
+    /// The order of a map's keys: an index into their permutations (0: as written).
+    static let keyOrder = Gen.int(in: 0..<6)
+
+    /// `items` in the order `permutation` picks (an index into all their orders, modulo their number).
+    static func permuted<T>(_ items: [T], _ permutation: Int) -> [T] {
+        var pool = items, rest = permutation, out: [T] = []
+        while !pool.isEmpty {
+            let count = pool.count
+            out.append(pool.remove(at: rest % count))
+            rest /= count
+        }
+        return out
+    }
+
+    static let disk: Generator<FuzzPlan.Disk, some SendableSequenceType> = zip(token, token, Gen.int(in: 0..<5), keyOrder).map {
+        FuzzPlan.Disk(device: $0, file: $1, spelling: $2, keyOrder: $3)
+    }
+
+    static let vm: Generator<FuzzPlan.VM, some SendableSequenceType> = zip(token, token, disk.array(of: 1...4), keyOrder).map {
+        FuzzPlan.VM(name: $0, qmp: $1, disks: $2, keyOrder: $3)
+    }
+
+    static let policyReference: Generator<String, some SendableSequenceType> = Gen<String>.frequency(
+        (3, one(of: ["default", "gentle", "./p.yaml"])), (1, token))
+
+    /// A valid plan of one to four VMs of one to four disks, with or without a name and a policy.
+    static let plan: Generator<FuzzPlan, some SendableSequenceType> = zip(
+        token.optional(valueRate: 0.5), policyReference.optional(valueRate: 0.5), vm.array(of: 1...4), keyOrder
+    ).map { FuzzPlan(name: $0, policy: $1, vms: $2, keyOrder: $3) }
+
+    static let weirdKey: Generator<String, some SendableSequenceType> = Gen<String>.frequency(
+        (17, one(of: ["vmz", "Name", "VMS", "disk", "destinaton", "name ", "<<", "?", "-", "", "~", "null", "1", "vms\nvms",
+                      "speed\r", "retire-source", "\u{FEFF}vms"])),
+        (1, token))
+
+    /// A value of another, usually wrong, type.
+    static let replacement: Generator<FuzzDoc, some SendableSequenceType> = Gen<FuzzDoc>.oneOf(
+        Gen.always(.list([])),
+        Gen.always(.map([])),
+        token.map { .list([.scalar($0), .scalar("/abs")]) },
+        zip(weirdKey, token).map { .map([($0, .scalar($1))]) },
+        one(of: ["~", "null", "true", "12", "-1", "1e400", "0x1F", ".inf", "'", "\"", "|", ">", "- x", "? x"]).map { .raw($0) },
+        one(of: ["!!binary aGVsbG8=", "!!int 3", "!!str /x", "!custom x", "!!map {}", "!!seq []", "!<tag:x> y"]).map { .raw($0) },
+        Gen.always(.raw("*anchor")),
+        Gen.always(.raw("*undefined")),
+        one(of: [5, 50, 500, 999, 1_000, 1_001, 4_000]).map {
+            .raw(String(repeating: "[", count: $0) + "/x" + String(repeating: "]", count: $0))
+        },
+        one(of: [5, 50, 500, 1_001]).map { .raw(String(repeating: "{k: ", count: $0) + "v" + String(repeating: "}", count: $0)) },
+        Gen.int(in: 1_000...50_000).map { .scalar("/" + String(repeating: "y", count: $0)) },
+        token.map { .scalar($0) })
+
+    /// A structural edit somewhere in a document; renamed keys are from `keys` or odd.
+    static func treeEdit(keys: [String]) -> Generator<FuzzTreeEdit, some SendableSequenceType> {
+        let change = Gen<FuzzTreeEdit.Change>.oneOf(
+            index.map { .remove($0) },
+            zip(index, index).map { .duplicate($0, at: $1) },
+            zip(index, Gen<String>.frequency((1, one(of: keys)), (1, weirdKey))).map { .rename($0, to: $1) },
+            zip(weirdKey, token, index).map { .insert(key: $0, value: $1, at: $2) },
+            index.map { .oddPath($0) },
+            Gen.always(.anchor))
+        return zip(index.array(of: 0...5), change, replacement).map { FuzzTreeEdit(path: $0, change: $1, replacement: $2) }
+    }
+
+    static let textEdit: Generator<FuzzTextEdit, some SendableSequenceType> = Gen<FuzzTextEdit>.oneOf(
+        index.map { .truncate(keeping: $0) },
+        index.map { .removeLine($0) },
+        index.map { .repeatLine($0) },
+        index.map { .indent(line: $0) },
+        zip(index, Gen.int(in: 1...3)).map { .dedent(line: $0, by: $1) },
+        zip(one(of: ["&a ", "*a", "!!str ", "!!binary ", "<<: ", "? ", "- ", ": ", "---\n", "...\n", "%YAML 1.1\n",
+                     "%TAG ! tag:x\n", "|\n", ">-\n", "\t", "#", "'", "\"", "{", "}", "[", "]", ",", "\\", "\u{0}",
+                     "\u{FEFF}", "\r\n", "\r", "\u{85}", "\u{2028}", "@", "`"]), index, index).map { .insert($0, line: $1, at: $2) },
+        Gen.bool.map { .documentMarkers(twice: $0) },
+        zip(index, byte).map { .replaceByte(at: $0, with: $1) })
+
+    /// A valid plan after one to three structural edits, as block YAML or JSON, and one
+    /// time in three a text edit.
+    static let mutatedPlan: Generator<String, some SendableSequenceType> = zip(
+        plan, treeEdit(keys: planKeys).array(of: 1...3), Gen.bool, textEdit.optional(valueRate: 1.0 / 3)
+    ).map { plan, edits, json, textEdit in
+        let doc = edits.reduce(plan.doc) { doc, edit in edit.apply(to: doc) }
+        let text = json ? FuzzRender.json(doc) : FuzzRender.block(doc)
+        return textEdit?.apply(to: text) ?? text
+    }
+
+    /// Any value for any policy key: valid ones, edge cases and garbage.
+    static let policyScalar: Generator<String, some SendableSequenceType> = Gen<String>.frequency((4, one(of: [
+        "delete", "rename", "keep", "shred", "rollback", "stop", "resume", "enospc", "report", "ignore", "true", "false",
+        "yes", "no", "on", "0", "1", "-1", "10000", "10001", "1.5", "0x10", "1e3", "99999999999999999999", "512K", "64M",
+        "1G", "2T", "8388608T", "64MiB", "64mb", "1k", "M", "", " ", "500ms", "30s", "5m", "1h", "0s", "0ms", "-1s",
+        "1e308h", "1e-300", "inf", "nan", "-0", "+5", "1e19", "1e21", "1000000000", "1000000001", "277778h", "∞",
+        "٣", "１", "5\u{0301}", "1 h", "1s ", "\t2m",
+    ])), (1, token))
+
+    /// Zero to six entries, one key in eight odd, any values; one time in two a structural
+    /// edit; as block YAML or JSON; one time in four a text edit.
+    static let mutatedPolicy: Generator<String, some SendableSequenceType> = zip(
+        zip(Gen<String>.frequency((7, one(of: policyKeys)), (1, weirdKey)), policyScalar).array(of: 0...6),
+        treeEdit(keys: policyKeys).optional(valueRate: 0.5), Gen.bool, textEdit.optional(valueRate: 0.25)
+    ).map { entries, edit, json, textEdit in
+        var doc = FuzzDoc.map(entries.map { ($0, .scalar($1)) })
+        if let edit { doc = edit.apply(to: doc) }
+        let text = json ? FuzzRender.json(doc) : FuzzRender.block(doc)
+        return textEdit?.apply(to: text) ?? text
+    }
+
+    /// A valid value for a key, with its effect.
+    static let policySetting: Generator<FuzzSetting, some SendableSequenceType> = Gen<FuzzSetting>.oneOf(
+        Gen<Policy.RetireSource>.case.map { value in FuzzSetting(key: "retire_source", text: value.rawValue) { $0.retireSource = value } },
+        Gen<Policy.OnFailure>.case.map { value in FuzzSetting(key: "on_failure", text: value.rawValue) { $0.onFailure = value } },
+        Gen<Policy.AfterRestart>.case.map { value in FuzzSetting(key: "after_restart", text: value.rawValue) { $0.afterRestart = value } },
+        Gen<Policy.OnIOError>.case.map { value in FuzzSetting(key: "on_error", text: value.rawValue) { $0.onError = value } },
+        zip(Gen.int64(in: 0...100_000), one(of: [("", 0), ("K", 10), ("k", 10), ("M", 20), ("MiB", 20), ("mb", 20), ("G", 30), ("T", 40)]))
+            .map { number, unit in FuzzSetting(key: "speed", text: "\(number)\(unit.0)") { $0.speed = number << unit.1 } },
+        Gen.int(in: 1...10_000).map { count in FuzzSetting(key: "max_parallel_disks", text: "\(count)") { $0.maxParallelDisks = count } },
+        duration("io_error_wait", allowZero: true) { $0.ioErrorWait = $1 },
+        duration("progress_interval", atLeast: 0.05) { $0.progressInterval = $1 },
+        duration("command_timeout") { $0.commandTimeout = $1 })
+
+    /// Valid values for some keys, each key once, in any order.
+    static let policySettings: Generator<[FuzzSetting], some SendableSequenceType> = policySetting.array(of: 0...9).map { settings in
+        var keys = Set<String>()
+        return settings.filter { keys.insert($0.key).inserted }
+    }
+
+    /// A whole number of some unit, at least `minimum` seconds and above zero unless
+    /// `allowZero`, up to 10,000 of the unit.
+    private static func duration(
+        _ key: String, allowZero: Bool = false, atLeast minimum: Double = 0, _ set: @escaping @Sendable (inout Policy, Double) -> Void
+    ) -> Generator<FuzzSetting, some SendableSequenceType> {
+        let units: [(suffix: String, scale: Double)] = [("", 1), ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("S", 1), ("H", 3600)]
+        return zip(one(of: units), Gen.int(in: 0...10_000)).map { unit, offset in
+            let lowest = max(allowZero ? 0 : 1, Int((minimum / unit.scale).rounded(.up)))
+            let number = lowest + offset % (max(lowest, 10_000) - lowest + 1)
+            let seconds = Double(number) * unit.scale
+            return FuzzSetting(key: key, text: "\(number)\(unit.suffix)") { set(&$0, seconds) }
+        }
+    }
+}
+
+/// A valid plan as generated: the document to render, and the `Plan` it must parse to.
+struct FuzzPlan: Sendable, CustomTestStringConvertible {
+    /// A disk's tokens, how its destination is spelled, and the order of its keys.
+    struct Disk: Sendable {
+        var device: String
+        var file: String
+        var spelling: Int
+        var keyOrder: Int
+    }
+
+    struct VM: Sendable {
+        var name: String
+        var qmp: String
+        var disks: [Disk]
+        var keyOrder: Int
+    }
+
+    let doc: FuzzDoc
+    let expected: Plan
+
+    var testDescription: String { FuzzRender.block(doc) }
+
+    /// Names, sockets, devices and destinations are numbered, so they are unique whatever the tokens.
+    init(name: String?, policy: String?, vms: [VM], keyOrder: Int) {
+        var vmDocs: [FuzzDoc] = []
+        var planVMs: [Plan.VM] = []
+        for (i, vm) in vms.enumerated() {
+            var diskDocs: [FuzzDoc] = []
+            var planDisks: [Plan.Disk] = []
+            for (j, disk) in vm.disks.enumerated() {
+                let device = "drive\(j)-\(disk.device)"
+                var destination = "/srv/new/v\(i)d\(j)-\(disk.file).qcow2"
+                switch disk.spelling {
                 case 0: destination = "/" + destination
                 case 1: destination = destination.replacingOccurrences(of: "/new/", with: "/./new//")
                 case 2: destination = destination.replacingOccurrences(of: "/new/", with: "/new/tmp/../")
                 default: break
                 }
-                disks.append(("drive\(j)-\(token(&rng))", destination))
+                diskDocs.append(.map(FuzzGen.permuted([("device", .scalar(device)), ("destination", .scalar(destination))], disk.keyOrder)))
+                planDisks.append(Plan.Disk(device: device, destination: normalize(destination)))
             }
-            vms.append(FuzzPlanModel.VM(name: "vm\(i)-\(token(&rng))", qmp: "/run/lc/vm\(i)-\(token(&rng)).qmp", disks: disks))
+            let name = "vm\(i)-\(vm.name)", qmp = "/run/lc/vm\(i)-\(vm.qmp).qmp"
+            vmDocs.append(.map(FuzzGen.permuted([("name", .scalar(name)), ("qmp", .scalar(qmp)), ("disks", .list(diskDocs))], vm.keyOrder)))
+            planVMs.append(Plan.VM(name: name, qmp: qmp, disks: planDisks))
         }
-        return FuzzPlanModel(
-            name: Bool.random(using: &rng) ? token(&rng) : nil,
-            policy: Bool.random(using: &rng) ? ["default", "gentle", "./p.yaml", token(&rng)].randomElement(using: &rng)! : nil,
-            vms: vms)
-    }
-
-    static func weirdKey(_ rng: inout SplitMix64) -> String {
-        ["vmz", "Name", "VMS", "disk", "destinaton", "name ", "<<", "?", "-", "", "~", "null", "1", "vms\nvms",
-         "speed\r", "retire-source", "\u{FEFF}vms", token(&rng)].randomElement(using: &rng)!
-    }
-
-    /// Any value for any policy key: valid ones, edge cases and garbage.
-    static func policyScalar(_ rng: inout SplitMix64) -> String {
-        let pool = [
-            "delete", "rename", "keep", "shred", "rollback", "stop", "resume", "enospc", "report", "ignore", "true", "false",
-            "yes", "no", "on", "0", "1", "-1", "10000", "10001", "1.5", "0x10", "1e3", "99999999999999999999", "512K", "64M",
-            "1G", "2T", "8388608T", "64MiB", "64mb", "1k", "M", "", " ", "500ms", "30s", "5m", "1h", "0s", "0ms", "-1s",
-            "1e308h", "1e-300", "inf", "nan", "-0", "+5", "1e19", "1e21", "1000000000", "1000000001", "277778h", "∞",
-            "٣", "１", "5\u{0301}", "1 h", "1s ", "\t2m",
-        ]
-        return Int.random(in: 0..<5, using: &rng) == 0 ? token(&rng) : pool.randomElement(using: &rng)!
-    }
-
-    typealias PolicyValue = @Sendable (inout SplitMix64) -> (String, (inout Policy) -> Void)
-
-    /// For each policy key, a generator of a valid value's text and its effect.
-    static let policyValues: [String: PolicyValue] = [
-        "retire_source": { rng in
-            let value = Policy.RetireSource.allCases.randomElement(using: &rng)!
-            return (value.rawValue, { $0.retireSource = value })
-        },
-        "on_failure": { rng in
-            let value = Policy.OnFailure.allCases.randomElement(using: &rng)!
-            return (value.rawValue, { $0.onFailure = value })
-        },
-        "after_restart": { rng in
-            let value = Policy.AfterRestart.allCases.randomElement(using: &rng)!
-            return (value.rawValue, { $0.afterRestart = value })
-        },
-        "on_error": { rng in
-            let value = Policy.OnIOError.allCases.randomElement(using: &rng)!
-            return (value.rawValue, { $0.onError = value })
-        },
-        "speed": { rng in
-            let number = Int64.random(in: 0...100_000, using: &rng)
-            let (suffix, shift) = [("", 0), ("K", 10), ("k", 10), ("M", 20), ("MiB", 20), ("mb", 20), ("G", 30), ("T", 40)]
-                .randomElement(using: &rng)!
-            return ("\(number)\(suffix)", { $0.speed = number << shift })
-        },
-        "max_parallel_disks": { rng in
-            let count = Int.random(in: 1...10_000, using: &rng)
-            return ("\(count)", { $0.maxParallelDisks = count })
-        },
-        "io_error_wait": { rng in duration(&rng, allowZero: true) { $0.ioErrorWait = $1 } },
-        "progress_interval": { rng in duration(&rng, allowZero: false, atLeast: 0.05) { $0.progressInterval = $1 } },
-        "command_timeout": { rng in duration(&rng, allowZero: false) { $0.commandTimeout = $1 } },
-    ]
-
-    private static func duration(
-        _ rng: inout SplitMix64, allowZero: Bool, atLeast minimum: Double = 0,
-        _ set: @escaping (inout Policy, Double) -> Void
-    ) -> (String, (inout Policy) -> Void) {
-        let (suffix, scale) = [("", 1.0), ("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("S", 1), ("H", 3600)]
-            .randomElement(using: &rng)!
-        let lowest = max(allowZero ? 0 : 1, Int((minimum / scale).rounded(.up)))
-        let number = Int.random(in: lowest...max(lowest, 10_000), using: &rng)
-        let seconds = Double(number) * scale
-        return ("\(number)\(suffix)", { set(&$0, seconds) })
+        var top: [(key: String, value: FuzzDoc)] = [("vms", .list(vmDocs))]
+        if let name { top.append(("name", .scalar(name))) }
+        if let policy { top.append(("policy", .scalar(policy))) }
+        doc = .map(FuzzGen.permuted(top, keyOrder))
+        expected = Plan(name: name, policyReference: policy, vms: planVMs)
     }
 }
 
-/// A valid plan as generated, with the `Plan` it must parse to.
-struct FuzzPlanModel {
-    struct VM {
-        var name: String
-        var qmp: String
-        var disks: [(device: String, destination: String)]
-    }
+/// One valid policy setting: its key, its text, and what it sets.
+struct FuzzSetting: Sendable, CustomStringConvertible {
+    let key: String
+    let text: String
+    let apply: @Sendable (inout Policy) -> Void
 
-    var name: String?
-    var policy: String?
-    var vms: [VM]
-
-    var expected: Plan {
-        Plan(name: name, policyReference: policy, vms: vms.map { vm in
-            Plan.VM(name: vm.name, qmp: vm.qmp, disks: vm.disks.map { Plan.Disk(device: $0.device, destination: normalize($0.destination)) })
-        })
-    }
-
-    /// The plan as a document, its keys in random order.
-    func doc(_ rng: inout SplitMix64) -> FuzzDoc {
-        var top: [(key: String, value: FuzzDoc)] = [("vms", .list(vms.map { vm in
-            let disks = FuzzDoc.list(vm.disks.map { disk in
-                FuzzDoc.map([("device", .scalar(disk.device)), ("destination", .scalar(disk.destination))])
-            })
-            return FuzzDoc.map([("name", .scalar(vm.name)), ("qmp", .scalar(vm.qmp)), ("disks", disks)])
-        }))]
-        if let name { top.append(("name", .scalar(name))) }
-        if let policy { top.append(("policy", .scalar(policy))) }
-        return FuzzMutate.shuffleKeys(.map(top), &rng)
-    }
+    var description: String { "\(key): \(text)" }
 }
 
 // MARK: - Mutations
 
-enum FuzzMutate {
-    static func shuffleKeys(_ doc: FuzzDoc, _ rng: inout SplitMix64) -> FuzzDoc {
-        switch doc {
-        case .map(let entries): return .map(entries.map { ($0.key, shuffleKeys($0.value, &rng)) }.shuffled(using: &rng))
-        case .list(let items): return .list(items.map { shuffleKeys($0, &rng) })
-        case .scalar, .raw: return doc
-        }
+/// A structural edit of a document: from the root, down the children `path` picks (each
+/// index modulo the number of children) as long as there are children, then `change`
+/// there, or `replacement` for the node when `change` does not fit it.
+struct FuzzTreeEdit: Sendable {
+    enum Change: Sendable {
+        /// Removes an entry of a map or an item of a list.
+        case remove(Int)
+        /// Appends a copy of an entry to a map, or inserts a copy of an item into a list.
+        case duplicate(Int, at: Int)
+        /// Renames a map's key.
+        case rename(Int, to: String)
+        /// Inserts an entry into a map.
+        case insert(key: String, value: String, at: Int)
+        /// Makes a scalar relative, empty, blank, or a path of dots.
+        case oddPath(Int)
+        /// Puts an anchor on a scalar.
+        case anchor
     }
 
-    /// One structural edit at a random node.
-    static func tree(_ doc: FuzzDoc, _ rng: inout SplitMix64, keys: [String]) -> FuzzDoc {
-        // Descend into a random child now and then, to reach the disks.
-        switch doc {
-        case .map(var entries) where !entries.isEmpty && Int.random(in: 0..<3, using: &rng) > 0:
-            let index = Int.random(in: 0..<entries.count, using: &rng)
-            entries[index].value = tree(entries[index].value, &rng, keys: keys)
-            return .map(entries)
-        case .list(var items) where !items.isEmpty && Int.random(in: 0..<3, using: &rng) > 0:
-            let index = Int.random(in: 0..<items.count, using: &rng)
-            items[index] = tree(items[index], &rng, keys: keys)
-            return .list(items)
-        default:
-            return here(doc, &rng, keys: keys)
-        }
-    }
+    var path: [Int]
+    var change: Change
+    var replacement: FuzzDoc
 
-    private static func here(_ doc: FuzzDoc, _ rng: inout SplitMix64, keys: [String]) -> FuzzDoc {
-        switch (doc, Int.random(in: 0..<6, using: &rng)) {
-        case (.map(var entries), 0) where !entries.isEmpty:
-            entries.remove(at: Int.random(in: 0..<entries.count, using: &rng))
+    func apply(to doc: FuzzDoc) -> FuzzDoc { apply(to: doc, depth: 0) }
+
+    private func apply(to doc: FuzzDoc, depth: Int) -> FuzzDoc {
+        if depth < path.count {
+            switch doc {
+            case .map(var entries) where !entries.isEmpty:
+                let index = path[depth] % entries.count
+                entries[index].value = apply(to: entries[index].value, depth: depth + 1)
+                return .map(entries)
+            case .list(var items) where !items.isEmpty:
+                let index = path[depth] % items.count
+                items[index] = apply(to: items[index], depth: depth + 1)
+                return .list(items)
+            default:
+                break
+            }
+        }
+        switch (change, doc) {
+        case (.remove(let index), .map(var entries)) where !entries.isEmpty:
+            entries.remove(at: index % entries.count)
             return .map(entries)
-        case (.map(var entries), 1) where !entries.isEmpty:
-            entries.append(entries.randomElement(using: &rng)!)
-            return .map(entries)
-        case (.map(var entries), 2) where !entries.isEmpty:
-            let index = Int.random(in: 0..<entries.count, using: &rng)
-            entries[index].key = Bool.random(using: &rng) ? keys.randomElement(using: &rng)! : FuzzGen.weirdKey(&rng)
-            return .map(entries)
-        case (.map(var entries), 3):
-            entries.insert((FuzzGen.weirdKey(&rng), .scalar(FuzzGen.token(&rng))), at: Int.random(in: 0...entries.count, using: &rng))
-            return .map(entries)
-        case (.list(var items), 0) where !items.isEmpty:
-            items.remove(at: Int.random(in: 0..<items.count, using: &rng))
+        case (.remove(let index), .list(var items)) where !items.isEmpty:
+            items.remove(at: index % items.count)
             return .list(items)
-        case (.list(var items), 1) where !items.isEmpty:
-            items.insert(items.randomElement(using: &rng)!, at: Int.random(in: 0...items.count, using: &rng))
+        case (.duplicate(let index, _), .map(var entries)) where !entries.isEmpty:
+            entries.append(entries[index % entries.count])
+            return .map(entries)
+        case (.duplicate(let index, let at), .list(var items)) where !items.isEmpty:
+            items.insert(items[index % items.count], at: at % (items.count + 1))
             return .list(items)
-        case (.scalar(let text), 0):
-            // Relative, empty, blank, or a path made of dots.
-            return .scalar(["relative/path", "", " ", "./x", "..", "/", "//", "/..", text + "/..", "x" + text].randomElement(using: &rng)!)
-        case (.scalar(let text), 1):
+        case (.rename(let index, let key), .map(var entries)) where !entries.isEmpty:
+            entries[index % entries.count].key = key
+            return .map(entries)
+        case (.insert(let key, let value, let at), .map(var entries)):
+            entries.insert((key, .scalar(value)), at: at % (entries.count + 1))
+            return .map(entries)
+        case (.oddPath(let pick), .scalar(let text)):
+            let paths = ["relative/path", "", " ", "./x", "..", "/", "//", "/..", text + "/..", "x" + text]
+            return .scalar(paths[pick % paths.count])
+        case (.anchor, .scalar(let text)):
             return .raw("&anchor " + FuzzRender.scalar(text))
         default:
-            return replacement(&rng)
+            return replacement
         }
     }
+}
 
-    /// A value of a random, usually wrong, type.
-    static func replacement(_ rng: inout SplitMix64) -> FuzzDoc {
-        switch Int.random(in: 0..<12, using: &rng) {
-        case 0: return .list([])
-        case 1: return .map([])
-        case 2: return .list([.scalar(FuzzGen.token(&rng)), .scalar("/abs")])
-        case 3: return .map([(FuzzGen.weirdKey(&rng), .scalar(FuzzGen.token(&rng)))])
-        case 4: return .raw(["~", "null", "true", "12", "-1", "1e400", "0x1F", ".inf", "'", "\"", "|", ">", "- x", "? x"]
-                .randomElement(using: &rng)!)
-        case 5: return .raw(["!!binary aGVsbG8=", "!!int 3", "!!str /x", "!custom x", "!!map {}", "!!seq []", "!<tag:x> y"]
-                .randomElement(using: &rng)!)
-        case 6: return .raw("*anchor")
-        case 7: return .raw("*undefined")
-        case 8:
-            let depth = [5, 50, 500, 999, 1_000, 1_001, 4_000].randomElement(using: &rng)!
-            return .raw(String(repeating: "[", count: depth) + "/x" + String(repeating: "]", count: depth))
-        case 9:
-            let depth = [5, 50, 500, 1_001].randomElement(using: &rng)!
-            return .raw(String(repeating: "{k: ", count: depth) + "v" + String(repeating: "}", count: depth))
-        case 10: return .scalar("/" + String(repeating: "y", count: Int.random(in: 1_000...50_000, using: &rng)))
-        default: return .scalar(FuzzGen.token(&rng, allowSlash: true))
-        }
-    }
+/// An edit of a rendered document's text; lines and positions are taken modulo their number.
+enum FuzzTextEdit: Sendable {
+    /// Keeps the first bytes, cutting anywhere (also inside a UTF-8 sequence).
+    case truncate(keeping: Int)
+    case removeLine(Int)
+    case repeatLine(Int)
+    case indent(line: Int)
+    case dedent(line: Int, by: Int)
+    case insert(String, line: Int, at: Int)
+    case documentMarkers(twice: Bool)
+    case replaceByte(at: Int, with: UInt8)
 
-    /// One edit of the rendered text: truncate, cut or repeat a line, insert YAML syntax,
-    /// change indentation, flip a byte.
-    static func text(_ text: String, _ rng: inout SplitMix64) -> String {
+    func apply(to text: String) -> String {
         var lines = text.components(separatedBy: "\n")
-        let line = Int.random(in: 0..<lines.count, using: &rng)
-        switch Int.random(in: 0..<7, using: &rng) {
-        case 0:
+        switch self {
+        case .truncate(let keeping):
             let bytes = Array(text.utf8)
-            return String(decoding: bytes.prefix(Int.random(in: 0...bytes.count, using: &rng)), as: UTF8.self)
-        case 1:
-            lines.remove(at: line)
-        case 2:
-            lines.insert(lines[line], at: line)
-        case 3:
-            lines[line] = Bool.random(using: &rng) ? "  " + lines[line] : String(lines[line].dropFirst(Int.random(in: 1...3, using: &rng)))
-        case 4:
-            let insert = ["&a ", "*a", "!!str ", "!!binary ", "<<: ", "? ", "- ", ": ", "---\n", "...\n", "%YAML 1.1\n",
-                          "%TAG ! tag:x\n", "|\n", ">-\n", "\t", "#", "'", "\"", "{", "}", "[", "]", ",", "\\", "\u{0}",
-                          "\u{FEFF}", "\r\n", "\r", "\u{85}", "\u{2028}", "@", "`"].randomElement(using: &rng)!
-            let target = lines[line]
-            let at = target.index(target.startIndex, offsetBy: Int.random(in: 0...target.count, using: &rng))
-            lines[line] = String(target[..<at]) + insert + String(target[at...])
-        case 5:
-            return "---\n" + text + (Bool.random(using: &rng) ? "---\n" + text : "...\n")
-        default:
+            return String(decoding: bytes.prefix(keeping % (bytes.count + 1)), as: UTF8.self)
+        case .removeLine(let line):
+            lines.remove(at: line % lines.count)
+        case .repeatLine(let line):
+            lines.insert(lines[line % lines.count], at: line % lines.count)
+        case .indent(let line):
+            lines[line % lines.count] = "  " + lines[line % lines.count]
+        case .dedent(let line, let count):
+            lines[line % lines.count] = String(lines[line % lines.count].dropFirst(count))
+        case .insert(let insert, let line, let at):
+            let target = lines[line % lines.count]
+            let index = target.index(target.startIndex, offsetBy: at % (target.count + 1))
+            lines[line % lines.count] = String(target[..<index]) + insert + String(target[index...])
+        case .documentMarkers(let twice):
+            return "---\n" + text + (twice ? "---\n" + text : "...\n")
+        case .replaceByte(let at, let byte):
             var bytes = Array(text.utf8)
-            if !bytes.isEmpty { bytes[Int.random(in: 0..<bytes.count, using: &rng)] = FuzzGen.byte(&rng) }
+            if !bytes.isEmpty { bytes[at % bytes.count] = byte }
             return String(decoding: bytes, as: UTF8.self)
         }
         return lines.joined(separator: "\n")

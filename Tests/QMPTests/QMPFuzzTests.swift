@@ -1,11 +1,14 @@
 import Foundation
-import TestSupport
+import PropertyBased
 import Testing
 
 @testable import QMP
 
-/// Feeds the parser and the framer random and mutated input: they must never crash, and
-/// every rejection must be a `protocolViolation`.
+/// Feeds the parser and the framer random and mutated input: they never crash, every
+/// rejection is a `protocolViolation`, and the framer gives back a stream's lines however
+/// it is cut. The inputs come from PropertyBased generators, fresh on every run; a failure
+/// names the input (shrunk where the generators allow) and the `.fixedSeed` replaying it.
+/// `propertyCheck` does not report an error its body throws, so the bodies catch and record them.
 @Suite("QMP parser fuzzing")
 struct QMPFuzzTests {
     /// Real-looking lines to mutate.
@@ -24,46 +27,62 @@ struct QMPFuzzTests {
     /// Bytes the mutations favour: JSON punctuation, quotes, escapes, line ends, odd bytes.
     static let interestingBytes: [UInt8] = Array("{}[]\":,\\ \r\n0123456789.-+eEtrufalsnu".utf8) + [0x00, 0x7F, 0x80, 0xC3, 0xE2, 0xED, 0xF0, 0xFF]
 
+    /// Half the time an interesting byte, else any byte.
+    static let byte = Gen<UInt8>.oneOf(Gen<UInt8?>.element(of: interestingBytes).map { $0! }, Gen.uint8())
+
+    /// A position or a length, taken modulo what it indexes.
+    static let index = Gen.int(in: 0...1_000_000)
+
+    /// One edit of a line's bytes; positions and lengths are taken modulo the line's length.
+    enum ByteEdit: Sendable {
+        case truncate(keeping: Int)
+        case replace(at: Int, with: UInt8)
+        case insert(UInt8, at: Int)
+        case remove(at: Int)
+        case duplicate(from: Int, length: Int, at: Int)
+        /// The first `keeping` bytes, then a corpus line from `from` on.
+        case splice(keeping: Int, corpusLine: Int, from: Int)
+
+        func apply(to bytes: inout [UInt8]) {
+            let count = bytes.count
+            switch self {
+            case .truncate(let keeping):
+                bytes = Array(bytes.prefix(keeping % (count + 1)))
+            case .replace(let at, let byte) where count > 0:
+                bytes[at % count] = byte
+            case .insert(let byte, let at):
+                bytes.insert(byte, at: at % (count + 1))
+            case .remove(let at) where count > 0:
+                bytes.remove(at: at % count)
+            case .duplicate(let from, let length, let at) where count > 0:
+                let start = from % count
+                let end = start + length % (count - start + 1)
+                bytes.insert(contentsOf: bytes[start..<end], at: at % (count + 1))
+            case .splice(let keeping, let corpusLine, let from):
+                let other = Array(QMPFuzzTests.corpus[corpusLine].utf8)
+                bytes = Array(bytes.prefix(keeping % (count + 1))) + other[(from % (other.count + 1))...]
+            case .replace, .remove, .duplicate:
+                break  // nothing to edit in an empty line
+            }
+        }
+    }
+
+    static let byteEdit = Gen<ByteEdit>.oneOf(
+        index.map { .truncate(keeping: $0) },
+        zip(index, byte).map { .replace(at: $0, with: $1) },
+        zip(byte, index).map { .insert($0, at: $1) },
+        index.map { .remove(at: $0) },
+        zip(index, index, index).map { .duplicate(from: $0, length: $1, at: $2) },
+        zip(index, Gen.int(in: 0..<corpus.count), index).map { .splice(keeping: $0, corpusLine: $1, from: $2) })
+
     /// Parses `bytes`; anything but success or `protocolViolation` is a failure.
-    private func parseNeverCrashes(_ bytes: [UInt8], seed: UInt64) {
+    static func parseNeverCrashes(_ bytes: [UInt8]) {
         do {
             _ = try QMPMessage.parse(line: bytes)
         } catch QMPClientError.protocolViolation {
             // Expected for most inputs.
         } catch {
-            Issue.record("seed \(seed): unexpected \(error) for \(String(decoding: bytes, as: UTF8.self).debugDescription)")
-        }
-    }
-
-    private func randomByte(_ rng: inout SplitMix64) -> UInt8 {
-        Bool.random(using: &rng)
-            ? Self.interestingBytes.randomElement(using: &rng)!
-            : UInt8.random(in: 0...255, using: &rng)
-    }
-
-    /// One random edit: truncate, flip, insert, delete, duplicate or splice.
-    private func mutate(_ bytes: inout [UInt8], _ rng: inout SplitMix64) {
-        guard !bytes.isEmpty else {
-            bytes.append(randomByte(&rng))
-            return
-        }
-        switch Int.random(in: 0..<6, using: &rng) {
-        case 0:
-            bytes.removeLast(Int.random(in: 0...bytes.count, using: &rng))
-        case 1:
-            bytes[Int.random(in: 0..<bytes.count, using: &rng)] = randomByte(&rng)
-        case 2:
-            bytes.insert(randomByte(&rng), at: Int.random(in: 0...bytes.count, using: &rng))
-        case 3:
-            bytes.remove(at: Int.random(in: 0..<bytes.count, using: &rng))
-        case 4:
-            let start = Int.random(in: 0..<bytes.count, using: &rng)
-            let end = Int.random(in: start...bytes.count, using: &rng)
-            bytes.insert(contentsOf: bytes[start..<end], at: Int.random(in: 0...bytes.count, using: &rng))
-        default:
-            let other = Array(Self.corpus.randomElement(using: &rng)!.utf8)
-            let cut = Int.random(in: 0...other.count, using: &rng)
-            bytes = Array(bytes.prefix(Int.random(in: 0...bytes.count, using: &rng))) + other[cut...]
+            Issue.record("unexpected \(error) for \(String(decoding: bytes, as: UTF8.self).debugDescription)")
         }
     }
 
@@ -73,70 +92,76 @@ struct QMPFuzzTests {
         }
     }
 
-    @Test(arguments: [UInt64(1), 2, 3])
-    func randomBytesNeverCrash(seed: UInt64) {
-        var rng = SplitMix64(seed: seed)
-        for _ in 0..<3_000 {
-            let count = Int.random(in: 0...160, using: &rng)
-            let bytes = (0..<count).map { _ in randomByte(&rng) }
-            parseNeverCrashes(bytes, seed: seed)
+    @Test func randomBytesNeverCrash() async {
+        await propertyCheck(count: 9_000, input: Self.byte.array(of: 0...160)) { bytes in
+            Self.parseNeverCrashes(bytes)
             // The same bytes wrapped as an object start, to get past the first-byte checks.
-            parseNeverCrashes(Array("{\"return\": ".utf8) + bytes, seed: seed)
+            Self.parseNeverCrashes(Array("{\"return\": ".utf8) + bytes)
         }
     }
 
-    @Test(arguments: [UInt64(10), 11, 12])
-    func mutatedLinesNeverCrash(seed: UInt64) {
-        var rng = SplitMix64(seed: seed)
-        for _ in 0..<4_000 {
-            var bytes = Array(Self.corpus.randomElement(using: &rng)!.utf8)
-            for _ in 0..<Int.random(in: 1...4, using: &rng) {
-                mutate(&bytes, &rng)
+    /// Corpus lines with one to four edits: truncated, flipped, inserted, deleted,
+    /// duplicated or spliced bytes.
+    @Test func mutatedLinesNeverCrash() async {
+        await propertyCheck(count: 12_000, input: Gen.int(in: 0..<Self.corpus.count), Self.byteEdit.array(of: 1...4)) { line, edits in
+            var bytes = Array(Self.corpus[line].utf8)
+            for edit in edits {
+                edit.apply(to: &bytes)
             }
-            parseNeverCrashes(bytes, seed: seed)
+            Self.parseNeverCrashes(bytes)
         }
     }
 
-    @Test(arguments: [UInt64(20), 21])
-    func everyTruncationOfValidLinesIsHandled(seed: UInt64) {
+    @Test func everyTruncationOfValidLinesIsHandled() {
         for line in Self.corpus {
             let bytes = Array(line.utf8)
             for end in 0..<bytes.count {
-                parseNeverCrashes(Array(bytes[..<end]), seed: seed)
+                Self.parseNeverCrashes(Array(bytes[..<end]))
             }
         }
     }
 
-    /// A random stream of valid lines, cut into random chunks, comes out of the framer
-    /// line for line; random garbage fed to a framer only ever throws `protocolViolation`.
-    @Test(arguments: [UInt64(30), 31, 32])
-    func framerReassemblesRandomChunks(seed: UInt64) throws {
-        var rng = SplitMix64(seed: seed)
-        let lines = (0..<300).map { _ in Self.corpus.randomElement(using: &rng)! }
-        let stream = Array(lines.map { $0 + (Bool.random(using: &rng) ? "\r\n" : "\n") }.joined().utf8)
-        var framer = QMPLineFramer()
-        var output: [String] = []
-        var offset = 0
-        while offset < stream.count {
-            let size = min(stream.count - offset, Int.random(in: 1...700, using: &rng))
-            output += try framer.feed(stream[offset..<(offset + size)]).map { String(decoding: $0, as: UTF8.self) }
-            offset += size
-        }
-        #expect(output == lines)
-        for line in output {
-            _ = try QMPMessage.parse(line: line)
-        }
-
-        var garbageFramer = QMPLineFramer(maxLineLength: 64)
-        for _ in 0..<2_000 {
-            let chunk = (0..<Int.random(in: 0...40, using: &rng)).map { _ in randomByte(&rng) }
-            do {
-                for line in try garbageFramer.feed(chunk) {
-                    #expect(line.count <= 64)
-                    parseNeverCrashes(line, seed: seed)
+    /// A stream of valid lines ending "\r\n" or "\n", cut into pieces of 1 to 700 bytes,
+    /// comes out of the framer line for line, and every line parses.
+    @Test func framerReassemblesChunkedStreams() async {
+        let line = zip(Gen.int(in: 0..<Self.corpus.count), Gen.bool).map { (text: Self.corpus[$0], ending: $1 ? "\r\n" : "\n") }
+        await propertyCheck(count: 30, input: line.array(of: 1...300), Gen.int(in: 1...700).array(of: 1...20)) { lines, sizes in
+            let stream = Array(lines.map { $0.text + $0.ending }.joined().utf8)
+            var framer = QMPLineFramer()
+            var output: [String] = []
+            for piece in QMPChunkingFuzzTests.pieces(stream, .sizes(sizes)) {
+                do {
+                    output += try framer.feed(piece).map { String(decoding: $0, as: UTF8.self) }
+                } catch {
+                    Issue.record("the framer threw \(error) at byte \(piece.startIndex)")
+                    return
                 }
-            } catch QMPClientError.protocolViolation {
-                garbageFramer = QMPLineFramer(maxLineLength: 64)
+            }
+            #expect(output == lines.map(\.text))
+            #expect(framer.bufferedByteCount == 0)
+            for line in output {
+                #expect(throws: Never.self) { try QMPMessage.parse(line: line) }
+            }
+        }
+    }
+
+    /// Garbage fed to a framer with a 64-byte limit, in chunks of up to 40 bytes, only ever
+    /// throws `protocolViolation` (after which it is replaced), and the lines it gives are
+    /// within the limit and parsed or refused without crashing.
+    @Test func framerTakesGarbage() async {
+        await propertyCheck(count: 200, input: Self.byte.array(of: 0...40).array(of: 1...100)) { chunks in
+            var framer = QMPLineFramer(maxLineLength: 64)
+            for chunk in chunks {
+                do {
+                    for line in try framer.feed(chunk) {
+                        #expect(line.count <= 64 && !line.isEmpty)
+                        Self.parseNeverCrashes(line)
+                    }
+                } catch QMPClientError.protocolViolation {
+                    framer = QMPLineFramer(maxLineLength: 64)
+                } catch {
+                    Issue.record("the framer threw \(error), not protocolViolation")
+                }
             }
         }
     }

@@ -1,8 +1,11 @@
-/// SplitMix64: a tiny deterministic random number generator, so a failing random input
-/// or a random schedule can be replayed from its seed.
+/// SplitMix64: a tiny deterministic random number generator, so a random schedule or
+/// random bytes can be replayed from a seed.
 ///
-/// Shared by the fuzz tests and the randomized integration tests; use it with the
-/// standard library's `random(in:using:)`, `randomElement(using:)` and friends.
+/// For the integration tests that draw a few random values around real processes (the
+/// SIGKILL moments of `RecoveryIntegrationTests`, the junk pages of `DatabaseFaultTests`);
+/// use it with the standard library's `random(in:using:)`, `randomElement(using:)` and
+/// friends. Generated inputs for properties come from PropertyBased instead (see the
+/// fuzz tests).
 public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
 
