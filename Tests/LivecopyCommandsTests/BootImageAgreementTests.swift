@@ -1,4 +1,5 @@
 import Foundation
+import InMemoryBackend
 import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
@@ -11,13 +12,6 @@ import Testing
 /// `Engine.bootImage(of:)`. Here the VM is gone, so the answer comes from the record and
 /// the files.
 struct BootImageAgreementTests {
-    /// Never connects: the VM of these plans is gone.
-    struct NoVM: QMPConnector {
-        func connect(socketPath: String, commandTimeout: Double) async throws -> any QMPSession {
-            throw QMPClientError.connectFailed(path: socketPath, reason: "No such file or directory")
-        }
-    }
-
     /// The disks' states (device name, then how the record is changed from `pending`).
     static let states: [(String, @Sendable (inout DiskRecord) -> Void)] = [
         ("streaming", { $0.state = .streaming; $0.destinationCreated = true }),
@@ -54,7 +48,7 @@ struct BootImageAgreementTests {
         try await store.save(plan: running, expecting: .running, event: nil, at: Date())
 
         // The engine's answers, disk by disk.
-        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: NoVM()))
+        let engine = Engine(store: store, hypervisor: InMemoryHypervisor())
         var expected: [String: String?] = [:]
         for disk in try store.disks(ofPlan: plan.id) { expected[disk.device] = await engine.bootImage(of: disk) }
         #expect(expected["streaming"] == .some(scratch.appending("streaming-dst.qcow2")))

@@ -1,4 +1,5 @@
 import Foundation
+import InMemoryBackend
 import LivecopyEngine
 import LivecopyModel
 import LivecopyStore
@@ -7,15 +8,9 @@ import QMPBackend
 import TestSupport
 import Testing
 
-/// `Engine.bootImage(of:)` with the VM gone: the record's answer, else the images'.
+/// `Engine.bootImage(of:)` with the VM gone (an in-memory hypervisor with no VM): the
+/// record's answer, else the images'.
 struct BootImageTests {
-    /// Never connects: the VM is gone.
-    struct NoVM: QMPConnector {
-        func connect(socketPath: String, commandTimeout: Double) async throws -> any QMPSession {
-            throw QMPClientError.connectFailed(path: socketPath, reason: "No such file or directory")
-        }
-    }
-
     /// One disk recorded as `change` says, and an engine asking `inspector` about its images.
     static func disk(_ scratch: TemporaryDirectory, _ change: (inout DiskRecord) -> Void) throws -> (SQLiteStore, DiskRecord) {
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
@@ -40,7 +35,7 @@ struct BootImageTests {
             $0.intent = .pivotBack
             $0.destinationCreated = true
         }
-        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: NoVM()), inspector: StubInspector(same: same))
+        let engine = Engine(store: store, hypervisor: InMemoryHypervisor(), inspector: StubInspector(same: same))
         #expect(await engine.bootImage(of: disk) == (same ? disk.source : nil))
         #expect(await engine.bootAdvice(for: disk).contains(same ? "the VM must boot from \(disk.source ?? "")" : "nobody can tell"))
     }
@@ -57,7 +52,7 @@ struct BootImageTests {
             $0.destinationCreated = true
         }
         _ = FileManager.default.createFile(atPath: disk.destination, contents: Data())
-        let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: NoVM()), inspector: StubInspector(ownData: ownData))
+        let engine = Engine(store: store, hypervisor: InMemoryHypervisor(), inspector: StubInspector(ownData: ownData))
         #expect(await engine.bootImage(of: disk) == (ownData ? disk.destination : disk.source))
     }
 }
