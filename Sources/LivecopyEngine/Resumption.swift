@@ -50,15 +50,11 @@ enum Resumption: CaseIterable, Sendable {
     /// The decision for `disk` (recorded `failed` or `needs_attention`) given what its VM shows.
     static func decide(_ disk: DiskRecord, _ seen: DiskSighting) -> Resumption {
         if seen.rollbackJob != nil || disk.intent?.belongsToRollback == true { return .rollBack }
-        switch seen.activeImage {
-        case disk.destination?:
-            guard seen.backingFile == nil, seen.streamJob == nil else { return .streamAgain }
-            return disk.state == .failed && disk.intent?.step == .retiring ? .retireAgain : .verifyAlone
-        case disk.source?:
-            return .snapshotAgain
-        default:
-            return .attention
-        }
+        guard let active = seen.activeImage else { return .attention }
+        if active == disk.source { return .snapshotAgain }
+        guard active == disk.destination else { return .attention }
+        guard seen.backingFile == nil, seen.streamJob == nil else { return .streamAgain }
+        return disk.state == .failed && disk.intent?.step == .retiring ? .retireAgain : .verifyAlone
     }
 
     /// The state the disk moves to.
