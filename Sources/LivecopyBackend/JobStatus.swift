@@ -64,6 +64,25 @@ public enum JobStatus: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The status in words for the operator, never to be read as one of livecopy's own
+    /// disk states (`pending` is QEMU's "waiting to be finalized").
+    public var explanation: String {
+        switch self {
+        case .undefined: return "in an undefined state"
+        case .created: return "created, not started yet"
+        case .running: return "running"
+        case .paused: return "paused"
+        case .ready: return "ready, waiting to be completed"
+        case .standby: return "ready but paused"
+        case .waiting: return "waiting for the other jobs of its transaction"
+        case .pending: return "done copying, waiting to be finalized"
+        case .aborting: return "aborting"
+        case .concluded: return "concluded, waiting to be dismissed"
+        case .null: return "dismissed"
+        case .unrecognized(let text): return "in a state livecopy does not know (\(text))"
+        }
+    }
+
     /// Whether `block-job-set-speed`, `block-job-pause` and `block-job-resume` apply to a
     /// job in this status (operator controls).
     public var acceptsControls: Bool {

@@ -23,7 +23,7 @@ struct Cancel: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let store = try common.openStore()
+            let store = try common.openExistingStore()
             let plan = try requirePlan(id, in: store)
             if plan.state == .rolledBack {
                 printStderr("livecopy: plan \(id) is rolled_back already")

@@ -48,12 +48,57 @@ struct CommonOptions: ParsableArguments {
         }
     }
 
-    /// Opens the store (creating it and its directory if missing).
+    /// The database path in force, absolute.
+    private var absoluteDatabasePath: String {
+        databasePath.hasPrefix("/") ? databasePath : FileManager.default.currentDirectoryPath + "/" + databasePath
+    }
+
+    /// Opens the store (creating it and its directory if missing): for the commands that
+    /// record plans.
     func openStore() throws -> SQLiteStore {
-        let path = databasePath.hasPrefix("/") ? databasePath
-            : FileManager.default.currentDirectoryPath + "/" + databasePath
+        try SQLiteStore(path: absoluteDatabasePath)
+    }
+
+    /// Opens an existing store, for the commands that only read (`status`, `history`,
+    /// `show`): a mistyped `--db` must not create an empty database that answers "no plans".
+    func openExistingStore() throws -> SQLiteStore {
+        let path = absoluteDatabasePath
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw InputError("no database at \(path) (from \(databaseSource)); livecopy submit creates one, or give the right one with --db or LIVECOPY_DB")
+        }
         return try SQLiteStore(path: path)
     }
+
+    /// Where the database path in force comes from, for messages.
+    private var databaseSource: String {
+        if db != nil { return "--db" }
+        if let fromEnvironment = ProcessInfo.processInfo.environment["LIVECOPY_DB"], !fromEnvironment.isEmpty {
+            return "LIVECOPY_DB"
+        }
+        return "the default"
+    }
+}
+
+/// `livecopy --db PATH --log-level LEVEL SUBCOMMAND …`: the common options are every
+/// subcommand's (`CommonOptions`), so given before the subcommand's name they are moved
+/// after it.
+func hoistingCommonOptions(_ arguments: [String]) -> [String] {
+    let names = ["--db", "--log-level"]
+    var leading: [String] = []
+    var rest = arguments[...]
+    while let first = rest.first {
+        if names.contains(first), rest.count >= 2 {
+            leading += rest.prefix(2)
+            rest = rest.dropFirst(2)
+        } else if names.contains(where: { first.hasPrefix($0 + "=") }) {
+            leading.append(first)
+            rest = rest.dropFirst()
+        } else {
+            break
+        }
+    }
+    guard !leading.isEmpty, let subcommand = rest.first, !subcommand.hasPrefix("-") else { return arguments }
+    return [subcommand] + leading + Array(rest.dropFirst())
 }
 
 /// Exit codes scripts can rely on.
@@ -125,6 +170,7 @@ func requirePlan(_ id: Int64, in store: SQLiteStore) throws -> PlanRecord {
 /// progress display, whatever happened.
 func drive(_ engine: Engine, planId: Int64, mode: RunMode = .resume, display: ProgressDisplay) async throws -> PlanRecord {
     defer { display.finish() }
+    InterruptMessage.name(planId: planId)
     do {
         let final = try await engine.run(planId: planId, mode: mode)
         await engine.shutdown()

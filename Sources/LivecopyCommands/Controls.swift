@@ -74,7 +74,7 @@ struct Resume: AsyncParsableCommand {
 /// serves one client per monitor socket, and the owner holds it).
 private func sendControl(_ action: OperatorAction, planId: Int64, common: CommonOptions, timeout: Double) async throws -> Int32 {
     guard timeout.isFinite, timeout >= 0 else { throw InputError("--timeout must be a number of seconds, 0 or more") }
-    let store = try common.openStore()
+    let store = try common.openExistingStore()
     let plan = try requirePlan(planId, in: store)
     guard !plan.state.isFinal else {
         throw InputError("plan \(planId) is \(plan.state.rawValue); there is nothing to \(action.name)")

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 
 /// The `livecopy` command line: one file per subcommand.
 public struct LivecopyCommand: AsyncParsableCommand {
@@ -23,7 +24,7 @@ extension LivecopyCommand {
     public static func execute(_ arguments: [String]) async -> Int32 {
         installInterruptMessage()
         do {
-            var command = try parseAsRoot(hoistingLogLevel(arguments))
+            var command = try parseAsRoot(hoistingCommonOptions(arguments))
             applyLogLevel(of: command)
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
@@ -50,14 +51,36 @@ extension LivecopyCommand {
 }
 
 /// On Ctrl-C or SIGTERM livecopy stops at once: every step is already persisted, and the
-/// QEMU jobs carry on. Say so, and how to pick the plan up again.
+/// QEMU jobs carry on. Say so, and how to pick the plan up again (naming the plan once
+/// one is being driven: `InterruptMessage.name(planId:)`).
 private func installInterruptMessage() {
+    _ = InterruptMessage.current.load(ordering: .relaxed)  // initialized here, never first in the handler
     let handler: @convention(c) (Int32) -> Void = { signal in
-        // Only async-signal-safe calls here: a static string, write(2), _exit(2).
-        let message: StaticString = "\nlivecopy: interrupted; QEMU's jobs carry on and the plan is kept: livecopy recover resumes it, livecopy cancel ID rolls it back\n"
-        _ = write(STDERR_FILENO, message.utf8Start, message.utf8CodeUnitCount)
+        // Only async-signal-safe calls here: an atomic load, write(2), strlen, _exit(2).
+        let address = InterruptMessage.current.load(ordering: .acquiring)
+        if let named = UnsafePointer<CChar>(bitPattern: address) {
+            _ = write(STDERR_FILENO, named, strlen(named))
+        } else {
+            let message: StaticString = "\nlivecopy: interrupted; QEMU's jobs carry on and the plan is kept: livecopy recover resumes it, livecopy cancel ID rolls it back\n"
+            _ = write(STDERR_FILENO, message.utf8Start, message.utf8CodeUnitCount)
+        }
         _exit(128 + signal)
     }
     signal(SIGINT, handler)
     signal(SIGTERM, handler)
+}
+
+/// The message printed on Ctrl-C, naming the plan being driven: published as the address
+/// of a C string, which the signal handler reads without locks or allocation.
+enum InterruptMessage {
+    /// The address of the current message; 0 for the generic one.
+    static let current = Atomic<UInt>(0)
+
+    /// From now on Ctrl-C names plan `planId`.
+    static func name(planId: Int64) {
+        let text = "\nlivecopy: interrupted; QEMU's jobs carry on and plan \(planId) is kept: livecopy recover --plan \(planId) resumes it, livecopy cancel \(planId) rolls it back\n"
+        // Never freed: the handler may read any message published, at any time.
+        guard let copy = strdup(text) else { return }
+        current.store(UInt(bitPattern: copy), ordering: .releasing)
+    }
 }

@@ -93,23 +93,3 @@ func applyLogLevel(of command: any ParsableCommand) {
         "pid": "\(getpid())",
     ])
 }
-
-/// `livecopy --log-level LEVEL SUBCOMMAND …`: `--log-level` is every subcommand's option
-/// (`CommonOptions`), so given before the subcommand's name it is moved after it.
-func hoistingLogLevel(_ arguments: [String]) -> [String] {
-    var leading: [String] = []
-    var rest = arguments[...]
-    while let first = rest.first {
-        if first == "--log-level", rest.count >= 2 {
-            leading += rest.prefix(2)
-            rest = rest.dropFirst(2)
-        } else if first.hasPrefix("--log-level=") {
-            leading.append(first)
-            rest = rest.dropFirst()
-        } else {
-            break
-        }
-    }
-    guard !leading.isEmpty, let subcommand = rest.first, !subcommand.hasPrefix("-") else { return arguments }
-    return [subcommand] + leading + Array(rest.dropFirst())
-}

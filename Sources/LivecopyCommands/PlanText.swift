@@ -8,14 +8,25 @@ enum PlanText {
         return ISO8601.string(date)
     }
 
-    /// One summary line: id, state, name, disk counts, times.
+    /// The column headers above `summary` lines.
+    static let summaryHeader = column("ID", 7) + column("STATE", 17) + column("DONE", 10) + column("CREATED", 22) + "NAME  [VMS]"
+
+    /// One summary line: id, state, disks completed of all, creation time, name, VMs.
     static func summary(_ plan: PlanRecord, disks: [DiskRecord]) -> String {
         let completed = disks.filter { $0.state == .completed }.count
         let vms = Set(disks.map(\.vmName)).sorted().joined(separator: ",")
-        return "\(String(plan.id).padding(toLength: 6, withPad: " ", startingAt: 0)) "
-            + "\(plan.state.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)) "
-            + "\(completed)/\(disks.count) disks  \(time(plan.createdAt))  \(plan.name ?? "-")  [\(vms)]"
+        return column(String(plan.id), 7) + column(plan.state.rawValue, 17) + column("\(completed)/\(disks.count)", 10)
+            + column(time(plan.createdAt), 22) + "\(plan.name ?? "-")  [\(vms)]"
             + (plan.error.map { "  error: \($0)" } ?? "")
+    }
+
+    /// The column headers above `disk` lines.
+    static let diskHeader = "  " + column("VM/DEVICE", 21) + column("STATE", 16) + column("DONE", 8) + column("BYTES", 22)
+        + "SOURCE → DESTINATION  BOOT FROM"
+
+    /// `text` padded to `width` (at least one space after it).
+    private static func column(_ text: String, _ width: Int) -> String {
+        text.count < width ? text.padding(toLength: width, withPad: " ", startingAt: 0) : text + " "
     }
 
     /// The operator's settings (`livecopy throttle`, `pause`), or nil when none is set.
@@ -31,9 +42,8 @@ enum PlanText {
     static func disk(_ disk: DiskRecord, bootImage: String?? = nil) -> String {
         let boot = bootImage ?? disk.bootImage
         let percent = disk.bytesTotal > 0 ? String(format: "%.1f%%", Double(disk.bytesDone) / Double(disk.bytesTotal) * 100) : "-"
-        return "  \("\(disk.vmName)/\(disk.device)".padding(toLength: 20, withPad: " ", startingAt: 0)) "
-            + "\(disk.state.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0)) \(percent.padding(toLength: 7, withPad: " ", startingAt: 0)) "
-            + "\(ByteSize.format(disk.bytesDone))/\(ByteSize.format(disk.bytesTotal))  "
+        return "  " + column("\(disk.vmName)/\(disk.device)", 21) + column(disk.state.rawValue, 16) + column(percent, 8)
+            + column("\(ByteSize.format(disk.bytesDone))/\(ByteSize.format(disk.bytesTotal))", 22)
             + "\(disk.source ?? "?") → \(disk.destination)  boot from: \(boot ?? "unknown (run livecopy recover)")"
             + (disk.error.map { "\n      error: \($0)" } ?? "")
     }

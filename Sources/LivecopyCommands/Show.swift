@@ -15,7 +15,7 @@ struct Show: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let store = try common.openStore()
+            let store = try common.openExistingStore()
             let plan = try requirePlan(id, in: store)
             let disks = try store.disks(ofPlan: plan.id)
             let events = try store.events(ofPlan: plan.id)

@@ -17,7 +17,7 @@ struct Status: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let store = try common.openStore()
+            let store = try common.openExistingStore()
             let plans = try id.map { [try requirePlan($0, in: store)] }
                 ?? store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
             var bootImages: [Int64: [Int64: String]] = [:]
@@ -36,14 +36,30 @@ struct Status: AsyncParsableCommand {
                 }
                 return ExitStatus.success
             }
-            if plans.isEmpty { print("no plan in progress") }
+            if plans.isEmpty {
+                print("no plan in progress")
+                return ExitStatus.success
+            }
             for plan in plans {
                 let disks = try store.disks(ofPlan: plan.id)
+                print(PlanText.summaryHeader)
                 print(PlanText.summary(plan, disks: disks))
+                if let orphan = try Self.orphanNote(plan, store: store) { print(orphan) }
                 if let controls = PlanText.controls(try store.controls(ofPlan: plan.id), planId: plan.id) { print(controls) }
+                print(PlanText.diskHeader)
                 for disk in disks { print(PlanText.disk(disk, bootImage: .some(bootImages[plan.id]?[disk.id]))) }
             }
             return ExitStatus.success
         }
+    }
+
+    /// For a plan recorded `running` whose owner is gone (crashed, or the host rebooted):
+    /// a line saying so, since its progress is only what was last recorded.
+    static func orphanNote(_ plan: PlanRecord, store: any WorkflowStore) throws -> String? {
+        guard plan.state == .running else { return nil }
+        let owner = try store.owner(ofPlan: plan.id)
+        if let owner, !Engine.isGone(owner) { return nil }
+        let who = owner.map { "its owner (\($0), last heartbeat \(PlanText.time($0.heartbeat))) is gone" } ?? "no process owns it"
+        return "  NOT RUNNING: \(who); the progress below is as last recorded; livecopy recover --plan \(plan.id) picks the plan up"
     }
 }

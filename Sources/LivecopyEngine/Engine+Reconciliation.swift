@@ -25,7 +25,8 @@ extension Engine {
                 let image = seen.device?.medium.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
                     ?? "device not found"
                 let jobs = [seen.streamJob, seen.rollbackJob].compactMap { $0 }
-                let jobText = jobs.isEmpty ? "no livecopy job" : jobs.map { "job \($0.id) \($0.status)" }.joined(separator: ", ")
+                let jobText = jobs.isEmpty ? "no livecopy job in QEMU"
+                    : jobs.map { "QEMU job \($0.id) \($0.status.explanation)" }.joined(separator: ", ")
                 var finding = "\(recorded); \(image); \(jobText)"
                 switch disk.state {
                 case .failed, .needsAttention:

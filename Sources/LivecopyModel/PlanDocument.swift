@@ -141,11 +141,13 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         }
     }
 
-    /// Pretty, stable JSON (sorted keys).
+    /// Pretty, stable JSON (sorted keys); an empty array is `[]`.
     public static func json<T: Encodable>(_ value: T) throws -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(value), as: UTF8.self)
+        let text = String(decoding: try encoder.encode(value), as: UTF8.self)
+        // Foundation pretty-prints an empty array over three lines.
+        return text.filter { !$0.isWhitespace } == "[]" ? "[]" : text
     }
 }
 

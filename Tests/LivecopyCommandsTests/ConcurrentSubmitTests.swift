@@ -23,7 +23,7 @@ struct ConcurrentSubmitTests {
         defer { scratch.remove() }
         let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
         // The database exists before the race (both would otherwise create it).
-        #expect(try await livecopy.run(["history"]).status == 0)
+        #expect(try await livecopy.run(["recover"]).status == 0)
         let rounds = 8
         for round in 0..<rounds {
             let destination = scratch.appending("dst-\(round).qcow2")

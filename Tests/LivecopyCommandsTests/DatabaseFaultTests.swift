@@ -129,11 +129,11 @@ struct DatabaseFaultTests {
         defer { scratch.remove() }
         let file = scratch.appending("a-file")
         try "x".write(toFile: file, atomically: true, encoding: .utf8)
-        try await Self.expectFault(LivecopyProcess(database: file + "/livecopy.db"), ["history"], ["Not a directory"],
+        try await Self.expectFault(LivecopyProcess(database: file + "/livecopy.db"), ["recover"], ["Not a directory"],
                                    case: "parent is a file")
-        try await Self.expectFault(LivecopyProcess(database: file + "/sub/livecopy.db"), ["history"],
+        try await Self.expectFault(LivecopyProcess(database: file + "/sub/livecopy.db"), ["recover"],
                                    ["cannot create database directory"], case: "grandparent is a file")
-        try await Self.expectFault(LivecopyProcess(database: "/proc/livecopy-test/livecopy.db"), ["history"],
+        try await Self.expectFault(LivecopyProcess(database: "/proc/livecopy-test/livecopy.db"), ["recover"],
                                    ["cannot create database directory /proc/livecopy-test"], case: "under /proc")
         let directory = scratch.appending("a-directory.db")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
@@ -149,9 +149,9 @@ struct DatabaseFaultTests {
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
         #expect(Self.mount("ro,size=1m", at: mountPoint))
         defer { Self.unmount(mountPoint) }
-        try await Self.expectFault(LivecopyProcess(database: mountPoint + "/livecopy.db"), ["history"],
+        try await Self.expectFault(LivecopyProcess(database: mountPoint + "/livecopy.db"), ["recover"],
                                    ["cannot create database", "Read-only file system"], case: "read-only fs, new database")
-        try await Self.expectFault(LivecopyProcess(database: mountPoint + "/sub/livecopy.db"), ["history"],
+        try await Self.expectFault(LivecopyProcess(database: mountPoint + "/sub/livecopy.db"), ["recover"],
                                    ["cannot create database directory \(mountPoint)/sub: Read-only file system"],
                                    case: "read-only fs, new directory")
 
@@ -184,7 +184,7 @@ struct DatabaseFaultTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
         #expect(Self.tool("/usr/bin/chattr", ["+i", directory]).status == 0)
         defer { Self.tool("/usr/bin/chattr", ["-i", directory]) }
-        try await Self.expectFault(LivecopyProcess(database: directory + "/livecopy.db"), ["history"],
+        try await Self.expectFault(LivecopyProcess(database: directory + "/livecopy.db"), ["recover"],
                                    ["cannot create database \(directory)/livecopy.db: Operation not permitted"],
                                    case: "immutable directory, new database")
     }
@@ -198,7 +198,7 @@ struct DatabaseFaultTests {
         #expect(Self.mount("size=256k", at: mountPoint))
         defer { Self.unmount(mountPoint) }
         let livecopy = LivecopyProcess(database: mountPoint + "/livecopy.db")
-        try await Self.expectSuccess(livecopy, ["history"])
+        try await Self.expectSuccess(livecopy, ["recover"])  // creates the database
         // Leave 48 KiB: enough to open (the 32 KiB -shm), too little for a plan of 400 disks.
         var stats = statvfs()
         #expect(statvfs(mountPoint, &stats) == 0)
@@ -329,7 +329,7 @@ struct DatabaseFaultTests {
         ("UPDATE plans SET created_at = 'yesterday' WHERE id = 150", ["history"], "plans row 150 has an unreadable created_at"),
         ("UPDATE plans SET name = x'00ff80' WHERE id = 150", ["history"], "plans row 150 has an unreadable name"),
         ("UPDATE plans SET policy_json = '{}' WHERE id = 150", ["history"], "plans row 150 has an unreadable policy_json"),
-        ("PRAGMA ignore_check_constraints = ON; UPDATE plans SET state = 'bogus' WHERE id = 150", ["history"],
+        ("PRAGMA ignore_check_constraints = ON; UPDATE plans SET state = 'bogus' WHERE id = 150", ["history", "--all"],
          "plan has unknown state 'bogus'"),
         ("UPDATE disks SET bytes_done = 'lots' WHERE plan_id = 150", ["show", "150"], "has an unreadable bytes_done"),
         ("UPDATE events SET at = x'01' WHERE plan_id = 150", ["show", "150"], "has an unreadable at"),

@@ -12,6 +12,10 @@ struct LoggingTests {
     @Test func debugLinesOnStderrWhenAskedAndNoneByDefault() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-log")
         defer { scratch.remove() }
+        // Empty files are empty databases (`history` never creates one).
+        for name in ["quiet.db", "debug.db", "env.db"] {
+            _ = FileManager.default.createFile(atPath: scratch.appending(name), contents: Data())
+        }
 
         let quiet = try await LivecopyProcess(database: scratch.appending("quiet.db")).run(["history"], environment: Self.unset)
         #expect(quiet.status == 0, "\(quiet.stderr)")

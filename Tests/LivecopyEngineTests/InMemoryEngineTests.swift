@@ -215,6 +215,14 @@ import Testing
         #expect(try rig.disk(planId).error?.contains("waits in pending and nothing was finalized") == true)
         #expect(rig.vm.chain(of: "drive0") == [rig.destination, rig.source], "the destination keeps its backing file")
         #expect(!rig.vm.calls.contains("finalize"))
+        // recover's report names QEMU's job state as QEMU's, and says what comes next.
+        let engine = rig.engine()
+        let report = try await engine.reconciliationReport(planId: planId)
+        await engine.shutdown()
+        let disk = try rig.disk(planId)
+        #expect(report.first?.finding.contains("QEMU job \(disk.streamJobId) done copying, waiting to be finalized") == true,
+                "\(report.first?.finding ?? "")")
+        #expect(report.first?.finding.hasSuffix("next: resuming the stream") == true, "\(report.first?.finding ?? "")")
 
         rig.vm.answerFlushes(.confirmed)
         let plan = try await rig.run(planId)
