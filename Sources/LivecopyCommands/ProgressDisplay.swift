@@ -139,7 +139,10 @@ final class ProgressDisplay: EngineObserver, Sendable {
         let estimator = line.estimator ?? CopyRateEstimator(total: line.total, map: nil)
         return ProgressLine(
             label: line.label, state: line.state,
-            fraction: line.total > 0 ? Double(line.done) / Double(line.total) : 0,
+            // The bar and percent measure what the bytes, rate and ETA measure, so the
+            // line never shows 31% beside "49 MiB of 120 MiB".
+            fraction: estimator.bytesToCopy > 0 ? Double(estimator.bytesCopied) / Double(estimator.bytesToCopy)
+                : (line.total > 0 ? Double(line.done) / Double(line.total) : 0),
             bytesCopied: estimator.bytesCopied, bytesToCopy: estimator.bytesToCopy,
             rate: estimator.rate, timeLeft: estimator.timeLeft)
     }

@@ -10,18 +10,16 @@ import LivecopyModel
 ///
 ///     web01/drive0: streaming 42.0% (1.2 GiB of 4.0 GiB, 32.0 MiB/s, ETA 1m02s)
 ///
-/// The numbers do not all measure the same thing on a sparse disk:
-/// - the bar and the percent are the job's own progress: its offset over its length
-///   (QEMU's `current-progress` / `total-progress`), holes included;
-/// - "X of Y", the rate and the ETA count the bytes the job really copies: with the
-///   source's allocation map, the allocated bytes below the offset of all the allocated
-///   bytes; without a map (not read yet, unreadable, or a job other than the stream),
-///   the offset of the job's length, as the percent does.
+/// Every number measures the bytes the job really copies: with the source's allocation
+/// map, the allocated bytes below the job's offset, of all the allocated bytes (QEMU's
+/// stream skips holes almost at once, so offset-based numbers run far ahead on a sparse
+/// disk); without a map (not read yet, unreadable, or a job other than the stream), the
+/// job's offset of its length (`current-progress` / `total-progress`).
 struct ProgressLine: Sendable, Equatable {
     /// `vm/device`.
     var label: String
     var state: DiskState
-    /// The job's offset over its length, 0 to 1.
+    /// `bytesCopied` over `bytesToCopy`, 0 to 1.
     var fraction: Double
     /// Bytes copied so far (see the type's comment for which bytes).
     var bytesCopied: Int64
