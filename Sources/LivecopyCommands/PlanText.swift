@@ -9,20 +9,22 @@ enum PlanText {
     }
 
     /// The column headers above `summary` lines.
-    static let summaryHeader = column("ID", 7) + column("STATE", 17) + column("DONE", 10) + column("CREATED", 22) + "NAME  [VMS]"
+    static let summaryHeader = column("ID", 7) + column("STATE", 17) + column("DONE", 10) + column("CREATED", 26) + "NAME  [VMS]"
 
     /// One summary line: id, state, disks completed of all, creation time, name, VMs.
     static func summary(_ plan: PlanRecord, disks: [DiskRecord]) -> String {
         let completed = disks.filter { $0.state == .completed }.count
         let vms = Set(disks.map(\.vmName)).sorted().joined(separator: ",")
         return column(String(plan.id), 7) + column(plan.state.rawValue, 17) + column("\(completed)/\(disks.count)", 10)
-            + column(time(plan.createdAt), 22) + "\(plan.name ?? "-")  [\(vms)]"
+            + column(time(plan.createdAt), 26) + "\(plan.name ?? "-")  [\(vms)]"
             + (plan.error.map { "  error: \($0)" } ?? "")
     }
 
-    /// The column headers above `disk` lines.
-    static let diskHeader = "  " + column("VM/DEVICE", 21) + column("STATE", 16) + column("DONE", 8) + column("BYTES", 22)
-        + "SOURCE → DESTINATION  BOOT FROM"
+    /// The column headers above `disk` lines. POSITION is the copy job's offset in the
+    /// disk as last recorded (holes included), not the bytes copied, which only the live
+    /// progress line counts.
+    static let diskHeader = "  " + column("VM/DEVICE", 21) + column("STATE", 16) + column("POSITION", 31)
+        + "SOURCE → DESTINATION, BOOT IMAGE"
 
     /// `text` padded to `width` (at least one space after it).
     private static func column(_ text: String, _ width: Int) -> String {
@@ -37,14 +39,17 @@ enum PlanText {
         return parts.isEmpty ? nil : "  controls: " + parts.joined(separator: ", ")
     }
 
-    /// One line per disk: state, progress and the image the VM must boot from
-    /// (`bootImage`, the engine's answer; the record's own when not given).
-    static func disk(_ disk: DiskRecord, bootImage: String?? = nil) -> String {
+    /// One line per disk: state, the job's position, and the image the VM must boot from
+    /// (`bootImage`, the engine's answer; the record's own when not given). A disk of a
+    /// plan refused at submission was never touched: its VM boots as it did.
+    static func disk(_ disk: DiskRecord, bootImage: String?? = nil, planState: PlanState? = nil) -> String {
         let boot = bootImage ?? disk.bootImage
         let percent = disk.bytesTotal > 0 ? String(format: "%.1f%%", Double(disk.bytesDone) / Double(disk.bytesTotal) * 100) : "-"
-        return "  " + column("\(disk.vmName)/\(disk.device)", 21) + column(disk.state.rawValue, 16) + column(percent, 8)
-            + column("\(ByteSize.format(disk.bytesDone))/\(ByteSize.format(disk.bytesTotal))", 22)
-            + "\(disk.source ?? "?") → \(disk.destination)  boot from: \(boot ?? "unknown (run livecopy recover)")"
+        let bootText = planState == .refused ? "unchanged (the plan was refused; nothing was done)"
+            : boot ?? "unknown (run livecopy recover)"
+        return "  " + column("\(disk.vmName)/\(disk.device)", 21) + column(disk.state.rawValue, 16)
+            + column("\(percent) \(ByteSize.format(disk.bytesDone))/\(ByteSize.format(disk.bytesTotal))", 31)
+            + "\(disk.source ?? "?") → \(disk.destination)  boot from: \(bootText)"
             + (disk.error.map { "\n      error: \($0)" } ?? "")
     }
 

@@ -24,10 +24,12 @@ struct Show: AsyncParsableCommand {
                                                          controls: try store.controls(ofPlan: plan.id))))
                 return ExitStatus.success
             }
+            print(PlanText.summaryHeader)
             print(PlanText.summary(plan, disks: disks))
             print("policy: \(plan.policyReference ?? "default")  finished: \(PlanText.time(plan.finishedAt))")
             print("disks:")
-            for disk in disks { print(PlanText.disk(disk)) }
+            print(PlanText.diskHeader)
+            for disk in disks { print(PlanText.disk(disk, planState: plan.state)) }
             print("events:")
             let byId = Dictionary(uniqueKeysWithValues: disks.map { ($0.id, $0) })
             for event in events { print(PlanText.event(event, disks: byId)) }

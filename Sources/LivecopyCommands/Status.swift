@@ -47,7 +47,7 @@ struct Status: AsyncParsableCommand {
                 if let orphan = try Self.orphanNote(plan, store: store) { print(orphan) }
                 if let controls = PlanText.controls(try store.controls(ofPlan: plan.id), planId: plan.id) { print(controls) }
                 print(PlanText.diskHeader)
-                for disk in disks { print(PlanText.disk(disk, bootImage: .some(bootImages[plan.id]?[disk.id]))) }
+                for disk in disks { print(PlanText.disk(disk, bootImage: .some(bootImages[plan.id]?[disk.id]), planState: plan.state)) }
             }
             return ExitStatus.success
         }

@@ -10,7 +10,7 @@ extension DiskWorkflow {
         let jobId = disk.streamJobId
         var earlyEvents: AsyncStream<JobEvent>?
         if let existing = try await job(jobId) {
-            try await ledger.note("re-attaching to job \(jobId) (\(existing.status))")
+            try await ledger.note("re-attaching to QEMU job \(jobId) (\(existing.status.explanation))")
         } else {
             let entry = try await locateDevice()
             guard entry.medium?.file == disk.destination else {

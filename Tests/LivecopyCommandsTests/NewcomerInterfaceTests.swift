@@ -43,6 +43,11 @@ struct NewcomerInterfaceTests {
             #expect(lines.first?.hasPrefix("ID     STATE            DONE") == true, "a header: \(listed.stdout)")
             #expect(lines.last?.contains("refused") == true, "\(listed.stdout)")
         }
+        // A refused plan touched nothing: its VM boots as it did, and recover has nothing to do.
+        let shown = try await livecopy.run(["show", "1"])
+        #expect(shown.stdout.contains("boot from: unchanged (the plan was refused; nothing was done)"), "\(shown.stdout)")
+        #expect(!shown.stdout.contains("run livecopy recover"), "\(shown.stdout)")
+
         let json = try await livecopy.run(["status", "--json"])
         #expect(json.stdout == "[]\n", "nothing in progress: \(json.stdout)")
         #expect(try await livecopy.run(["status"]).stdout == "no plan in progress\n")

@@ -484,7 +484,7 @@ struct QMPFaultTests {
         let finished = try await second.run(planId: planId)
         await second.shutdown()
         #expect(finished.state == .completed, "\(finished.error ?? "")")
-        #expect(try setup.details(planId).contains { $0.contains("re-attaching to job") })
+        #expect(try setup.details(planId).contains { $0.contains("re-attaching to QEMU job") })
         #expect(setup.vm.jobIds.isEmpty)
         #expect(setup.vm.chain.backing == nil)
     }
