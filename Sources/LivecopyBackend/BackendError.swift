@@ -17,6 +17,9 @@ public struct BackendError: Error, Sendable, Hashable, CustomStringConvertible {
         case sessionLost
         /// The hypervisor said something that breaks its own protocol.
         case protocolViolation
+        /// Others than livecopy's user can reach the address (`Hypervisor.checkAddress`).
+        /// Nothing was done.
+        case unsafe
     }
 
     public let kind: Kind
@@ -41,7 +44,7 @@ public struct BackendError: Error, Sendable, Hashable, CustomStringConvertible {
     public var isAboutTheSession: Bool {
         switch kind {
         case .unreachable, .sessionLost, .protocolViolation: return true
-        case .unsupported, .refused: return false
+        case .unsupported, .refused, .unsafe: return false
         }
     }
 
@@ -49,7 +52,7 @@ public struct BackendError: Error, Sendable, Hashable, CustomStringConvertible {
     public var isRefusal: Bool {
         switch kind {
         case .refused: return true
-        case .unreachable, .unsupported, .sessionLost, .protocolViolation: return false
+        case .unreachable, .unsupported, .sessionLost, .protocolViolation, .unsafe: return false
         }
     }
 }

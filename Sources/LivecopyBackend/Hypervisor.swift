@@ -12,6 +12,12 @@ public protocol Hypervisor: Sendable {
     /// its commands); throws `BackendError` with kind `.unreachable` or `.unsupported`
     /// naming what is missing otherwise.
     func connect(to address: String, commandTimeout: Double) async throws -> any VMSession
+
+    /// Checks, without connecting, that whoever can reach `address` is only livecopy's
+    /// user (a QMP socket is root-equivalent: whoever can write to it commands the VM);
+    /// `allowShared` accepts an address others can reach. Throws `BackendError` of kind
+    /// `.unsafe`. An address that does not exist passes: `connect` reports it.
+    func checkAddress(_ address: String, allowShared: Bool) throws
 }
 
 /// A live session to one VM: what livecopy asks of it and tells it to do. Every

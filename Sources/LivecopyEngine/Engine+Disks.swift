@@ -46,7 +46,7 @@ extension Engine {
             let disk = ledger.disk
             if disk.state.isFinal { return nil }
             do {
-                try SocketCheck.check(disk.qmpSocket, policy: policy)
+                try sessions.hypervisor.checkAddress(disk.qmpSocket, allowShared: policy.allowSharedSocket)
             } catch {
                 // Checked again at every run: the socket may have changed since the plan was checked.
                 try await ledger.note("VM '\(disk.vmName)': \(describe(error)); not connecting")

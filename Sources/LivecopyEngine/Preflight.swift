@@ -106,25 +106,6 @@ struct FreeSpaceCheck {
     }
 }
 
-/// QMP sockets are root-equivalent: whoever can write to one commands the VM.
-enum SocketCheck {
-    /// Refuses a socket that is group- or world-writable or owned by another user than
-    /// this process's, unless the policy says `allow_shared_socket: true`.
-    static func check(_ socket: String, policy: Policy) throws {
-        guard !policy.allowSharedSocket else { return }
-        var info = stat()
-        // The socket a connection reaches (through any symlink); a missing one is reported by connect.
-        guard stat(socket, &info) == 0 else { return }
-        let mode = String(info.st_mode & 0o7777, radix: 8)
-        if info.st_uid != geteuid() {
-            throw PreflightError("QMP socket \(socket) is owned by uid \(info.st_uid), not by livecopy's uid \(geteuid()); whoever owns it controls the VM (set allow_shared_socket: true in the policy to accept it)")
-        }
-        let writable = [(S_IWGRP, "group"), (S_IWOTH, "world")].filter { info.st_mode & $0.0 != 0 }.map(\.1)
-        if !writable.isEmpty {
-            throw PreflightError("QMP socket \(socket) is \(writable.joined(separator: "- and "))-writable (mode 0\(mode)); anyone who can write to it controls the VM (chmod it 0700, or set allow_shared_socket: true in the policy)")
-        }
-    }
-}
 
 /// Checks a plan against the VMs and the file system before anything is recorded or
 /// touched, and discovers each disk's source image from `query-block`.
@@ -139,8 +120,8 @@ struct Preflight {
         var space = FreeSpaceCheck(margin: policy.spaceMargin)
         for vm in plan.vms {
             do {
-                try SocketCheck.check(vm.qmp, policy: policy)
-            } catch let error as PreflightError {
+                try sessions.hypervisor.checkAddress(vm.qmp, allowShared: policy.allowSharedSocket)
+            } catch let error as BackendError {
                 throw PreflightError("VM '\(vm.name)': \(error.description)")
             }
             let session: any VMSession
@@ -254,10 +235,12 @@ struct Preflight {
         try checkOtherPlans(plan)
         for (vm, disk) in plan.allDisks {
             do {
-                try SocketCheck.check(vm.qmp, policy: policy)
+                try sessions.hypervisor.checkAddress(vm.qmp, allowShared: policy.allowSharedSocket)
                 try DestinationCheck.refuseExisting(disk.destination)
                 try DestinationCheck.checkDirectory(of: disk.destination)
             } catch let error as PreflightError {
+                throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': \(error.description)")
+            } catch let error as BackendError {
                 throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': \(error.description)")
             }
         }

@@ -5,7 +5,8 @@ import LivecopyBackend
 /// One session per VM, shared by all of that VM's disks: QEMU serves one client per
 /// monitor socket, so a second connection would wait forever.
 actor VMSessions {
-    private let hypervisor: any Hypervisor
+    /// The hypervisor the sessions are opened through.
+    nonisolated let hypervisor: any Hypervisor
     private let commandTimeout: Double
     private var sessions: [String: Task<any VMSession, Error>] = [:]
 

@@ -14,6 +14,10 @@ public struct QMPHypervisor: Hypervisor {
 
     public var name: String { "QMP" }
 
+    public func checkAddress(_ address: String, allowShared: Bool) throws {
+        try QMPSocketCheck.check(address, allowShared: allowShared)
+    }
+
     public func connect(to address: String, commandTimeout: Double) async throws -> any VMSession {
         let session: any QMPSession
         do {

@@ -29,6 +29,9 @@ public final class InMemoryHypervisor: Hypervisor {
         vms.withLock { $0[address] }
     }
 
+    /// In-memory VMs are this process's own.
+    public func checkAddress(_ address: String, allowShared: Bool) throws {}
+
     public func connect(to address: String, commandTimeout: Double) async throws -> any VMSession {
         guard let vm = vm(at: address), vm.isRunning else {
             throw BackendError(.unreachable, reason: "cannot reach VM \(address): no such VM runs")
