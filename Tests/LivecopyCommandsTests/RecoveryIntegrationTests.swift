@@ -165,8 +165,8 @@ struct RecoveryIntegrationTests {
 
         let recover = try await rig.livecopy.run(["recover", "--json"])
         #expect(recover.status == 0, "recover: \(recover.stderr)")
-        #expect(recover.stderr.contains("vm/drive0") && recover.stderr.contains("pending"),
-                "recover reports what it found per disk:\n\(recover.stderr)")
+        #expect(recover.stderr.contains("vm/drive0") && recover.stderr.contains("done copying, waiting to be finalized"),
+                "recover reports what it found per disk, QEMU's job state in words:\n\(recover.stderr)")
         let documents = try? JSONDecoder().decode([PlanDocument].self, from: Data(recover.stdout.utf8))
         #expect(documents?.map(\.state) == ["completed"], "recover --json:\n\(recover.stdout)")
         #expect(documents?.first?.disks.first?.bootImage == rig.destination)
