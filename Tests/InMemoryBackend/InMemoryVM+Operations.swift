@@ -29,10 +29,10 @@ extension InMemoryVM {
             for id in state.order {
                 guard var job = state.jobs[id], job.status == .running else { continue }
                 job.steps += 1
-                if let error = job.error {
+                if job.error != nil {
+                    // A job scripted to fail aborts at its first step, then concludes.
                     job.status = .concluded
                     events.append(.statusChanged(id: id, status: .aborting))
-                    _ = error
                 } else if job.steps >= stepsPerJob {
                     switch job.kind {
                     case .pull:
