@@ -104,7 +104,7 @@ let package = Package(
             dependencies: ["QMP", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(
             name: "LivecopyModelTests",
-            dependencies: ["LivecopyModel", .product(name: "PropertyBased", package: "swift-property-based")]),
+            dependencies: ["LivecopyModel", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(
             name: "LivecopyStoreTests",
             dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift")]),

@@ -33,9 +33,13 @@ public struct VMDisk: Sendable {
         }
     }
 
-    /// Whether the device answers to `name`: its device name, guest device or active node name.
-    public func answers(to name: String) -> Bool {
-        device == name || guestDevice == name || medium?.nodeName == name
+}
+
+extension Array where Element == VMDisk {
+    /// The device `name` designates: a device name first, else a guest device, else an
+    /// active node name (a name can be one kind for one device and another for another).
+    public func device(named name: String) -> VMDisk? {
+        first { $0.device == name } ?? first { $0.guestDevice == name } ?? first { $0.medium?.nodeName == name }
     }
 }
 

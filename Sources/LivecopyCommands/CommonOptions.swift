@@ -12,13 +12,13 @@ struct CommonOptions: ParsableArguments {
         valueName: "path"))
     var db: String?
 
-    /// The database path in force.
-    var databasePath: String {
-        if let db { return db }
+    /// The database path in force, and where it comes from (for messages).
+    var database: (path: String, source: String) {
+        if let db { return (db, "--db") }
         if let fromEnvironment = ProcessInfo.processInfo.environment["LIVECOPY_DB"], !fromEnvironment.isEmpty {
-            return fromEnvironment
+            return (fromEnvironment, "LIVECOPY_DB")
         }
-        return "/var/lib/livecopy/livecopy.db"
+        return ("/var/lib/livecopy/livecopy.db", "the default")
     }
 
     @Option(name: .long, help: ArgumentHelp(
@@ -50,7 +50,8 @@ struct CommonOptions: ParsableArguments {
 
     /// The database path in force, absolute.
     private var absoluteDatabasePath: String {
-        databasePath.hasPrefix("/") ? databasePath : FileManager.default.currentDirectoryPath + "/" + databasePath
+        let path = database.path
+        return path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
     }
 
     /// Opens the store (creating it and its directory if missing): for the commands that
@@ -60,22 +61,14 @@ struct CommonOptions: ParsableArguments {
     }
 
     /// Opens an existing store, for the commands that only read (`status`, `history`,
-    /// `show`): a mistyped `--db` must not create an empty database that answers "no plans".
+    /// `show`) or act on a recorded plan: a mistyped `--db` must not create an empty
+    /// database that answers "no plans".
     func openExistingStore() throws -> SQLiteStore {
         let path = absoluteDatabasePath
         guard FileManager.default.fileExists(atPath: path) else {
-            throw InputError("no database at \(path) (from \(databaseSource)); livecopy submit creates one, or give the right one with --db or LIVECOPY_DB")
+            throw InputError("no database at \(path) (from \(database.source)); livecopy submit creates one, or give the right one with --db or LIVECOPY_DB")
         }
         return try SQLiteStore(path: path)
-    }
-
-    /// Where the database path in force comes from, for messages.
-    private var databaseSource: String {
-        if db != nil { return "--db" }
-        if let fromEnvironment = ProcessInfo.processInfo.environment["LIVECOPY_DB"], !fromEnvironment.isEmpty {
-            return "LIVECOPY_DB"
-        }
-        return "the default"
     }
 }
 

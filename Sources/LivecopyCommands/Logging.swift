@@ -89,7 +89,7 @@ func applyLogLevel(of command: any ParsableCommand) {
     guard let common = (command as? any UsesCommonOptions)?.common, let level = common.logLevelInForce else { return }
     ProcessLogLevel.current = level
     logger.debug("livecopy started", metadata: [
-        "command": "\(type(of: command))", "logLevel": "\(level)", "database": "\(common.databasePath)",
+        "command": "\(type(of: command))", "logLevel": "\(level)", "database": "\(common.database.path)",
         "pid": "\(getpid())",
     ])
 }

@@ -5,11 +5,8 @@ import LivecopyBackend
 
 extension Array where Element == VMDisk {
     /// The device of `disk`: by the name the backend's operations use, else by the plan's
-    /// name, matching a device name, a guest device or the active node name.
+    /// name (`device(named:)`, as preflight found it).
     func entry(for disk: DiskRecord) -> VMDisk? {
-        for name in [disk.qmpDevice, disk.device].compactMap({ $0 }) {
-            if let found = first(where: { $0.answers(to: name) }) { return found }
-        }
-        return nil
+        [disk.qmpDevice, disk.device].compactMap { $0 }.lazy.compactMap { device(named: $0) }.first
     }
 }

@@ -59,8 +59,9 @@ extension Engine {
         guard disk.destinationCreated, lstat(disk.destination, &info) == 0 else { return source }
         // A running VM on the destination: that is the image with every write. (Its qcow2
         // metadata may not be on disk yet, so the file alone would mislead.)
+        // Only the devices are asked: the boot image does not depend on the jobs.
         if askingQEMU, let session = try? await sessions.session(for: disk.qmpSocket),
-           let seen = try? await DiskSighting.look(at: disk, in: session), seen.activeImage == disk.destination {
+           let devices = try? await session.disks(), devices.entry(for: disk)?.medium?.file == disk.destination {
             return disk.destination
         }
         // QEMU does not hold the destination: its own data, if any, is newer than the source.

@@ -172,10 +172,7 @@ struct Preflight {
     }
 
     static func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [VMDisk], name: String, policy: Policy) throws -> NewPlan.Disk {
-        guard let entry = devices.first(where: { $0.device == disk.device })
-            ?? devices.first(where: { $0.guestDevice == disk.device })
-            ?? devices.first(where: { $0.medium?.nodeName == disk.device })
-        else {
+        guard let entry = devices.device(named: disk.device) else {
             let known = devices.map { $0.device.isEmpty ? ($0.guestDevice ?? "?") : $0.device }.joined(separator: ", ")
             throw PreflightError("\(name): no such device in the VM (devices: \(known))")
         }

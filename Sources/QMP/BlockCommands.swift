@@ -46,13 +46,6 @@ public final class ImageInfo: Decodable, Sendable {
         case backingFilenameFormat = "backing-filename-format"
         case backingImage = "backing-image"
     }
-
-    /// This image and every image below it, top first.
-    public var chain: [ImageInfo] {
-        var images: [ImageInfo] = [self]
-        while let next = images.last?.backingImage { images.append(next) }
-        return images
-    }
 }
 
 /// One entry of `query-jobs`.

@@ -28,7 +28,7 @@ struct ConformanceCheck: Sendable, CustomTestStringConvertible {
 
     static func showsTheDisk(_ rig: ConformanceRig, _ vm: any VMSession) async throws {
         #expect(vm.capabilities.isSuperset(of: BackendCapability.neededToStream))
-        let disk = try #require(try await vm.disks().first { $0.answers(to: "drive0") })
+        let disk = try #require(try await vm.disks().device(named: "drive0"))
         let medium = try #require(disk.medium)
         #expect(medium.file == rig.source)
         #expect(medium.backingFile == nil)
@@ -159,7 +159,7 @@ struct ConformanceCheck: Sendable, CustomTestStringConvertible {
 
     /// The active medium of drive0.
     static func active(_ vm: any VMSession) async throws -> VMDisk.Medium? {
-        try await vm.disks().first { $0.answers(to: "drive0") }?.medium
+        try await vm.disks().device(named: "drive0")?.medium
     }
 
     /// Switches drive0 to a new overlay `lc-overlay` and returns its file.

@@ -2,20 +2,15 @@ import Foundation
 import LivecopyBackend
 @testable import LivecopyEngine
 import LivecopyModel
+import TestSupport
 import Testing
 
 /// `docs/recovery.md` shows how a stopped disk is picked up as the code decides it: its
 /// table (between `<!-- resumption -->` markers) is `Resumption.allCases`' rules, in order.
 struct ResumptionDocTests {
     @Test func theResumptionTableIsTheCodes() throws {
-        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("docs/recovery.md").path
-        let document = try String(contentsOfFile: path, encoding: .utf8)
-        let table = try #require(document.components(separatedBy: "<!-- resumption -->").dropFirst().first?
-            .components(separatedBy: "<!-- /resumption -->").first, "docs/recovery.md has no resumption table")
-        let rows = table.split(separator: "\n").filter { $0.hasPrefix("| `") }.map { line in
-            line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
-        }
+        let rows = try #require(DocumentTable.rows("resumption", of: DocumentTable.page("recovery.md"), stripBackquotes: false),
+                                "docs/recovery.md has no resumption table")
         #expect(rows.map { $0[0] } == Resumption.allCases.map { "`\($0)`" }, "one row per case, in order")
         for (row, resumption) in zip(rows, Resumption.allCases) {
             #expect("\(row[1]) | \(row[2])" == resumption.rule, "\(resumption)")

@@ -1,24 +1,17 @@
 import Foundation
 import LivecopyModel
+import TestSupport
 import Testing
 
 /// `docs/state-machine.md` shows the tables the code has: its transition and intent
 /// tables (between their `<!-- name -->` markers) are read back and compared with
 /// `DiskState`, `PlanState` and `DiskIntent`.
 struct StateMachineDocTests {
-    static let document: String = {
-        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("docs/state-machine.md").path
-        return (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-    }()
+    static let document = DocumentTable.page("state-machine.md")
 
     /// The table rows between `<!-- name -->` and `<!-- /name -->`, as cells without backquotes.
     static func rows(_ name: String) throws -> [[String]] {
-        let text = try #require(document.components(separatedBy: "<!-- \(name) -->").dropFirst().first?
-            .components(separatedBy: "<!-- /\(name) -->").first, "docs/state-machine.md has no \(name) table")
-        return text.split(separator: "\n").filter { $0.hasPrefix("| `") }.map { line in
-            line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "`", with: "") }
-        }
+        try #require(DocumentTable.rows(name, of: document, stripBackquotes: true), "docs/state-machine.md has no \(name) table")
     }
 
     static func targets(_ cell: String) -> Set<String> {
