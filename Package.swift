@@ -8,6 +8,7 @@ import PackageDescription
 /// - `LivecopyBackend`: the hypervisor boundary: what the engine needs from a hypervisor
 ///   (`Hypervisor`, `VMSession`), in the model's words, with named capabilities.
 /// - `QMPBackend`: that boundary over QMP (QEMU's monitor), checked at connect.
+/// - `LibvirtBackend`: that boundary over libvirt's C API (`CLibvirt`), for libvirt's domains.
 /// - `LivecopyModel`: plans, policies, states, the transition table and the store protocol.
 /// - `LivecopyStore`: the SQLite store (GRDB) and the migration runner.
 /// - `EmbeddedFiles`: `Migrations/` and `Policies/` compiled into the binary by a build-tool plugin.
@@ -44,6 +45,9 @@ let package = Package(
             ]),
         .target(name: "LivecopyBackend"),
         .target(name: "QMPBackend", dependencies: ["LivecopyBackend", "QMP"]),
+        /// libvirt's C API (Debian's libvirt-dev: libvirt.h, libvirt-qemu.h).
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
+        .target(name: "LibvirtBackend", dependencies: ["LivecopyBackend", "QMP", "QMPBackend", "CLibvirt"]),
         .executableTarget(name: "EmbedFilesTool"),
         .plugin(
             name: "EmbedFilesPlugin",
@@ -114,7 +118,7 @@ let package = Package(
                            "InMemoryBackend", "TestSupport"]),
         .testTarget(
             name: "BackendConformanceTests",
-            dependencies: ["LivecopyBackend", "QMPBackend", "QMP", "InMemoryBackend", "TestSupport"]),
+            dependencies: ["LivecopyBackend", "QMPBackend", "LibvirtBackend", "QMP", "InMemoryBackend", "TestSupport"]),
         .testTarget(
             name: "LivecopyCommandsTests",
             dependencies: [

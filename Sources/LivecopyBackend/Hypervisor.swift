@@ -84,6 +84,14 @@ public protocol VMSession: AnyObject, Sendable {
     /// Removes a concluded job from the VM's list (the engine reads its error first).
     func dismiss(jobId: String) async throws
 
+    // MARK: The VM's manager
+
+    /// Makes the VM manager's persistent record of `disk` (libvirt's inactive domain
+    /// definition, which the next boot follows) name the image the disk runs on now,
+    /// without a backing file when it has none. Returns what was changed, in a sentence,
+    /// or nil when nothing needed changing or the backend keeps no such record (QMP).
+    func updateManagerRecord(disk: String) async throws -> String?
+
     /// True once the session has closed or broken.
     var isClosed: Bool { get }
     /// Closes the session; operations in flight fail with `.sessionLost`.

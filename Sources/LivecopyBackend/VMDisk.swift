@@ -7,11 +7,15 @@ public struct VMDisk: Sendable {
     public let guestDevice: String?
     /// The image chain in the device; nil when it has no medium.
     public let medium: Medium?
+    /// Why livecopy cannot copy this device, when the backend knows it cannot (a libvirt
+    /// disk on a block device or a network volume); nil otherwise.
+    public let notCopyable: String?
 
-    public init(device: String, guestDevice: String?, medium: Medium?) {
+    public init(device: String, guestDevice: String?, medium: Medium?, notCopyable: String? = nil) {
         self.device = device
         self.guestDevice = guestDevice
         self.medium = medium
+        self.notCopyable = notCopyable
     }
 
     /// The image chain in a device.
@@ -37,9 +41,11 @@ public struct VMDisk: Sendable {
 
 extension Array where Element == VMDisk {
     /// The device `name` designates: a device name first, else a guest device, else an
-    /// active node name (a name can be one kind for one device and another for another).
+    /// active node name, else (an absolute path) the active image's file (a name can be
+    /// one kind for one device and another for another).
     public func device(named name: String) -> VMDisk? {
         first { $0.device == name } ?? first { $0.guestDevice == name } ?? first { $0.medium?.nodeName == name }
+            ?? (name.hasPrefix("/") ? first { $0.medium?.file == name } : nil)
     }
 }
 

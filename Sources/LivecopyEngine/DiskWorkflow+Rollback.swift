@@ -108,6 +108,7 @@ extension DiskWorkflow {
             ledger.sent()
             try await ledger.outcome("destination deleted") { $0.destinationCreated = false }
         }
+        try await updateManagerRecord()
         try await ledger.transition(to: .rolledBack, "the VM is back on \(disk.source ?? "the source") with every write")
     }
 

@@ -48,6 +48,7 @@ extension DiskWorkflow {
             }
         }
         try await verifyStandalone()
+        try await updateManagerRecord()
         try await ledger.transition(to: .retiring, "\(disk.destination) stands alone") { $0.error = nil }
     }
 
@@ -166,5 +167,14 @@ extension DiskWorkflow {
             throw NeedsAttention(description: "after the stream: \(problem)")
         }
         try await ledger.note("verified: \(disk.destination) is active with no backing file; nothing opens the source")
+    }
+
+    /// Tells the VM's manager which image the disk runs on now, when it keeps a record
+    /// that the next boot follows (libvirt's persistent definition), and notes a change.
+    func updateManagerRecord() async throws {
+        let entry = try await locateDevice()
+        if let change = try await session.updateManagerRecord(disk: try deviceName(entry)) {
+            try await ledger.note(change)
+        }
     }
 }

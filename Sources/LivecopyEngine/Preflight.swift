@@ -176,6 +176,7 @@ struct Preflight {
             let known = devices.map { $0.device.isEmpty ? ($0.guestDevice ?? "?") : $0.device }.joined(separator: ", ")
             throw PreflightError("\(name): no such device in the VM (devices: \(known))")
         }
+        if let reason = entry.notCopyable { throw PreflightError("\(name): \(reason)") }
         guard let medium = entry.medium else { throw PreflightError("\(name): the device has no medium") }
         let source = medium.image.filename
         guard source.hasPrefix("/") else {

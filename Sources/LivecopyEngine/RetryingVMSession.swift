@@ -70,6 +70,7 @@ final class RetryingVMSession: VMSession {
     func resume(jobId: String) async throws { try await retrying { try await base.resume(jobId: jobId) } }
     func setSpeed(jobId: String, speed: Int64) async throws { try await retrying { try await base.setSpeed(jobId: jobId, speed: speed) } }
     func dismiss(jobId: String) async throws { try await retrying { try await base.dismiss(jobId: jobId) } }
+    func updateManagerRecord(disk: String) async throws -> String? { try await retrying { try await base.updateManagerRecord(disk: disk) } }
     var isClosed: Bool { base.isClosed }
     func close() async { await base.close() }
 }

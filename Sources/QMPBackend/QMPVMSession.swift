@@ -135,6 +135,9 @@ public final class QMPVMSession: VMSession {
         try await QMPErrors.mapping("job-dismiss") { try await qmp.jobDismiss(jobId: jobId) }
     }
 
+    /// A VM reached by its QMP socket has no manager keeping a record of its disks.
+    public func updateManagerRecord(disk: String) async throws -> String? { nil }
+
     public var isClosed: Bool { qmp.isClosed }
 
     public func close() async { await qmp.close() }

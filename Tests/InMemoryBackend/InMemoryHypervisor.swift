@@ -90,4 +90,6 @@ final class InMemoryVMSession: VMSession {
     func resume(jobId: String) async throws { try perform("resume") { try vm.resume(jobId) } }
     func setSpeed(jobId: String, speed: Int64) async throws { try perform("setSpeed") { try vm.setSpeed(jobId, speed) } }
     func dismiss(jobId: String) async throws { try perform("dismiss") { try vm.dismiss(jobId) } }
+    /// The in-memory VM has no manager keeping a record of its disks.
+    func updateManagerRecord(disk: String) async throws -> String? { nil }
 }
