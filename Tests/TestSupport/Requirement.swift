@@ -11,12 +11,16 @@ public enum Requirement: Sendable, CustomStringConvertible {
     case tmpfs
     /// `chattr +i` works here (root with CAP_LINUX_IMMUTABLE, on a file system with immutable files).
     case chattr
+    /// Root, and libvirtd answering `virsh -c qemu:///system version` (as root,
+    /// `scripts/libvirtd start` starts it). Asked once per test process.
+    case libvirt
 
     public var description: String {
         switch self {
         case .qemu: return "QEMU (\(QEMUTools.requiredTools.joined(separator: ", ")))"
         case .tmpfs: return "root and mount(8), to mount a tmpfs"
         case .chattr: return "chattr +i (root, on a file system with immutable files)"
+        case .libvirt: return "libvirt (root, and libvirtd answering virsh -c \(Virsh.uri) version)"
         }
     }
 
@@ -31,6 +35,9 @@ public enum Requirement: Sendable, CustomStringConvertible {
             return FileManager.default.isExecutableFile(atPath: "/bin/mount") ? nil : "/bin/mount is missing"
         case .chattr:
             return Self.chattrWorks ? nil : "chattr +i does not make a file immutable here"
+        case .libvirt:
+            if getuid() != 0 { return "not root (uid \(getuid())), so no domain can be defined on \(Virsh.uri)" }
+            return Self.libvirtMissing
         }
     }
 
@@ -43,6 +50,15 @@ public enum Requirement: Sendable, CustomStringConvertible {
         let immutable = (try? "y".write(toFile: file, atomically: false, encoding: .utf8)) == nil
         _ = try? QEMUTools.run("chattr", ["-i", file])
         return immutable
+    }()
+
+    /// Nil when `virsh -c qemu:///system version` answers; else why not, in one line.
+    private static let libvirtMissing: String? = {
+        guard QEMUTools.find(Virsh.program) != nil else { return "virsh not on PATH" }
+        guard let result = try? Virsh.run(["version"], timeout: 20) else { return "virsh could not be started" }
+        if result.status == 0 { return nil }
+        let reason = (result.stderr + result.stdout).split(whereSeparator: \.isNewline).first.map(String.init) ?? "no output"
+        return "virsh -c \(Virsh.uri) version does not answer (as root, scripts/libvirtd start starts libvirtd): \(reason)"
     }()
 
     /// Whether the CI switch is on (`CI=true` in the environment).
