@@ -233,8 +233,9 @@ public final class LibvirtVMSession: VMSession {
             throw BackendError(.refused(transient: false), operation: "block-stream",
                                reason: "QEMU shows no active node for libvirt disk \(target.device)")
         }
-        try await registry.record(LibvirtJob(id: jobId, disk: target.device, kind: .stream, pivotTo: nil))
-        try await qemu.startPull(disk: node, jobId: jobId, speed: speed, onError: onError)
+        try await starting(LibvirtJob(id: jobId, disk: target.device, kind: .stream, pivotTo: nil)) {
+            try await qemu.startPull(disk: node, jobId: jobId, speed: speed, onError: onError)
+        }
     }
 
     /// Finalizes a held copy the libvirt way: records the step, cancels the held QEMU job
@@ -286,11 +287,12 @@ public final class LibvirtVMSession: VMSession {
         guard let base = baseFile ?? target.medium?.image.chain.last?.filename else {
             throw BackendError(.refused(transient: false), operation: "virDomainBlockCommit", reason: "libvirt disk \(target.device) has no image")
         }
-        try await registry.record(LibvirtJob(id: jobId, disk: target.device, kind: .commit, pivotTo: base))
         endings.clear(target.device)
         let flags = VIR_DOMAIN_BLOCK_COMMIT_ACTIVE.rawValue | VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES.rawValue
-        try await domain.check("virDomainBlockCommit") { pointer in
-            virDomainBlockCommit(pointer, target.device, base, nil, UInt(speed), flags)
+        try await starting(LibvirtJob(id: jobId, disk: target.device, kind: .commit, pivotTo: base)) {
+            try await domain.check("virDomainBlockCommit") { pointer in
+                virDomainBlockCommit(pointer, target.device, base, nil, UInt(speed), flags)
+            }
         }
     }
 
@@ -298,12 +300,13 @@ public final class LibvirtVMSession: VMSession {
     /// chain into the existing image `target`; ready when caught up.
     public func startMirror(disk: String, jobId: String, target: String, format: String) async throws {
         let entry = try await findDisk(disk)
-        try await registry.record(LibvirtJob(id: jobId, disk: entry.device, kind: .copy, pivotTo: target))
         endings.clear(entry.device)
         let xml = LibvirtDomainXML.copyTarget(file: target, format: format)
         let flags = VIR_DOMAIN_BLOCK_COPY_REUSE_EXT.rawValue | VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB.rawValue
-        try await domain.check("virDomainBlockCopy") { pointer in
-            virDomainBlockCopy(pointer, entry.device, xml, nil, 0, flags)
+        try await starting(LibvirtJob(id: jobId, disk: entry.device, kind: .copy, pivotTo: target)) {
+            try await domain.check("virDomainBlockCopy") { pointer in
+                virDomainBlockCopy(pointer, entry.device, xml, nil, 0, flags)
+            }
         }
     }
 
@@ -398,6 +401,18 @@ public final class LibvirtVMSession: VMSession {
     }
 
     // MARK: Helpers
+
+    /// Records `job` before starting it (a crash in between leaves a record the next
+    /// session reads), and forgets it when the hypervisor refused to start it.
+    private func starting(_ job: LibvirtJob, _ start: () async throws -> Void) async throws {
+        try await registry.record(job)
+        do {
+            try await start()
+        } catch let error as BackendError where error.isRefusal {
+            try? await registry.forget(job.id)
+            throw error
+        }
+    }
 
     private func findDisk(_ name: String) async throws -> VMDisk {
         guard let disk = try await disks().device(named: name) else {

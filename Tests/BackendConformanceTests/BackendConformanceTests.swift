@@ -1,5 +1,6 @@
 import Foundation
 import InMemoryBackend
+import LibvirtBackend
 import LivecopyBackend
 import TestSupport
 import Testing
@@ -49,5 +50,25 @@ struct QMPConformanceTests {
     @Test(.timeLimit(.minutes(2)), arguments: ConformanceCheck.all)
     func qmpBackend(_ check: ConformanceCheck) async throws {
         try await BackendConformance.run(check, on: try ConformanceRig.qemu("lc-conf-qmp"))
+    }
+}
+
+/// The libvirt backend against a real libvirtd and QEMU: the same checks, through
+/// libvirt's API (virDomainSnapshotCreateXML, virDomainBlockPull, virDomainBlockCommit,
+/// virDomainBlockCopy, virDomainBlockJobAbort, BLOCK_JOB_2 events) and its monitor
+/// pass-through (the held copy, the confirmed flush).
+@Suite(.serialized, .requires(.libvirt, .qemu))
+struct LibvirtConformanceTests {
+    @Test(.timeLimit(.minutes(3)), arguments: ConformanceCheck.all)
+    func libvirtBackend(_ check: ConformanceCheck) async throws {
+        try await BackendConformance.run(check, on: try ConformanceRig.libvirt("lc-conf-lv"))
+    }
+
+    @Test func aDomainLibvirtDoesNotHaveIsUnreachable() async throws {
+        let error = try await #require(throws: BackendError.self) {
+            _ = try await LibvirtHypervisor().connect(to: "libvirt:qemu:///system#lctest-no-such-domain", commandTimeout: 5)
+        }
+        #expect(error.kind == .unreachable)
+        #expect(error.description.contains("no domain 'lctest-no-such-domain'"), "\(error)")
     }
 }

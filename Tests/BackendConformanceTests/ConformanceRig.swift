@@ -2,15 +2,20 @@
 
 import Foundation
 import InMemoryBackend
+import LibvirtBackend
 import LivecopyBackend
 import QMPBackend
 import TestSupport
 
-/// A VM with one disk, `drive0`, on `source` (a 4 MiB qcow2 holding 1 MiB of data), in
-/// a scratch directory, reached through `hypervisor` at `address`.
+/// A VM with one disk (`disk`: `drive0`, or libvirt's `vda`) on `source` (a 4 MiB qcow2
+/// holding 1 MiB of data), in a scratch directory, reached through `hypervisor` at `address`.
 struct ConformanceRig {
     let hypervisor: any Hypervisor
     let address: String
+    var disk = "drive0"
+    /// Whether the backend opens an overlay under the node name livecopy gives it (libvirt
+    /// names its nodes itself).
+    var namesNodes = true
     let scratch: TemporaryDirectory
     let source: String
     /// Makes an image file on top of the source, as livecopy makes one before a switch.
@@ -63,5 +68,16 @@ struct ConformanceRig {
         return ConformanceRig(hypervisor: QMPHypervisor(), address: vm.livecopySocket, scratch: scratch, source: source,
                               makeImage: qcow2, tearDown: { await vm.stop(); scratch.remove() })
     }
-}
 
+    /// A real libvirt domain (transient, TCG) on `qemu:///system`, its disk `vda`.
+    static func libvirt(_ name: String) throws -> ConformanceRig {
+        let scratch = try TemporaryDirectory(prefix: name)
+        let source = scratch.appending("source.qcow2")
+        try QEMUImage.create(source, size: "\(virtualSize)")
+        try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "1M")
+        let domain = try LibvirtDomain(name: name, directory: scratch.url, disks: [(target: "vda", image: source)], persistent: false)
+        return ConformanceRig(hypervisor: LibvirtHypervisor(), address: "libvirt:qemu:///system#\(domain.name)", disk: "vda",
+                              namesNodes: false, scratch: scratch, source: source, makeImage: qcow2,
+                              tearDown: { domain.undefineAndDestroy(); scratch.remove() })
+    }
+}
