@@ -6,7 +6,8 @@ import PackageDescription
 /// Module map (each does one job; docs/architecture.md follows the data flow through them):
 /// - `QMP`: the QMP client (SwiftNIO over a UNIX socket) and typed block commands.
 /// - `LivecopyBackend`: the hypervisor boundary: what the engine needs from a hypervisor
-///   (`Hypervisor`, `VMSession`), in the model's words, with named capabilities.
+///   (`Hypervisor`, `VMSession`), in the model's words, with named capabilities; where a VM
+///   is reached (`VMAddress`) and the hypervisor that routes each address to its backend.
 /// - `QMPBackend`: that boundary over QMP (QEMU's monitor), checked at connect.
 /// - `LivecopyModel`: plans, policies, states, the transition table and the store protocol.
 /// - `LivecopyStore`: the SQLite store (GRDB) and the migration runner.
@@ -112,6 +113,11 @@ let package = Package(
             name: "LivecopyEngineTests",
             dependencies: ["LivecopyEngine", "LivecopyStore", "LivecopyModel", "LivecopyBackend", "QMPBackend", "QMP",
                            "InMemoryBackend", "TestSupport"]),
+        .testTarget(
+            name: "LivecopyBackendTests",
+            dependencies: [
+                "LivecopyBackend", "InMemoryBackend", .product(name: "PropertyBased", package: "swift-property-based"),
+            ]),
         .testTarget(
             name: "BackendConformanceTests",
             dependencies: ["LivecopyBackend", "QMPBackend", "QMP", "InMemoryBackend", "TestSupport"]),
