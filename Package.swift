@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "LivecopyModel",
             dependencies: [
-                "EmbeddedFiles",
+                "EmbeddedFiles", "LivecopyBackend",
                 .product(name: "Yams", package: "Yams"),
             ]),
         .target(
@@ -105,7 +105,10 @@ let package = Package(
             dependencies: ["QMP", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(
             name: "LivecopyModelTests",
-            dependencies: ["LivecopyModel", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
+            dependencies: [
+                "LivecopyModel", "LivecopyBackend", "TestSupport",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]),
         .testTarget(
             name: "LivecopyStoreTests",
             dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift")]),

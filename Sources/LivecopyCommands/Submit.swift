@@ -33,10 +33,7 @@ struct Submit: AsyncParsableCommand {
                 try engine.checkOffline(plan, policy: policy)
                 // A plan claiming what another submit recorded meanwhile is refused like the
                 // check above refuses it: one line, exit 2 (a `.claimed` `StoreError`), nothing recorded.
-                let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map {
-                    NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device,
-                                 destination: $0.disk.destination)
-                })
+                let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map(NewPlan.Disk.init))
                 if json {
                     print(try PlanDocument.json(PlanDocument(plan: record, disks: try store.disks(ofPlan: record.id))))
                 } else {
