@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import LivecopyEngine
-import QMPBackend
 import LivecopyModel
 
 /// `livecopy submit PLAN`: validate, preflight, record, then run the plan to its end.
@@ -29,7 +28,7 @@ struct Submit: AsyncParsableCommand {
             let store = try common.openStore()
 
             if detach {
-                let engine = Engine(store: store, hypervisor: QMPHypervisor(), commandTimeout: policy.commandTimeout)
+                let engine = Engine(store: store, hypervisor: makeHypervisor(), commandTimeout: policy.commandTimeout)
                 try engine.checkOffline(plan, policy: policy)
                 // A plan claiming what another submit recorded meanwhile is refused like the
                 // check above refuses it: one line, exit 2 (a `.claimed` `StoreError`), nothing recorded.
@@ -43,7 +42,7 @@ struct Submit: AsyncParsableCommand {
             }
 
             let display = ProgressDisplay()
-            let engine = Engine(store: store, hypervisor: QMPHypervisor(), observer: display,
+            let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
                                 commandTimeout: policy.commandTimeout)
             let disks: [NewPlan.Disk]
             do {
