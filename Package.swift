@@ -6,7 +6,8 @@ import PackageDescription
 /// Module map (each does one job; docs/architecture.md follows the data flow through them):
 /// - `QMP`: the QMP client (SwiftNIO over a UNIX socket) and typed block commands.
 /// - `LivecopyBackend`: the hypervisor boundary: what the engine needs from a hypervisor
-///   (`Hypervisor`, `VMSession`), in the model's words, with named capabilities.
+///   (`Hypervisor`, `VMSession`), in the model's words, with named capabilities; where a VM
+///   is reached (`VMAddress`) and the hypervisor that routes each address to its backend.
 /// - `QMPBackend`: that boundary over QMP (QEMU's monitor), checked at connect.
 /// - `LibvirtBackend`: that boundary over libvirt's C API (`CLibvirt`), for libvirt's domains.
 /// - `LivecopyModel`: plans, policies, states, the transition table and the store protocol.
@@ -59,7 +60,7 @@ let package = Package(
         .target(
             name: "LivecopyModel",
             dependencies: [
-                "EmbeddedFiles",
+                "EmbeddedFiles", "LivecopyBackend",
                 .product(name: "Yams", package: "Yams"),
             ]),
         .target(
@@ -108,7 +109,10 @@ let package = Package(
             dependencies: ["QMP", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(
             name: "LivecopyModelTests",
-            dependencies: ["LivecopyModel", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
+            dependencies: [
+                "LivecopyModel", "LivecopyBackend", "TestSupport",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]),
         .testTarget(
             name: "LivecopyStoreTests",
             dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift")]),
@@ -116,6 +120,11 @@ let package = Package(
             name: "LivecopyEngineTests",
             dependencies: ["LivecopyEngine", "LivecopyStore", "LivecopyModel", "LivecopyBackend", "QMPBackend", "QMP",
                            "InMemoryBackend", "TestSupport"]),
+        .testTarget(
+            name: "LivecopyBackendTests",
+            dependencies: [
+                "LivecopyBackend", "InMemoryBackend", .product(name: "PropertyBased", package: "swift-property-based"),
+            ]),
         .testTarget(
             name: "BackendConformanceTests",
             dependencies: ["LivecopyBackend", "QMPBackend", "LibvirtBackend", "QMP", "InMemoryBackend", "TestSupport"]),

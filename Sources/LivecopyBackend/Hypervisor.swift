@@ -1,22 +1,25 @@
 // The boundary between the engine and a hypervisor: what livecopy needs from one, in
 // the model's words (disks, images, copy jobs), never in one hypervisor's protocol.
 
-/// A way to reach VMs: QEMU's QMP monitor today (`QMPHypervisor`), libvirt next. The
-/// engine opens one `VMSession` per VM through it, and asks nothing else of it.
+/// A way to reach VMs: QEMU's QMP monitor today (`QMPHypervisor`), libvirt next, with
+/// `RoutingHypervisor` choosing between them by address. The engine opens one
+/// `VMSession` per VM through it, and asks nothing else of it.
 public protocol Hypervisor: Sendable {
     /// The backend's name for messages ("QMP", "libvirt", "in-memory").
     var name: String { get }
 
-    /// Opens a session to the VM at `address` (a QMP socket path, a libvirt domain, …),
-    /// after checking that the hypervisor there offers what livecopy needs (its version,
-    /// its commands); throws `BackendError` with kind `.unreachable` or `.unsupported`
-    /// naming what is missing otherwise.
+    /// Opens a session to the VM at `address` (a `VMAddress` as stored: a QMP socket
+    /// path, `libvirt:<uri>#<domain>`), after checking that the hypervisor there offers
+    /// what livecopy needs (its version, its commands); throws `BackendError` with kind
+    /// `.unreachable` or `.unsupported` naming what is missing otherwise.
     func connect(to address: String, commandTimeout: Double) async throws -> any VMSession
 
     /// Checks, without connecting, that whoever can reach `address` is only livecopy's
     /// user (a QMP socket is root-equivalent: whoever can write to it commands the VM);
     /// `allowShared` accepts an address others can reach. Throws `BackendError` of kind
-    /// `.unsafe`. An address that does not exist passes: `connect` reports it.
+    /// `.unsafe`; or, for an address this hypervisor cannot serve at all, the error
+    /// `connect` would throw (`.unreachable`, `.unsupported`). An address that does not
+    /// exist passes: `connect` reports it.
     func checkAddress(_ address: String, allowShared: Bool) throws
 }
 

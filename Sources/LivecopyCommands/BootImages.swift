@@ -1,5 +1,4 @@
 import LivecopyEngine
-import QMPBackend
 import LivecopyModel
 
 /// The image each disk's VM must boot from, as `status` shows it: the answer of
@@ -8,7 +7,7 @@ enum BootImages {
     /// By disk id, for the disks that have an answer. The running VM is asked only when no
     /// live livecopy holds its monitor (that owner settles the answer itself).
     static func of(_ plan: PlanRecord, disks: [DiskRecord], store: any WorkflowStore) async -> [Int64: String] {
-        let engine = Engine(store: store, hypervisor: QMPHypervisor(), commandTimeout: plan.policy.commandTimeout)
+        let engine = Engine(store: store, hypervisor: makeHypervisor(), commandTimeout: plan.policy.commandTimeout)
         let askingQEMU = plan.state != .pending && plan.state != .refused && (try? engine.liveOwner(ofPlan: plan.id)) == nil
         var images: [Int64: String] = [:]
         for disk in disks {

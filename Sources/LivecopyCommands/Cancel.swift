@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import LivecopyEngine
-import QMPBackend
 import LivecopyModel
 
 /// `livecopy cancel ID`: stop a plan and roll back its disks that are not completed.
@@ -32,7 +31,7 @@ struct Cancel: AsyncParsableCommand {
             guard !plan.state.isFinal else { throw InputError("plan \(id) is \(plan.state.rawValue); there is nothing to cancel") }
             try store.requestCancel(planId: id, at: Date())
             let display = ProgressDisplay()
-            let engine = Engine(store: store, hypervisor: QMPHypervisor(), observer: display,
+            let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
                                 commandTimeout: plan.policy.commandTimeout)
             if let owner = try engine.liveOwner(ofPlan: id) {
                 printStderr("livecopy: cancel of plan \(id) requested; its owner (\(owner)) rolls it back")

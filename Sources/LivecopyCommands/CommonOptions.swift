@@ -159,7 +159,7 @@ func requirePlan(_ id: Int64, in store: SQLiteStore) throws -> PlanRecord {
     return plan
 }
 
-/// Runs a plan with `engine` to its end, then closes the engine's QMP sessions and the
+/// Runs a plan with `engine` to its end, then closes the engine's VM sessions and the
 /// progress display, whatever happened.
 func drive(_ engine: Engine, planId: Int64, mode: RunMode = .resume, display: ProgressDisplay) async throws -> PlanRecord {
     defer { display.finish() }

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import LivecopyEngine
-import QMPBackend
 import LivecopyModel
 
 /// `livecopy recover`: after a crash of livecopy, of QEMU or of the host, reconcile every
@@ -47,7 +46,7 @@ struct Recover: AsyncParsableCommand {
             var documents: [PlanDocument] = []
             for record in candidates {
                 let display = ProgressDisplay()
-                let engine = Engine(store: store, hypervisor: QMPHypervisor(), observer: display,
+                let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
                                     commandTimeout: record.policy.commandTimeout)
                 if let owner = try engine.liveOwner(ofPlan: record.id) {
                     let message = "plan \(record.id) is driven by a live livecopy (\(owner)); not touching it"

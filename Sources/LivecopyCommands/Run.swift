@@ -1,6 +1,5 @@
 import ArgumentParser
 import LivecopyEngine
-import QMPBackend
 import LivecopyModel
 
 /// `livecopy run [--plan ID]`: drive pending plans (or one named plan) to a final state.
@@ -27,7 +26,7 @@ struct Run: AsyncParsableCommand {
             var status = ExitStatus.success
             for record in plans {
                 let display = ProgressDisplay()
-                let engine = Engine(store: store, hypervisor: QMPHypervisor(), observer: display,
+                let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
                                     commandTimeout: record.policy.commandTimeout)
                 printStderr("livecopy: running plan \(record.id)\(record.name.map { " (\($0))" } ?? "")")
                 let final = try await drive(engine, planId: record.id, display: display)

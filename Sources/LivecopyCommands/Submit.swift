@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import LivecopyEngine
-import QMPBackend
 import LivecopyModel
 
 /// `livecopy submit PLAN`: validate, preflight, record, then run the plan to its end.
@@ -29,14 +28,11 @@ struct Submit: AsyncParsableCommand {
             let store = try common.openStore()
 
             if detach {
-                let engine = Engine(store: store, hypervisor: QMPHypervisor(), commandTimeout: policy.commandTimeout)
+                let engine = Engine(store: store, hypervisor: makeHypervisor(), commandTimeout: policy.commandTimeout)
                 try engine.checkOffline(plan, policy: policy)
                 // A plan claiming what another submit recorded meanwhile is refused like the
                 // check above refuses it: one line, exit 2 (a `.claimed` `StoreError`), nothing recorded.
-                let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map {
-                    NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device,
-                                 destination: $0.disk.destination)
-                })
+                let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map(NewPlan.Disk.init))
                 if json {
                     print(try PlanDocument.json(PlanDocument(plan: record, disks: try store.disks(ofPlan: record.id))))
                 } else {
@@ -46,7 +42,7 @@ struct Submit: AsyncParsableCommand {
             }
 
             let display = ProgressDisplay()
-            let engine = Engine(store: store, hypervisor: QMPHypervisor(), observer: display,
+            let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
                                 commandTimeout: policy.commandTimeout)
             let disks: [NewPlan.Disk]
             do {

@@ -19,23 +19,22 @@ extension Engine {
     func refusalOfDetached(_ disks: [DiskRecord], policy: Policy, preflight: Preflight) async -> String? {
         var space = FreeSpaceCheck(margin: policy.spaceMargin)
         do {
-            for socket in Set(disks.map(\.qmpSocket)).sorted() {
-                let mine = disks.filter { $0.qmpSocket == socket }
+            for address in Set(disks.map(\.vmAddress)).sorted() {
+                let mine = disks.filter { $0.vmAddress == address }
                 let vmName = mine[0].vmName
-                guard let session = try? await preflight.sessions.session(for: socket),
+                guard let session = try? await preflight.sessions.session(for: address),
                       let devices = try? await session.disks() else { continue }
-                let vm = Plan.VM(name: vmName, qmp: socket, disks: [])
                 var planDevices = Set<String>()
                 for disk in mine {
                     let name = "VM '\(disk.vmName)' disk '\(disk.device)'"
                     let found = try Preflight.check(Plan.Disk(device: disk.device, destination: disk.destination),
-                                                    of: vm, in: devices, name: name, policy: policy)
+                                                    vmName: vmName, vmAddress: address, in: devices, name: name, policy: policy)
                     planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
                     if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
                         space.add(name: name, destination: disk.destination, source: image)
                     }
                 }
-                try await preflight.checkActivity(vmName: vmName, socket: socket, session: session, devices: devices,
+                try await preflight.checkActivity(vmName: vmName, vmAddress: address, session: session, devices: devices,
                                                   planDevices: planDevices)
             }
             try space.check()

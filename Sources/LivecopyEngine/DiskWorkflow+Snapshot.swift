@@ -75,10 +75,9 @@ extension DiskWorkflow {
     /// A plan recorded with `submit --detach` learns its source now, with the same checks
     /// as preflight at submission.
     func discoverSource() async throws {
-        let vm = Plan.VM(name: disk.vmName, qmp: disk.qmpSocket, disks: [])
         let found = try Preflight.check(
-            Plan.Disk(device: disk.device, destination: disk.destination), of: vm, in: try await session.disks(),
-            name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
+            Plan.Disk(device: disk.device, destination: disk.destination), vmName: disk.vmName, vmAddress: disk.vmAddress,
+            in: try await session.disks(), name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
         try await ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
             $0.source = found.source
             $0.sourceFormat = found.sourceFormat

@@ -46,15 +46,15 @@ extension Engine {
             let disk = ledger.disk
             if disk.state.isFinal { return nil }
             do {
-                try sessions.hypervisor.checkAddress(disk.qmpSocket, allowShared: policy.allowSharedSocket)
+                try sessions.hypervisor.checkAddress(disk.vmAddress, allowShared: policy.allowSharedSocket)
             } catch {
-                // Checked again at every run: the socket may have changed since the plan was checked.
+                // Checked again at every run: the address may have changed since the plan was checked.
                 try await ledger.note("VM '\(disk.vmName)': \(describe(error)); not connecting")
                 return nil
             }
             let session: any VMSession
             do {
-                session = try await sessions.session(for: disk.qmpSocket)
+                session = try await sessions.session(for: disk.vmAddress)
             } catch {
                 if Task.isCancelled { return nil }
                 let boot = disk.bootImage.map { "; start it on \($0)" } ?? ""
@@ -67,7 +67,7 @@ extension Engine {
                 // record is in doubt. Either way this disk's record is read again after it.
                 let phase: Result<Set<Int64>, Error>
                 do {
-                    phase = .success(try await snapshots.join(disk.qmpSocket) {
+                    phase = .success(try await snapshots.join(disk.vmAddress) {
                         try await self.snapshotPhase(of: disk, session: session, policy: policy)
                     })
                 } catch {
@@ -99,7 +99,7 @@ extension Engine {
     /// one transaction (`VMSnapshot`). Returns the ids of the disks it settled.
     func snapshotPhase(of disk: DiskRecord, session: any VMSession, policy: Policy) async throws -> Set<Int64> {
         let members = try store.disks(ofPlan: disk.planId)
-            .filter { $0.qmpSocket == disk.qmpSocket && !$0.state.isFinal }
+            .filter { $0.vmAddress == disk.vmAddress && !$0.state.isFinal }
             .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy) }
         return try await VMSnapshot(vmName: disk.vmName, members: members).run()
     }

@@ -31,15 +31,15 @@ extension Engine {
         }
         var applied: [String] = []
         var failures: [String] = []
-        let sockets = Set(disks.filter { !$0.state.isFinal }.map(\.qmpSocket)).sorted()
-        for socket in sockets {
-            guard let session = await sessions.existing(for: socket) else { continue }
-            let ids = Set(disks.filter { $0.qmpSocket == socket }.map(\.streamJobId))
+        let addresses = Set(disks.filter { !$0.state.isFinal }.map(\.vmAddress)).sorted()
+        for address in addresses {
+            guard let session = await sessions.existing(for: address) else { continue }
+            let ids = Set(disks.filter { $0.vmAddress == address }.map(\.streamJobId))
             let jobs: [CopyJob]
             do {
                 jobs = try await session.jobs().filter { ids.contains($0.id) && $0.status.acceptsControls }
             } catch {
-                failures.append("\(socket): \(describe(error))")
+                failures.append("\(VMAddress.describe(stored: address)): \(describe(error))")
                 continue
             }
             for job in jobs.sorted(by: { $0.id < $1.id }) {

@@ -15,7 +15,7 @@ extension Engine {
             if let intent = disk.intent { recorded += " (unfinished: \(intent.rawValue))" }
             let session: any VMSession
             do {
-                session = try await sessions.session(for: disk.qmpSocket)
+                session = try await sessions.session(for: disk.vmAddress)
             } catch {
                 report.append((disk, "\(recorded); VM unreachable (\(describe(error))); \(await bootAdvice(for: disk))"))
                 continue
@@ -60,7 +60,7 @@ extension Engine {
         // A running VM on the destination: that is the image with every write. (Its qcow2
         // metadata may not be on disk yet, so the file alone would mislead.)
         // Only the devices are asked: the boot image does not depend on the jobs.
-        if askingQEMU, let session = try? await sessions.session(for: disk.qmpSocket),
+        if askingQEMU, let session = try? await sessions.session(for: disk.vmAddress),
            let devices = try? await session.disks(), devices.entry(for: disk)?.medium?.file == disk.destination {
             return disk.destination
         }

@@ -62,8 +62,8 @@ public final class Engine: Sendable {
         try await Preflight(sessions: sessions, store: store).run(plan, policy: policy)
     }
 
-    /// The checks that need no VM: QMP sockets' owners and modes, destinations and other
-    /// plans' claims. For `submit --detach`.
+    /// The checks that need no VM: the VM addresses (a QMP socket's owner and mode),
+    /// destinations and other plans' claims. For `submit --detach`.
     public func checkOffline(_ plan: Plan, policy: Policy) throws {
         try Preflight(sessions: sessions, store: store).checkOffline(plan, policy: policy)
     }
@@ -76,9 +76,7 @@ public final class Engine: Sendable {
 
     /// Records a plan that preflight refused, with its reason, so history shows it.
     public func recordRefused(_ plan: Plan, policy: Policy, reason: String) throws -> PlanRecord {
-        let disks = plan.allDisks.map {
-            NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device, destination: $0.disk.destination)
-        }
+        let disks = plan.allDisks.map(NewPlan.Disk.init)
         let new = NewPlan(name: plan.name, policyReference: plan.policyReference, policy: policy, state: .refused,
                           error: reason, disks: disks)
         return try store.insertPlan(new, at: Date()).0

@@ -119,14 +119,15 @@ struct Preflight {
         var sources = Set<String>()
         var space = FreeSpaceCheck(margin: policy.spaceMargin)
         for vm in plan.vms {
+            let address = vm.address.stored
             do {
-                try sessions.hypervisor.checkAddress(vm.qmp, allowShared: policy.allowSharedSocket)
+                try sessions.hypervisor.checkAddress(address, allowShared: policy.allowSharedSocket)
             } catch let error as BackendError {
                 throw PreflightError("VM '\(vm.name)': \(error.description)")
             }
             let session: any VMSession
             do {
-                session = try await sessions.session(for: vm.qmp)
+                session = try await sessions.session(for: address)
             } catch {
                 throw PreflightError("VM '\(vm.name)': \(describe(error))")
             }
@@ -139,7 +140,7 @@ struct Preflight {
             var planDevices = Set<String>()
             for disk in vm.disks {
                 let name = "VM '\(vm.name)' disk '\(disk.device)'"
-                let found = try Self.check(disk, of: vm, in: devices, name: name, policy: policy)
+                let found = try Self.check(disk, vmName: vm.name, vmAddress: address, in: devices, name: name, policy: policy)
                 planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
                 guard sources.insert(found.source ?? "").inserted else {
                     throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
@@ -149,7 +150,7 @@ struct Preflight {
                     space.add(name: name, destination: disk.destination, source: image)
                 }
             }
-            try await checkActivity(vmName: vm.name, socket: vm.qmp, session: session, devices: devices, planDevices: planDevices)
+            try await checkActivity(vmName: vm.name, vmAddress: address, session: session, devices: devices, planDevices: planDevices)
         }
         try space.check()
         return disks
@@ -157,7 +158,7 @@ struct Preflight {
 
     /// For one VM of the plan: its backend can do what the stream strategy needs, and
     /// `VMActivityCheck` (no foreign job, no migration).
-    func checkActivity(vmName: String, socket: String, session: any VMSession, devices: [VMDisk],
+    func checkActivity(vmName: String, vmAddress: String, session: any VMSession, devices: [VMDisk],
                        planDevices: Set<String>) async throws {
         let missing = BackendCapability.neededToStream.subtracting(session.capabilities)
         if !missing.isEmpty {
@@ -168,10 +169,13 @@ struct Preflight {
         try await VMActivityCheck.check(
             vmName: vmName, session: session, planDevices: planDevices,
             deviceNames: Set(devices.map(\.device).filter { !$0.isEmpty })
-        ) { VMActivityCheck.isOwnJobOfAnotherDisk($0, socket: socket, planDevices: planDevices, store: store) }
+        ) { VMActivityCheck.isOwnJobOfAnotherDisk($0, vmAddress: vmAddress, planDevices: planDevices, store: store) }
     }
 
-    static func check(_ disk: Plan.Disk, of vm: Plan.VM, in devices: [VMDisk], name: String, policy: Policy) throws -> NewPlan.Disk {
+    /// Checks `disk` of the VM `vmName` at `vmAddress` (stored form) against the VM's
+    /// `devices`, and returns it as it is to be recorded, with its source found.
+    static func check(_ disk: Plan.Disk, vmName: String, vmAddress: String, in devices: [VMDisk], name: String,
+                      policy: Policy) throws -> NewPlan.Disk {
         guard let entry = devices.device(named: disk.device) else {
             let known = devices.map { $0.device.isEmpty ? ($0.guestDevice ?? "?") : $0.device }.joined(separator: ", ")
             throw PreflightError("\(name): no such device in the VM (devices: \(known))")
@@ -210,7 +214,7 @@ struct Preflight {
         }
         let qmpDevice = entry.device.isEmpty ? (entry.guestDevice ?? medium.nodeName ?? disk.device) : entry.device
         return NewPlan.Disk(
-            vmName: vm.name, qmpSocket: vm.qmp, device: disk.device, destination: disk.destination,
+            vmName: vmName, vmAddress: vmAddress, device: disk.device, destination: disk.destination,
             source: source, sourceFormat: medium.image.format, qmpDevice: qmpDevice)
     }
 
@@ -233,7 +237,7 @@ struct Preflight {
         try checkOtherPlans(plan)
         for (vm, disk) in plan.allDisks {
             do {
-                try sessions.hypervisor.checkAddress(vm.qmp, allowShared: policy.allowSharedSocket)
+                try sessions.hypervisor.checkAddress(vm.address.stored, allowShared: policy.allowSharedSocket)
                 try DestinationCheck.refuseExisting(disk.destination)
                 try DestinationCheck.checkDirectory(of: disk.destination)
             } catch let error as PreflightError {
@@ -255,7 +259,7 @@ struct Preflight {
                     var claim: ClaimConflict.Claim?
                     if claimed.destination == disk.destination {
                         claim = .destination(disk.destination)
-                    } else if claimed.qmpSocket == vm.qmp && claimed.device == disk.device {
+                    } else if claimed.vmAddress == vm.address.stored && claimed.device == disk.device {
                         claim = .vmDisk
                     }
                     if let claim {

@@ -50,11 +50,11 @@ enum VMActivityCheck {
     }
 
     /// Whether `id` is a job livecopy made (`livecopy-stream-N`, `livecopy-commit-N`) for a
-    /// disk recorded on `socket` whose device is not one of `planDevices`.
-    static func isOwnJobOfAnotherDisk(_ id: String, socket: String, planDevices: Set<String>, store: any WorkflowStore) -> Bool {
+    /// disk recorded at `vmAddress` (stored form) whose device is not one of `planDevices`.
+    static func isOwnJobOfAnotherDisk(_ id: String, vmAddress: String, planDevices: Set<String>, store: any WorkflowStore) -> Bool {
         for prefix in ["livecopy-stream-", "livecopy-commit-"] where id.hasPrefix(prefix) {
             guard let diskId = Int64(id.dropFirst(prefix.count)),
-                  let disk = try? store.disk(id: diskId), disk.qmpSocket == socket else { return false }
+                  let disk = try? store.disk(id: diskId), disk.vmAddress == vmAddress else { return false }
             return !planDevices.contains(disk.device) && !planDevices.contains(disk.qmpDevice ?? "")
         }
         return false

@@ -1,4 +1,4 @@
-// The engine's VM sessions, one per VM address (QMP socket).
+// The engine's VM sessions, one per VM address (`VMAddress` in its stored form).
 
 import LivecopyBackend
 

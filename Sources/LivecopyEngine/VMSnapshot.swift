@@ -92,12 +92,12 @@ struct VMSnapshot {
 actor VMSnapshotBarrier {
     private var steps: [String: Task<Set<Int64>, Error>] = [:]
 
-    /// Waits for the step of the VM at `socket`, starting it with `step` if none has
-    /// started; returns the ids of the disks the step acted on.
-    func join(_ socket: String, _ step: @escaping @Sendable () async throws -> Set<Int64>) async throws -> Set<Int64> {
-        if let running = steps[socket] { return try await running.value }
+    /// Waits for the step of the VM at `address` (stored form), starting it with `step`
+    /// if none has started; returns the ids of the disks the step acted on.
+    func join(_ address: String, _ step: @escaping @Sendable () async throws -> Set<Int64>) async throws -> Set<Int64> {
+        if let running = steps[address] { return try await running.value }
         let started = Task { try await step() }
-        steps[socket] = started
+        steps[address] = started
         return try await started.value
     }
 }

@@ -9,7 +9,7 @@ public struct ClaimConflict: CustomStringConvertible, Sendable, Equatable {
     public enum Claim: Sendable, Equatable {
         /// The destination file, by path.
         case destination(String)
-        /// The VM disk (its QMP socket and device).
+        /// The VM disk (its VM address and device).
         case vmDisk
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import LivecopyBackend
 
 /// A copy plan as an operator writes it: which disks of which VMs go where.
 ///
@@ -11,25 +12,33 @@ import Foundation
 ///     disks:
 ///       - device: drive0
 ///         destination: /srv/new/web01-root.qcow2
+///   - name: db01
+///     libvirt: {uri: "qemu:///system", domain: db01}
+///     disks:
+///       - device: vda
+///         destination: /srv/new/db01-root.qcow2
 /// ```
 public struct Plan: Sendable, Equatable {
-    /// One VM of a plan, reached through a QMP monitor reserved for livecopy.
+    /// One VM of a plan, reached through a QMP monitor reserved for livecopy or through
+    /// libvirt.
     public struct VM: Sendable, Equatable {
         public var name: String
-        /// Path of the VM's QMP UNIX socket.
-        public var qmp: String
+        /// Where the VM is reached: the path of livecopy's QMP socket (`qmp:`), or a
+        /// libvirt domain (`libvirt:`).
+        public var address: VMAddress
         public var disks: [Disk]
 
-        public init(name: String, qmp: String, disks: [Disk]) {
+        public init(name: String, address: VMAddress, disks: [Disk]) {
             self.name = name
-            self.qmp = qmp
+            self.address = address
             self.disks = disks
         }
     }
 
-    /// One disk to move: a QEMU block device and the qcow2 image it moves to.
+    /// One disk to move: a block device of the VM and the qcow2 image it moves to.
     public struct Disk: Sendable, Equatable {
-        /// `query-block` device name, qdev id or node name.
+        /// QMP: the `query-block` device name, qdev id or node name. libvirt: the disk's
+        /// target (`vda`) or its source path.
         public var device: String
         /// Absolute path of the new qcow2 image; it must not exist yet.
         public var destination: String
@@ -51,6 +60,9 @@ public struct Plan: Sendable, Equatable {
         self.policyReference = policyReference
         self.vms = vms
     }
+
+    /// The libvirt URI of a `libvirt:` VM that names none.
+    public static let defaultLibvirtURI = "qemu:///system"
 
     /// Every disk with its VM, in plan order.
     public var allDisks: [(vm: VM, disk: Disk)] {
@@ -76,11 +88,9 @@ extension Plan {
 
         var vms: [VM] = []
         for vmNode in vmNodes {
-            let members = try vmNode.mapping(allowed: ["name", "qmp", "disks"])
+            let members = try vmNode.mapping(allowed: ["name", "qmp", "libvirt", "disks"])
             guard let name = try members["name"]?.string() else { throw vmNode.fail("has no 'name'") }
-            guard let qmpNode = members["qmp"] else { throw vmNode.fail("(VM '\(name)') has no 'qmp' socket path") }
-            let qmp = try qmpNode.string()
-            guard qmp.hasPrefix("/") else { throw qmpNode.fail("must be an absolute path, not '\(qmp)'") }
+            let address = try address(of: vmNode, members, name: name)
             guard let disksNode = members["disks"] else { throw vmNode.fail("(VM '\(name)') has no 'disks' list") }
             let diskNodes = try disksNode.sequence()
             guard !diskNodes.isEmpty else { throw disksNode.fail("(VM '\(name)') lists no disks") }
@@ -97,7 +107,7 @@ extension Plan {
                 }
                 disks.append(Disk(device: device, destination: normalize(destination)))
             }
-            vms.append(VM(name: name, qmp: qmp, disks: disks))
+            vms.append(VM(name: name, address: address, disks: disks))
         }
 
         let plan = Plan(name: try top["name"]?.string(), policyReference: try top["policy"]?.string(), vms: vms)
@@ -105,13 +115,40 @@ extension Plan {
         return plan
     }
 
-    /// Two VMs with one name or one socket, one device twice, or one destination twice.
+    /// The VM's address: its `qmp:` socket (an absolute path) or its `libvirt:` domain
+    /// (`uri`, by default `qemu:///system`, and `domain`), exactly one of them.
+    private static func address(of vmNode: StrictYAML, _ members: [String: StrictYAML], name: String) throws -> VMAddress {
+        switch (members["qmp"], members["libvirt"]) {
+        case (let qmpNode?, nil):
+            let socket = try qmpNode.string()
+            guard socket.hasPrefix("/") else { throw qmpNode.fail("must be an absolute path, not '\(socket)'") }
+            return .qmp(socket: socket)
+        case (nil, let libvirtNode?):
+            let fields = try libvirtNode.mapping(allowed: ["uri", "domain"])
+            guard let domain = try fields["domain"]?.stringWithoutControlCharacters() else {
+                throw libvirtNode.fail("(VM '\(name)') has no 'domain'")
+            }
+            guard let uriNode = fields["uri"] else { return .libvirt(uri: defaultLibvirtURI, domain: domain) }
+            let uri = try uriNode.stringWithoutControlCharacters()
+            // The stored address ends the URI at its first '#' (VMAddress); libvirt URIs have no fragment.
+            guard !uri.unicodeScalars.contains("#") else {
+                throw uriNode.fail("has invalid value '\(uri)' (expected a libvirt URI, with no '#', such as \(defaultLibvirtURI))")
+            }
+            return .libvirt(uri: uri, domain: domain)
+        case (.some, .some):
+            throw vmNode.fail("(VM '\(name)') has both 'qmp' and 'libvirt'; name one")
+        case (nil, nil):
+            throw vmNode.fail("(VM '\(name)') has neither 'qmp' nor 'libvirt'; name one")
+        }
+    }
+
+    /// Two VMs with one name or one address, one device twice, or one destination twice.
     func checkDuplicates(source: String) throws {
-        var names = Set<String>(), sockets = Set<String>(), destinations = Set<String>()
+        var names = Set<String>(), addresses = Set<VMAddress>(), destinations = Set<String>()
         for vm in vms {
             guard names.insert(vm.name).inserted else { throw InputError("\(source): VM '\(vm.name)' is listed twice") }
-            guard sockets.insert(normalize(vm.qmp)).inserted else {
-                throw InputError("\(source): QMP socket \(vm.qmp) is listed for two VMs")
+            guard addresses.insert(vm.address.identity).inserted else {
+                throw InputError("\(source): \(vm.address) is listed for two VMs")
             }
             var devices = Set<String>()
             for disk in vm.disks {
@@ -122,6 +159,17 @@ extension Plan {
                     throw InputError("\(source): destination \(disk.destination) is claimed by two disks")
                 }
             }
+        }
+    }
+}
+
+extension VMAddress {
+    /// What two VMs of a plan must not share: the socket's path normalized, or the libvirt
+    /// URI and domain as written.
+    var identity: VMAddress {
+        switch self {
+        case .qmp(let socket): return .qmp(socket: normalize(socket))
+        case .libvirt: return self
         }
     }
 }

@@ -34,7 +34,9 @@ public struct DiskRecord: Sendable, Equatable {
     public let id: Int64
     public let planId: Int64
     public var vmName: String
-    public var qmpSocket: String
+    /// Where the VM is reached, as `VMAddress.stored` says it: the QMP socket's path, or
+    /// `libvirt:<uri>#<domain>`.
+    public var vmAddress: String
     /// The device as the plan names it.
     public var device: String
     public var destination: String
@@ -56,14 +58,14 @@ public struct DiskRecord: Sendable, Equatable {
     public var updatedAt: Date
 
     public init(
-        id: Int64, planId: Int64, vmName: String, qmpSocket: String, device: String, destination: String,
+        id: Int64, planId: Int64, vmName: String, vmAddress: String, device: String, destination: String,
         source: String?, sourceFormat: String?, qmpDevice: String?, state: DiskState, bytesDone: Int64,
         bytesTotal: Int64, error: String?, intent: DiskIntent?, destinationCreated: Bool, updatedAt: Date
     ) {
         self.id = id
         self.planId = planId
         self.vmName = vmName
-        self.qmpSocket = qmpSocket
+        self.vmAddress = vmAddress
         self.device = device
         self.destination = destination
         self.source = source
@@ -163,22 +165,29 @@ public struct NewEvent: Sendable, Equatable {
 public struct NewPlan: Sendable {
     public struct Disk: Sendable {
         public var vmName: String
-        public var qmpSocket: String
+        /// `VMAddress.stored`.
+        public var vmAddress: String
         public var device: String
         public var destination: String
         public var source: String?
         public var sourceFormat: String?
         public var qmpDevice: String?
 
-        public init(vmName: String, qmpSocket: String, device: String, destination: String,
+        public init(vmName: String, vmAddress: String, device: String, destination: String,
                     source: String? = nil, sourceFormat: String? = nil, qmpDevice: String? = nil) {
             self.vmName = vmName
-            self.qmpSocket = qmpSocket
+            self.vmAddress = vmAddress
             self.device = device
             self.destination = destination
             self.source = source
             self.sourceFormat = sourceFormat
             self.qmpDevice = qmpDevice
+        }
+
+        /// `disk` of `vm` as the plan names it, its source not known yet (a plan recorded
+        /// detached, or refused).
+        public init(vm: Plan.VM, disk: Plan.Disk) {
+            self.init(vmName: vm.name, vmAddress: vm.address.stored, device: disk.device, destination: disk.destination)
         }
     }
 

@@ -10,13 +10,15 @@ public struct InputError: Error, CustomStringConvertible, Sendable, Equatable {
     public init(_ message: String) { self.message = Self.escapingLineBreaks(message) }
     public var description: String { message }
 
-    static func escapingLineBreaks(_ text: String) -> String {
-        func breaks(_ scalar: Unicode.Scalar) -> Bool {
-            switch scalar.properties.generalCategory {
-            case .control, .lineSeparator, .paragraphSeparator: return true
-            default: return false
-            }
+    /// Whether `scalar` is a control character or a line or paragraph separator.
+    static func breaks(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.properties.generalCategory {
+        case .control, .lineSeparator, .paragraphSeparator: return true
+        default: return false
         }
+    }
+
+    static func escapingLineBreaks(_ text: String) -> String {
         guard text.unicodeScalars.contains(where: breaks) else { return text }
         var escaped = String.UnicodeScalarView()
         for scalar in text.unicodeScalars {
@@ -132,6 +134,13 @@ struct StrictYAML {
         guard case .scalar(let scalar) = node else { throw fail("must be a string") }
         let value = scalar.string.trimmingCharacters(in: .whitespaces)
         guard !value.isEmpty else { throw fail("must not be empty") }
+        return value
+    }
+
+    /// A non-empty scalar string with no control characters (tabs, line breaks, NUL, …).
+    func stringWithoutControlCharacters() throws -> String {
+        let value = try string()
+        guard !value.unicodeScalars.contains(where: InputError.breaks) else { throw fail("must not contain control characters") }
         return value
     }
 

@@ -63,7 +63,7 @@ extension SQLiteStore {
             return intent
         }
         return DiskRecord(
-            id: try value("id"), planId: try value("plan_id"), vmName: try value("vm_name"), qmpSocket: try value("qmp_socket"),
+            id: try value("id"), planId: try value("plan_id"), vmName: try value("vm_name"), vmAddress: try value("vm_address"),
             device: try value("device"), destination: try value("destination"), source: try value("source"),
             sourceFormat: try value("source_format"), qmpDevice: try value("qmp_device"), state: state,
             bytesDone: try value("bytes_done"), bytesTotal: try value("bytes_total"), error: try value("error"),

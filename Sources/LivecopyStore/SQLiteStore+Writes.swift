@@ -23,11 +23,11 @@ extension SQLiteStore {
             for disk in plan.disks {
                 try db.executeCached(
                     sql: """
-                        INSERT INTO disks (plan_id, vm_name, qmp_socket, device, destination, source, source_format,
+                        INSERT INTO disks (plan_id, vm_name, vm_address, device, destination, source, source_format,
                                            qmp_device, state, updated_at)
                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)
                         """,
-                    arguments: [planId, disk.vmName, disk.qmpSocket, disk.device, disk.destination, disk.source,
+                    arguments: [planId, disk.vmName, disk.vmAddress, disk.device, disk.destination, disk.source,
                                 disk.sourceFormat, disk.qmpDevice, at.timeIntervalSince1970])
             }
             let detail = plan.error.map { "plan \(plan.state.rawValue): \($0)" }
@@ -45,11 +45,11 @@ extension SQLiteStore {
     static let diskNotFinal = "state NOT IN ('completed', 'rolled_back')"
 
     /// Throws a `.claimed` `StoreError` when a plan not yet final has a disk not yet final with one
-    /// of `disks`' destinations, or on the same VM disk (QMP socket and device).
+    /// of `disks`' destinations, or on the same VM disk (VM address and device).
     private static func refuseClaimed(_ db: Database, _ disks: [NewPlan.Disk]) throws {
         let planStates = ClaimConflict.claimingPlanStates.map { "'\($0.rawValue)'" }.joined(separator: ", ")
         for disk in disks {
-            for (sameDestination, match) in [(true, "destination = ?"), (false, "qmp_socket = ? AND device = ?")] {
+            for (sameDestination, match) in [(true, "destination = ?"), (false, "vm_address = ? AND device = ?")] {
                 let row = try Row.fetchOne(
                     db,
                     sql: """
@@ -58,7 +58,7 @@ extension SQLiteStore {
                         WHERE d.\(match) AND d.\(diskNotFinal) AND p.state IN (\(planStates))
                         ORDER BY p.id LIMIT 1
                         """,
-                    arguments: sameDestination ? [disk.destination] : [disk.qmpSocket, disk.device])
+                    arguments: sameDestination ? [disk.destination] : [disk.vmAddress, disk.device])
                 guard let row else { continue }
                 let stateText: String = try column(row, "plan_state", of: "plans")
                 guard let state = PlanState(rawValue: stateText) else { throw StoreError("plan has unknown state '\(stateText)'") }

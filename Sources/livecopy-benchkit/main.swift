@@ -121,7 +121,7 @@ func synth(_ args: [String]) throws {
                 let at = base.addingTimeInterval(Double(number) * 60)
                 let vm = "vm\(number % 5000)"
                 let newDisks = (0..<disksPerPlan).map { index in
-                    NewPlan.Disk(vmName: vm, qmpSocket: "/run/livecopy/\(vm).qmp", device: "drive\(index)",
+                    NewPlan.Disk(vmName: vm, vmAddress: "/run/livecopy/\(vm).qmp", device: "drive\(index)",
                                  destination: "/srv/new/\(vm)-\(number)-disk\(index).qcow2",
                                  source: "/srv/old/\(vm)-disk\(index).qcow2", sourceFormat: "qcow2", qmpDevice: "drive\(index)")
                 }
@@ -172,7 +172,7 @@ func transitions(_ args: [String]) async throws {
     let store = try SQLiteStore(path: path)
     let policy = try Policy.shippedDefault()
     let newDisks = (0..<diskCount).map { index in
-        NewPlan.Disk(vmName: "vm\(index / 2)", qmpSocket: "/run/livecopy/vm\(index / 2).qmp", device: "drive\(index % 2)",
+        NewPlan.Disk(vmName: "vm\(index / 2)", vmAddress: "/run/livecopy/vm\(index / 2).qmp", device: "drive\(index % 2)",
                      destination: "/srv/new/transitions-\(index).qcow2", source: "/srv/old/transitions-\(index).qcow2",
                      sourceFormat: "qcow2", qmpDevice: "drive\(index % 2)")
     }

@@ -32,7 +32,7 @@ struct BootImageAgreementTests {
         let socket = scratch.appending("gone.qmp")
         let new = NewPlan(name: "boot", policyReference: nil, policy: try Policy.resolve(nil), state: .pending,
                           disks: Self.states.map { name, _ in
-                              NewPlan.Disk(vmName: "vm", qmpSocket: socket, device: name, destination: scratch.appending("\(name)-dst.qcow2"),
+                              NewPlan.Disk(vmName: "vm", vmAddress: socket, device: name, destination: scratch.appending("\(name)-dst.qcow2"),
                                            source: scratch.appending("\(name)-src.qcow2"), sourceFormat: "qcow2", qmpDevice: name)
                           })
         let (plan, disks) = try store.insertPlan(new, at: Date())

@@ -265,7 +265,7 @@ struct DatabaseFaultTests {
             _ = try store.insertPlan(NewPlan(
                 name: "plan-\(index)", policyReference: nil, policy: try Policy.shippedDefault(), state: .pending,
                 disks: (0..<2).map {
-                    NewPlan.Disk(vmName: "vm\(index)", qmpSocket: "/run/vm\(index).qmp", device: "drive\($0)",
+                    NewPlan.Disk(vmName: "vm\(index)", vmAddress: "/run/vm\(index).qmp", device: "drive\($0)",
                                  destination: "/srv/new/vm\(index)-\($0)-\(String(repeating: "x", count: 200)).qcow2")
                 }), at: Date())
         }

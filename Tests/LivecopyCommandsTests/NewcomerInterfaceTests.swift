@@ -60,7 +60,7 @@ struct NewcomerInterfaceTests {
         let store = try SQLiteStore(path: database)
         func runningPlan(_ name: String) throws -> Int64 {
             let new = NewPlan(name: name, policyReference: nil, policy: try Policy.resolve(nil), state: .running, disks: [
-                NewPlan.Disk(vmName: "vm", qmpSocket: scratch.appending("\(name).qmp"), device: "drive0",
+                NewPlan.Disk(vmName: "vm", vmAddress: scratch.appending("\(name).qmp"), device: "drive0",
                              destination: scratch.appending("\(name).qcow2"), source: "/s/\(name).qcow2", sourceFormat: "qcow2",
                              qmpDevice: "drive0"),
             ])

@@ -26,6 +26,12 @@ struct OlderDatabaseTests {
         /// The scratch directory scripts/make-db-fixture used; every recorded path starts with it.
         var placeholder: String { "/tmp/livecopy-fixture-\(String(format: "%04d", schema))" }
         var path: String { OlderDatabaseTests.fixturesDirectory.appendingPathComponent(fileName).path }
+        /// The column of the disk's VM address in this schema (0005 renamed it).
+        var addressColumn: String { schema < 5 ? "qmp_socket" : "vm_address" }
+        /// The columns that hold absolute paths, per Migrations/*.sql up to this schema.
+        var pathColumns: [(table: String, column: String)] {
+            [("disks", addressColumn), ("disks", "source"), ("disks", "destination"), ("plans", "policy_reference")]
+        }
         var testDescription: String { fileName }
     }
 
@@ -37,9 +43,6 @@ struct OlderDatabaseTests {
     static let fixtures = [
         Fixture(fileName: "0004-interrupted-mid-stream.db", schema: 4),
     ]
-
-    /// The columns that hold absolute paths, per Migrations/*.sql.
-    static let pathColumns = [("disks", "qmp_socket"), ("disks", "source"), ("disks", "destination"), ("plans", "policy_reference")]
 
     // MARK: - The convention
 
@@ -66,7 +69,7 @@ struct OlderDatabaseTests {
         try FileManager.default.copyItem(atPath: fixture.path, toPath: database)
 
         // The database as the older release left it, read without migrating it.
-        let before = try Self.rewritePaths(database, from: fixture.placeholder, to: scratch.path)
+        let before = try Self.rewritePaths(database, of: fixture, to: scratch.path)
         #expect(before.versions == Array(1...fixture.schema), "the fixture's schema_migrations: \(before.versions)")
         #expect(before.planState == "running", "the fixture's plan is \(before.planState)")
         #expect(before.diskState == "streaming", "the fixture's disk is \(before.diskState)")
@@ -89,7 +92,7 @@ struct OlderDatabaseTests {
         try QEMUImage.write(destination, pattern: 0x33, offset: "40M", length: "64k")
         let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [(id: "drive0", image: destination, format: "qcow2")])
         defer { vm.kill() }
-        #expect(vm.livecopySocket == before.qmpSocket, "the VM's socket \(vm.livecopySocket) is the recorded \(before.qmpSocket)")
+        #expect(vm.livecopySocket == before.vmAddress, "the VM's socket \(vm.livecopySocket) is the recorded \(before.vmAddress)")
         try await vm.guestWrite(drive: "drive0", pattern: 0x44, offset: "6M", length: "64k")
 
         let recover = try await LivecopyProcess(database: database).run(["recover"])
@@ -100,6 +103,7 @@ struct OlderDatabaseTests {
         #expect(plan.state == .completed, "plan \(plan.id) is \(plan.state.rawValue): \(plan.error ?? "")\n\(recover.stderr)")
         let disks = try store.disks(ofPlan: before.planId)
         #expect(disks.map(\.state) == [.completed], "disks: \(disks.map { "\($0.state.rawValue) \($0.error ?? "")" })")
+        #expect(disks.map(\.vmAddress) == [before.vmAddress], "the recorded socket is the disk's VM address")
 
         // The schema is this release's, and the older release's history is intact.
         let after = try Self.schemaMigrations(database)
@@ -141,21 +145,23 @@ struct OlderDatabaseTests {
         let planId: Int64
         let planState: String
         let diskState: String
-        let qmpSocket: String
+        let vmAddress: String
         let source: String?
         let destination: String
         let events: [EventSummary]
     }
 
-    /// Rewrites the `from` prefix of every recorded path to `to`, with plain SQL (no
-    /// migration: the schema stays as the older release wrote it), and returns what
-    /// it holds. Throws when any path column still names `from` afterwards, or when the
-    /// fixture does not hold exactly one plan with one disk.
-    static func rewritePaths(_ path: String, from: String, to: String) throws -> FixtureContents {
+    /// Rewrites the placeholder prefix of every recorded path of `fixture`, copied to
+    /// `path`, to `to`, with plain SQL (no migration: the schema stays as the older
+    /// release wrote it), and returns what it holds. Throws when any path column still
+    /// names the placeholder afterwards, or when the fixture does not hold exactly one
+    /// plan with one disk.
+    static func rewritePaths(_ path: String, of fixture: Fixture, to: String) throws -> FixtureContents {
+        let from = fixture.placeholder
         let queue = try DatabaseQueue(path: path)
         defer { try? queue.close() }
         return try queue.write { db in
-            for (table, column) in pathColumns {
+            for (table, column) in fixture.pathColumns {
                 try db.execute(sql: "UPDATE \(table) SET \(column) = replace(\(column), ?, ?)", arguments: [from, to])
                 let left = try Int.fetchOne(
                     db, sql: "SELECT count(*) FROM \(table) WHERE instr(\(column), ?) > 0", arguments: [from]) ?? 0
@@ -167,7 +173,7 @@ struct OlderDatabaseTests {
                            arguments: [Date().addingTimeInterval(-3600).timeIntervalSince1970])
             let versions = try Int.fetchAll(db, sql: "SELECT version FROM schema_migrations ORDER BY version")
             let plans = try Row.fetchAll(db, sql: "SELECT id, state FROM plans")
-            let disks = try Row.fetchAll(db, sql: "SELECT state, qmp_socket, source, destination FROM disks")
+            let disks = try Row.fetchAll(db, sql: "SELECT state, \(fixture.addressColumn) AS address, source, destination FROM disks")
             guard plans.count == 1, disks.count == 1 else {
                 throw FixtureError("the fixture holds \(plans.count) plans and \(disks.count) disks, not one of each")
             }
@@ -176,7 +182,7 @@ struct OlderDatabaseTests {
                 .map { EventSummary(id: $0["id"], kind: $0["kind"], detail: $0["detail"]) }
             return FixtureContents(
                 versions: versions, planId: planId, planState: plans[0]["state"], diskState: disks[0]["state"],
-                qmpSocket: disks[0]["qmp_socket"], source: disks[0]["source"], destination: disks[0]["destination"], events: events)
+                vmAddress: disks[0]["address"], source: disks[0]["source"], destination: disks[0]["destination"], events: events)
         }
     }
 

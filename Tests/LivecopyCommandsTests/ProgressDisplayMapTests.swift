@@ -33,7 +33,7 @@ private let MiB: Int64 = 1 << 20
     }
 
     static func disk(_ state: DiskState) -> DiskRecord {
-        DiskRecord(id: 7, planId: 1, vmName: "web01", qmpSocket: "/run/web01.qmp", device: "drive0",
+        DiskRecord(id: 7, planId: 1, vmName: "web01", vmAddress: "/run/web01.qmp", device: "drive0",
                    destination: "/images/new.qcow2", source: "/images/old.qcow2", sourceFormat: "qcow2",
                    qmpDevice: "drive0", state: state, bytesDone: 0, bytesTotal: 1024 * MiB, error: nil,
                    intent: nil, destinationCreated: true, updatedAt: Date())

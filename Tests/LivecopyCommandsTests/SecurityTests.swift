@@ -365,7 +365,7 @@ struct SecurityTests {
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
         let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: Connector()), creator: RacingCreator(intruder: intruder))
         let plan = Plan(name: "race", policyReference: nil, vms: [
-            .init(name: "vm", qmp: vm.livecopySocket, disks: [.init(device: "drive0", destination: destination)]),
+            .init(name: "vm", address: .qmp(socket: vm.livecopySocket), disks: [.init(device: "drive0", destination: destination)]),
         ])
         var policy = try Policy.resolve(nil)
         policy.retireSource = .keep

@@ -15,7 +15,7 @@ struct BootImageTests {
     static func disk(_ scratch: TemporaryDirectory, _ change: (inout DiskRecord) -> Void) throws -> (SQLiteStore, DiskRecord) {
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
         let new = NewPlan(name: "boot", policyReference: nil, policy: try Policy.resolve(nil), state: .pending, disks: [
-            NewPlan.Disk(vmName: "vm", qmpSocket: scratch.appending("gone.qmp"), device: "drive0", destination: scratch.appending("dst.qcow2"),
+            NewPlan.Disk(vmName: "vm", vmAddress: scratch.appending("gone.qmp"), device: "drive0", destination: scratch.appending("dst.qcow2"),
                          source: scratch.appending("src.qcow2"), sourceFormat: "qcow2", qmpDevice: "drive0"),
         ])
         var disk = try store.insertPlan(new, at: Date()).1[0]

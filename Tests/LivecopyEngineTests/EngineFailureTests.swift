@@ -60,7 +60,7 @@ struct EngineFailureTests {
 
     static func plan(_ setup: Setup) -> Plan {
         Plan(name: "enospc", policyReference: nil, vms: [
-            .init(name: "vm", qmp: setup.vm.livecopySocket, disks: [.init(device: "drive0", destination: setup.destination)]),
+            .init(name: "vm", address: .qmp(socket: setup.vm.livecopySocket), disks: [.init(device: "drive0", destination: setup.destination)]),
         ])
     }
 
@@ -207,9 +207,7 @@ extension EngineFailureTests {
         policy.spaceMargin = 1.1
         func recordDetached() throws -> Int64 {
             try engine.checkOffline(Self.plan(setup), policy: policy)
-            return try engine.record(Self.plan(setup), policy: policy, disks: Self.plan(setup).allDisks.map {
-                NewPlan.Disk(vmName: $0.vm.name, qmpSocket: $0.vm.qmp, device: $0.disk.device, destination: $0.disk.destination)
-            }).id
+            return try engine.record(Self.plan(setup), policy: policy, disks: Self.plan(setup).allDisks.map(NewPlan.Disk.init)).id
         }
         let refusedId = try recordDetached()
         let refused = try await engine.run(planId: refusedId)

@@ -14,7 +14,7 @@ import Testing
 /// Each test names the transitions it takes; together with the real-QEMU suites they
 /// reach every edge of the table (`TransitionCoverageTests`).
 @Suite struct InMemoryEngineTests {
-    /// A VM `mem:vm` with drive0 on `source` (a placeholder file), a store, and a plan
+    /// A VM at `/mem/vm` with drive0 on `source` (a placeholder file), a store, and a plan
     /// copying drive0 to `destination`.
     struct Rig {
         let scratch: TemporaryDirectory
@@ -29,7 +29,7 @@ import Testing
             source = scratch.appending("source.qcow2")
             destination = scratch.appending("destination.qcow2")
             _ = FileManager.default.createFile(atPath: source, contents: Data("source".utf8))
-            vm = hypervisor.addVM(at: "mem:vm", capabilities: capabilities, devices: [
+            vm = hypervisor.addVM(at: "/mem/vm", capabilities: capabilities, devices: [
                 .init(name: "drive0", chain: [.init(file: source)]),
             ])
             store = try SQLiteStore(path: scratch.appending("livecopy.db"))
@@ -37,7 +37,7 @@ import Testing
 
         var plan: Plan {
             Plan(name: "in-memory", policyReference: nil, vms: [
-                Plan.VM(name: "vm", qmp: "mem:vm", disks: [Plan.Disk(device: "drive0", destination: destination)]),
+                Plan.VM(name: "vm", address: .qmp(socket: "/mem/vm"), disks: [Plan.Disk(device: "drive0", destination: destination)]),
             ])
         }
 

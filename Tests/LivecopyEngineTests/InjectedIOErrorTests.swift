@@ -35,9 +35,9 @@ struct InjectedIOErrorTests {
         let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let destination = scratch.appending("dst.qcow2")
         let plan = Plan(name: "eio", policyReference: nil, vms: [
-            .init(name: "vm", qmp: vm.livecopySocket, disks: [.init(device: "drive0", destination: destination)]),
+            .init(name: "vm", address: .qmp(socket: vm.livecopySocket), disks: [.init(device: "drive0", destination: destination)]),
         ])
-        let disk = NewPlan.Disk(vmName: "vm", qmpSocket: vm.livecopySocket, device: "drive0", destination: destination,
+        let disk = NewPlan.Disk(vmName: "vm", vmAddress: vm.livecopySocket, device: "drive0", destination: destination,
                                 source: inserted.file, sourceFormat: "qcow2", qmpDevice: "drive0")
         let record = try engine.record(plan, policy: policy, disks: [disk])
         return (scratch, vm, store, engine, source, inserted.file, destination, record.id)
@@ -119,7 +119,7 @@ struct InjectedIOErrorTests {
         let store = try SQLiteStore(path: scratch.appending("livecopy.db"))
         let engine = Engine(store: store, hypervisor: QMPHypervisor(connector: TestConnector()))
         let plan = Plan(name: "eio", policyReference: nil, vms: [
-            .init(name: "vm", qmp: vm.livecopySocket, disks: [.init(device: "drive0", destination: scratch.appending("dst.qcow2"))]),
+            .init(name: "vm", address: .qmp(socket: vm.livecopySocket), disks: [.init(device: "drive0", destination: scratch.appending("dst.qcow2"))]),
         ])
         let error = try await #require(throws: PreflightError.self) { _ = try await engine.preflight(plan, policy: try Policy.resolve(nil)) }
         #expect(error.description.contains("is not a plain file"), "\(error)")

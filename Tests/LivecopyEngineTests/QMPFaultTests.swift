@@ -255,7 +255,7 @@ struct FakeSetup {
 
     var plan: Plan {
         Plan(name: "fake", policyReference: nil, vms: [
-            .init(name: "fake", qmp: peer.socketPath, disks: [.init(device: "drive0", destination: destination)]),
+            .init(name: "fake", address: .qmp(socket: peer.socketPath), disks: [.init(device: "drive0", destination: destination)]),
         ])
     }
 

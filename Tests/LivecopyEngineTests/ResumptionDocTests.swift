@@ -39,7 +39,7 @@ struct ResumptionDecisionTests {
                         for streamJob in [false, true] {
                             for rollbackJob in [false, true] {
                                 let disk = DiskRecord(
-                                    id: 1, planId: 1, vmName: "vm", qmpSocket: "mem:vm", device: "drive0",
+                                    id: 1, planId: 1, vmName: "vm", vmAddress: "/mem/vm", device: "drive0",
                                     destination: Self.destination, source: Self.source, sourceFormat: "qcow2",
                                     qmpDevice: "drive0", state: state, bytesDone: 0, bytesTotal: 0, error: nil,
                                     intent: intent, destinationCreated: true, updatedAt: Date())

@@ -61,11 +61,10 @@ import Testing
         defer { scratch.remove() }
         let source = scratch.appending("src.qcow2")
         _ = FileManager.default.createFile(atPath: source, contents: Data())
-        let vm = Plan.VM(name: "vm", qmp: "/q", disks: [])
         let disk = Plan.Disk(device: "drive0", destination: scratch.appending("dst.qcow2"))
         do {
-            _ = try Preflight.check(disk, of: vm, in: try Self.device(file: source, size: size), name: "VM 'vm' disk 'drive0'",
-                                    policy: try Policy.resolve(nil))
+            _ = try Preflight.check(disk, vmName: "vm", vmAddress: "/q", in: try Self.device(file: source, size: size),
+                                    name: "VM 'vm' disk 'drive0'", policy: try Policy.resolve(nil))
             Issue.record("preflight accepted a virtual size of \(size)")
         } catch let error as PreflightError {
             #expect(error.description.hasPrefix("VM 'vm' disk 'drive0': source \(source)"), "\(error)")

@@ -81,10 +81,10 @@ struct VMSnapshotTests {
 
         var plan: Plan {
             Plan(name: "txn", policyReference: nil, vms: [
-                .init(name: "vm1", qmp: vm1.livecopySocket, disks: [
+                .init(name: "vm1", address: .qmp(socket: vm1.livecopySocket), disks: [
                     .init(device: "drive0", destination: disks[0].destination), .init(device: "drive1", destination: disks[1].destination),
                 ]),
-                .init(name: "vm2", qmp: vm2.livecopySocket, disks: [.init(device: "drive0", destination: disks[2].destination)]),
+                .init(name: "vm2", address: .qmp(socket: vm2.livecopySocket), disks: [.init(device: "drive0", destination: disks[2].destination)]),
             ])
         }
 

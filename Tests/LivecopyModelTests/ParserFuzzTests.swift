@@ -1,4 +1,5 @@
 import Foundation
+import LivecopyBackend
 import LivecopyModel
 import PropertyBased
 import Testing
@@ -136,7 +137,7 @@ struct ParserFuzzTests {
     /// Anchors without aliases are harmless and allowed; a single alias is refused, naming its line.
     @Test func anchorsAreAllowedAndAliasesRefusedWithTheirLine() throws {
         let anchored = "vms:\n  - &vm\n    name: a\n    qmp: &q /q\n    disks:\n      - device: d\n        destination: /x\n"
-        #expect(try Plan.parse(anchored, source: Self.planSource).vms.map(\.qmp) == ["/q"])
+        #expect(try Plan.parse(anchored, source: Self.planSource).vms.map(\.address) == [.qmp(socket: "/q")])
         let aliased = anchored + "  - name: b\n    qmp: *q\n    disks:\n      - device: d\n        destination: /y\n"
         #expect(throws: InputError("\(Self.planSource):9: YAML aliases (*name) are not allowed; write the value out")) {
             try Plan.parse(aliased, source: Self.planSource)
@@ -284,16 +285,31 @@ struct ParserFuzzTests {
         /// Nil when `plan` keeps every invariant of an accepted plan.
         static func plan(_ plan: Plan) -> String? {
             if plan.vms.isEmpty { return "accepted a plan without VMs" }
-            var names = Set<String>(), sockets = Set<String>(), destinations = Set<String>()
+            var names = Set<String>(), addresses = Set<VMAddress>(), destinations = Set<String>()
             for text in [plan.name, plan.policyReference].compactMap({ $0 }) where !isTrimmedNonEmpty(text) {
                 return "accepted an empty or untrimmed name/policy \(text.debugDescription)"
             }
             for vm in plan.vms {
                 if !isTrimmedNonEmpty(vm.name) { return "VM name \(vm.name.debugDescription)" }
-                if !vm.qmp.hasPrefix("/") { return "relative QMP socket \(vm.qmp.debugDescription)" }
+                let sameVM: VMAddress
+                switch vm.address {
+                case .qmp(let socket):
+                    if !socket.hasPrefix("/") { return "relative QMP socket \(socket.debugDescription)" }
+                    sameVM = .qmp(socket: normalize(socket))
+                case .libvirt(let uri, let domain):
+                    if !isTrimmedNonEmpty(uri) || uri.unicodeScalars.contains("#") || uri.unicodeScalars.contains(where: isControl) {
+                        return "libvirt URI \(uri.debugDescription)"
+                    }
+                    if !isTrimmedNonEmpty(domain) || domain.unicodeScalars.contains(where: isControl) {
+                        return "libvirt domain \(domain.debugDescription)"
+                    }
+                    sameVM = vm.address
+                }
+                // What the database stores reads back as the same address.
+                if (try? VMAddress(stored: vm.address.stored)) != vm.address { return "\(vm.address) does not survive its stored form" }
                 if vm.disks.isEmpty { return "VM \(vm.name) has no disks" }
                 if !names.insert(vm.name).inserted { return "VM \(vm.name) twice" }
-                if !sockets.insert(normalize(vm.qmp)).inserted { return "socket \(vm.qmp) twice" }
+                if !addresses.insert(sameVM).inserted { return "\(vm.address) twice" }
                 var devices = Set<String>()
                 for disk in vm.disks {
                     if !isTrimmedNonEmpty(disk.device) { return "device \(disk.device.debugDescription)" }
@@ -334,6 +350,11 @@ struct ParserFuzzTests {
 
         static func isTrimmedNonEmpty(_ text: String) -> Bool {
             !text.isEmpty && text.trimmingCharacters(in: .whitespaces) == text
+        }
+
+        /// A control character or a line or paragraph separator.
+        static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+            [.control, .lineSeparator, .paragraphSeparator].contains(scalar.properties.generalCategory)
         }
     }
 }
@@ -454,7 +475,7 @@ enum FuzzRender {
 // MARK: - Generators
 
 enum FuzzGen {
-    static let planKeys = ["name", "policy", "vms", "qmp", "disks", "device", "destination"]
+    static let planKeys = ["name", "policy", "vms", "qmp", "libvirt", "uri", "domain", "disks", "device", "destination"]
     static let policyKeys = [
         "retire_source", "speed", "max_parallel_disks", "on_failure", "after_restart", "on_error", "io_error_wait",
         "progress_interval", "command_timeout", "allow_shared_socket",
@@ -491,8 +512,8 @@ enum FuzzGen {
 
     /// Those scalars, one piece in four a piece of plan syntax.
     static func unicodeText(_ count: ClosedRange<Int>) -> Generator<String, some SendableSequenceType> {
-        let syntax = one(of: ["vms:", "\n  - ", "name: ", "qmp: /", "disks:", "device: ", "destination: /", "\n", ": ", "- ",
-                              "&a ", "*a", "!!str ", "{", "}", "[", "]", "\"", "'"])
+        let syntax = one(of: ["vms:", "\n  - ", "name: ", "qmp: /", "libvirt: {domain: ", "uri: ", "disks:", "device: ",
+                              "destination: /", "\n", ": ", "- ", "&a ", "*a", "!!str ", "{", "}", "[", "]", "\"", "'"])
         return Gen<String>.frequency((1, syntax), (3, unicodeScalar.map { String($0) })).array(of: count).map { $0.joined() }
     }
 
@@ -525,8 +546,10 @@ enum FuzzGen {
         FuzzPlan.Disk(device: $0, file: $1, spelling: $2, keyOrder: $3)
     }
 
-    static let vm: Generator<FuzzPlan.VM, some SendableSequenceType> = zip(token, token, disk.array(of: 1...4), keyOrder).map {
-        FuzzPlan.VM(name: $0, qmp: $1, disks: $2, keyOrder: $3)
+    static let vm: Generator<FuzzPlan.VM, some SendableSequenceType> = zip(
+        token, token, Gen<FuzzPlan.AddressForm>.case, disk.array(of: 1...4), keyOrder
+    ).map {
+        FuzzPlan.VM(name: $0, address: $1, addressForm: $2, disks: $3, keyOrder: $4)
     }
 
     static let policyReference: Generator<String, some SendableSequenceType> = Gen<String>.frequency(
@@ -658,9 +681,21 @@ struct FuzzPlan: Sendable, CustomTestStringConvertible {
         var keyOrder: Int
     }
 
+    /// How a VM's address is written.
+    enum AddressForm: CaseIterable, Sendable {
+        case qmp
+        /// `libvirt:` with a domain only (the default URI).
+        case libvirtDomain
+        /// `libvirt:` with a URI and a domain.
+        case libvirtURIAndDomain
+    }
+
+    /// A VM's tokens: its name, its address (a QMP socket's name or a libvirt domain)
+    /// and how it is written, its disks, and the order of its keys.
     struct VM: Sendable {
         var name: String
-        var qmp: String
+        var address: String
+        var addressForm: AddressForm
         var disks: [Disk]
         var keyOrder: Int
     }
@@ -670,7 +705,7 @@ struct FuzzPlan: Sendable, CustomTestStringConvertible {
 
     var testDescription: String { FuzzRender.block(doc) }
 
-    /// Names, sockets, devices and destinations are numbered, so they are unique whatever the tokens.
+    /// Names, addresses, devices and destinations are numbered, so they are unique whatever the tokens.
     init(name: String?, policy: String?, vms: [VM], keyOrder: Int) {
         var vmDocs: [FuzzDoc] = []
         var planVMs: [Plan.VM] = []
@@ -689,9 +724,24 @@ struct FuzzPlan: Sendable, CustomTestStringConvertible {
                 diskDocs.append(.map(FuzzGen.permuted([("device", .scalar(device)), ("destination", .scalar(destination))], disk.keyOrder)))
                 planDisks.append(Plan.Disk(device: device, destination: normalize(destination)))
             }
-            let name = "vm\(i)-\(vm.name)", qmp = "/run/lc/vm\(i)-\(vm.qmp).qmp"
-            vmDocs.append(.map(FuzzGen.permuted([("name", .scalar(name)), ("qmp", .scalar(qmp)), ("disks", .list(diskDocs))], vm.keyOrder)))
-            planVMs.append(Plan.VM(name: name, qmp: qmp, disks: planDisks))
+            let name = "vm\(i)-\(vm.name)"
+            // A domain has no control characters; '#' and the rest are its own.
+            let plain = String(String.UnicodeScalarView(vm.address.unicodeScalars.filter { !ParserFuzzTests.Invariants.isControl($0) }))
+            let domain = "vm\(i)-" + plain.trimmingCharacters(in: .whitespaces)
+            let address: (key: String, value: FuzzDoc), expected: VMAddress
+            switch vm.addressForm {
+            case .qmp:
+                let socket = "/run/lc/vm\(i)-\(vm.address).qmp"
+                (address, expected) = (("qmp", .scalar(socket)), .qmp(socket: socket))
+            case .libvirtDomain:
+                (address, expected) = (("libvirt", .map([("domain", .scalar(domain))])), .libvirt(uri: Plan.defaultLibvirtURI, domain: domain))
+            case .libvirtURIAndDomain:
+                let uri = ["qemu:///session", "qemu+ssh://root@host-\(i)/system?keyfile=/k"][vm.keyOrder % 2]
+                let fields: [(key: String, value: FuzzDoc)] = [("uri", .scalar(uri)), ("domain", .scalar(domain))]
+                (address, expected) = (("libvirt", .map(FuzzGen.permuted(fields, vm.keyOrder))), .libvirt(uri: uri, domain: domain))
+            }
+            vmDocs.append(.map(FuzzGen.permuted([("name", .scalar(name)), address, ("disks", .list(diskDocs))], vm.keyOrder)))
+            planVMs.append(Plan.VM(name: name, address: expected, disks: planDisks))
         }
         var top: [(key: String, value: FuzzDoc)] = [("vms", .list(vmDocs))]
         if let name { top.append(("name", .scalar(name))) }

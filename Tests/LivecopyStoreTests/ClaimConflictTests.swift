@@ -10,7 +10,7 @@ struct ClaimConflictTests {
     /// A pending plan of one disk.
     static func plan(vm: String, device: String = "drive0", destination: String, state: PlanState = .pending) throws -> NewPlan {
         NewPlan(name: "claim", policyReference: nil, policy: try Policy.resolve(nil), state: state, disks: [
-            NewPlan.Disk(vmName: vm, qmpSocket: "/run/\(vm).qmp", device: device, destination: destination),
+            NewPlan.Disk(vmName: vm, vmAddress: "/run/\(vm).qmp", device: device, destination: destination),
         ])
     }
 

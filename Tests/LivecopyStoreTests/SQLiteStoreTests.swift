@@ -91,7 +91,7 @@ struct SQLiteStoreTests {
     static func newPlan(disks: Int = 2, vm: String = "vm") throws -> NewPlan {
         NewPlan(name: "t", policyReference: nil, policy: try Policy.resolve(nil), state: .pending,
                 disks: (0..<disks).map {
-                    NewPlan.Disk(vmName: vm, qmpSocket: "/\(vm).qmp", device: "drive\($0)", destination: "/\(vm)-d\($0).qcow2",
+                    NewPlan.Disk(vmName: vm, vmAddress: "/\(vm).qmp", device: "drive\($0)", destination: "/\(vm)-d\($0).qcow2",
                                  source: "/s\($0).qcow2", sourceFormat: "qcow2", qmpDevice: "drive\($0)")
                 })
     }
