@@ -83,7 +83,7 @@ let package = Package(
         .target(
             name: "LivecopyCommands",
             dependencies: [
-                "LivecopyModel", "LivecopyStore", "LivecopyEngine", "LivecopyBackend", "QMPBackend",
+                "LivecopyModel", "LivecopyStore", "LivecopyEngine", "LivecopyBackend", "QMPBackend", "LibvirtBackend",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

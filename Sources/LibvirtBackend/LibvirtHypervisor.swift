@@ -27,9 +27,11 @@ public struct LibvirtHypervisor: Hypervisor {
     }
 
     static func parse(_ address: String) throws -> (uri: String, domain: String) {
-        guard address.hasPrefix("libvirt:"), let hash = address.firstIndex(of: "#") else {
+        switch try? VMAddress(stored: address) {
+        case .libvirt(let uri, let domain)?:
+            return (uri, domain)
+        case .qmp?, nil:
             throw BackendError(.unreachable, reason: "'\(address)' is not a libvirt address (libvirt:<uri>#<domain>)")
         }
-        return (String(address[address.index(address.startIndex, offsetBy: 8)..<hash]), String(address[address.index(after: hash)...]))
     }
 }

@@ -1,12 +1,9 @@
+import LibvirtBackend
 import LivecopyBackend
 import QMPBackend
 
 /// The hypervisor every command reaches VMs through: a QMP socket goes to QEMU's monitor,
-/// a libvirt domain to libvirt (`RoutingHypervisor`, which says so when this build has no
-/// libvirt backend).
+/// a libvirt domain to libvirt (`RoutingHypervisor`).
 func makeHypervisor() -> any Hypervisor {
-    RoutingHypervisor(
-        qmp: QMPHypervisor(),
-        // LibvirtHypervisor plugs in here
-        libvirt: nil)
+    RoutingHypervisor(qmp: QMPHypervisor(), libvirt: LibvirtHypervisor())
 }

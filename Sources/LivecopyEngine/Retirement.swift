@@ -31,9 +31,10 @@ extension DiskWorkflow {
         try await refuseUnlessRetirable(source, action: "rename")
         if livecopy_rename_noreplace(source, retired) == 0 {
             ledger.sent()
+            let handedBack = Self.handBack(retired)
             // The outcome is the move to `completed`, in one write: a record that said
             // "renamed" while still retiring could not be told from one never attempted.
-            try await ledger.transition(to: .completed, "source renamed: retired to \(retired)")
+            try await ledger.transition(to: .completed, "source renamed: retired to \(retired)\(handedBack)")
             return
         }
         let code = errno
@@ -96,5 +97,18 @@ extension DiskWorkflow {
     private func exists(_ path: String) -> Bool {
         var info = stat()
         return lstat(path, &info) == 0
+    }
+
+    /// Gives a retired image to livecopy's own user when the hypervisor's user owns it:
+    /// libvirt's DAC driver chowns a VM's images to the QEMU user (`libvirt-qemu`) and
+    /// gives back only the top image when QEMU lets go of it, so a retired source would
+    /// stay readable and writable by every VM's QEMU. Best effort, and only as root;
+    /// returns the note for the record ("" when nothing changed).
+    static func handBack(_ retired: String) -> String {
+        var info = stat()
+        guard geteuid() == 0, lstat(retired, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG,
+              info.st_uid != geteuid() || info.st_gid != getegid() else { return "" }
+        guard lchown(retired, geteuid(), getegid()) == 0 else { return "" }
+        return "; owner \(info.st_uid):\(info.st_gid) handed back to \(geteuid()):\(getegid())"
     }
 }

@@ -89,33 +89,6 @@ struct BadInputTests {
         #expect(!FileManager.default.fileExists(atPath: livecopy.database), "no plan was recorded: not even a database was made")
     }
 
-    /// This build has no libvirt backend: a plan naming a libvirt domain is refused in one
-    /// line saying so, and recorded as refused; with `--detach` it is refused before
-    /// anything is recorded.
-    @Test func aLibvirtVMIsRefusedByABuildWithoutLibvirt() async throws {
-        let scratch = try TemporaryDirectory(prefix: "lc-nolibvirt")
-        defer { scratch.remove() }
-        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
-        let planPath = scratch.appending("plan.yaml")
-        try """
-            vms:
-              - name: web01
-                libvirt: {domain: web01}
-                disks:
-                  - device: vda
-                    destination: \(scratch.appending("d.qcow2"))
-            """.write(toFile: planPath, atomically: true, encoding: .utf8)
-        let reason = "this livecopy was built without libvirt support, so it cannot reach libvirt domain web01 (qemu:///system)"
-        try await Self.expectRefusal(livecopy, ["submit", "--detach", planPath], "VM 'web01' disk 'vda': \(reason)")
-        try await Self.expectRefusal(livecopy, ["submit", planPath], "VM 'web01': \(reason)")
-        let refused = try await livecopy.run(["history", "--all", "--json"])
-        let plans = try JSONDecoder().decode([PlanDocument].self, from: Data(refused.stdout.utf8))
-        #expect(plans.map(\.state) == ["refused"], "only submit without --detach recorded the plan")
-        #expect(plans.first?.error?.hasPrefix("VM 'web01': \(reason)") == true, "\(plans.first?.error ?? "")")
-        #expect(plans.first?.disks.map(\.device) == ["vda"])
-        #expect(!FileManager.default.fileExists(atPath: scratch.appending("d.qcow2")))
-    }
-
     /// A database, a fake VM whose drive0 is on `src.qcow2`, and where the plan goes.
     static func refusalRig(_ scratch: TemporaryDirectory) async throws
         -> (livecopy: LivecopyProcess, source: String, vm: FakeQMPPeer, planPath: String)

@@ -1,0 +1,285 @@
+// livecopy on libvirt domains end to end: submit, the next boot, crashes of livecopy,
+// of libvirtd and of the host, a split brain, bad plans.
+
+import Foundation
+import LivecopyEngine
+import LivecopyModel
+import LivecopyStore
+import QMP
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Each test defines its own persistent libvirt domain (TCG, no OS) on `qemu:///system`,
+/// runs the `livecopy` binary on a plan naming it with `libvirt:`, writes as the guest
+/// through the rig's test monitor, and checks the images offline at the end.
+@Suite(.serialized, .requires(.libvirt, .qemu))
+struct LibvirtIntegrationTests {
+    /// libvirt calls: virDomainSnapshotCreateXML (both disks at once),
+    /// virDomainQemuMonitorCommand (the held copy, its flush), virDomainBlockPull,
+    /// BLOCK_JOB_2, virDomainGetXMLDesc; then `virsh destroy` and `virsh start`.
+    @Test(.timeLimit(.minutes(4)))
+    func submitMovesEveryDiskAndTheNextBootRunsOnTheDestinations() async throws {
+        let rig = try Rig("lv-submit", targets: ["vda", "vdb"], policy: "retire_source: rename\n")
+        defer { rig.remove() }
+        try await rig.write(slot: 0)
+        let submit = try await rig.livecopy.run(["submit", rig.planPath])
+        #expect(submit.status == 0, "submit: \(submit.stderr)\n\(submit.stdout)")
+        for (target, destination) in rig.destinations {
+            #expect(try rig.domain.diskSource(target: target) == LibvirtDiskSource(file: destination, backingFile: nil))
+            #expect(try rig.domain.diskSource(target: target, inactive: true) == LibvirtDiskSource(file: destination, backingFile: nil),
+                    "the persistent definition names \(destination)")
+        }
+        #expect(rig.owner(of: rig.destinations["vda"]!) == rig.qemuUID, "libvirt's DAC driver labelled the destination for QEMU")
+        #expect(rig.owner(of: rig.sources["vda"]! + ".retired") == 0, "and gave the retired source back to root")
+        try await rig.write(slot: 1)
+        try rig.domain.destroy()
+        try rig.domain.start()
+        #expect(try rig.domain.diskSource(target: "vda").file == rig.destinations["vda"], "the next boot runs on the destination")
+        try await rig.write(slot: 2)
+        try rig.domain.destroy()
+        try rig.expectDestinationsHold(slots: 0...2)
+    }
+
+    /// libvirt calls: as above, then after livecopy's SIGKILL a new connection reads the
+    /// held copy through virDomainQemuMonitorCommand and the domain's metadata.
+    @Test(.timeLimit(.minutes(4)))
+    func recoverFinishesAfterLivecopyIsKilledMidCopy() async throws {
+        let rig = try Rig("lv-kill", targets: ["vda"], policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
+        defer { rig.remove() }
+        try await rig.write(slot: 0)
+        let submit = try rig.livecopy.start(["submit", rig.planPath])
+        try await rig.waitForCopyJob(status: ["running"])
+        try await rig.write(slot: 1)
+        kill(submit.process.processIdentifier, SIGKILL)
+        _ = try await submit.wait(timeout: 30)
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status == 0, "recover: \(recover.stderr)\n\(recover.stdout)")
+        #expect(try rig.planState() == .completed)
+        try await rig.write(slot: 2)
+        try rig.domain.destroy()
+        try rig.expectDestinationsHold(slots: 0...2)
+    }
+
+    /// libvirtd goes away and comes back mid-copy: livecopy's connection closes, the
+    /// domain and its QEMU job keep running, and `recover` reconnects and completes.
+    @Test(.timeLimit(.minutes(4)))
+    func recoverFinishesAfterLibvirtdRestartsMidCopy() async throws {
+        let rig = try Rig("lv-daemon", targets: ["vda"], policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\nqmp_retries: 0\n")
+        defer { rig.remove() }
+        try await rig.write(slot: 0)
+        let submit = try rig.livecopy.start(["submit", rig.planPath])
+        try await rig.waitForCopyJob(status: ["running"])
+        try await LibvirtDomain.restartLibvirtd()
+        let first = try await submit.wait(timeout: 120)
+        try await rig.write(slot: 1)
+        if try rig.planState() != .completed {
+            #expect(first.status != 0, "a plan that did not complete exits non-zero")
+            let recover = try await rig.livecopy.run(["recover"])
+            #expect(recover.status == 0, "recover: \(recover.stderr)\n\(recover.stdout)")
+        }
+        #expect(try rig.planState() == .completed)
+        try rig.domain.destroy()
+        try rig.expectDestinationsHold(slots: 0...1)
+    }
+
+    /// The host goes down mid-copy (livecopy and QEMU die at once); the domain is started
+    /// again as autostart would, boots the destination backed by the source, and
+    /// `recover` copies what is missing.
+    @Test(.timeLimit(.minutes(4)))
+    func afterAHostRebootTheDomainBootsTheDestinationAndRecoverFinishes() async throws {
+        let rig = try Rig("lv-reboot", targets: ["vda"], policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
+        defer { rig.remove() }
+        try await rig.write(slot: 0)
+        let submit = try rig.livecopy.start(["submit", rig.planPath])
+        try await rig.waitForCopyJob(status: ["running"])
+        try await rig.write(slot: 1)
+        kill(submit.process.processIdentifier, SIGKILL)
+        try await rig.domain.killQEMU()
+        _ = try await submit.wait(timeout: 30)
+        try rig.domain.start()
+        let destination = try #require(rig.destinations["vda"])
+        #expect(try rig.domain.diskSource(target: "vda") == LibvirtDiskSource(file: destination, backingFile: rig.sources["vda"]))
+        try await rig.write(slot: 2)
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status == 0, "recover: \(recover.stderr)\n\(recover.stdout)")
+        #expect(try rig.planState() == .completed)
+        try rig.domain.destroy()
+        try rig.expectDestinationsHold(slots: 0...2)
+    }
+
+    /// A domain started on its source while the destination holds newer writes: recover
+    /// touches neither image and the disk needs attention.
+    @Test(.timeLimit(.minutes(4)))
+    func aDomainStartedOnTheSourceIsASplitBrain() async throws {
+        let rig = try Rig("lv-split", targets: ["vda"], policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
+        defer { rig.remove() }
+        try await rig.write(slot: 0)
+        let submit = try rig.livecopy.start(["submit", rig.planPath])
+        try await rig.waitForCopyJob(status: ["running"])
+        try await rig.write(slot: 1)
+        kill(submit.process.processIdentifier, SIGKILL)
+        try await rig.domain.killQEMU()
+        _ = try await submit.wait(timeout: 30)
+        // Someone boots the domain from its original definition, on the source.
+        _ = try Virsh.checked(["undefine", rig.domain.name])
+        _ = try Virsh.checked(["define", rig.domain.xmlPath])
+        try rig.domain.start()
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status != 0)
+        let disk = try #require(try rig.store().disks(ofPlan: try rig.planId()).first)
+        #expect(disk.state == .needsAttention, "\(disk.state): \(disk.error ?? "")")
+        #expect(FileManager.default.fileExists(atPath: rig.sources["vda"]!))
+        #expect(FileManager.default.fileExists(atPath: rig.destinations["vda"]!))
+    }
+
+    /// Plans naming what libvirt does not have are refused with one line, nothing touched.
+    @Test(.timeLimit(.minutes(2)))
+    func plansNamingWhatLibvirtLacksAreRefusedWithOneLine() async throws {
+        let rig = try Rig("lv-bad", targets: ["vda"], policy: "")
+        defer { rig.remove() }
+        let cases: [(String, String, String)] = [
+            ("no domain", "vms:\n  - name: x\n    libvirt: {domain: lctest-no-such-domain}\n    disks:\n      - {device: vda, destination: \(rig.scratch.appending("x.qcow2"))}\n",
+             "VM 'x': libvirt at qemu:///system has no domain 'lctest-no-such-domain'"),
+            ("no disk", "vms:\n  - name: x\n    libvirt: {domain: \(rig.domain.name)}\n    disks:\n      - {device: vdz, destination: \(rig.scratch.appending("y.qcow2"))}\n",
+             "VM 'x' disk 'vdz': no such device in the VM (devices: vda)"),
+        ]
+        for (what, text, message) in cases {
+            let path = rig.scratch.appending("bad.yaml")
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            let result = try await rig.livecopy.run(["submit", path])
+            #expect(result.status == 2, "\(what)")
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "\(what): one line: \(result.stderr)")
+            #expect(result.stderr.contains(message), "\(what): \(result.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: rig.scratch.appending("x.qcow2")))
+            #expect(!FileManager.default.fileExists(atPath: rig.scratch.appending("y.qcow2")))
+        }
+        #expect(try rig.domain.diskSource(target: "vda").file == rig.sources["vda"], "the domain is untouched")
+    }
+
+    /// The forward crash points, as for QMP VMs: a seeded rotating subset of three per
+    /// run (the seed printed; `LIVECOPY_TEST_SEED` replays it, `LIVECOPY_LIBVIRT_ALL_CRASH_POINTS=1`
+    /// runs them all). livecopy stops at the point; the guest writes; `recover` completes.
+    @Test(.timeLimit(.minutes(10)))
+    func recoverCompletesAfterACrashAtTheForwardCrashPoints() async throws {
+        let all = CrashPoint.forwardNames(retiring: .rename)
+        let environment = ProcessInfo.processInfo.environment
+        let seed = environment["LIVECOPY_TEST_SEED"].flatMap(UInt64.init) ?? UInt64(Date().timeIntervalSince1970)
+        var random = SplitMix64(seed: seed)
+        var indices = Array(all.indices)
+        indices.shuffle(using: &random)
+        let points = environment["LIVECOPY_LIBVIRT_ALL_CRASH_POINTS"] == "1" ? all : indices.prefix(3).sorted().map { all[$0] }
+        print("LibvirtIntegrationTests: crash points \(points) (seed \(seed); LIVECOPY_TEST_SEED replays)")
+        for point in points {
+            let rig = try Rig("lv-crash", targets: ["vda"], policy: "retire_source: rename\nprogress_interval: 200ms\n")
+            defer { rig.remove() }
+            try await rig.write(slot: 0)
+            let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": point])
+            #expect(submit.status == 86, "[\(point)] submit stops at the crash point: \(submit.status)\n\(submit.stderr)")
+            try await rig.write(slot: 1)
+            let recover = try await rig.livecopy.run(["recover"])
+            #expect(recover.status == 0, "[\(point)] recover: \(recover.stderr)\n\(recover.stdout)")
+            #expect(try rig.planState() == .completed, "[\(point)]")
+            try await rig.write(slot: 2)
+            #expect(try rig.domain.diskSource(target: "vda", inactive: true).file == rig.destinations["vda"], "[\(point)]")
+            try rig.domain.destroy()
+            try rig.expectDestinationsHold(slots: 0...2)
+        }
+    }
+}
+
+extension LibvirtIntegrationTests {
+    /// A persistent domain with one 32 MiB qcow2 disk per target (16 MiB of data), a
+    /// plan moving each to `<target>-new.qcow2`, and a livecopy with its own database.
+    final class Rig: Sendable {
+        let scratch: TemporaryDirectory
+        let domain: LibvirtDomain
+        let sources: [String: String]
+        let destinations: [String: String]
+        let planPath: String
+        let livecopy: LivecopyProcess
+
+        init(_ name: String, targets: [String], policy: String) throws {
+            scratch = try TemporaryDirectory(prefix: "lc-\(name)")
+            var sources: [String: String] = [:], destinations: [String: String] = [:]
+            for target in targets {
+                let source = scratch.appending("\(target).qcow2")
+                try QEMUImage.create(source, size: "32M")
+                try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "16M")
+                sources[target] = source
+                destinations[target] = scratch.appending("\(target)-new.qcow2")
+            }
+            self.sources = sources
+            self.destinations = destinations
+            domain = try LibvirtDomain(name: name, directory: scratch.url, disks: targets.map { ($0, sources[$0]!) }, persistent: true)
+            let policyPath = scratch.appending("policy.yaml")
+            try policy.write(toFile: policyPath, atomically: true, encoding: .utf8)
+            var plan = "policy: \(policyPath)\nvms:\n  - name: \(name)\n    libvirt: {uri: \"qemu:///system\", domain: \(domain.name)}\n    disks:\n"
+            for target in targets { plan += "      - {device: \(target), destination: \(destinations[target]!)}\n" }
+            planPath = scratch.appending("plan.yaml")
+            try plan.write(toFile: planPath, atomically: true, encoding: .utf8)
+            livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
+        }
+
+        func remove() {
+            domain.undefineAndDestroy()
+            scratch.remove()
+        }
+
+        /// Slot `n` is 1 MiB at 20 + n MiB of each disk, pattern 0x30 + n, flushed.
+        func write(slot: Int) async throws {
+            for target in sources.keys.sorted() {
+                try await domain.write(pattern: UInt8(0x30 + slot), offset: "\(20 + slot)M", length: "1M", target: target)
+            }
+        }
+
+        /// Every destination stands alone and holds the source's data and every slot.
+        func expectDestinationsHold(slots: ClosedRange<Int>, sourceLocation: SourceLocation = #_sourceLocation) throws {
+            for (target, destination) in destinations.sorted(by: { $0.key < $1.key }) {
+                #expect(try QEMUImage.info(destination).backingFilename == nil, "\(target) stands alone", sourceLocation: sourceLocation)
+                #expect(try QEMUImage.verify(destination, pattern: 0x11, offset: "0", length: "16M"), "\(target): the source's data",
+                        sourceLocation: sourceLocation)
+                for slot in slots {
+                    #expect(try QEMUImage.verify(destination, pattern: UInt8(0x30 + slot), offset: "\(20 + slot)M", length: "1M"),
+                            "\(target): slot \(slot)", sourceLocation: sourceLocation)
+                }
+            }
+        }
+
+        func store() throws -> SQLiteStore { try SQLiteStore(path: livecopy.database) }
+
+        func planId() throws -> Int64 {
+            guard let plan = try store().plans(states: nil, vm: nil, limit: 1).first else { throw WaitTimeout(what: "a plan") }
+            return plan.id
+        }
+
+        func planState() throws -> PlanState? { try store().plan(id: try planId())?.state }
+
+        /// The uid libvirt runs QEMU as.
+        var qemuUID: uid_t { getpwnam("libvirt-qemu")?.pointee.pw_uid ?? 0 }
+
+        func owner(of path: String) -> uid_t? {
+            var info = stat()
+            return stat(path, &info) == 0 ? info.st_uid : nil
+        }
+
+        /// Waits until livecopy's copy job (`livecopy-stream-…`) shows one of `status`.
+        func waitForCopyJob(status: Set<String>, timeout: Double = 60) async throws {
+            let deadline = Date().addingTimeInterval(timeout)
+            var last = "none"
+            while Date() < deadline {
+                let jobs = try await domain.withTestMonitor { try await $0.queryJobs() }
+                if let job = jobs.first(where: { $0.id.hasPrefix("livecopy-stream-") }) {
+                    if status.contains(job.status) { return }
+                    last = job.status
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            throw WaitTimeout(what: "livecopy's copy job is \(status.sorted()) (last seen: \(last))")
+        }
+    }
+}
