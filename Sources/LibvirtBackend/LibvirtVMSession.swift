@@ -101,9 +101,11 @@ public final class LibvirtVMSession: VMSession {
         case .commit: "commit"
         case .copy: "mirror"
         }
+        // A job libvirt no longer shows is at its end: the disk's size, of its size.
+        let size = seen == nil ? (try await disks().first { $0.device == job.disk }?.medium?.image.virtualSize ?? 0) : 0
         func shown(_ status: JobStatus, error: String? = nil) -> CopyJob {
-            CopyJob(id: job.id, type: type, status: status, currentProgress: seen?.currentProgress ?? 1,
-                    totalProgress: seen?.totalProgress ?? 1, error: error)
+            CopyJob(id: job.id, type: type, status: status, currentProgress: seen?.currentProgress ?? size,
+                    totalProgress: seen?.totalProgress ?? size, error: error)
         }
         if let seen {
             switch seen.status {
@@ -414,10 +416,9 @@ public final class LibvirtVMSession: VMSession {
         guard let live = try await liveDisks().first(where: { $0.target == entry.device }), let file = live.source else { return nil }
         let definition = try await xml(flags: VIR_DOMAIN_XML_INACTIVE.rawValue)
         guard let recorded = try LibvirtDomainXML.disks(definition).first(where: { $0.target == entry.device }) else { return nil }
-        if recorded.source == file && recorded.backing == live.backing || recorded.source == file && live.backing.isEmpty && recorded.backing.isEmpty {
-            return nil
-        }
-        if recorded.source == file && !live.backing.isEmpty { return nil }  // mid-copy: libvirt records the chain itself
+        // The same image: stale only when it records a backing chain the image no longer
+        // has (mid-copy, libvirt records the chain itself).
+        guard recorded.source != file || (live.backing.isEmpty && !recorded.backing.isEmpty) else { return nil }
         guard let updated = try LibvirtDomainXML.redefining(definition, target: entry.device, file: file, format: live.format ?? "qcow2")
         else { return nil }
         let connection = domain.connection

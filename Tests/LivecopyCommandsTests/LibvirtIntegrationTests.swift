@@ -136,6 +136,78 @@ struct LibvirtIntegrationTests {
         #expect(FileManager.default.fileExists(atPath: rig.destinations["vda"]!))
     }
 
+    /// `livecopy cancel` mid-copy from a second process: the owner rolls back through
+    /// libvirt (virDomainBlockJobAbort of nothing, the held copy cancelled through the
+    /// pass-through, virDomainBlockCommit with ACTIVE, virDomainBlockJobAbort with PIVOT),
+    /// the source gets the guest's writes, and the next boot runs on the source.
+    @Test(.timeLimit(.minutes(4)))
+    func cancelRollsBackThroughLibvirtAndTheNextBootRunsOnTheSource() async throws {
+        let rig = try Rig("lv-cancel", targets: ["vda"], policy: "speed: 2M\nprogress_interval: 200ms\non_failure: rollback\n")
+        defer { rig.remove() }
+        try await rig.write(slot: 0)
+        let submit = try rig.livecopy.start(["submit", rig.planPath])
+        try await rig.waitForCopyJob(status: ["running"])
+        try await rig.write(slot: 1)  // into the destination
+        let cancel = try await rig.livecopy.run(["cancel", String(try rig.planId())])
+        #expect(cancel.status == 0, "cancel: \(cancel.stderr)")
+        _ = try await submit.wait(timeout: 120)
+        #expect(try rig.planState() == .rolledBack)
+        let source = try #require(rig.sources["vda"])
+        #expect(try rig.domain.diskSource(target: "vda") == LibvirtDiskSource(file: source, backingFile: nil))
+        #expect(try rig.domain.diskSource(target: "vda", inactive: true) == LibvirtDiskSource(file: source, backingFile: nil),
+                "the persistent definition names the source again")
+        #expect(!FileManager.default.fileExists(atPath: rig.destinations["vda"]!), "livecopy's destination is deleted")
+        try rig.domain.destroy()
+        try rig.domain.start()
+        #expect(try rig.domain.diskSource(target: "vda").file == source, "the next boot runs on the source")
+        try rig.domain.destroy()
+        #expect(try QEMUImage.verify(source, pattern: 0x11, offset: "0", length: "16M"))
+        #expect(try QEMUImage.verify(source, pattern: 0x30, offset: "20M", length: "1M"))
+        #expect(try QEMUImage.verify(source, pattern: 0x31, offset: "21M", length: "1M"), "the write made into the destination came back")
+    }
+
+    /// A disk on a network volume (NBD here) cannot take the recipe: refused in one line.
+    @Test(.timeLimit(.minutes(2)))
+    func aNetworkDiskIsRefusedWithOneLine() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-lv-nbd")
+        defer { scratch.remove() }
+        chmod(scratch.path, 0o755)
+        let image = scratch.appending("volume.raw"), source = scratch.appending("vda.qcow2")
+        try QEMUImage.create(image, size: "16M", format: "raw")
+        try QEMUImage.create(source, size: "16M")
+        let socket = scratch.appending("nbd.sock")
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/bin/sh")
+        // umask 0: QEMU, running as libvirt-qemu, must be able to connect.
+        server.arguments = ["-c", "umask 000; exec qemu-nbd --persistent --shared=4 -f raw -k '\(socket)' '\(image)'"]
+        try server.run()
+        // SIGKILL: a process started from a Swift concurrency thread inherits its blocked
+        // signals, SIGTERM among them.
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: socket) { try await Task.sleep(for: .milliseconds(50)) }
+        let network = """
+                <disk type='network' device='disk'>
+                  <driver name='qemu' type='raw'/>
+                  <source protocol='nbd'><host transport='unix' socket='\(socket)'/></source>
+                  <target dev='vdb' bus='virtio'/>
+                </disk>
+
+            """
+        let domain = try LibvirtDomain(name: "nbd", directory: scratch.url, disks: [(target: "vda", image: source)],
+                                       persistent: false, extraDevices: network)
+        defer { domain.undefineAndDestroy() }
+        let plan = scratch.appending("plan.yaml")
+        try "vms:\n  - name: nbd\n    libvirt: {domain: \(domain.name)}\n    disks:\n      - {device: vdb, destination: \(scratch.appending("new.qcow2"))}\n"
+            .write(toFile: plan, atomically: true, encoding: .utf8)
+        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
+        let result = try await livecopy.run(["submit", plan])
+        #expect(result.status == 2)
+        #expect(result.stderr.split(separator: "\n").count == 1, "one line: \(result.stderr)")
+        #expect(result.stderr.contains("VM 'nbd' disk 'vdb': libvirt disk vdb is a 'network' disk; livecopy copies file-backed disks only"),
+                "\(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: scratch.appending("new.qcow2")))
+    }
+
     /// Plans naming what libvirt does not have are refused with one line, nothing touched.
     @Test(.timeLimit(.minutes(2)))
     func plansNamingWhatLibvirtLacksAreRefusedWithOneLine() async throws {

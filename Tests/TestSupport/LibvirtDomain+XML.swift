@@ -81,7 +81,7 @@ extension LibvirtDomain {
                 <type arch='x86_64' machine='pc'>hvm</type>
               </os>
               <devices>
-            \(devices)    <controller type='usb' model='none'/>
+            \(devices)\(extraDevices)    <controller type='usb' model='none'/>
                 <memballoon model='none'/>
               </devices>
               <qemu:commandline>

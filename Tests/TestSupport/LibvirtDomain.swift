@@ -41,12 +41,16 @@ public final class LibvirtDomain: Sendable {
     public let logPath: String
     /// The domain XML given to `virsh define` or `virsh create`.
     public let xmlPath: String
+    /// More `<devices>` XML, as given at init.
+    let extraDevices: String
 
     private let removed = Mutex(false)
 
     /// Writes the domain XML to `<directory>/<name>.xml`, then defines and starts the
     /// domain (`persistent`) or creates it, and waits until the test monitor exists.
-    public init(name: String, directory: URL, disks: [(target: String, image: String)], persistent: Bool) throws {
+    /// `extraDevices`: more `<devices>` XML, as given (a network disk, say).
+    public init(name: String, directory: URL, disks: [(target: String, image: String)], persistent: Bool,
+                extraDevices: String = "") throws {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
         let base = String(name.map { allowed.contains($0) ? $0 : "-" })
         let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 16)
@@ -54,6 +58,7 @@ public final class LibvirtDomain: Sendable {
         self.directory = directory
         self.disks = disks.map { Disk(target: $0.target, image: $0.image) }
         self.persistent = persistent
+        self.extraDevices = extraDevices
         let socketDirectory = directory.appendingPathComponent("qmp-\(suffix)").path
         testSocket = socketDirectory + "/test.qmp"
         logPath = "/var/log/libvirt/qemu/\(self.name).log"
