@@ -7,3 +7,4 @@ from . import many_disks  # noqa: F401
 from . import idle_cost  # noqa: F401
 from . import store_at_scale  # noqa: F401
 from . import recovery_at_scale  # noqa: F401
+from . import libvirt_one_disk  # noqa: F401

@@ -8,7 +8,7 @@ from ..common import BenchError, GIB, MIB, RAW_CLIENT, log, run, size_text
 from ..images import copy_pristine, fill_pattern_image
 from ..process import cpu_seconds, read_output, timed
 from ..registry import scenario
-from .shared import in_scratch, write_plan, write_policy
+from .shared import create_database, in_scratch, write_plan, write_policy
 from ..vm import VM
 
 
@@ -51,7 +51,7 @@ class IdleCost:
         pristine = os.path.join(directory, "pristine.qcow2")
         fill_pattern_image(pristine, self.size, self.pattern)
         db = os.path.join(directory, "livecopy.db")
-        run([ctx.livecopy, "history", "--db", db])
+        create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
         write_policy(policy, speed=self.speed_text, retire_source="keep")
         results = {}

@@ -10,7 +10,7 @@ from ..common import BenchError, MIB, RAW_CLIENT, capture, log, run, size_text
 from ..images import verify_pattern_image
 from ..process import cpu_seconds, read_output, running, timed
 from ..registry import scenario
-from .shared import Fleet, abba, in_scratch, make_fleet_template, pair_rows, write_plan, write_policy
+from .shared import Fleet, abba, create_database, in_scratch, make_fleet_template, pair_rows, write_plan, write_policy
 from ..stats import describe_pairs, pct
 from ..timeline import db_rows, event_label
 
@@ -43,7 +43,7 @@ class ManyDisks:
     def _run(self, ctx, directory, images):
         template = make_fleet_template(images, self.size, self.pattern)
         db = os.path.join(directory, "livecopy.db")
-        run([ctx.livecopy, "history", "--db", db])
+        create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
         write_policy(policy, speed=0, retire_source="keep", max_parallel_disks=self.parallel)
         warm, _ = self._one(ctx, images, template, db, policy, 0, "raw", False)

@@ -13,6 +13,7 @@ from ..registry import scenario
 from ..stats import describe_pairs
 from ..timeline import livecopy_timeline, median_timeline, timeline_table
 from ..vm import VM
+from .shared import create_database
 
 
 class OneDiskCopy:
@@ -52,7 +53,7 @@ class OneDiskCopy:
         log(f"[{self.name}] source ready in {time.monotonic() - started:.1f} s")
 
         db = os.path.join(directory, "livecopy.db")
-        run([ctx.livecopy, "history", "--db", db])  # create and migrate it once, untimed
+        create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
         with open(policy, "w") as f:
             f.write(f"# scripts/bench {self.name}\nspeed: {self.speed_text}\nretire_source: keep\n")

@@ -7,7 +7,7 @@ from ..common import BenchError, GIB, MIB, log, run, size_text
 from ..images import copy_pristine, fill_pattern_image, verify_pattern_image
 from ..process import read_output, timed
 from ..registry import scenario
-from .shared import abba, in_scratch, pair_rows, start_vms, stop_vms, write_plan, write_policy
+from .shared import abba, create_database, in_scratch, pair_rows, start_vms, stop_vms, write_plan, write_policy
 from ..stats import describe_pairs
 from ..vm import VM
 
@@ -38,7 +38,7 @@ class ParallelDisks:
             fill_pattern_image(pristine, self.size, pattern)
             pristines.append(pristine)
         db = os.path.join(directory, "livecopy.db")
-        run([ctx.livecopy, "history", "--db", db])
+        create_database(ctx, db)  # create and migrate it once, untimed
         policies = {}
         for parallel in (1, 2):
             policies[parallel] = os.path.join(directory, f"policy{parallel}.yaml")

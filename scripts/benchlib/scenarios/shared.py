@@ -5,7 +5,7 @@ import os
 import shutil
 import subprocess
 
-from ..common import raw_qmp_copy, run
+from ..common import BenchError, raw_qmp_copy, run
 from ..images import fill_pattern_image, verify_pattern_image
 from ..vm import VM
 
@@ -24,6 +24,22 @@ def write_plan(path, name, policy, vms):
             lines += [f"      - device: {device}", f"        destination: {destination}"]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def create_database(ctx, db):
+    """Creates and migrates the scenario's livecopy database, untimed. Read-only commands
+    (history, status, show) never create one, so a plan that the preflight refuses (its
+    QMP socket does not exist) is submitted: livecopy creates the database and records
+    the plan as refused, with exit code 2. Later plans get higher ids (the timeline
+    reads the newest)."""
+    directory = os.path.dirname(db)
+    plan = os.path.join(directory, "create-database.yaml")
+    write_plan(plan, "bench-create-database", "default",
+               [("none", os.path.join(directory, "no-such.qmp"), [("drive0", os.path.join(directory, "never.qcow2"))])])
+    output = run([ctx.livecopy, "submit", plan, "--db", db], check=False)
+    os.remove(plan)
+    if not os.path.exists(db):
+        raise BenchError(f"livecopy did not create {db}: {output.strip()[-2000:]}")
 
 
 def abba(index):
