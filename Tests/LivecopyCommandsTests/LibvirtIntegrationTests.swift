@@ -50,12 +50,7 @@ struct LibvirtIntegrationTests {
     func recoverFinishesAfterLivecopyIsKilledMidCopy() async throws {
         let rig = try Rig("lv-kill", targets: ["vda"], policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
         defer { rig.remove() }
-        try await rig.write(slot: 0)
-        let submit = try rig.livecopy.start(["submit", rig.planPath])
-        try await rig.waitForCopyJob(status: ["running"])
-        try await rig.write(slot: 1)
-        kill(submit.process.processIdentifier, SIGKILL)
-        _ = try await submit.wait(timeout: 30)
+        try await rig.crashMidCopy(alsoQEMU: false)
         let recover = try await rig.livecopy.run(["recover"])
         #expect(recover.status == 0, "recover: \(recover.stderr)\n\(recover.stdout)")
         #expect(try rig.planState() == .completed)
@@ -93,13 +88,7 @@ struct LibvirtIntegrationTests {
     func afterAHostRebootTheDomainBootsTheDestinationAndRecoverFinishes() async throws {
         let rig = try Rig("lv-reboot", targets: ["vda"], policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
         defer { rig.remove() }
-        try await rig.write(slot: 0)
-        let submit = try rig.livecopy.start(["submit", rig.planPath])
-        try await rig.waitForCopyJob(status: ["running"])
-        try await rig.write(slot: 1)
-        kill(submit.process.processIdentifier, SIGKILL)
-        try await rig.domain.killQEMU()
-        _ = try await submit.wait(timeout: 30)
+        try await rig.crashMidCopy(alsoQEMU: true)
         try rig.domain.start()
         let destination = try #require(rig.destinations["vda"])
         #expect(try rig.domain.diskSource(target: "vda") == LibvirtDiskSource(file: destination, backingFile: rig.sources["vda"]))
@@ -117,13 +106,7 @@ struct LibvirtIntegrationTests {
     func aDomainStartedOnTheSourceIsASplitBrain() async throws {
         let rig = try Rig("lv-split", targets: ["vda"], policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
         defer { rig.remove() }
-        try await rig.write(slot: 0)
-        let submit = try rig.livecopy.start(["submit", rig.planPath])
-        try await rig.waitForCopyJob(status: ["running"])
-        try await rig.write(slot: 1)
-        kill(submit.process.processIdentifier, SIGKILL)
-        try await rig.domain.killQEMU()
-        _ = try await submit.wait(timeout: 30)
+        try await rig.crashMidCopy(alsoQEMU: true)
         // Someone boots the domain from its original definition, on the source.
         _ = try Virsh.checked(["undefine", rig.domain.name])
         _ = try Virsh.checked(["define", rig.domain.xmlPath])
@@ -337,6 +320,18 @@ extension LibvirtIntegrationTests {
         func owner(of path: String) -> uid_t? {
             var info = stat()
             return stat(path, &info) == 0 ? info.st_uid : nil
+        }
+
+        /// Writes slot 0, starts `livecopy submit`, writes slot 1 once the copy runs, then
+        /// SIGKILLs livecopy, and QEMU too when `alsoQEMU` (a host crash).
+        func crashMidCopy(alsoQEMU: Bool) async throws {
+            try await write(slot: 0)
+            let submit = try livecopy.start(["submit", planPath])
+            try await waitForCopyJob(status: ["running"])
+            try await write(slot: 1)
+            kill(submit.process.processIdentifier, SIGKILL)
+            if alsoQEMU { try await domain.killQEMU() }
+            _ = try await submit.wait(timeout: 30)
         }
 
         /// Waits until livecopy's copy job (`livecopy-stream-…`) shows one of `status`.
