@@ -1,14 +1,16 @@
-/// Something a backend can or cannot do. The three backends livecopy serves differ:
+/// Something a backend can or cannot do. What libvirt's own API offers, and what the
+/// libvirt backend offers by holding the copy as a QEMU job through libvirt's monitor
+/// pass-through (docs/libvirt.md):
 ///
-/// | capability | QMP stream | QMP mirror | libvirt |
+/// | capability | QMP | libvirt's API alone | the libvirt backend |
 /// |---|---|---|---|
-/// | `holdsFinishedPull` | yes (`auto-finalize: false`) | yes | no: a pull ends by itself |
-/// | `confirmedFlush` | yes (HMP `qemu-io reopen`) | yes | no flush command |
-/// | `pauseJobs` | yes | yes | no |
-/// | `throttleJobs` | yes | yes | yes (`virDomainBlockJobSetSpeed`) |
-/// | `atomicSwitch` | yes (`transaction`) | yes | yes (one snapshot of several disks) |
-/// | `ioErrorAction` | yes (`on-error`) | yes | no (the domain's policy applies) |
-/// | `commitBack`, `mirrorBack` | yes | yes | yes (`BlockCommit`, `BlockCopy`) |
+/// | `holdsFinishedPull` | yes (`auto-finalize: false`) | no: a pull ends by itself | yes (the held copy) |
+/// | `confirmedFlush` | yes (HMP `qemu-io reopen`) | no flush command | yes (the same, passed through) |
+/// | `pauseJobs` | yes | no | the copy yes; libvirt's commit and copy refuse |
+/// | `throttleJobs` | yes | yes (`virDomainBlockJobSetSpeed`) | yes |
+/// | `atomicSwitch` | yes (`transaction`) | yes (one snapshot of several disks) | yes |
+/// | `ioErrorAction` | yes (`on-error`) | no (the domain's policy applies) | yes (the copy's `on-error`) |
+/// | `commitBack`, `mirrorBack` | yes | yes (`BlockCommit`, `BlockCopy`) | yes |
 public enum BackendCapability: String, Sendable, Hashable, CaseIterable {
     /// A finished pull waits (`pending`) until livecopy finalizes it, so livecopy can make
     /// the copy durable before the active image drops its backing file. The stream

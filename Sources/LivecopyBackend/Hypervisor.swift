@@ -1,7 +1,7 @@
 // The boundary between the engine and a hypervisor: what livecopy needs from one, in
 // the model's words (disks, images, copy jobs), never in one hypervisor's protocol.
 
-/// A way to reach VMs: QEMU's QMP monitor today (`QMPHypervisor`), libvirt next, with
+/// A way to reach VMs: QEMU's QMP monitor (`QMPHypervisor`), libvirt (`LibvirtHypervisor`),
 /// `RoutingHypervisor` choosing between them by address. The engine opens one
 /// `VMSession` per VM through it, and asks nothing else of it.
 public protocol Hypervisor: Sendable {
