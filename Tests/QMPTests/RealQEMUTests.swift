@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 @testable import QMP
 
@@ -25,43 +26,7 @@ enum QEMUTools {
     /// and `Process` detects a child's exit through an inherited socket that the daemon
     /// would keep open, so its termination handler would never run.
     static func run(_ executable: String, _ arguments: [String], logFile: String) async throws -> (status: Int32, output: String) {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        addCloseFrom(&actions, 3)
-
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
-        guard spawned == 0 else {
-            throw POSIXError(POSIXErrorCode(rawValue: spawned) ?? .EIO)
-        }
-        let child = pid
-        let status: Int32 = await withCheckedContinuation { continuation in
-            // waitpid blocks, so it gets its own thread rather than a cooperative one.
-            Thread {
-                var status: Int32 = 0
-                while waitpid(child, &status, 0) == -1, errno == EINTR {}
-                continuation.resume(returning: status)
-            }.start()
-        }
-        let output = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
-        // A raw wait status of 0 means "exited with status 0"; anything else is a failure.
-        return (status, output)
-    }
-
-    /// `posix_spawn_file_actions_addclosefrom_np` (glibc 2.34+), looked up at run time
-    /// because Swift's Glibc module does not declare GNU extensions.
-    private static func addCloseFrom(_ actions: inout posix_spawn_file_actions_t, _ lowest: Int32) {
-        typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
-            return
-        }
-        _ = unsafeBitCast(symbol, to: AddCloseFrom.self)(&actions, lowest)
+        try await Daemonizer.run(executable, arguments, logFile: logFile)
     }
 }
 

@@ -13,18 +13,21 @@ import Glibc
 /// also keep any of the test process's sockets it inherited. And a plain `posix_spawn`
 /// from a test passes on the calling thread's signal mask: Swift's concurrency threads
 /// block nearly every signal, and a libvirtd started with SIGTERM blocked never stops.
-enum Daemonizer {
-    /// Spawns `executable ARGS` and returns its raw wait status (0: exited with 0) and output.
-    static func run(_ executable: String, _ arguments: [String]) async throws -> (status: Int32, output: String) {
-        let outputFile = FileManager.default.temporaryDirectory
+public enum Daemonizer {
+    /// Spawns `executable ARGS` and returns its raw wait status (0: exited with 0) and
+    /// output, kept in `logFile` when given (else in a scratch file, removed).
+    public static func run(_ executable: String, _ arguments: [String], logFile: String? = nil) async throws
+        -> (status: Int32, output: String)
+    {
+        let outputFile = logFile ?? FileManager.default.temporaryDirectory
             .appendingPathComponent("lc-daemonize-\(UUID().uuidString.prefix(8)).log").path
-        defer { try? FileManager.default.removeItem(atPath: outputFile) }
+        defer { if logFile == nil { try? FileManager.default.removeItem(atPath: outputFile) } }
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 1, outputFile, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         try closeFrom(&actions, 3)
 
