@@ -88,9 +88,13 @@ final class LibvirtDomainConnection: Sendable {
     let domain: LibvirtHandle
     let events: LibvirtEventSink
     private let callbacks: Mutex<(monitor: Int32, blockJob: Int32)?>
+    /// How long a call may go unanswered before the session counts as lost (the
+    /// policy's `command_timeout`): libvirt waits for QEMU's monitor without a limit.
+    let commandTimeout: Double
 
     private init(uri: String, domainName: String, connection: LibvirtHandle, domain: LibvirtHandle,
-                 events: LibvirtEventSink, callbacks: (monitor: Int32, blockJob: Int32)) {
+                 events: LibvirtEventSink, callbacks: (monitor: Int32, blockJob: Int32), commandTimeout: Double) {
+        self.commandTimeout = commandTimeout
         self.uri = uri
         self.domainName = domainName
         self.connection = connection
@@ -101,8 +105,8 @@ final class LibvirtDomainConnection: Sendable {
 
     /// Connects to libvirtd at `uri` and finds the running domain `name`; throws
     /// `.unreachable` naming what is wrong (no daemon, no such domain, not running).
-    static func open(uri: String, domain name: String) async throws -> LibvirtDomainConnection {
-        try await LibvirtRuntime.blocking {
+    static func open(uri: String, domain name: String, commandTimeout: Double) async throws -> LibvirtDomainConnection {
+        let opened = try await LibvirtRuntime.blocking(timeout: commandTimeout) { () throws -> LibvirtDomainConnection in
             guard LibvirtRuntime.start() else {
                 throw BackendError(.unreachable, reason: "libvirt's event loop could not be registered")
             }
@@ -133,8 +137,13 @@ final class LibvirtDomainConnection: Sendable {
                 throw fail("libvirt at \(uri) refused livecopy's event registration: \(failure.message)")
             }
             return LibvirtDomainConnection(uri: uri, domainName: name, connection: LibvirtHandle(pointer: connection),
-                                           domain: LibvirtHandle(pointer: domain), events: sink, callbacks: ids)
+                                           domain: LibvirtHandle(pointer: domain), events: sink, callbacks: ids,
+                                           commandTimeout: commandTimeout)
         }
+        guard let opened else {
+            throw BackendError(.unreachable, reason: "libvirt at \(uri) did not answer within \(Int(commandTimeout)) s")
+        }
+        return opened
     }
 
     /// Registers the QEMU monitor, block job and close callbacks; each holds a retained
@@ -202,9 +211,15 @@ final class LibvirtDomainConnection: Sendable {
             throw BackendError(.sessionLost, operation: operation, reason: reason)
         }
         let domain = self.domain
-        let result: Result<T, LibvirtFailure> = try await LibvirtRuntime.blocking {
+        let answer: Result<T, LibvirtFailure>? = try await LibvirtRuntime.blocking(timeout: commandTimeout) {
             if let value = try body(domain.pointer) { return .success(value) }
             return .failure(LibvirtFailure.last(operation))
+        }
+        guard let result = answer else {
+            // Left behind: whatever it does now, the session can no longer tell.
+            let reason = "\(operation) got no answer from libvirt within \(formatted(commandTimeout)) s"
+            events.close(because: reason)
+            throw BackendError(.sessionLost, operation: operation, reason: reason)
         }
         switch result {
         case .success(let value): return value
@@ -222,11 +237,15 @@ final class LibvirtDomainConnection: Sendable {
         }
     }
 
+    private func formatted(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+    }
+
     /// Deregisters the callbacks and closes the connection; calls in flight fail.
     func close() async {
         guard let ids = callbacks.withLock({ ids in defer { ids = nil }; return ids }) else { return }
         let connection = self.connection, domain = self.domain
-        _ = try? await LibvirtRuntime.blocking {
+        _ = try? await LibvirtRuntime.blocking(timeout: commandTimeout) {
             _ = virConnectDomainQemuMonitorEventDeregister(connection.pointer, ids.monitor)
             _ = virConnectDomainEventDeregisterAny(connection.pointer, ids.blockJob)
             _ = virConnectUnregisterCloseCallback(connection.pointer, LibvirtDomainConnection.closeCallback)

@@ -17,7 +17,7 @@ public struct LibvirtHypervisor: Hypervisor {
 
     public func connect(to address: String, commandTimeout: Double) async throws -> any VMSession {
         let (uri, name) = try Self.parse(address)
-        let domain = try await LibvirtDomainConnection.open(uri: uri, domain: name)
+        let domain = try await LibvirtDomainConnection.open(uri: uri, domain: name, commandTimeout: commandTimeout)
         do {
             return LibvirtVMSession(domain: domain, registry: try await LibvirtJobRegistry.load(domain))
         } catch {

@@ -3,6 +3,7 @@
 
 import CLibvirt
 import Foundation
+import Synchronization
 
 /// libvirt's process-wide state, set up once before the first connection.
 ///
@@ -39,11 +40,28 @@ enum LibvirtRuntime {
     /// cooperative pool (libvirt's connections are safe to use from several threads).
     static let calls = DispatchQueue(label: "livecopy.libvirt.calls", attributes: .concurrent)
 
-    /// Runs one blocking libvirt call on `calls` and returns its result.
-    static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            calls.async { continuation.resume(with: Result { try body() }) }
+    /// Runs one blocking libvirt call on `calls` and returns its result. With a
+    /// `timeout`, a call with no answer by then is left behind: nil is returned at once
+    /// (the call's result, when it comes, is dropped).
+    static func blocking<T: Sendable>(timeout: Double? = nil, _ body: @escaping @Sendable () throws -> T) async throws -> T? {
+        let answered = Answered()
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T?, Error>) in
+            calls.async {
+                let result = Result { try body() }
+                if answered.first() { continuation.resume(with: result.map { $0 }) }
+            }
+            if let timeout {
+                DispatchQueue.global().asyncAfter(deadline: .now() + timeout) {
+                    if answered.first() { continuation.resume(returning: nil) }
+                }
+            }
         }
+    }
+
+    /// Whether a continuation was resumed yet: `first()` is true once.
+    private final class Answered: Sendable {
+        private let done = Mutex(false)
+        func first() -> Bool { done.withLock { done in defer { done = true }; return !done } }
     }
 }
 
