@@ -41,11 +41,18 @@ extension LibvirtVMSession {
         case .commit: "commit"
         case .copy: "mirror"
         }
-        // A job libvirt no longer shows is at its end: the disk's size, of its size.
-        let size = seen == nil ? (try await disks().first { $0.device == job.disk }?.medium?.image.virtualSize ?? 0) : 0
+        // Progress as libvirt reports it; a job libvirt no longer shows is at its end: the
+        // disk's size, of its size.
+        let progress: (done: Int64, total: Int64)
+        if let info = try await blockJobInfo(disk: job.disk) {
+            progress = info
+        } else {
+            let size = try await disks().first { $0.device == job.disk }?.medium?.image.virtualSize ?? 0
+            progress = (size, size)
+        }
         func shown(_ status: JobStatus, error: String? = nil) -> CopyJob {
-            CopyJob(id: job.id, type: type, status: status, currentProgress: seen?.currentProgress ?? size,
-                    totalProgress: seen?.totalProgress ?? size, error: error)
+            CopyJob(id: job.id, type: type, status: status, currentProgress: progress.done, totalProgress: progress.total,
+                    error: error)
         }
         if let seen {
             switch seen.status {
@@ -72,6 +79,18 @@ extension LibvirtVMSession {
             if seen != nil { return shown(.running) }  // libvirt is pivoting
             return shown(.concluded, error: "libvirt's \(type) job of \(job.disk) ended without pivoting onto \(job.pivotTo ?? "?") (the disk runs on \(disk?.source ?? "no image"))")
         }
+    }
+
+    /// The progress of libvirt's block job on `disk` (`virDomainGetBlockJobInfo`, in
+    /// bytes), or nil when libvirt shows no job there.
+    func blockJobInfo(disk: String) async throws -> (done: Int64, total: Int64)? {
+        let answer = try await domain.call("virDomainGetBlockJobInfo") { pointer -> (found: Bool, done: Int64, total: Int64)? in
+            var info = virDomainBlockJobInfo()
+            let found = virDomainGetBlockJobInfo(pointer, disk, &info, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES.rawValue)
+            guard found >= 0 else { return nil }
+            return (found == 1, Int64(clamping: info.cur), Int64(clamping: info.end))
+        }
+        return answer.found ? (answer.done, answer.total) : nil
     }
 
     /// Whether QEMU job `id` is libvirt's block job on disk `target`: libvirt names them

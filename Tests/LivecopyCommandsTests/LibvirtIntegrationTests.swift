@@ -33,6 +33,10 @@ struct LibvirtIntegrationTests {
             #expect(try rig.domain.diskSource(target: target, inactive: true) == LibvirtDiskSource(file: destination, backingFile: nil),
                     "the persistent definition names \(destination)")
         }
+        for disk in try rig.store().disks(ofPlan: try rig.planId()) {
+            #expect(disk.bytesTotal == 32 << 20 && disk.bytesDone == disk.bytesTotal,
+                    "\(disk.device): the recorded progress is the disk's, not libvirt's empty final pull's: \(disk.bytesDone)/\(disk.bytesTotal)")
+        }
         #expect(rig.owner(of: rig.destinations["vda"]!) == rig.qemuUID, "libvirt's DAC driver labelled the destination for QEMU")
         #expect(rig.owner(of: rig.sources["vda"]! + ".retired") == 0, "and gave the retired source back to root")
         try await rig.write(slot: 1)
