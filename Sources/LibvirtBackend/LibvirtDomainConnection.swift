@@ -78,11 +78,10 @@ final class LibvirtEventSink: Sendable {
     }
 }
 
-/// One connection to libvirtd (`uri`) and one running domain on it. Every libvirt call
+/// One connection to libvirtd and one running domain on it. Every libvirt call
 /// runs on `LibvirtRuntime.calls`, never on Swift's cooperative threads; a failed call
 /// throws `BackendError` in the words libvirt gave.
 final class LibvirtDomainConnection: Sendable {
-    let uri: String
     let domainName: String
     let connection: LibvirtHandle
     let domain: LibvirtHandle
@@ -92,10 +91,9 @@ final class LibvirtDomainConnection: Sendable {
     /// policy's `command_timeout`): libvirt waits for QEMU's monitor without a limit.
     let commandTimeout: Double
 
-    private init(uri: String, domainName: String, connection: LibvirtHandle, domain: LibvirtHandle,
+    private init(domainName: String, connection: LibvirtHandle, domain: LibvirtHandle,
                  events: LibvirtEventSink, callbacks: (monitor: Int32, blockJob: Int32), commandTimeout: Double) {
         self.commandTimeout = commandTimeout
-        self.uri = uri
         self.domainName = domainName
         self.connection = connection
         self.domain = domain
@@ -136,7 +134,7 @@ final class LibvirtDomainConnection: Sendable {
                 virDomainFree(domain)
                 throw fail("libvirt at \(uri) refused livecopy's event registration: \(failure.message)")
             }
-            return LibvirtDomainConnection(uri: uri, domainName: name, connection: LibvirtHandle(pointer: connection),
+            return LibvirtDomainConnection(domainName: name, connection: LibvirtHandle(pointer: connection),
                                            domain: LibvirtHandle(pointer: domain), events: sink, callbacks: ids,
                                            commandTimeout: commandTimeout)
         }
