@@ -31,29 +31,24 @@ final class LibvirtEventSink: Sendable {
     /// Why the connection closed, or nil while it is open.
     var closedBecause: String? { state.withLock { $0.closedBecause } }
 
-    func monitorEvents() -> AsyncStream<QMPEvent> {
-        let (stream, continuation) = AsyncStream<QMPEvent>.makeStream()
-        let id: Int? = state.withLock { state in
-            guard state.closedBecause == nil else { return nil }
-            state.nextID += 1
-            state.monitorListeners[state.nextID] = continuation
-            return state.nextID
-        }
-        guard let id else { continuation.finish(); return stream }
-        continuation.onTermination = { [weak self] _ in self?.state.withLock { _ = $0.monitorListeners.removeValue(forKey: id) } }
-        return stream
-    }
+    func monitorEvents() -> AsyncStream<QMPEvent> { subscribe(\.monitorListeners) }
 
-    func blockJobEvents() -> AsyncStream<LibvirtBlockJobEvent> {
-        let (stream, continuation) = AsyncStream<LibvirtBlockJobEvent>.makeStream()
+    func blockJobEvents() -> AsyncStream<LibvirtBlockJobEvent> { subscribe(\.blockJobListeners) }
+
+    /// A new listener in `listeners`, removed when its stream ends; a stream that is over
+    /// at once when the connection is closed already.
+    private func subscribe<Event: Sendable>(
+        _ listeners: WritableKeyPath<State, [Int: AsyncStream<Event>.Continuation]> & Sendable
+    ) -> AsyncStream<Event> {
+        let (stream, continuation) = AsyncStream<Event>.makeStream()
         let id: Int? = state.withLock { state in
             guard state.closedBecause == nil else { return nil }
             state.nextID += 1
-            state.blockJobListeners[state.nextID] = continuation
+            state[keyPath: listeners][state.nextID] = continuation
             return state.nextID
         }
         guard let id else { continuation.finish(); return stream }
-        continuation.onTermination = { [weak self] _ in self?.state.withLock { _ = $0.blockJobListeners.removeValue(forKey: id) } }
+        continuation.onTermination = { [weak self] _ in self?.state.withLock { _ = $0[keyPath: listeners].removeValue(forKey: id) } }
         return stream
     }
 

@@ -41,25 +41,3 @@ final class LibvirtJobEndings: Sendable {
 
     func stop() { listener.cancel() }
 }
-
-/// Turns, one holder at a time, in order of arrival (an async mutex).
-actor LibvirtTurns {
-    private var held = false
-    private var waiting: [CheckedContinuation<Void, Never>] = []
-
-    func acquire() async {
-        if !held {
-            held = true
-            return
-        }
-        await withCheckedContinuation { waiting.append($0) }
-    }
-
-    func release() {
-        if waiting.isEmpty {
-            held = false
-        } else {
-            waiting.removeFirst().resume()
-        }
-    }
-}

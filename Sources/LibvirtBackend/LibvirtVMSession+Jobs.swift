@@ -28,7 +28,7 @@ extension LibvirtVMSession {
                 shown.append(try await libvirtJob(job, seen: ownJob))
             }
         }
-        return shown + running.filter { !claimed.contains($0.id) && registry.job($0.id)?.kind != .finalizing }
+        return shown + running.filter { !claimed.contains($0.id) }
     }
 
     /// libvirt's job for `job`, in the words of QEMU's job model: as QEMU shows it while

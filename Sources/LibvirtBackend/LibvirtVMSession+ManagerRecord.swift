@@ -16,8 +16,9 @@ extension LibvirtVMSession {
             return answer < 0 ? nil : answer
         }
         guard persistent == 1 else { return nil }
-        let entry = try await findDisk(name)
-        guard let live = try await liveDisks().first(where: { $0.target == entry.device }), let file = live.source else { return nil }
+        let running = try await liveDisks()
+        let entry = try await findDisk(name, recorded: running)
+        guard let live = running.first(where: { $0.target == entry.device }), let file = live.source else { return nil }
         let definition = try await xml(flags: VIR_DOMAIN_XML_INACTIVE.rawValue)
         guard let recorded = try LibvirtDomainXML.disks(definition).first(where: { $0.target == entry.device }) else { return nil }
         // The same image: stale only when it records a backing chain the image no longer

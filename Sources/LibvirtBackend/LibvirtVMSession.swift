@@ -45,8 +45,10 @@ public final class LibvirtVMSession: VMSession {
 
     /// libvirt's disks (named by target, `vda`), each with the image file and backing
     /// file libvirt's live definition records, and the node name and chain QEMU reports.
-    public func disks() async throws -> [VMDisk] {
-        let recorded = try await liveDisks()
+    public func disks() async throws -> [VMDisk] { try await disks(recorded: try await liveDisks()) }
+
+    /// The VM's disks as `recorded` in libvirt's live definition (read once by the caller).
+    func disks(recorded: [LibvirtDisk]) async throws -> [VMDisk] {
         let running = try await qemu.disks()
         return recorded.map { disk in
             let qemuDisk = running.first { entry in
@@ -72,7 +74,7 @@ public final class LibvirtVMSession: VMSession {
     /// labels them for QEMU, and switches every listed disk in one QEMU transaction.
     public func switchToOverlays(_ requests: [OverlayRequest]) async throws {
         let disks = try await liveDisks()
-        let known = try await self.disks()
+        let known = try await self.disks(recorded: disks)
         var overlays: [String: String] = [:]
         for request in requests {
             guard let target = known.device(named: request.disk.name)?.device else {
@@ -199,8 +201,11 @@ public final class LibvirtVMSession: VMSession {
         }
     }
 
-    func findDisk(_ name: String) async throws -> VMDisk {
-        guard let disk = try await disks().device(named: name) else {
+    /// The disk `name` designates, among those `recorded` (nil: read them now).
+    func findDisk(_ name: String, recorded: [LibvirtDisk]? = nil) async throws -> VMDisk {
+        let listed: [LibvirtDisk]
+        if let recorded { listed = recorded } else { listed = try await liveDisks() }
+        guard let disk = try await disks(recorded: listed).device(named: name) else {
             throw BackendError(.refused(transient: false), reason: "libvirt domain '\(domain.domainName)' has no disk '\(name)'")
         }
         return disk

@@ -171,9 +171,9 @@ extension DiskWorkflow {
 
     /// Tells the VM's manager which image the disk runs on now, when it keeps a record
     /// that the next boot follows (libvirt's persistent definition), and notes a change.
+    /// The device is named as preflight found it (a QMP VM answers without asking QEMU).
     func updateManagerRecord() async throws {
-        let entry = try await locateDevice()
-        if let change = try await session.updateManagerRecord(disk: try deviceName(entry)) {
+        if let change = try await session.updateManagerRecord(disk: disk.qmpDevice ?? disk.device) {
             try await ledger.note(change)
         }
     }

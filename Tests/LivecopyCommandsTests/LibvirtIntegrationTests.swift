@@ -55,9 +55,7 @@ struct LibvirtIntegrationTests {
         let rig = try Rig("lv-kill", targets: ["vda"], policy: "speed: 4M\nretire_source: rename\nprogress_interval: 200ms\n")
         defer { rig.remove() }
         try await rig.crashMidCopy(alsoQEMU: false)
-        let recover = try await rig.livecopy.run(["recover"])
-        #expect(recover.status == 0, "recover: \(recover.stderr)\n\(recover.stdout)")
-        #expect(try rig.planState() == .completed)
+        try await rig.expectRecoverCompletes()
         try await rig.write(slot: 2)
         try rig.domain.destroy()
         try rig.expectDestinationsHold(slots: 0...2)
@@ -77,8 +75,7 @@ struct LibvirtIntegrationTests {
         try await rig.write(slot: 1)
         if try rig.planState() != .completed {
             #expect(first.status != 0, "a plan that did not complete exits non-zero")
-            let recover = try await rig.livecopy.run(["recover"])
-            #expect(recover.status == 0, "recover: \(recover.stderr)\n\(recover.stdout)")
+            try await rig.expectRecoverCompletes()
         }
         #expect(try rig.planState() == .completed)
         try rig.domain.destroy()
@@ -97,9 +94,7 @@ struct LibvirtIntegrationTests {
         let destination = try #require(rig.destinations["vda"])
         #expect(try rig.domain.diskSource(target: "vda") == LibvirtDiskSource(file: destination, backingFile: rig.sources["vda"]))
         try await rig.write(slot: 2)
-        let recover = try await rig.livecopy.run(["recover"])
-        #expect(recover.status == 0, "recover: \(recover.stderr)\n\(recover.stdout)")
-        #expect(try rig.planState() == .completed)
+        try await rig.expectRecoverCompletes()
         try rig.domain.destroy()
         try rig.expectDestinationsHold(slots: 0...2)
     }
@@ -234,9 +229,7 @@ struct LibvirtIntegrationTests {
             let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": point])
             #expect(submit.status == 86, "[\(point)] submit stops at the crash point: \(submit.status)\n\(submit.stderr)")
             try await rig.write(slot: 1)
-            let recover = try await rig.livecopy.run(["recover"])
-            #expect(recover.status == 0, "[\(point)] recover: \(recover.stderr)\n\(recover.stdout)")
-            #expect(try rig.planState() == .completed, "[\(point)]")
+            try await rig.expectRecoverCompletes(point)
             try await rig.write(slot: 2)
             #expect(try rig.domain.diskSource(target: "vda", inactive: true).file == rig.destinations["vda"], "[\(point)]")
             try rig.domain.destroy()
@@ -318,6 +311,13 @@ extension LibvirtIntegrationTests {
         func owner(of path: String) -> uid_t? {
             var info = stat()
             return stat(path, &info) == 0 ? info.st_uid : nil
+        }
+
+        /// `livecopy recover` exits 0 and the plan is completed.
+        func expectRecoverCompletes(_ context: String = "", sourceLocation: SourceLocation = #_sourceLocation) async throws {
+            let recover = try await livecopy.run(["recover"])
+            #expect(recover.status == 0, "[\(context)] recover: \(recover.stderr)\n\(recover.stdout)", sourceLocation: sourceLocation)
+            #expect(try planState() == .completed, "[\(context)]", sourceLocation: sourceLocation)
         }
 
         /// Writes slot 0, starts `livecopy submit`, writes slot 1 once the copy runs, then

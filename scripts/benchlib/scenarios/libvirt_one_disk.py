@@ -18,7 +18,7 @@ from ..process import cpu_seconds, read_output, timed
 from ..registry import scenario
 from ..stats import describe_pairs
 from ..timeline import livecopy_timeline, median_timeline, timeline_table
-from .shared import abba, create_database
+from .shared import abba, create_database, warm_up, write_policy
 
 URI = "qemu:///system"
 
@@ -154,15 +154,9 @@ class LibvirtOneDisk:
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
-        with open(policy, "w") as f:
-            f.write(f"# scripts/bench {self.name}\nspeed: {self.bandwidth_mib}M\nretire_source: keep\n")
-
-        warmups = []
-        for number in range(1, ctx.warmups + 1):
-            for tool in ("virsh", "livecopy"):
-                result = self._one_run(ctx, directory, pristine, db, policy, 0, tool, False)
-                warmups.append((tool, result["seconds"]))
-                log(f"[{self.name}] warm-up {number}/{ctx.warmups} {tool}: {result['seconds']:.3f} s (discarded)")
+        write_policy(policy, speed=f"{self.bandwidth_mib}M", retire_source="keep")
+        warmups = warm_up(ctx, self.name, ("virsh", "livecopy"),
+                          lambda tool: self._one_run(ctx, directory, pristine, db, policy, 0, tool, False)["seconds"])
 
         pairs_wanted = self.pairs(ctx)
         results, verified = [], {}

@@ -13,7 +13,7 @@ from ..registry import scenario
 from ..stats import describe_pairs
 from ..timeline import livecopy_timeline, median_timeline, timeline_table
 from ..vm import VM
-from .shared import create_database
+from .shared import abba, create_database, warm_up, write_policy
 
 
 class OneDiskCopy:
@@ -55,21 +55,13 @@ class OneDiskCopy:
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
-        with open(policy, "w") as f:
-            f.write(f"# scripts/bench {self.name}\nspeed: {self.speed_text}\nretire_source: keep\n")
-
-        # Warm-up, discarded: the first copy after the source is written is much slower
-        # (seen: 7 s instead of 3 s for 2 GiB uncapped, whichever tool runs it).
-        warmups = []
-        for number in range(1, ctx.warmups + 1):
-            for tool in ("raw", "livecopy"):
-                seconds, _, _ = self._one_run(ctx, directory, pristine, db, policy, 0, tool, False)
-                warmups.append((tool, seconds))
-                log(f"[{self.name}] warm-up {number}/{ctx.warmups} {tool}: {seconds:.3f} s (discarded)")
+        write_policy(policy, speed=self.speed_text, retire_source="keep")
+        warmups = warm_up(ctx, self.name, ("raw", "livecopy"),
+                          lambda tool: self._one_run(ctx, directory, pristine, db, policy, 0, tool, False)[0])
 
         results, verified = [], {}
         for index in range(pairs_wanted):
-            order = "AB" if index % 2 == 0 else "BA"
+            order = abba(index)
             pair = {"pair": index + 1, "order": order}
             for kind in order:
                 tool = "livecopy" if kind == "A" else "raw"
