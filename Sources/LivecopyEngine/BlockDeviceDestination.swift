@@ -29,6 +29,15 @@ enum BlockDeviceDestination {
         return nil
     }
 
+    /// The device's size in bytes, or nil when it cannot be opened.
+    static func size(of path: String) -> Int64? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let size = lseek(fd, 0, SEEK_END)
+        return size >= 0 ? Int64(size) : nil
+    }
+
     /// `problem`, and then whether any process holds the device open (`OpenFiles`).
     static func problemNow(_ path: String, virtualSize: Int64) async -> String? {
         if let problem = problem(path, virtualSize: virtualSize) { return problem }

@@ -153,10 +153,13 @@ extension DiskWorkflow {
     /// Opens the destination in QEMU and starts the mirror job.
     func startMirrorJob(_ entry: VMDisk, jobId: String) async throws {
         let blockDevice = isBlockDevice(disk.destination)
+        // A block device larger than the disk shows the guest only the disk's size (a
+        // raw file livecopy made has that size already).
         let size = entry.medium?.image.virtualSize
+        let limit = blockDevice && size != BlockDeviceDestination.size(of: disk.destination) ? size : nil
         let speed = controls().speedOverride ?? policy.speed
         let target = ImageToOpen(nodeName: disk.destinationNodeName, path: disk.destination, format: disk.destinationFormat.rawValue,
-                                 isBlockDevice: blockDevice, size: disk.destinationFormat == .raw ? size : nil)
+                                 isBlockDevice: blockDevice, size: limit)
         if disk.intent != .mirror {
             try await ledger.intend(.mirror, "job \(jobId) into \(disk.destination), speed \(speed), copy-mode \(policy.copyMode.rawValue), on-error \(policy.onError.rawValue)")
         }
