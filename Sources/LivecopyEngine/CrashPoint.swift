@@ -37,13 +37,14 @@ public enum CrashPoint {
     }
 
     /// Every crash point of a forward copy with the mirror strategy, when the source is
-    /// retired by `retire`.
+    /// retired by `retire`. Not `sent:create-destination`: a file found after a crash
+    /// there cannot be proven livecopy's, and waits for an operator (as with streaming).
     public static func mirrorForwardNames(retiring retire: Policy.RetireSource) -> [String] {
         let forward = forwardNames(retiring: retire)
         let retirement = Array(forward.drop(while: { $0 != "transition:retiring" }))
         return [
             "plan:running",
-            "transition:mirroring", "intent:create-destination", "sent:create-destination", "intent:blockdev-mirror",
+            "transition:mirroring", "intent:create-destination", "intent:blockdev-mirror",
             "sent:blockdev-mirror", "outcome:blockdev-mirror",
             "intent:pivot", "sent:pivot", "outcome:pivot", "sent:job-dismiss",
         ] + retirement

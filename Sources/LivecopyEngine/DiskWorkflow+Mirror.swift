@@ -102,7 +102,15 @@ extension DiskWorkflow {
         guard disk.pivoted || disk.intent == .pivot else { return }
         let source = disk.source ?? "the source"
         var info = stat()
-        if lstat(disk.destination, &info) == 0, await inspector.sourceMatchesDestination(disk) {
+        if lstat(disk.destination, &info) != 0 && errno == ENOENT {
+            // The operator decided for the source and deleted the destination.
+            try await ledger.outcome("the VM runs on \(source) again and \(disk.destination) is gone: mirroring again from scratch") {
+                $0.pivoted = false
+                $0.destinationCreated = false
+            }
+            return
+        }
+        if await inspector.sourceMatchesDestination(disk) {
             try await ledger.outcome("the VM runs on \(source) again and \(disk.destination) holds the same data: nothing written after the pivot is lost; mirroring again") {
                 $0.pivoted = false
             }

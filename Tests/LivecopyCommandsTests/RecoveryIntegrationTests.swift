@@ -998,7 +998,7 @@ struct RecoveryIntegrationTests {
             self.dataMiB = dataMiB
             source = scratch.appending("src.qcow2")
             self.destination = destination ?? scratch.appending("new/dst.\(format ?? "qcow2")")
-            destinationFormat = format ?? "qcow2"
+            destinationFormat = format ?? (destination.map(isBlockDevice) == true ? "raw" : "qcow2")
             planPath = scratch.appending("plan.yaml")
             database = scratch.appending("livecopy.db")
             livecopy = LivecopyProcess(database: database)
@@ -1101,6 +1101,11 @@ struct RecoveryIntegrationTests {
         /// The VM's active image of drive0 and its backing file, per the test monitor.
         func activeImage() async throws -> (file: String?, backing: String?) {
             let inserted = try await vm.testMonitor().queryBlock().first { $0.device == "drive0" }?.inserted
+            // A block device larger than the disk is opened limited to the disk's size,
+            // which QEMU names `json:{"driver": "raw", "size": …, "file": {… "filename": DEV}}`.
+            if let file = inserted?.file, file.hasPrefix("json:"), file.contains("\"filename\": \"\(destination)\"") {
+                return (destination, inserted?.backingFile)
+            }
             return (inserted?.file, inserted?.backingFile)
         }
 
