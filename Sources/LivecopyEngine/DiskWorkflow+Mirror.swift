@@ -70,7 +70,9 @@ extension DiskWorkflow {
                 }
             }
             if let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents) {
-                throw StreamFailure(description: "mirror job \(jobId) failed: \(error)")
+                // The VM stays on its source; QEMU lets go of the partial copy.
+                try? await session.closeImage(nodeName: disk.destinationNodeName)
+                throw StreamFailure(description: "mirror job \(jobId) failed: \(error); the VM stays on \(disk.source ?? "the source"), which holds every write")
             }
             let entry = try await locateDevice()
             guard entry.medium?.file == disk.destination else {

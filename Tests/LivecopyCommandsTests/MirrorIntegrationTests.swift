@@ -321,6 +321,69 @@ extension MirrorIntegrationTests {
     }
 }
 
+extension MirrorIntegrationTests {
+    // MARK: - 7. The copy fails; the VM never left its source
+
+    @Test(.timeLimit(.minutes(2)), .requires(.tmpfs))
+    func aMirrorOutOfSpaceFailsWithTheVMOnItsSourceAndResumesOnceThereIsRoom() async throws {
+        let holder = try TemporaryDirectory(prefix: "lc-mirror-enospc")
+        defer { holder.remove() }
+        let small = try #require(SmallFilesystem(path: holder.appending("small"), size: "4M"))
+        let rig = try Rig("lc-mirror-enospc", dataMiB: 16, policy: Self.policy("on_error: report\nspace_margin: 0\n"),
+                          destination: small.path + "/dst.raw", format: "raw")
+        defer { rig.scratch.remove() }
+        try await rig.write(slot: 0)
+        let submit = try await rig.livecopy.run(["submit", rig.planPath])
+        #expect(submit.status != 0, "submit: \(submit.stderr)")
+        let planId = try rig.planId()
+        let disk = try rig.store().disks(ofPlan: planId).first
+        #expect(disk?.state == .failed && disk?.error?.contains("No space left") == true, "\(disk?.error ?? "")")
+        #expect(try await rig.activeImage().file == rig.source, "the VM never left its source")
+        try await rig.write(slot: 1)
+
+        try small.resize("80M")
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status == 0, "recover: \(recover.stderr)")
+        #expect(try rig.store().plan(id: planId)?.state == .completed)
+        try await rig.write(slot: 2)
+        await rig.vm.stop()
+        try rig.expectDestinationHoldsEverything("after ENOSPC")
+    }
+
+    // MARK: - 8. Started on the wrong image after a pivot: touch nothing
+
+    /// The pivot was sent, QEMU died after a write into the destination, and the VM was
+    /// started again on its source: the images differ, so livecopy touches neither and
+    /// names both; started on the destination, recover finishes.
+    @Test(.timeLimit(.minutes(2)))
+    func aVMRestartedOnItsSourceAfterThePivotNeedsAttention() async throws {
+        let rig = try Rig("lc-mirror-wrong", dataMiB: 8, policy: Self.policy(), format: "raw")
+        defer { rig.scratch.remove() }
+        try await rig.write(slot: 0)
+        let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": "sent:pivot"])
+        #expect(submit.status == RecoveryIntegrationTests.crashStatus, "submit: \(submit.stderr)")
+        try await rig.write(slot: 1)  // into the destination, after the pivot
+        rig.vm.kill()
+        rig.vm = try QEMUVirtualMachine(name: "vm", directory: rig.scratch.url, drives: [(id: "drive0", image: rig.source, format: "qcow2")])
+        let refused = try await rig.livecopy.run(["recover"])
+        #expect(refused.status != 0, "recover: \(refused.stderr)")
+        let planId = try rig.planId()
+        let disk = try rig.store().disks(ofPlan: planId).first
+        #expect(disk?.state == .needsAttention, "\(disk?.state.rawValue ?? "?")")
+        #expect(disk?.error?.contains(rig.source) == true && disk?.error?.contains(rig.destination) == true, "\(disk?.error ?? "")")
+        #expect(FileManager.default.fileExists(atPath: rig.destination), "the destination is untouched")
+        await rig.vm.stop()
+
+        rig.vm = try QEMUVirtualMachine(name: "vm", directory: rig.scratch.url, drives: [(id: "drive0", image: rig.destination, format: "raw")])
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status == 0, "recover: \(recover.stderr)")
+        #expect(try rig.store().plan(id: planId)?.state == .completed)
+        try await rig.write(slot: 2)
+        await rig.vm.stop()
+        try rig.expectDestinationHoldsEverything("restarted on the destination")
+    }
+}
+
 /// A guest that keeps writing while livecopy runs: one 64 KiB write every 10 ms, each to
 /// a place of its own in the last 16 MiB of the disk, issued without waiting (a blocking
 /// HMP write would hold QEMU's main loop while the pivot drains the device). After
