@@ -84,13 +84,18 @@ public struct ImageToOpen: Sendable, Equatable {
     public let isBlockDevice: Bool
     /// For raw: how many bytes of `path` the disk sees (a block device may be larger).
     public let size: Int64?
+    /// The source device's cache mode and zero detection, which the VM keeps after the
+    /// pivot (nil: the hypervisor's defaults).
+    public let ioSettings: VMDisk.IOSettings?
 
-    public init(nodeName: String, path: String, format: String, isBlockDevice: Bool, size: Int64?) {
+    public init(nodeName: String, path: String, format: String, isBlockDevice: Bool, size: Int64?,
+                ioSettings: VMDisk.IOSettings? = nil) {
         self.nodeName = nodeName
         self.path = path
         self.format = format
         self.isBlockDevice = isBlockDevice
         self.size = size
+        self.ioSettings = ioSettings
     }
 }
 

@@ -28,12 +28,31 @@ public struct VMDisk: Sendable {
         public let backingFile: String?
         /// The active image with, recursively, its backing chain.
         public let image: DiskImage
+        /// How the device's I/O is cached and zeros detected, when the hypervisor says: a
+        /// mirror's destination is opened the same way, since the VM runs on it afterwards.
+        public let ioSettings: IOSettings?
 
-        public init(file: String, nodeName: String?, backingFile: String?, image: DiskImage) {
+        public init(file: String, nodeName: String?, backingFile: String?, image: DiskImage, ioSettings: IOSettings? = nil) {
             self.file = file
             self.nodeName = nodeName
             self.backingFile = backingFile
             self.image = image
+            self.ioSettings = ioSettings
+        }
+    }
+
+    /// A device's cache mode and zero detection (QEMU's `cache.direct`, `cache.no-flush`,
+    /// `detect-zeroes`).
+    public struct IOSettings: Sendable, Equatable {
+        public let cacheDirect: Bool
+        public let cacheNoFlush: Bool
+        /// `off`, `on` or `unmap`.
+        public let detectZeroes: String?
+
+        public init(cacheDirect: Bool, cacheNoFlush: Bool, detectZeroes: String?) {
+            self.cacheDirect = cacheDirect
+            self.cacheNoFlush = cacheNoFlush
+            self.detectZeroes = detectZeroes
         }
     }
 

@@ -169,8 +169,9 @@ extension DiskWorkflow {
         let size = entry.medium?.image.virtualSize
         let limit = blockDevice && size != BlockDeviceDestination.size(of: disk.destination) ? size : nil
         let speed = controls().speedOverride ?? policy.speed
+        // Opened as the source is (cache mode, zero detection): the VM runs on it after the pivot.
         let target = ImageToOpen(nodeName: disk.destinationNodeName, path: disk.destination, format: disk.destinationFormat.rawValue,
-                                 isBlockDevice: blockDevice, size: limit)
+                                 isBlockDevice: blockDevice, size: limit, ioSettings: entry.medium?.ioSettings)
         if disk.intent != .mirror {
             try await ledger.intend(.mirror, "job \(jobId) into \(disk.destination), speed \(speed), copy-mode \(policy.copyMode.rawValue), on-error \(policy.onError.rawValue)")
         }
@@ -191,96 +192,6 @@ extension DiskWorkflow {
 
     /// QEMU's `buf-size` for livecopy's mirrors (nil: QEMU's default). See BENCHMARKS.md.
     static let mirrorBufferSize: Int64? = nil
-
-    /// The job is READY: both images hold the same data and every guest write reaches
-    /// both. The pivot, with the VM's other mirror disks when there are any
-    /// (`MirrorPivots`): the destination flushed with QEMU's confirmation, then
-    /// `block-job-complete` (the job drains and waits in `pending`, the guest's I/O held
-    /// meanwhile) and at once `job-finalize`, at which the device pivots. Without the
-    /// confirmation nothing is completed: the job stays READY, the VM on its source, and
-    /// the disk fails, for recover or run to try again.
-    func pivot(_ jobId: String) async throws {
-        if let pivots {
-            try await pivots.pivot(self, jobId: jobId)
-            return
-        }
-        try await preparePivot(jobId)
-        let completed = try await completeForPivot(jobId)
-        try await finalizePivot(jobId, completedAt: completed)
-    }
-
-    /// Re-attached to a job already completed (livecopy died inside the pivot): flushed
-    /// again with confirmation, then finalized.
-    func finishPivot(_ jobId: String) async throws {
-        try await preparePivot(jobId)
-        try await finalizePivot(jobId, completedAt: nil)
-    }
-
-    /// The pivot's intent, then the flush of the destination that QEMU must confirm.
-    func preparePivot(_ jobId: String) async throws {
-        if disk.intent != .pivot {
-            try await ledger.intend(.pivot, "flush \(disk.destination), then complete and finalize job \(jobId): the VM moves onto \(disk.destination)")
-        }
-        let evidence = try await session.flush(nodeName: disk.destinationNodeName)
-        func refuse(_ verdict: String, _ why: String) async throws -> Never {
-            try await ledger.outcome("refused: flush \(verdict): \(why)")
-            throw FlushNotConfirmed(
-                description: "the flush of \(disk.destination) before the pivot \(verdict) (\(why)); job \(jobId) was not completed and the VM stays on \(disk.source ?? "the source"), which holds every write; livecopy recover or run tries again")
-        }
-        switch evidence {
-        case .confirmed: break
-        case .failed(let why): try await refuse("failed", why)
-        case .notConfirmed(let why): try await refuse("could not be confirmed", why)
-        }
-    }
-
-    /// `block-job-complete`, then the wait for `pending`. Returns when it was sent.
-    func completeForPivot(_ jobId: String) async throws -> ContinuousClock.Instant {
-        let events = session.jobEvents()
-        let sent = ContinuousClock.now
-        try await session.complete(jobId: jobId)
-        try await waitUntilPending(jobId, events: events)
-        // Inside the window: the job waits in `pending`, the guest's I/O held, until
-        // finalized (by this run, or by recover re-attaching).
-        CrashPoint.reach("sent:pivot-complete")
-        return sent
-    }
-
-    /// `job-finalize`: the device pivots. Notes how long the guest's I/O was held since
-    /// `completedAt` (the completion).
-    func finalizePivot(_ jobId: String, completedAt: ContinuousClock.Instant?) async throws {
-        try await session.finalize(jobId: jobId)
-        ledger.sent()
-        let held = completedAt.map { " (guest I/O held for \((ContinuousClock.now - $0).milliseconds) ms since block-job-complete)" } ?? ""
-        try await ledger.note("job \(jobId) completed and finalized\(held)")
-    }
-
-    /// Waits for job `jobId` to reach `pending` after `block-job-complete`: its status
-    /// event, or (a safety net) the job list, read every 20 ms.
-    private func waitUntilPending(_ jobId: String, events: AsyncStream<JobEvent>) async throws {
-        let session = self.session
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for await event in events {
-                    if case .statusChanged(let id, let status) = event, id == jobId, status == .pending || status == .concluded {
-                        return
-                    }
-                }
-            }
-            group.addTask {
-                while !Task.isCancelled {
-                    guard let job = try await session.jobs().first(where: { $0.id == jobId }) else { return }
-                    switch job.status {
-                    case .pending, .concluded, .aborting, .null: return
-                    case .undefined, .created, .running, .paused, .ready, .standby, .waiting, .unrecognized:
-                        try await Task.sleep(for: .milliseconds(20))
-                    }
-                }
-            }
-            try await group.next()
-            group.cancelAll()
-        }
-    }
 }
 
 extension Duration {

@@ -7,7 +7,9 @@ import LivecopyModel
 /// Brings the pivots of a VM's mirror disks as close together as QEMU allows. QEMU 7.2
 /// has no transaction for `block-job-complete` or `job-finalize`, so the closest is:
 /// every disk READY, every destination flushed (with QEMU's confirmation; if any is not,
-/// none pivots), every job completed, then every job finalized, back to back.
+/// none pivots), every job completed, every destination flushed again while its job
+/// waits in `pending` (if any is not confirmed, every job is cancelled), then every job
+/// finalized, back to back.
 ///
 /// A disk whose job is READY waits here for the plan's other mirror disks of the same VM
 /// whose jobs QEMU lists and that have not concluded; the one that finds the group whole
@@ -82,7 +84,7 @@ actor MirrorPivots {
 }
 
 /// One group's pivot: every member's intent and confirmed flush first; then every
-/// completion; then every finalize. Returns each member's result.
+/// completion; every flush in `pending`; then every finalize. Returns each member's result.
 struct MirrorPivotGroup {
     let members: [DiskWorkflow]
 
@@ -111,8 +113,10 @@ struct MirrorPivotGroup {
             }
             return results
         }
-        // 2. Every job completed (each then drains and waits in `pending`), 3. every job
-        // finalized: the pivots, back to back.
+        // 2. Every job completed (each then drains and waits in `pending`, its guest I/O
+        // held), 3. every destination flushed again with confirmation (if one is not,
+        // every completed job is cancelled: nothing pivots), 4. every job finalized: the
+        // pivots, back to back.
         var completing: [(DiskWorkflow, ContinuousClock.Instant)] = []
         for member in members {
             do {
@@ -120,6 +124,27 @@ struct MirrorPivotGroup {
             } catch {
                 results[member.disk.id] = .failure(error)
             }
+        }
+        var unflushed: String?
+        for (member, _) in completing {
+            do {
+                try await member.flushWhilePending(member.disk.mirrorJobId)
+            } catch {
+                results[member.disk.id] = .failure(error)
+                unflushed = unflushed ?? "\(member.disk.device): \(describe(error))"
+            }
+        }
+        if let unflushed {
+            for (member, _) in completing where results[member.disk.id] == nil {
+                do {
+                    try await member.cancelPivot(
+                        member.disk.mirrorJobId,
+                        because: "not pivoted: another disk of VM '\(member.disk.vmName)' could not be flushed (\(unflushed)); the VM's disks pivot together")
+                } catch {
+                    results[member.disk.id] = .failure(error)
+                }
+            }
+            return results
         }
         for (member, completedAt) in completing {
             do {

@@ -19,11 +19,29 @@ public struct BlockDeviceInfo: Decodable, Sendable {
         /// The active image's driver (`qcow2`, `raw`, …).
         public let drv: String
         public let image: ImageInfo
+        /// How the device caches its I/O (absent from very old QEMUs).
+        public let cache: Cache?
+        /// `off`, `on` or `unmap`.
+        public let detectZeroes: String?
 
         enum CodingKeys: String, CodingKey {
-            case file, drv, image
+            case file, drv, image, cache
             case nodeName = "node-name"
             case backingFile = "backing_file"
+            case detectZeroes = "detect_zeroes"
+        }
+    }
+
+    /// `query-block`'s `inserted.cache`.
+    public struct Cache: Decodable, Sendable {
+        /// O_DIRECT (`cache=none` or `directsync`).
+        public let direct: Bool
+        /// Flushes ignored (`cache=unsafe`).
+        public let noFlush: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case direct
+            case noFlush = "no-flush"
         }
     }
 }
@@ -160,12 +178,20 @@ extension QMPSession {
     /// `blockdev-add` of an existing image file or block device as node `nodeName`, its
     /// format given (never probed). A raw image of `size` bytes shows only its first
     /// `size` bytes (a block device larger than the disk it receives).
-    public func blockdevAdd(nodeName: String, filename: String, format: String, blockDevice: Bool, size: Int64?) async throws {
+    /// `cacheDirect`, `cacheNoFlush` and `detectZeroes` are the node's cache mode and
+    /// zero detection (nil: QEMU's defaults).
+    public func blockdevAdd(nodeName: String, filename: String, format: String, blockDevice: Bool, size: Int64?,
+                            cacheDirect: Bool?, cacheNoFlush: Bool?, detectZeroes: String?) async throws {
         var arguments: [String: JSONValue] = [
             "node-name": .string(nodeName), "driver": .string(format),
             "file": .object(["driver": .string(blockDevice ? "host_device" : "file"), "filename": .string(filename)]),
         ]
         if let size { arguments["size"] = .int(size) }
+        var cache: [String: JSONValue] = [:]
+        if let cacheDirect { cache["direct"] = .bool(cacheDirect) }
+        if let cacheNoFlush { cache["no-flush"] = .bool(cacheNoFlush) }
+        if !cache.isEmpty { arguments["cache"] = .object(cache) }
+        if let detectZeroes { arguments["detect-zeroes"] = .string(detectZeroes) }
         try await execute("blockdev-add", arguments)
     }
 

@@ -9,7 +9,10 @@ extension VMDisk {
     init(_ entry: BlockDeviceInfo) {
         self.init(device: entry.device, guestDevice: entry.qdev, medium: entry.inserted.map { inserted in
             Medium(file: plainFilename(inserted.file), nodeName: inserted.nodeName, backingFile: inserted.backingFile,
-                   image: DiskImage(inserted.image))
+                   image: DiskImage(inserted.image),
+                   ioSettings: inserted.cache.map {
+                       VMDisk.IOSettings(cacheDirect: $0.direct, cacheNoFlush: $0.noFlush, detectZeroes: inserted.detectZeroes)
+                   })
         })
     }
 }

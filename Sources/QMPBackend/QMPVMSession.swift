@@ -102,7 +102,9 @@ public final class QMPVMSession: VMSession {
     public func openImage(_ image: ImageToOpen) async throws {
         try await QMPErrors.mapping("blockdev-add") {
             try await qmp.blockdevAdd(nodeName: image.nodeName, filename: image.path, format: image.format,
-                                      blockDevice: image.isBlockDevice, size: image.size)
+                                      blockDevice: image.isBlockDevice, size: image.size,
+                                      cacheDirect: image.ioSettings?.cacheDirect, cacheNoFlush: image.ioSettings?.cacheNoFlush,
+                                      detectZeroes: image.ioSettings?.detectZeroes)
         }
     }
 

@@ -437,6 +437,110 @@ extension MirrorIntegrationTests {
     }
 }
 
+extension MirrorIntegrationTests {
+    // MARK: - 10. A flush QEMU does not confirm at the pivot
+
+    /// The destination's flush before `block-job-complete` (1), or the second one while
+    /// the job waits in `pending` (2), is answered "Error flushing drive" (a proxy in front
+    /// of the real QEMU's monitor replaces that one reply). Nothing pivots: the VM stays
+    /// on its source, (2) cancels the completed job so the guest's I/O goes on, and
+    /// `recover` finishes once flushes are confirmed again.
+    @Test(.timeLimit(.minutes(2)), arguments: [1, 2])
+    func aFlushNotConfirmedAtThePivotLeavesTheVMOnItsSource(failing occurrence: Int) async throws {
+        let rig = try Rig("lc-mirror-flush", dataMiB: 8, policy: Self.policy(), format: "raw")
+        defer { rig.scratch.remove() }
+        let flushes = Counter()
+        let proxy = try QMPProxy(socketPath: rig.scratch.appending("proxy.qmp"), upstream: rig.vm.livecopySocket) { name, arguments in
+            guard name == "human-monitor-command", let line = arguments["command-line"] as? String,
+                  line.contains("livecopy-dst-"), line.contains("reopen"), flushes.next() == occurrence else { return nil }
+            return ["return": "Error flushing drive: Input/output error (injected by the test)\r\n"]
+        }
+        defer { proxy.stop() }
+        let plan = try String(contentsOfFile: rig.planPath, encoding: .utf8)
+        try plan.replacingOccurrences(of: rig.vm.livecopySocket, with: proxy.socketPath)
+            .write(toFile: rig.planPath, atomically: true, encoding: .utf8)
+
+        try await rig.write(slot: 0)
+        let submit = try await rig.livecopy.run(["submit", rig.planPath])
+        #expect(submit.status != 0, "submit: \(submit.stderr)")
+        let planId = try rig.planId()
+        let disk = try #require(try rig.store().disks(ofPlan: planId).first)
+        #expect(disk.state == .failed && disk.pivoted == false, "\(disk.state.rawValue)")
+        #expect((disk.error ?? "").contains("before the pivot failed") && (disk.error ?? "").contains("injected by the test"),
+                "\(disk.error ?? "")")
+        #expect(try await rig.activeImage().file == rig.source, "the VM stays on its source")
+        let job = try await rig.streamJob()
+        if occurrence == 1 {
+            #expect(job?.status == "ready", "the job waits, READY, for the next attempt: \(job?.status ?? "none")")
+        } else {
+            #expect(job == nil, "the completed job was cancelled, not left holding the guest's I/O")
+            let nodes = try await rig.vm.testMonitor().execute("query-named-block-nodes")
+            #expect(!(nodes.arrayValue ?? []).contains { $0["node-name"]?.stringValue?.hasPrefix("livecopy-dst-") == true },
+                    "QEMU let go of the destination")
+        }
+        try await rig.write(slot: 1)  // the guest's I/O goes on, into the source
+
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status == 0, "recover: \(recover.stderr)")
+        #expect(try rig.store().plan(id: planId)?.state == .completed)
+        try await rig.write(slot: 2)
+        await rig.vm.stop()
+        try rig.expectDestinationHoldsEverything("flush \(occurrence) not confirmed")
+    }
+}
+
+extension MirrorIntegrationTests {
+    // MARK: - 11. The VM keeps its cache mode
+
+    /// A `cache=none` VM (O_DIRECT, as production VMs often run) with `detect-zeroes=on`
+    /// is still `cache=none` with `detect-zeroes=on` after the pivot onto the mirror's
+    /// destination.
+    @Test(.timeLimit(.minutes(2)))
+    func theVMKeepsItsCacheModeAndZeroDetectionAfterThePivot() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-mirror-cache")
+        defer { scratch.remove() }
+        let source = scratch.appending("src.qcow2")
+        try QEMUImage.create(source, size: "64M")
+        try QEMUImage.write(source, pattern: 0x11, offset: "0", length: "8M")
+        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: [], extraArguments: [
+            "-drive", "if=none,id=drive0,format=qcow2,file=\(source),cache=none,detect-zeroes=on",
+        ])
+        func settings() async throws -> (file: String?, direct: Bool?, detectZeroes: String?) {
+            let inserted = try await vm.testMonitor().execute("query-block").arrayValue?.first?["inserted"]
+            return (inserted?["file"]?.stringValue, inserted?["cache"]?["direct"]?.boolValue, inserted?["detect_zeroes"]?.stringValue)
+        }
+        let before = try await settings()
+        #expect(before.direct == true && before.detectZeroes == "on", "the VM starts with cache=none: \(before)")
+        let destination = scratch.appending("dst.raw")
+        try Self.policy().write(toFile: scratch.appending("policy.yaml"), atomically: true, encoding: .utf8)
+        try "policy: ./policy.yaml\nvms:\n  - name: vm\n    qmp: \(vm.livecopySocket)\n    disks:\n      - {device: drive0, destination: \(destination), format: raw}\n"
+            .write(toFile: scratch.appending("plan.yaml"), atomically: true, encoding: .utf8)
+        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
+        let submit = try await livecopy.run(["submit", scratch.appending("plan.yaml")])
+        #expect(submit.status == 0, "submit: \(submit.stderr)")
+        let after = try await settings()
+        #expect(after.file == destination, "\(after)")
+        #expect(after.direct == true && after.detectZeroes == "on", "the VM keeps cache=none and detect-zeroes=on: \(after)")
+        try await vm.guestWrite(drive: "drive0", pattern: 0x22, offset: "32M", length: "64k")
+        await vm.stop()
+        let verified = try RecoveryIntegrationTests.verify(destination, [(0x11, "0", "8M"), (0x22, "32M", "64k")], format: "raw")
+        #expect(verified.ok, "\(verified.output)")
+    }
+}
+
+/// A thread-safe count.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    /// Adds one and returns the new count.
+    func next() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        value += 1
+        return value
+    }
+}
+
 /// A guest that keeps writing while livecopy runs: one 64 KiB write every 10 ms, each to
 /// a place of its own in the last 16 MiB of the disk, issued without waiting (a blocking
 /// HMP write would hold QEMU's main loop while the pivot drains the device). After
