@@ -5,7 +5,8 @@ running disk to a new qcow2 image over QMP, with nothing but the standard librar
     raw_qmp_copy.py SOCKET DEVICE DESTINATION [--speed BYTES] [--job-id ID] [--mirror | --flush]
     raw_qmp_copy.py SOCKET DEVICE DESTINATION --blockdev-mirror [--format qcow2|raw]
                     [--copy-mode background|write-blocking] [--buf-size BYTES]
-                    [--granularity BYTES] [--on-error enospc|stop|report] [--speed BYTES] [--job-id ID]
+                    [--granularity BYTES] [--on-error enospc|stop|report] [--target-direct]
+                    [--speed BYTES] [--job-id ID]
     raw_qmp_copy.py --many PLAN.json [--parallel N] [--speed BYTES] [--blockdev-mirror [options above]]
 
 1. connect to the QMP unix socket, read the greeting, `qmp_capabilities`;
@@ -34,6 +35,8 @@ reports a failure in the reply, so an empty reply confirms the flush);
 `block-job-complete` (the job goes pending); `job-finalize` (the device pivots to the
 target); wait for BLOCK_JOB_COMPLETED; `job-dismiss`. --buf-size and --granularity are
 sent only when given (QEMU's defaults: 16 MiB, and the target's cluster size or 64 KiB).
+--target-direct opens the target with `cache: {direct: true}` (O_DIRECT; the VM then
+runs on it so after the pivot): a tuning probe, not what livecopy does.
 
 With --many, PLAN.json is a list of {"socket", "device", "destination"} objects: the
 same stream recipe (or, with --blockdev-mirror, the mirror recipe above) for every disk, at most N disks at a time in list order (as
@@ -113,10 +116,11 @@ class MirrorOptions:
         self.buf_size = None
         self.granularity = None
         self.on_error = "enospc"  # livecopy's default policy's on_error
+        self.direct = False  # the target node opened with cache.direct (O_DIRECT); a tuning probe only
 
     def describe(self):
         return {"format": self.fmt, "copy_mode": self.copy_mode, "buf_size": self.buf_size,
-                "granularity": self.granularity, "on_error": self.on_error}
+                "granularity": self.granularity, "on_error": self.on_error, "direct": self.direct}
 
 
 def virtual_size(block, device):
@@ -140,8 +144,12 @@ def create_destination_argv(destination, fmt, size):
     return ["qemu-img", "create", "-q", "-f", "qcow2", destination, str(size)]
 
 
-def target_node_arguments(node, destination, fmt):
-    return {"driver": fmt, "node-name": node, "file": {"driver": "file", "filename": destination}}
+def target_node_arguments(node, destination, fmt, direct=False):
+    arguments = {"driver": fmt, "node-name": node, "file": {"driver": "file", "filename": destination}}
+    if direct:
+        arguments["cache"] = {"direct": True}
+        arguments["file"]["cache"] = {"direct": True}
+    return arguments
 
 
 def mirror_arguments(device, node, job_id, speed, options):
@@ -194,7 +202,7 @@ def mirror_one(qmp, device, destination, job_id, speed, options, phases, outcome
         subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
     phases["created"] = time.perf_counter() - T0
     node = f"{job_id}-target"
-    qmp.execute("blockdev-add", **target_node_arguments(node, destination, options.fmt))
+    qmp.execute("blockdev-add", **target_node_arguments(node, destination, options.fmt, options.direct))
     phases["snapshot"] = time.perf_counter() - T0  # the target attached (the stream recipe's snapshot)
     qmp.execute("blockdev-mirror", **mirror_arguments(device, node, job_id, speed, options))
     phases["stream_started"] = time.perf_counter() - T0
@@ -296,7 +304,7 @@ async def mirror_async(qmp, index, disk, job_id, speed, options, started):
         if await process.wait() != 0:
             raise QMPError(f"{' '.join(argv)} exited {process.returncode}")
     node = f"{job_id}-target"
-    await qmp.execute("blockdev-add", **target_node_arguments(node, disk["destination"], options.fmt))
+    await qmp.execute("blockdev-add", **target_node_arguments(node, disk["destination"], options.fmt, options.direct))
     ready = qmp.waiter(job_event(job_id, "ready"))
     await qmp.execute("blockdev-mirror", **mirror_arguments(disk["device"], node, job_id, speed, options))
     mirror_started = time.perf_counter() - T0
@@ -430,6 +438,8 @@ def main(argv):
             options.granularity = int(args.pop(0))
         elif arg == "--on-error":
             options.on_error = args.pop(0)
+        elif arg == "--target-direct":
+            options.direct = True
         elif arg == "--flush":
             flush = True
         elif arg == "--many":
