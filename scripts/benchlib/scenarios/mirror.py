@@ -144,11 +144,10 @@ class SingleDisk:
         destination = os.path.join(run_dir, "dst." + ("img" if arm.fmt == "raw" else "qcow2"))
         copy_pristine(self.pristine, source)
         os.sync()  # the source copy's writeback must not land inside the timed window
-        vm = None
+        vm = helper = None
         result = {"arm": arm.key}
         try:
             out = os.path.join(run_dir, "out")
-            helper = None
             if arm.kind == "convert":
                 argv = arm.convert(source, destination)
             else:
@@ -201,6 +200,8 @@ class SingleDisk:
                     result["check"] = verify_pattern_image(destination, self.size, self.pattern, arm.fmt)
             return result
         finally:
+            if helper:
+                helper.close()  # before vm.stop: it holds the bench's monitor
             if vm:
                 vm.stop()
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -553,6 +554,14 @@ class GuestWriter:
             "ready→exit": window(ready, end) if ready else None,
             "whole": window(spawn, end),
         }
+
+    def close(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.monitor is not None:
+            self.monitor.sock.close()
+            self.monitor = None
 
     def verify(self, destination, fmt):
         """Offline: every block the writer wrote holds its last write's byte; the rest the
