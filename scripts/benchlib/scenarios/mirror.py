@@ -316,7 +316,7 @@ class MirrorTuning(SingleDisk):
             lines.append(f"| {arm.label} | {med[arm.key]:.3f} | {min(seconds):.3f} / {max(seconds):.3f} | "
                          f"{self.size / MIB / med[arm.key]:.0f} | {med[arm.key] / base:.3f} | {extra} |")
         fastest = min(raws, key=lambda a: med[a.key])
-        ctx.note("7", "mirror-tuning: fastest raw mirror setting / QEMU's defaults (median s)",
+        ctx.note("mirror", "mirror-tuning: fastest raw mirror setting / QEMU's defaults (median s)",
                  f"{fastest.key}: {med[fastest.key]:.3f} / {base:.3f}; best durable convert {best_convert:.3f}")
         lines += ["", f"Fastest mirror setting: {fastest.label}, {med[fastest.key]:.3f} s against {base:.3f} s with "
                   f"QEMU's defaults ({med[fastest.key] / base:.3f}×); fastest durable convert {best_convert:.3f} s.",
@@ -354,11 +354,14 @@ class MirrorUncapped(SingleDisk):
                 "job-finalize)", "raw", ["--flush"]),
             Arm("convert", "`qemu-img convert -O qcow2 -t none` (offline; O_DIRECT, flushed at close)", "convert",
                 convert=convert_none),
+            Arm("convert+sync", "`qemu-img convert -O qcow2` (offline; its default cache mode, unsafe), then "
+                "`sync FILE` (fsync): durable through the page cache, as the mirror's writeback target is",
+                "convert", convert=convert_then_sync),
         ]
 
     def describe(self):
         return (f"{self.title}: {size_text(self.size)}, livecopy mirror (background, write-blocking) vs raw "
-                "durable mirror, livecopy stream, raw durable stream, durable qemu-img convert")
+                "durable mirror, livecopy stream, raw durable stream, durable qemu-img convert (two ways)")
 
     def _run(self, ctx, directory):
         rounds = self.pairs(ctx)
@@ -393,6 +396,8 @@ class MirrorUncapped(SingleDisk):
          lambda v: v >= 0.9),
         ("livecopy mirror throughput / livecopy stream's", "livecopy-stream", "livecopy-mirror", "≥ 1.8",
          lambda v: v >= 1.8),
+        ("livecopy mirror throughput / `qemu-img convert` + `sync FILE`'s", "convert+sync", "livecopy-mirror", "≥ 0.9",
+         lambda v: v >= 0.9),
         ("livecopy mirror write-blocking wall / background wall (no guest writes)", "livecopy-mirror-wb",
          "livecopy-mirror", "—", None),
         ("raw mirror client throughput / raw stream client's (both durable)", "raw-stream", "raw-mirror", "—", None),
@@ -410,7 +415,7 @@ class MirrorUncapped(SingleDisk):
             value = statistics.median(ratios)
             met = check(value) if check else None
             measured.append((measure, value, min(ratios), max(ratios), target, met))
-            ctx.note("7", f"{self.name}: {measure} ({size}, {len(rows)} rounds)",
+            ctx.note("mirror", f"{self.name}: {measure} ({size}, {len(rows)} rounds)",
                      f"{value:.3f} (spread {min(ratios):.3f}–{max(ratios):.3f})", target, met)
         reference = "livecopy-mirror" if "livecopy-mirror" in keys else keys[0]
         command = f"scripts/bench {self.name}"
@@ -421,7 +426,8 @@ class MirrorUncapped(SingleDisk):
             f"{self.title}: one VM, one qcow2 disk with {size} allocated (pattern {self.pattern}), copied uncapped "
             "to a new qcow2 image on the same file system (the work dir's), durable in every arm: "
             + describe_arms_line(self.arms) + ". "
-            f"{len(rows)} rounds after one discarded warm-up of raw-mirror and livecopy-mirror; the order of "
+            f"{len(rows)} rounds after {ctx.warmups} discarded warm-up(s) of "
+            f"{' and '.join(sorted({key for key, _ in warmups})) or 'nothing'}; the order of "
             "the arms rotates every round and every other round is reversed (ABBA across rounds). Each run: "
             "fresh source copy (`cp`, `sync`, untimed), fresh VM; timed: the copy's process, spawn to exit. "
             f"Every destination is checked offline after its run. Load average at start / end: {load_start} / "
@@ -686,7 +692,7 @@ class MirrorConvergence(SingleDisk):
                 f"{med(win(rs, 'ready→exit', 'rate'))} |")
             if arm.kind == "livecopy":
                 ready_s = [x for x in ready if x is not None]
-                ctx.note("7", f"{self.name}: {arm.key}, time to READY / total; writer p50 / p99 during the copy "
+                ctx.note("mirror", f"{self.name}: {arm.key}, time to READY / total; writer p50 / p99 during the copy "
                          f"({self.rate // MIB} MiB/s of {self.block // KIB} KiB writes)",
                          f"{med(ready_s, '{:.2f}')} s / {med(totals, '{:.2f}')} s; "
                          f"{med(win(rs, 'copy', 'p50'), '{:.2f}')} / {med(win(rs, 'copy', 'p99'), '{:.2f}')} ms")
@@ -699,9 +705,9 @@ class MirrorConvergence(SingleDisk):
                 w, p = r["windows"]["copy"], r["windows"].get("ready→exit")
                 ready = r["events"]["ready"]
                 lines.append(f"| {index + 1} | {arm.key} | {r['seconds']:.3f} | "
-                             f"{(ready - r['spawn_wall']) if ready else float('nan'):.3f} | "
+                             + (f"{ready - r['spawn_wall']:.3f}" if ready else "—") + " | "
                              + (f"{w['p50']:.2f} / {w['p99']:.2f} / {w['max']:.1f} | {w['rate']:.1f}" if w else "— | —")
-                             + f" | {p['max'] if p else float('nan'):.1f} |")
+                             + " | " + (f"{p['max']:.1f}" if p else "—") + " |")
         lines += ["", "Checked offline, QEMU stopped: every write the writer had acknowledged is in the destination "
                   "(its last content per block, `qemu-io -r read -P`), the pattern everywhere else:"]
         lines += [f"- {check}" for check in checks]
@@ -741,9 +747,9 @@ class ManyDisksMirror(ManyDisks):
         rss = max(x["rss_mib"] for x in lc)
         stream = getattr(ctx, "per_disk_overhead_ms", {}).get("many-disks")
         tag = f"max_parallel_disks {self.parallel}"
-        ctx.note("7", f"{self.name}: {disks} disks ({tag}): total wall livecopy mirror / raw mirror; disks/s",
+        ctx.note("mirror", f"{self.name}: {disks} disks ({tag}): total wall livecopy mirror / raw mirror; disks/s",
                  f"{s['a_median']:.2f} s / {s['b_median']:.2f} s; {disks / s['a_median']:.1f} disks/s")
-        ctx.note("7", f"{self.name}: overhead per disk, whole wall (A − B) / {disks} ({tag})"
+        ctx.note("mirror", f"{self.name}: overhead per disk, whole wall (A − B) / {disks} ({tag})"
                  + ("; many-disks (stream) in the same run" if stream is not None else ""),
                  f"{overhead:+.1f} ms" + (f"; stream {stream:+.1f} ms" if stream is not None else ""),
                  "≤ 20 ms", overhead <= 20)
