@@ -4,6 +4,7 @@ writes, and the per-disk cost over many disks."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -17,7 +18,7 @@ from ..process import read_output, timed
 from ..registry import scenario
 from ..report import loadavg
 from ..stats import describe_pairs, pct
-from ..timeline import livecopy_timeline, median_timeline, timeline_table
+from ..timeline import db_rows, livecopy_timeline, median_timeline, timeline_table
 from ..vm import VM
 from .many_disks import ManyDisks
 from .shared import create_database, in_scratch, pair_rows, warm_up, write_plan, write_policy
@@ -188,6 +189,7 @@ class SingleDisk:
                 result["interpreter_start"] = outcome["t0_wall"] - spawn_wall
             elif arm.kind == "livecopy":
                 result["timeline"] = livecopy_timeline(self.db, spawn_wall, spawn_wall + seconds)
+                result["held_ms"] = guest_io_held_ms(self.db)
             if vm:
                 if arm.kind != "none":
                     vm.check_copied(destination)
@@ -206,6 +208,18 @@ class SingleDisk:
                 vm.stop()
             shutil.rmtree(run_dir, ignore_errors=True)
             os.sync()
+
+
+def guest_io_held_ms(db):
+    """What livecopy's mirror recorded of its newest plan's pivot: "guest I/O held for N ms"
+    (block-job-complete → job-finalize done), or None."""
+    rows = db_rows(db, "SELECT detail FROM events WHERE plan_id = (SELECT max(id) FROM plans) "
+                       "AND detail LIKE '%guest I/O held for%' ORDER BY id")
+    for (detail,) in rows:
+        match = re.search(r"guest I/O held for (\d+) ms", detail)
+        if match:
+            return int(match.group(1))
+    return None
 
 
 def describe_arms_line(arms):
@@ -461,6 +475,12 @@ class MirrorUncapped(SingleDisk):
                       f"flush (HMP `qemu-io NODE \"reopen\"`) {med_ms('ready', 'flushed'):.0f}, "
                       f"block-job-complete → pending {med_ms('flushed', 'pending'):.0f}, "
                       f"job-finalize → dismissed {med_ms('pending', 'dismissed'):.0f}."]
+        held = [res["held_ms"] for key in ("livecopy-mirror", "livecopy-mirror-wb")
+                for res in results.get(key, []) if res.get("held_ms") is not None]
+        if held:
+            lines += ["", f"livecopy's own note at each pivot, \"guest I/O held for N ms\" (block-job-complete → "
+                      f"job-finalize done): median {statistics.median(held):.0f} ms, max {max(held)} ms over "
+                      f"{len(held)} mirror runs."]
         timelines = [res["timeline"] for res in results.get("livecopy-mirror", []) if res.get("timeline")]
         if timelines:
             lines += ["", "livecopy mirror's own timeline (its event rows; medians over the rounds):", ""]
@@ -677,8 +697,9 @@ class MirrorConvergence(SingleDisk):
             f"pivot). Load average at start / end: {load_start} / {load_end} (2 cores, shared with other builds).",
             "", f"Command: `{command}`", "",
             "| arm | total (s) | time to READY (s) | writes during copy | p50 (ms) | p99 (ms) | max (ms) | "
-            "MiB/s achieved | ready→exit p99 / max (ms) | ready→exit MiB/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "MiB/s achieved | ready→exit p99 / max (ms) | ready→exit MiB/s | guest I/O held at the pivot (ms, "
+            "livecopy's note) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for arm in self.arms:
             rs = results[arm.key]
@@ -689,7 +710,7 @@ class MirrorConvergence(SingleDisk):
                 f"{med(win(rs, 'copy', 'p50'), '{:.2f}')} | {med(win(rs, 'copy', 'p99'), '{:.2f}')} | "
                 f"{med(win(rs, 'copy', 'max'), '{:.1f}')} | {med(win(rs, 'copy', 'rate'))} | "
                 f"{med(win(rs, 'ready→exit', 'p99'), '{:.1f}')} / {med(win(rs, 'ready→exit', 'max'), '{:.1f}')} | "
-                f"{med(win(rs, 'ready→exit', 'rate'))} |")
+                f"{med(win(rs, 'ready→exit', 'rate'))} | {med([r.get('held_ms') for r in rs], '{:.0f}')} |")
             if arm.kind == "livecopy":
                 ready_s = [x for x in ready if x is not None]
                 ctx.note("mirror", f"{self.name}: {arm.key}, time to READY / total; writer p50 / p99 during the copy "
