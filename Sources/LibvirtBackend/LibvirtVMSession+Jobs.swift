@@ -163,6 +163,16 @@ extension LibvirtVMSession {
         }
     }
 
+    // MARK: The mirror strategy: not offered (`capabilities` lacks `.mirrorCopy`)
+
+    public func openImage(_ image: ImageToOpen) async throws { throw Self.noMirrorStrategy("openImage") }
+    public func closeImage(nodeName: String) async throws { throw Self.noMirrorStrategy("closeImage") }
+    public func startMirror(_ request: MirrorRequest) async throws { throw Self.noMirrorStrategy("startMirror") }
+
+    private static func noMirrorStrategy(_ operation: String) -> BackendError {
+        BackendError(.unsupported, operation: operation, reason: "the libvirt backend copies with strategy: stream only")
+    }
+
     // MARK: Rollback
 
     /// libvirt's active commit (`virDomainBlockCommit` with `ACTIVE`) of the disk's

@@ -11,6 +11,7 @@
 /// | `atomicSwitch` | yes (`transaction`) | yes (one snapshot of several disks) | yes |
 /// | `ioErrorAction` | yes (`on-error`) | no (the domain's policy applies) | yes (the copy's `on-error`) |
 /// | `commitBack`, `mirrorBack` | yes | yes (`BlockCommit`, `BlockCopy`) | yes |
+/// | `mirrorCopy` | yes (`blockdev-mirror`) | `BlockCopy`, which pivots without a confirmed flush | not yet |
 public enum BackendCapability: String, Sendable, Hashable, CaseIterable {
     /// A finished pull waits (`pending`) until livecopy finalizes it, so livecopy can make
     /// the copy durable before the active image drops its backing file. The stream
@@ -32,6 +33,12 @@ public enum BackendCapability: String, Sendable, Hashable, CaseIterable {
     /// Rollback by mirroring a standalone destination back into the source.
     case mirrorBack = "mirror-back"
 
+    /// The mirror strategy: a mirror into a destination livecopy opened (`blockdev-add`),
+    /// held at READY until a confirmed flush, completed and finalized by livecopy.
+    case mirrorCopy = "mirror-copy"
+
     /// What the stream strategy cannot do without.
     public static let neededToStream: Set<BackendCapability> = [.holdsFinishedPull, .confirmedFlush, .atomicSwitch]
+    /// What the mirror strategy cannot do without.
+    public static let neededToMirror: Set<BackendCapability> = [.mirrorCopy, .confirmedFlush]
 }

@@ -71,3 +71,57 @@ public enum FlushEvidence: Sendable, Hashable {
     /// The hypervisor did not flush, or said something livecopy cannot read as success.
     case notConfirmed(String)
 }
+
+/// A mirror's destination as the hypervisor opens it (`VMSession.openImage`).
+public struct ImageToOpen: Sendable, Equatable {
+    /// The name the image is opened as (QEMU's node name).
+    public let nodeName: String
+    /// The file or block device, made or checked by livecopy beforehand.
+    public let path: String
+    /// `qcow2` or `raw` (given, never probed).
+    public let format: String
+    /// A block device rather than a regular file.
+    public let isBlockDevice: Bool
+    /// For raw: how many bytes of `path` the disk sees (a block device may be larger).
+    public let size: Int64?
+
+    public init(nodeName: String, path: String, format: String, isBlockDevice: Bool, size: Int64?) {
+        self.nodeName = nodeName
+        self.path = path
+        self.format = format
+        self.isBlockDevice = isBlockDevice
+        self.size = size
+    }
+}
+
+/// A mirror livecopy starts (`VMSession.startMirror(_:)`): the disk's whole chain into an
+/// image opened with `openImage`, held at READY until `complete`, and pivoting only at
+/// `finalize`.
+public struct MirrorRequest: Sendable, Equatable {
+    /// The disk, as block commands name it.
+    public let disk: String
+    public let jobId: String
+    /// The destination's node name (`ImageToOpen.nodeName`).
+    public let targetNode: String
+    /// Bytes per second; 0 is unlimited.
+    public let speed: Int64
+    /// The I/O error action for both sides (`stop`, `enospc`, `report`).
+    public let onError: String
+    /// `background` or `write-blocking`.
+    public let copyMode: String
+    /// QEMU's `buf-size` and `granularity`; nil leaves QEMU's defaults.
+    public let bufSize: Int64?
+    public let granularity: Int64?
+
+    public init(disk: String, jobId: String, targetNode: String, speed: Int64, onError: String, copyMode: String,
+                bufSize: Int64? = nil, granularity: Int64? = nil) {
+        self.disk = disk
+        self.jobId = jobId
+        self.targetNode = targetNode
+        self.speed = speed
+        self.onError = onError
+        self.copyMode = copyMode
+        self.bufSize = bufSize
+        self.granularity = granularity
+    }
+}

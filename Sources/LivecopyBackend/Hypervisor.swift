@@ -66,6 +66,18 @@ public protocol VMSession: AnyObject, Sendable {
     /// (`.confirmedFlush`).
     func flush(nodeName: String) async throws -> FlushEvidence
 
+    // MARK: The mirror strategy (`.mirrorCopy`)
+
+    /// Opens an existing image (made or checked by livecopy) as node `image.nodeName`,
+    /// attached to no device.
+    func openImage(_ image: ImageToOpen) async throws
+    /// Closes node `nodeName` opened by `openImage` (nothing may use it).
+    func closeImage(nodeName: String) async throws
+    /// Starts a mirror of the disk's whole chain into an opened image. The job is ready
+    /// when caught up; `complete` then moves it to `pending`, and `finalize` pivots the
+    /// disk onto the image.
+    func startMirror(_ request: MirrorRequest) async throws
+
     // MARK: Rollback
 
     /// Starts job `jobId` committing `disk`'s active image into the image of its chain

@@ -36,6 +36,20 @@ public enum CrashPoint {
         ] + retireStep + ["transition:completed", "plan:completed"]
     }
 
+    /// Every crash point of a forward copy with the mirror strategy, when the source is
+    /// retired by `retire`. Not `sent:create-destination`: a file found after a crash
+    /// there cannot be proven livecopy's, and waits for an operator (as with streaming).
+    public static func mirrorForwardNames(retiring retire: Policy.RetireSource) -> [String] {
+        let forward = forwardNames(retiring: retire)
+        let retirement = Array(forward.drop(while: { $0 != "transition:retiring" }))
+        return [
+            "plan:running",
+            "transition:mirroring", "intent:create-destination", "intent:blockdev-mirror",
+            "sent:blockdev-mirror", "outcome:blockdev-mirror",
+            "intent:pivot", "sent:pivot", "outcome:pivot", "sent:job-dismiss",
+        ] + retirement
+    }
+
     /// Every crash point of a forward copy with `retire_source: rename`.
     public static var forwardNames: [String] { forwardNames(retiring: .rename) }
 
@@ -48,7 +62,9 @@ public enum CrashPoint {
     ]
 
     /// Every name, for tests.
-    public static var names: [String] { forwardNames + ["intent:delete-source", "sent:delete-source"] + rollbackNames }
+    public static var names: [String] {
+        forwardNames + ["intent:delete-source", "sent:delete-source"] + rollbackNames + mirrorForwardNames(retiring: .rename)
+    }
 
     /// Dies here if this is the point named by `LIVECOPY_CRASH_AT`.
     static func reach(_ name: String) {

@@ -2,6 +2,7 @@
 // errors, and `ExclusiveOverlayCreator`, which never lets QEMU create or overwrite a file.
 
 import Foundation
+import LivecopyModel
 
 /// Creates a destination overlay. Livecopy never lets QEMU create or overwrite a file
 /// (`blockdev-snapshot-sync` in its default mode truncates an existing file and follows
@@ -15,6 +16,11 @@ public protocol DestinationCreator: Sendable {
     /// a symlink: then nothing was created and that file was not touched. Any other error
     /// leaves nothing of livecopy's behind either.
     func createOverlay(at path: String, backing: String, backingFormat: String, virtualSize: Int64) throws
+
+    /// Creates `path` the same way, as an empty standalone image of `virtualSize` bytes in
+    /// `format`: a qcow2 image with no backing file, or a sparse raw file (the mirror
+    /// strategy's destination).
+    func createImage(at path: String, format: DestinationFormat, virtualSize: Int64) throws
 }
 
 /// A destination livecopy will not create, because something is there already or its
@@ -33,6 +39,27 @@ public struct ExclusiveOverlayCreator: DestinationCreator {
     public func createOverlay(at path: String, backing: String, backingFormat: String, virtualSize: Int64) throws {
         // Checked before anything is created: a request QEMU could not open leaves no file.
         let layout = try Qcow2Overlay(virtualSize: virtualSize, backing: backing, backingFormat: backingFormat)
+        try create(path) { fd in try layout.write(to: fd, path: path) }
+    }
+
+    public func createImage(at path: String, format: DestinationFormat, virtualSize: Int64) throws {
+        switch format {
+        case .qcow2:
+            let layout = try Qcow2Overlay(virtualSize: virtualSize)
+            try create(path) { fd in try layout.write(to: fd, path: path) }
+        case .raw:
+            guard virtualSize >= 0 else { throw CreationFailed(description: "virtual size \(virtualSize) is negative") }
+            try create(path) { fd in
+                guard ftruncate(fd, off_t(virtualSize)) == 0 else {
+                    throw CreationFailed(description: "cannot size \(path): \(String(cString: strerror(errno)))")
+                }
+            }
+        }
+    }
+
+    /// Creates `path` exclusively and lets `fill` write into the new file's descriptor;
+    /// if `fill` fails, removes the file, but only if the name still leads to it.
+    private func create(_ path: String, fill: (Int32) throws -> Void) throws {
         let directory = (path as NSString).deletingLastPathComponent
         let name = (path as NSString).lastPathComponent
         var info = stat()
@@ -59,7 +86,7 @@ public struct ExclusiveOverlayCreator: DestinationCreator {
         }
         defer { close(fd) }
         do {
-            try layout.write(to: fd, path: path)
+            try fill(fd)
         } catch {
             // Remove the file only if the name still leads to the one created here.
             var created = stat()

@@ -27,15 +27,17 @@ extension Engine {
                 var planDevices = Set<String>()
                 for disk in mine {
                     let name = "VM '\(disk.vmName)' disk '\(disk.device)'"
-                    let found = try Preflight.check(Plan.Disk(device: disk.device, destination: disk.destination),
+                    let found = try Preflight.check(Plan.Disk(device: disk.device, destination: disk.destination,
+                                                              format: disk.destinationFormat),
                                                     vmName: vmName, vmAddress: address, in: devices, name: name, policy: policy)
                     planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
-                    if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
+                    if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image,
+                       !isBlockDevice(disk.destination) {
                         space.add(name: name, destination: disk.destination, source: image)
                     }
                 }
                 try await preflight.checkActivity(vmName: vmName, vmAddress: address, session: session, devices: devices,
-                                                  planDevices: planDevices)
+                                                  planDevices: planDevices, strategy: policy.strategy)
             }
             try space.check()
             return nil

@@ -11,14 +11,15 @@ extension DiskWorkflow {
     /// deletes the destination if livecopy created it. Re-entrant: each step first
     /// looks at QEMU's jobs and the VM's active image.
     func rollback() async throws {
-        if let stream = try await job(disk.streamJobId) {
-            if stream.status != .concluded {
-                try await ledger.intend(.cancelStream, "job \(disk.streamJobId)")
-                try await session.cancel(jobId: disk.streamJobId, force: true)
+        let copyJobId = disk.copyJobId
+        if let copy = try await job(copyJobId) {
+            if copy.status != .concluded {
+                try await ledger.intend(.cancelCopy, "job \(copyJobId)")
+                try await session.cancel(jobId: copyJobId, force: true)
                 ledger.sent()
             }
-            _ = try await watch(jobId: disk.streamJobId, ready: nil)
-            try await ledger.outcome("stream job \(disk.streamJobId) ended and dismissed")
+            _ = try await watch(jobId: copyJobId, ready: nil)
+            try await ledger.outcome("copy job \(copyJobId) ended and dismissed")
         }
         let commitId = disk.commitJobId
         if try await job(commitId) == nil {
@@ -31,9 +32,16 @@ extension DiskWorkflow {
                     break  // the rollback job concluded on the source: the pivot is done
                 case .pivotBack?:
                     try await refuseAmbiguousPivot()
-                case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .renameSource?, .deleteSource?,
-                     .cancelStream?, .commitBack?, .mirrorBack?:
-                    try await refuseSplitBrain(activeImage: disk.source ?? "the source")
+                case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .renameSource?,
+                     .deleteSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
+                    switch disk.strategy {
+                    case .stream:
+                        try await refuseSplitBrain(activeImage: disk.source ?? "the source")
+                    case .mirror:
+                        // Before the pivot the destination is a partial copy; after it (or
+                        // with one under way) it may hold writes the source lacks.
+                        try await refuseLostPivot()
+                    }
                 }
                 try await finishRollback()
                 return
@@ -97,6 +105,10 @@ extension DiskWorkflow {
     /// The VM is on its source with every write: delete the destination if ours, once
     /// QEMU and the kernel say nothing uses it.
     func finishRollback() async throws {
+        if disk.strategy == .mirror {
+            // The mirror's destination may still be open in QEMU (a cancelled mirror).
+            try? await session.closeImage(nodeName: disk.destinationNodeName)
+        }
         if disk.destinationCreated {
             if disk.intent != .deleteDestination { try await ledger.intend(.deleteDestination, disk.destination) }
             let source = disk.source ?? "the source"

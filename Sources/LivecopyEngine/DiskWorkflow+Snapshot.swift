@@ -33,7 +33,7 @@ extension DiskWorkflow {
             return try await reconcileSnapshot()
         case .snapshotting:
             return try await reconcileSnapshot()
-        case .streaming, .retiring, .rollingBack, .completed, .rolledBack:
+        case .streaming, .mirroring, .retiring, .rollingBack, .completed, .rolledBack:
             return nil
         }
     }
@@ -76,7 +76,7 @@ extension DiskWorkflow {
     /// as preflight at submission.
     func discoverSource() async throws {
         let found = try Preflight.check(
-            Plan.Disk(device: disk.device, destination: disk.destination), vmName: disk.vmName, vmAddress: disk.vmAddress,
+            Plan.Disk(device: disk.device, destination: disk.destination, format: disk.destinationFormat), vmName: disk.vmName, vmAddress: disk.vmAddress,
             in: try await session.disks(), name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
         try await ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
             $0.source = found.source

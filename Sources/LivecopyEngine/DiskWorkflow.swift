@@ -56,10 +56,12 @@ final class DiskWorkflow: Sendable {
             if Task.isCancelled { return }
             do {
                 switch disk.state {
+                case .pending where disk.strategy == .mirror: try await beginMirror()
                 case .pending, .snapshotting:
                     // Not switched by the VM's snapshot (or resumed since): a snapshot of its own.
                     try await VMSnapshot(vmName: disk.vmName, members: [self]).run()
                 case .streaming: try await stream()
+                case .mirroring: try await mirror()
                 case .retiring: try await retire()
                 case .rollingBack: try await rollback()
                 case .completed, .failed, .rolledBack, .needsAttention: return
@@ -106,7 +108,7 @@ final class DiskWorkflow: Sendable {
         switch disk.state {
         case .pending:
             try await ledger.transition(to: .rolledBack, "\(reason): nothing had been done")
-        case .snapshotting, .streaming, .failed:
+        case .snapshotting, .streaming, .mirroring, .failed:
             try await ledger.transition(to: .rollingBack, reason)
         case .needsAttention:
             // Rolling back re-checks everything first and stops again if still unsafe.
@@ -121,9 +123,10 @@ final class DiskWorkflow: Sendable {
     /// VM on the destination.
     func fail(because reason: String, mayRollBack: Bool) async throws {
         switch disk.state {
-        case .streaming where policy.onFailure == .rollback && mayRollBack:
+        case .streaming where policy.onFailure == .rollback && mayRollBack,
+             .mirroring where policy.onFailure == .rollback && mayRollBack:
             try await ledger.transition(to: .rollingBack, "copy failed, on_failure: rollback: \(reason)") { $0.error = reason }
-        case .pending, .snapshotting, .streaming, .retiring, .rollingBack:
+        case .pending, .snapshotting, .streaming, .mirroring, .retiring, .rollingBack:
             try await ledger.transition(to: .failed, reason) { $0.error = reason }
         case .failed, .completed, .rolledBack, .needsAttention:
             throw StoreFailure(reason)
@@ -166,7 +169,7 @@ final class DiskWorkflow: Sendable {
         switch resumption {
         case .rollBack:
             try await ledger.transition(to: resumption.nextState, resumption.summary)
-        case .retireAgain, .verifyAlone, .streamAgain, .snapshotAgain:
+        case .retireAgain, .verifyAlone, .streamAgain, .snapshotAgain, .mirrorAgain:
             try await ledger.transition(to: resumption.nextState, resumption.summary) { $0.error = nil }
         case .attention:
             guard seen.device != nil else {

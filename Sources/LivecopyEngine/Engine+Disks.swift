@@ -62,7 +62,7 @@ extension Engine {
                 return nil
             }
             var settledBySnapshot = false
-            if let snapshots {
+            if let snapshots, disk.strategy == .stream {
                 // The phase settles each member's record itself; it throws only when a
                 // record is in doubt. Either way this disk's record is read again after it.
                 let phase: Result<Set<Int64>, Error>
@@ -99,7 +99,7 @@ extension Engine {
     /// one transaction (`VMSnapshot`). Returns the ids of the disks it settled.
     func snapshotPhase(of disk: DiskRecord, session: any VMSession, policy: Policy) async throws -> Set<Int64> {
         let members = try store.disks(ofPlan: disk.planId)
-            .filter { $0.vmAddress == disk.vmAddress && !$0.state.isFinal }
+            .filter { $0.vmAddress == disk.vmAddress && !$0.state.isFinal && $0.strategy == .stream }
             .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy) }
         return try await VMSnapshot(vmName: disk.vmName, members: members).run()
     }

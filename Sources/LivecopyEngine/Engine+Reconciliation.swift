@@ -24,7 +24,7 @@ extension Engine {
                 let seen = try await DiskSighting.look(at: disk, in: session)
                 let image = seen.device?.medium.map { "VM on \($0.file)" + ($0.backingFile.map { " (backing \($0))" } ?? " (no backing file)") }
                     ?? "device not found"
-                let jobs = [seen.streamJob, seen.rollbackJob].compactMap { $0 }
+                let jobs = [seen.copyJob, seen.rollbackJob].compactMap { $0 }
                 let jobText = jobs.isEmpty ? "no livecopy job in QEMU"
                     : jobs.map { "QEMU job \($0.id) \($0.status.explanation)" }.joined(separator: ", ")
                 var finding = "\(recorded); \(image); \(jobText)"
@@ -32,7 +32,7 @@ extension Engine {
                 case .failed, .needsAttention:
                     // What run, recover and cancel will do with it: the same decision.
                     finding += "; next: \(Resumption.decide(disk, seen).summary)"
-                case .pending, .snapshotting, .streaming, .retiring, .rollingBack, .completed, .rolledBack:
+                case .pending, .snapshotting, .streaming, .mirroring, .retiring, .rollingBack, .completed, .rolledBack:
                     break
                 }
                 report.append((disk, finding))
@@ -52,6 +52,9 @@ extension Engine {
     public func bootImage(of disk: DiskRecord, askingQEMU: Bool = true) async -> String? {
         if let image = disk.bootImage { return image }
         guard let source = disk.source else { return nil }
+        if disk.strategy == .mirror && disk.intent != .pivotBack {
+            return await mirrorBootImage(of: disk, source: source, askingQEMU: askingQEMU)
+        }
         if disk.intent == .pivotBack {
             return await inspector.sourceMatchesDestination(disk) ? source : nil
         }
@@ -68,10 +71,31 @@ extension Engine {
         return (try? await inspector.hasOwnData(disk.destination)) == false ? source : disk.destination
     }
 
+    /// `bootImage(of:)` for a mirror disk the record cannot answer for: a pivot under way,
+    /// or a disk needing attention. The running VM on the destination, or on the source
+    /// with its mirror job still listed, answers; otherwise the images must be equal for
+    /// the source to be safe, and nobody can tell when they differ.
+    private func mirrorBootImage(of disk: DiskRecord, source: String, askingQEMU: Bool) async -> String? {
+        if disk.intent != .pivot {
+            return disk.pivoted ? disk.destination : source
+        }
+        if askingQEMU, let session = try? await sessions.session(for: disk.vmAddress),
+           let devices = try? await session.disks(), let active = devices.entry(for: disk)?.medium?.file {
+            if active == disk.destination { return disk.destination }
+            if active == source, let jobs = try? await session.jobs(), jobs.contains(where: { $0.id == disk.mirrorJobId }) {
+                return source
+            }
+        }
+        return await inspector.sourceMatchesDestination(disk) ? source : nil
+    }
+
     /// `bootImage(of:)` as a sentence for the operator.
     public func bootAdvice(for disk: DiskRecord) async -> String {
         if let image = await bootImage(of: disk) { return "the VM must boot from \(image)" }
         let source = disk.source ?? "the source"
+        if disk.strategy == .mirror && disk.intent == .pivot {
+            return "nobody can tell which image the VM must boot from: a pivot onto \(disk.destination) was under way when QEMU stopped, and \(source) and \(disk.destination) differ; compare them and start the VM on the one with the newest writes, then run livecopy recover"
+        }
         return "nobody can tell which image the VM must boot from: a pivot back to \(source) was requested just before QEMU stopped, and \(source) and \(disk.destination) differ; \(DiskWorkflow.ambiguousPivotAdvice(source: source, destination: disk.destination))"
     }
 }

@@ -26,7 +26,7 @@ extension ImageInspector {
     /// when it cannot be told (no source recorded, or an image cannot be read).
     func sourceMatchesDestination(_ disk: DiskRecord) async -> Bool {
         guard let source = disk.source, let format = disk.sourceFormat else { return false }
-        return (try? await sameContents(source, format: format, disk.destination, format: "qcow2")) == true
+        return (try? await sameContents(source, format: format, disk.destination, format: disk.destinationFormat.rawValue)) == true
     }
 }
 

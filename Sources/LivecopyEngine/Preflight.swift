@@ -19,6 +19,25 @@ enum DestinationCheck {
         }
     }
 
+    /// The destination's format and kind suit the strategy: the stream strategy makes
+    /// qcow2 overlays only; a block device takes raw data (the mirror strategy) only.
+    static func checkFormat(_ disk: Plan.Disk, strategy: CopyStrategy) throws {
+        let blockDevice = isBlockDevice(disk.destination)
+        switch strategy {
+        case .stream:
+            if blockDevice {
+                throw PreflightError("destination \(disk.destination) is a block device, which needs strategy: mirror (streaming copies into a new qcow2 file)")
+            }
+            if disk.resolvedFormat != .qcow2 {
+                throw PreflightError("format: \(disk.resolvedFormat.rawValue) needs strategy: mirror (streaming copies into a new qcow2 file)")
+            }
+        case .mirror:
+            if blockDevice && disk.resolvedFormat != .raw {
+                throw PreflightError("destination \(disk.destination) is a block device, which livecopy fills with raw data only; write format: raw or leave format out")
+            }
+        }
+    }
+
     /// The destination's directory must exist, be a directory (not a symlink to one) and be writable.
     static func checkDirectory(of path: String) throws {
         let directory = (path as NSString).deletingLastPathComponent
@@ -146,24 +165,35 @@ struct Preflight {
                     throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
                 }
                 disks.append(found)
-                if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
+                if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image,
+                   !isBlockDevice(disk.destination) {
                     space.add(name: name, destination: disk.destination, source: image)
                 }
             }
-            try await checkActivity(vmName: vm.name, vmAddress: address, session: session, devices: devices, planDevices: planDevices)
+            try await checkActivity(vmName: vm.name, vmAddress: address, session: session, devices: devices,
+                                    planDevices: planDevices, strategy: policy.strategy)
         }
         try space.check()
         return disks
     }
 
-    /// For one VM of the plan: its backend can do what the stream strategy needs, and
+    /// For one VM of the plan: its backend can do what the policy's strategy needs, and
     /// `VMActivityCheck` (no foreign job, no migration).
     func checkActivity(vmName: String, vmAddress: String, session: any VMSession, devices: [VMDisk],
-                       planDevices: Set<String>) async throws {
-        let missing = BackendCapability.neededToStream.subtracting(session.capabilities)
-        if !missing.isEmpty {
-            throw PreflightError(
-                "VM '\(vmName)': its hypervisor backend cannot \(missing.map(\.rawValue).sorted().joined(separator: ", ")), which copying by streaming needs (a finished copy held until a confirmed flush, all disks switched at once); nothing was touched")
+                       planDevices: Set<String>, strategy: CopyStrategy) async throws {
+        switch strategy {
+        case .stream:
+            let missing = BackendCapability.neededToStream.subtracting(session.capabilities)
+            if !missing.isEmpty {
+                throw PreflightError(
+                    "VM '\(vmName)': its hypervisor backend cannot \(missing.map(\.rawValue).sorted().joined(separator: ", ")), which copying by streaming needs (a finished copy held until a confirmed flush, all disks switched at once); nothing was touched")
+            }
+        case .mirror:
+            let missing = BackendCapability.neededToMirror.subtracting(session.capabilities)
+            if !missing.isEmpty {
+                throw PreflightError(
+                    "VM '\(vmName)': its hypervisor backend cannot \(missing.map(\.rawValue).sorted().joined(separator: ", ")), which strategy: mirror needs; use strategy: stream for this VM; nothing was touched")
+            }
         }
         let store = self.store
         try await VMActivityCheck.check(
@@ -188,14 +218,23 @@ struct Preflight {
         }
         try checkChain(medium.image, name: name)
         do {
-            try DestinationCheck.refuseExisting(disk.destination)
-            try DestinationCheck.checkDirectory(of: disk.destination)
+            try DestinationCheck.checkFormat(disk, strategy: policy.strategy)
+            if disk.resolvedFormat == .raw && isBlockDevice(disk.destination) {
+                if let problem = BlockDeviceDestination.problem(disk.destination, virtualSize: medium.image.virtualSize) {
+                    throw PreflightError(problem)
+                }
+            } else {
+                try DestinationCheck.refuseExisting(disk.destination)
+                try DestinationCheck.checkDirectory(of: disk.destination)
+            }
         } catch let error as PreflightError {
             throw PreflightError("\(name): \(error.description)")
         }
         let destination = DestinationCheck.resolved(disk.destination)
+        let realDestination = BlockDeviceDestination.realPath(disk.destination)
         for image in medium.image.chain {
-            if image.filename == disk.destination || DestinationCheck.resolved(image.filename) == destination {
+            if image.filename == disk.destination || DestinationCheck.resolved(image.filename) == destination
+                || BlockDeviceDestination.realPath(image.filename) == realDestination {
                 throw PreflightError("\(name): destination \(disk.destination) is an image of the source chain (\(image.filename))")
             }
         }
@@ -215,7 +254,8 @@ struct Preflight {
         let qmpDevice = entry.device.isEmpty ? (entry.guestDevice ?? medium.nodeName ?? disk.device) : entry.device
         return NewPlan.Disk(
             vmName: vmName, vmAddress: vmAddress, device: disk.device, destination: disk.destination,
-            source: source, sourceFormat: medium.image.format, qmpDevice: qmpDevice)
+            source: source, sourceFormat: medium.image.format, qmpDevice: qmpDevice,
+            strategy: policy.strategy, destinationFormat: disk.resolvedFormat)
     }
 
     /// Every image of the source chain is a plain file, and every backing link records its
@@ -238,8 +278,11 @@ struct Preflight {
         for (vm, disk) in plan.allDisks {
             do {
                 try sessions.hypervisor.checkAddress(vm.address.stored, allowShared: policy.allowSharedSocket)
-                try DestinationCheck.refuseExisting(disk.destination)
-                try DestinationCheck.checkDirectory(of: disk.destination)
+                try DestinationCheck.checkFormat(disk, strategy: policy.strategy)
+                if !(disk.resolvedFormat == .raw && isBlockDevice(disk.destination)) {
+                    try DestinationCheck.refuseExisting(disk.destination)
+                    try DestinationCheck.checkDirectory(of: disk.destination)
+                }
             } catch let error as PreflightError {
                 throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': \(error.description)")
             } catch let error as BackendError {

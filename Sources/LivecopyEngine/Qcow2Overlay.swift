@@ -16,20 +16,30 @@ struct Qcow2Overlay {
     static let maxClusters = clusterSize / 2
 
     let virtualSize: Int64
-    let backing: String
-    let backingFormat: String
+    /// The backing file and its format; nil for a standalone image (the mirror
+    /// strategy's qcow2 destination).
+    let backing: String?
+    let backingFormat: String?
     let l1Entries: Int
     let l1Clusters: Int
 
-    init(virtualSize: Int64, backing: String, backingFormat: String) throws {
+    /// A standalone empty qcow2 image of `virtualSize` bytes.
+    init(virtualSize: Int64) throws {
+        try self.init(virtualSize: virtualSize, backing: nil, backingFormat: nil)
+    }
+
+    init(virtualSize: Int64, backing: String?, backingFormat: String?) throws {
         guard virtualSize >= 0, virtualSize % 512 == 0 else {
             throw CreationFailed(description: "virtual size \(virtualSize) is not a multiple of 512 bytes")
         }
-        guard !backing.isEmpty, backing.utf8.count <= 1023 else {
-            throw CreationFailed(description: "backing file name must be 1 to 1023 bytes long")
-        }
-        guard !backingFormat.isEmpty, backingFormat.utf8.count <= 255, backingFormat.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
-            throw CreationFailed(description: "backing format '\(backingFormat)' is not a format name")
+        if let backing {
+            guard !backing.isEmpty, backing.utf8.count <= 1023 else {
+                throw CreationFailed(description: "backing file name must be 1 to 1023 bytes long")
+            }
+            guard let backingFormat, !backingFormat.isEmpty, backingFormat.utf8.count <= 255,
+                  backingFormat.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+                throw CreationFailed(description: "backing format '\(backingFormat ?? "")' is not a format name")
+            }
         }
         self.virtualSize = virtualSize
         self.backing = backing
@@ -51,13 +61,13 @@ struct Qcow2Overlay {
         func u32(_ value: UInt32) { bytes += withUnsafeBytes(of: value.bigEndian, Array.init) }
         func u64(_ value: UInt64) { bytes += withUnsafeBytes(of: value.bigEndian, Array.init) }
         let headerLength: UInt32 = 112
-        let format = Array(backingFormat.utf8)
+        let format = Array((backingFormat ?? "").utf8)
         let formatPadded = (format.count + 7) / 8 * 8
-        let backingOffset = UInt64(headerLength) + 8 + UInt64(formatPadded) + 8
+        let backingOffset = backing == nil ? 0 : UInt64(headerLength) + 8 + UInt64(formatPadded) + 8
         u32(0x5146_49fb)  // "QFI\xfb"
         u32(3)  // version
         u64(backingOffset)
-        u32(UInt32(backing.utf8.count))
+        u32(UInt32(backing?.utf8.count ?? 0))
         u32(Self.clusterBits)
         u64(UInt64(virtualSize))
         u32(0)  // no encryption
@@ -73,12 +83,17 @@ struct Qcow2Overlay {
         u32(4)  // refcount order: 16-bit refcounts
         u32(headerLength)
         bytes += [UInt8](repeating: 0, count: 8)  // compression type zlib (0), padding
-        u32(0xE279_2ACA)  // backing format extension
-        u32(UInt32(format.count))
-        bytes += format + [UInt8](repeating: 0, count: formatPadded - format.count)
-        u32(0)  // end of extensions
-        u32(0)
-        bytes += Array(backing.utf8)
+        if let backing {
+            u32(0xE279_2ACA)  // backing format extension
+            u32(UInt32(format.count))
+            bytes += format + [UInt8](repeating: 0, count: formatPadded - format.count)
+            u32(0)  // end of extensions
+            u32(0)
+            bytes += Array(backing.utf8)
+        } else {
+            u32(0)  // end of extensions
+            u32(0)
+        }
         return bytes
     }
 

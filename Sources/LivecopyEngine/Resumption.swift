@@ -9,8 +9,8 @@ import LivecopyModel
 struct DiskSighting: Sendable {
     /// The disk's device; nil when the VM no longer has it.
     let device: VMDisk?
-    /// The disk's stream job, when the VM lists it.
-    let streamJob: CopyJob?
+    /// The disk's copy job (its stream or its mirror), when the VM lists it.
+    let copyJob: CopyJob?
     /// The disk's rollback job (commit or mirror back), when the VM lists it.
     let rollbackJob: CopyJob?
 
@@ -21,7 +21,7 @@ struct DiskSighting: Sendable {
     static func look(at disk: DiskRecord, in session: any VMSession) async throws -> DiskSighting {
         let devices = try await session.disks()
         let jobs = try await session.jobs()
-        return DiskSighting(device: devices.entry(for: disk), streamJob: jobs.first { $0.id == disk.streamJobId },
+        return DiskSighting(device: devices.entry(for: disk), copyJob: jobs.first { $0.id == disk.copyJobId },
                             rollbackJob: jobs.first { $0.id == disk.commitJobId })
     }
 }
@@ -44,6 +44,9 @@ enum Resumption: CaseIterable, Sendable {
     case streamAgain
     /// The VM is still on the source: the snapshot again (after the split-brain check).
     case snapshotAgain
+    /// Mirror strategy: the VM is on the source or the destination; the mirror step looks
+    /// again (re-attach, start again from scratch, or record the pivot it finds).
+    case mirrorAgain
     /// The VM is on neither image, or no longer has the device: touch nothing.
     case attention
 
@@ -51,10 +54,17 @@ enum Resumption: CaseIterable, Sendable {
     static func decide(_ disk: DiskRecord, _ seen: DiskSighting) -> Resumption {
         if seen.rollbackJob != nil || disk.intent?.belongsToRollback == true { return .rollBack }
         guard let active = seen.activeImage else { return .attention }
-        if active == disk.source { return .snapshotAgain }
-        guard active == disk.destination else { return .attention }
-        guard seen.backingFile == nil, seen.streamJob == nil else { return .streamAgain }
-        return disk.state == .failed && disk.intent?.step == .retiring ? .retireAgain : .verifyAlone
+        let retiring = disk.state == .failed && disk.intent?.belongsToRetirement == true
+        switch disk.strategy {
+        case .stream:
+            if active == disk.source { return .snapshotAgain }
+            guard active == disk.destination else { return .attention }
+            guard seen.backingFile == nil, seen.copyJob == nil else { return .streamAgain }
+            return retiring ? .retireAgain : .verifyAlone
+        case .mirror:
+            guard active == disk.source || active == disk.destination else { return .attention }
+            return active == disk.destination && seen.copyJob == nil && retiring ? .retireAgain : .mirrorAgain
+        }
     }
 
     /// The state the disk moves to.
@@ -64,6 +74,7 @@ enum Resumption: CaseIterable, Sendable {
         case .retireAgain: return .retiring
         case .verifyAlone, .streamAgain: return .streaming
         case .snapshotAgain: return .snapshotting
+        case .mirrorAgain: return .mirroring
         case .attention: return .needsAttention
         }
     }
@@ -76,6 +87,7 @@ enum Resumption: CaseIterable, Sendable {
         case .verifyAlone: return "resuming: the destination already stands alone"
         case .streamAgain: return "resuming the stream"
         case .snapshotAgain: return "resuming: the VM is still on the source"
+        case .mirrorAgain: return "resuming the mirror"
         case .attention: return "touching nothing: the VM is on neither image"
         }
     }
@@ -84,10 +96,11 @@ enum Resumption: CaseIterable, Sendable {
     var rule: String {
         switch self {
         case .rollBack: return "a rollback job listed, or a rollback step under way | `rolling_back`: the rollback goes on"
-        case .retireAgain: return "recorded `failed` while retiring; the VM on the destination with no backing file; no stream job | `retiring`: retire again, after the same checks"
+        case .retireAgain: return "recorded `failed` while retiring; the VM on the destination with no backing file; no copy job | `retiring`: retire again, after the same checks"
         case .verifyAlone: return "the VM on the destination with no backing file; no stream job | `streaming`: verify, then retire"
         case .streamAgain: return "the VM on the destination with its backing file, or the stream job listed | `streaming`: re-attach, or stream again"
         case .snapshotAgain: return "the VM on the source | `snapshotting`: split-brain check, then the snapshot again"
+        case .mirrorAgain: return "mirror strategy: the VM on the source or the destination | `mirroring`: re-attach, record the pivot found, or mirror again from scratch after the lost-pivot check"
         case .attention: return "the VM on another image, or without the device | `needs_attention`: nothing touched"
         }
     }

@@ -64,6 +64,9 @@ final class RetryingVMSession: VMSession {
     func startMirror(disk: String, jobId: String, target: String, format: String) async throws {
         try await retrying { try await base.startMirror(disk: disk, jobId: jobId, target: target, format: format) }
     }
+    func openImage(_ image: ImageToOpen) async throws { try await retrying { try await base.openImage(image) } }
+    func closeImage(nodeName: String) async throws { try await retrying { try await base.closeImage(nodeName: nodeName) } }
+    func startMirror(_ request: MirrorRequest) async throws { try await retrying { try await base.startMirror(request) } }
     func complete(jobId: String) async throws { try await retrying { try await base.complete(jobId: jobId) } }
     func cancel(jobId: String, force: Bool) async throws { try await retrying { try await base.cancel(jobId: jobId, force: force) } }
     func pause(jobId: String) async throws { try await retrying { try await base.pause(jobId: jobId) } }

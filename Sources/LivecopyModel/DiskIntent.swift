@@ -7,7 +7,9 @@
 /// error, in `failed` or `needs_attention` (`isAllowed(in:)`). The raw values are what
 /// the database and the crash points (`intent:<raw>`) use.
 public enum DiskIntent: String, CaseIterable, Codable, Sendable {
-    /// livecopy creates the destination overlay (exclusively, mode 0600).
+    /// livecopy creates the destination (exclusively, mode 0600): the overlay of the stream
+    /// strategy, or the mirror strategy's standalone qcow2 or raw file. A block device is
+    /// never created, only checked.
     case createDestination = "create-destination"
     /// The VM's disks switch onto their destinations (`blockdev-snapshot-sync`, in one transaction).
     case snapshot = "blockdev-snapshot-sync"
@@ -15,12 +17,19 @@ public enum DiskIntent: String, CaseIterable, Codable, Sendable {
     case stream = "block-stream"
     /// The destination is flushed, with QEMU's confirmation, then the job is finalized.
     case finalize = "job-finalize"
+    /// Mirror strategy: the destination is opened in QEMU and the mirror job starts
+    /// (`blockdev-add`, `blockdev-mirror`).
+    case mirror = "blockdev-mirror"
+    /// Mirror strategy: the destination is flushed with QEMU's confirmation, the job is
+    /// completed and finalized, and the device pivots onto the destination. While this
+    /// intent is open nobody can tell from the record alone which image is the VM's.
+    case pivot
     /// The source is renamed to `<source>.retired`.
     case renameSource = "rename"
     /// The source is deleted.
     case deleteSource = "delete-source"
-    /// Rollback: the stream job is cancelled.
-    case cancelStream = "block-job-cancel"
+    /// Rollback: the copy job (stream or mirror) is cancelled.
+    case cancelCopy = "block-job-cancel"
     /// Rollback: an active commit of the destination into the source starts.
     case commitBack = "block-commit"
     /// Rollback after the stream finished: a mirror of the destination back into the source starts.
@@ -30,13 +39,17 @@ public enum DiskIntent: String, CaseIterable, Codable, Sendable {
     /// Rollback: the VM is on the source with every write; the destination is deleted.
     case deleteDestination = "delete-destination"
 
-    /// The state a disk is in while it carries this intent out.
-    public var step: DiskState {
+    /// The states a disk is in while it carries this intent out: one step of the recipe
+    /// (the destination is created in the stream strategy's `snapshotting` or the mirror
+    /// strategy's `mirroring`).
+    public var steps: Set<DiskState> {
         switch self {
-        case .createDestination, .snapshot: return .snapshotting
-        case .stream, .finalize: return .streaming
-        case .renameSource, .deleteSource: return .retiring
-        case .cancelStream, .commitBack, .mirrorBack, .pivotBack, .deleteDestination: return .rollingBack
+        case .createDestination: return [.snapshotting, .mirroring]
+        case .snapshot: return [.snapshotting]
+        case .stream, .finalize: return [.streaming]
+        case .mirror, .pivot: return [.mirroring]
+        case .renameSource, .deleteSource: return [.retiring]
+        case .cancelCopy, .commitBack, .mirrorBack, .pivotBack, .deleteDestination: return [.rollingBack]
         }
     }
 
@@ -45,10 +58,14 @@ public enum DiskIntent: String, CaseIterable, Codable, Sendable {
     public func isAllowed(in state: DiskState) -> Bool {
         switch state {
         case .failed, .needsAttention: return true
-        case .pending, .snapshotting, .streaming, .retiring, .completed, .rollingBack, .rolledBack: return state == step
+        case .pending, .snapshotting, .streaming, .mirroring, .retiring, .completed, .rollingBack, .rolledBack:
+            return steps.contains(state)
         }
     }
 
     /// Intents only a rollback records: a disk stopped with one of them open goes on rolling back.
-    public var belongsToRollback: Bool { step == .rollingBack }
+    public var belongsToRollback: Bool { steps == [.rollingBack] }
+
+    /// Intents of the retiring step.
+    public var belongsToRetirement: Bool { steps == [.retiring] }
 }

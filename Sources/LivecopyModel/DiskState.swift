@@ -7,6 +7,9 @@ public enum DiskState: String, CaseIterable, Codable, Sendable {
     case snapshotting
     /// The VM writes into the destination; `block-stream` copies the source into it.
     case streaming
+    /// Mirror strategy: the VM still runs on the source while `blockdev-mirror` copies it
+    /// into the destination; the disk leaves this state at the pivot onto the destination.
+    case mirroring
     /// The destination stands alone; the source is being deleted, renamed or kept per policy.
     case retiring
     /// Done: the VM runs on the destination, with no backing file. Final.
@@ -25,15 +28,16 @@ public enum DiskState: String, CaseIterable, Codable, Sendable {
     /// A disk's whole state is this plus its open `DiskIntent` (see `DiskIntent.isAllowed(in:)`).
     public var allowedNext: Set<DiskState> {
         switch self {
-        case .pending: return [.snapshotting, .failed, .rolledBack, .needsAttention]
+        case .pending: return [.snapshotting, .mirroring, .failed, .rolledBack, .needsAttention]
         case .snapshotting: return [.streaming, .failed, .rollingBack, .needsAttention]
         case .streaming: return [.retiring, .failed, .rollingBack, .needsAttention]
+        case .mirroring: return [.retiring, .failed, .rollingBack, .needsAttention]
         case .retiring: return [.completed, .failed, .needsAttention]
         case .completed: return []
-        case .failed: return [.snapshotting, .streaming, .retiring, .rollingBack, .needsAttention]
+        case .failed: return [.snapshotting, .streaming, .mirroring, .retiring, .rollingBack, .needsAttention]
         case .rollingBack: return [.rolledBack, .failed, .needsAttention]
         case .rolledBack: return []
-        case .needsAttention: return [.snapshotting, .streaming, .rollingBack]
+        case .needsAttention: return [.snapshotting, .streaming, .mirroring, .rollingBack]
         }
     }
 
@@ -84,7 +88,7 @@ public enum PlanState: String, CaseIterable, Codable, Sendable {
     public static func outcome(of disks: [DiskState]) -> PlanState {
         if disks.contains(.needsAttention) { return .needsAttention }
         if disks.contains(where: { $0 == .failed || $0 == .pending || $0 == .snapshotting
-            || $0 == .streaming || $0 == .retiring || $0 == .rollingBack }) { return .failed }
+            || $0 == .streaming || $0 == .mirroring || $0 == .retiring || $0 == .rollingBack }) { return .failed }
         if !disks.isEmpty && disks.allSatisfy({ $0 == .completed }) { return .completed }
         return .rolledBack
     }

@@ -35,17 +35,27 @@ public struct Plan: Sendable, Equatable {
         }
     }
 
-    /// One disk to move: a block device of the VM and the qcow2 image it moves to.
+    /// One disk to move: a block device of the VM and the image it moves to.
     public struct Disk: Sendable, Equatable {
         /// QMP: the `query-block` device name, qdev id or node name. libvirt: the disk's
         /// target (`vda`) or its source path.
         public var device: String
-        /// Absolute path of the new qcow2 image; it must not exist yet.
+        /// Absolute path of the new image, which must not exist yet; or, with the mirror
+        /// strategy, of a block device that exists already.
         public var destination: String
+        /// The destination's format as written (`format:`); nil: qcow2 for a file, raw for a
+        /// block device. Anything but qcow2 needs the mirror strategy.
+        public var format: DestinationFormat?
 
-        public init(device: String, destination: String) {
+        public init(device: String, destination: String, format: DestinationFormat? = nil) {
             self.device = device
             self.destination = destination
+            self.format = format
+        }
+
+        /// The format written, or the default: raw for a block device, qcow2 otherwise.
+        public var resolvedFormat: DestinationFormat {
+            format ?? (isBlockDevice(destination) ? .raw : .qcow2)
         }
     }
 
@@ -96,7 +106,7 @@ extension Plan {
             guard !diskNodes.isEmpty else { throw disksNode.fail("(VM '\(name)') lists no disks") }
             var disks: [Disk] = []
             for diskNode in diskNodes {
-                let fields = try diskNode.mapping(allowed: ["device", "destination"])
+                let fields = try diskNode.mapping(allowed: ["device", "destination", "format"])
                 guard let device = try fields["device"]?.string() else { throw diskNode.fail("has no 'device'") }
                 guard let destinationNode = fields["destination"] else {
                     throw diskNode.fail("(device '\(device)') has no 'destination'")
@@ -105,7 +115,8 @@ extension Plan {
                 guard destination.hasPrefix("/") else {
                     throw destinationNode.fail("must be an absolute path, not '\(destination)'")
                 }
-                disks.append(Disk(device: device, destination: normalize(destination)))
+                let format = try fields["format"]?.choice(DestinationFormat.self)
+                disks.append(Disk(device: device, destination: normalize(destination), format: format))
             }
             vms.append(VM(name: name, address: address, disks: disks))
         }
@@ -186,4 +197,10 @@ public func normalize(_ path: String) -> String {
         }
     }
     return "/" + parts.joined(separator: "/")
+}
+
+/// Whether `path` (following links: LVM names its volumes by symlinks) is a block device.
+public func isBlockDevice(_ path: String) -> Bool {
+    var info = stat()
+    return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFBLK
 }

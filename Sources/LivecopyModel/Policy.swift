@@ -44,6 +44,10 @@ public struct Policy: Codable, Sendable, Equatable {
         case report
     }
 
+    /// How each disk is copied (`stream` or `mirror`).
+    public var strategy: CopyStrategy
+    /// How a mirror treats guest writes made during the copy (mirror strategy only).
+    public var copyMode: CopyMode
     public var retireSource: RetireSource
     /// Bytes per second per disk; 0 means unlimited.
     public var speed: Int64
@@ -72,6 +76,8 @@ public struct Policy: Codable, Sendable, Equatable {
     public var spaceMargin: Double
 
     enum CodingKeys: String, CodingKey, CaseIterable {
+        case strategy
+        case copyMode = "copy_mode"
         case retireSource = "retire_source"
         case speed
         case maxParallelDisks = "max_parallel_disks"
@@ -91,14 +97,16 @@ public struct Policy: Codable, Sendable, Equatable {
     static let fallback = Policy(
         retireSource: .rename, speed: 0, maxParallelDisks: 4, onFailure: .stop, afterRestart: .resume,
         onError: .enospc, ioErrorWait: 300, progressInterval: 1, commandTimeout: 30, allowSharedSocket: false,
-        qmpRetries: 3, qmpRetryBackoff: 0.5, spaceMargin: 1.1)
+        qmpRetries: 3, qmpRetryBackoff: 0.5, spaceMargin: 1.1, strategy: .stream, copyMode: .background)
 
     public init(
         retireSource: RetireSource, speed: Int64, maxParallelDisks: Int, onFailure: OnFailure,
         afterRestart: AfterRestart, onError: OnIOError, ioErrorWait: Double, progressInterval: Double,
         commandTimeout: Double, allowSharedSocket: Bool = false, qmpRetries: Int = 3, qmpRetryBackoff: Double = 0.5,
-        spaceMargin: Double = 1.1
+        spaceMargin: Double = 1.1, strategy: CopyStrategy = .stream, copyMode: CopyMode = .background
     ) {
+        self.strategy = strategy
+        self.copyMode = copyMode
         self.retireSource = retireSource
         self.speed = speed
         self.maxParallelDisks = maxParallelDisks
@@ -117,6 +125,8 @@ public struct Policy: Codable, Sendable, Equatable {
     /// Decodes a stored policy; keys added after it was recorded take the built-in values.
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
+        strategy = try container.decodeIfPresent(CopyStrategy.self, forKey: .strategy) ?? Self.fallback.strategy
+        copyMode = try container.decodeIfPresent(CopyMode.self, forKey: .copyMode) ?? Self.fallback.copyMode
         retireSource = try container.decode(RetireSource.self, forKey: .retireSource)
         speed = try container.decode(Int64.self, forKey: .speed)
         maxParallelDisks = try container.decode(Int.self, forKey: .maxParallelDisks)
@@ -173,6 +183,8 @@ extension Policy {
         for key in CodingKeys.allCases {
             guard let value = members[key.rawValue] else { continue }
             switch key {
+            case .strategy: policy.strategy = try value.choice(CopyStrategy.self)
+            case .copyMode: policy.copyMode = try value.choice(CopyMode.self)
             case .retireSource: policy.retireSource = try value.choice(RetireSource.self)
             case .speed: policy.speed = try value.byteSize()
             case .maxParallelDisks:

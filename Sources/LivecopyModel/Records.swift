@@ -56,12 +56,23 @@ public struct DiskRecord: Sendable, Equatable {
     /// True once livecopy asked QEMU to create the destination: only then may livecopy delete it.
     public var destinationCreated: Bool
     public var updatedAt: Date
+    /// How the disk is copied (the plan's policy when it was recorded).
+    public var strategy: CopyStrategy
+    /// The destination's format: qcow2 for the stream strategy; qcow2 or raw for a mirror.
+    public var destinationFormat: DestinationFormat
+    /// Mirror strategy: the device pivoted onto the destination (recorded in the pivot's
+    /// outcome). From then on the destination is the truth, whatever state follows.
+    public var pivoted: Bool
 
     public init(
         id: Int64, planId: Int64, vmName: String, vmAddress: String, device: String, destination: String,
         source: String?, sourceFormat: String?, qmpDevice: String?, state: DiskState, bytesDone: Int64,
-        bytesTotal: Int64, error: String?, intent: DiskIntent?, destinationCreated: Bool, updatedAt: Date
+        bytesTotal: Int64, error: String?, intent: DiskIntent?, destinationCreated: Bool, updatedAt: Date,
+        strategy: CopyStrategy = .stream, destinationFormat: DestinationFormat = .qcow2, pivoted: Bool = false
     ) {
+        self.strategy = strategy
+        self.destinationFormat = destinationFormat
+        self.pivoted = pivoted
         self.id = id
         self.planId = planId
         self.vmName = vmName
@@ -82,31 +93,66 @@ public struct DiskRecord: Sendable, Equatable {
 
     /// The deterministic QMP job id of this disk's stream job.
     public var streamJobId: String { "livecopy-stream-\(id)" }
+    /// The deterministic QMP job id of this disk's mirror job (mirror strategy).
+    public var mirrorJobId: String { "livecopy-mirror-\(id)" }
+    /// The job that copies this disk forward: the stream or the mirror.
+    public var copyJobId: String {
+        switch strategy {
+        case .stream: return streamJobId
+        case .mirror: return mirrorJobId
+        }
+    }
     /// The deterministic QMP job id of this disk's rollback commit job.
     public var commitJobId: String { "livecopy-commit-\(id)" }
     /// The node name given to the destination overlay at snapshot time.
     public var destinationNodeName: String { "livecopy-dst-\(id)" }
 
-    /// The image the VM must be started from right now if it is restarted, given what is recorded.
+    /// The image the VM must be started from right now if it is restarted, given what is
+    /// recorded; nil when the record alone cannot tell (QEMU or the files must be asked).
     public var bootImage: String? {
+        switch strategy {
+        case .stream: return bootImageWhenStreaming
+        case .mirror: return bootImageWhenMirroring
+        }
+    }
+
+    /// The stream strategy: the VM is on the destination from the snapshot on.
+    private var bootImageWhenStreaming: String? {
         switch state {
         case .pending, .rolledBack: return source
         case .snapshotting:
             // With a snapshot under way the answer is QEMU's (or the destination file's) to give.
             guard intent == nil else { return nil }
             return destinationCreated ? destination : source
-        case .streaming, .retiring, .completed, .failed: return destinationCreated ? destination : source
+        case .streaming, .mirroring, .retiring, .completed, .failed: return destinationCreated ? destination : source
         case .rollingBack:
             // Once the rollback job concluded on the source, deleting the destination is the intent;
             // while a pivot may be under way nobody can tell without looking.
             switch intent {
             case .deleteDestination?: return source
             case .pivotBack?: return nil
-            case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .renameSource?, .deleteSource?,
-                 .cancelStream?, .commitBack?, .mirrorBack?:
+            case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .renameSource?,
+                 .deleteSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
                 return destinationCreated ? destination : source
             }
         case .needsAttention: return nil
+        }
+    }
+
+    /// The mirror strategy: the source is the truth until the pivot, the destination after.
+    private var bootImageWhenMirroring: String? {
+        switch state {
+        case .pending, .rolledBack: return source
+        case .needsAttention: return nil
+        case .snapshotting, .streaming, .mirroring, .retiring, .completed, .failed, .rollingBack:
+            switch intent {
+            // A pivot (or a pivot back) asked for and not seen through: look before answering.
+            case .pivot?, .pivotBack?: return nil
+            case .deleteDestination?: return source
+            case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .renameSource?, .deleteSource?,
+                 .cancelCopy?, .commitBack?, .mirrorBack?:
+                return pivoted ? destination : source
+            }
         }
     }
 }
@@ -172,9 +218,14 @@ public struct NewPlan: Sendable {
         public var source: String?
         public var sourceFormat: String?
         public var qmpDevice: String?
+        public var strategy: CopyStrategy
+        public var destinationFormat: DestinationFormat
 
         public init(vmName: String, vmAddress: String, device: String, destination: String,
-                    source: String? = nil, sourceFormat: String? = nil, qmpDevice: String? = nil) {
+                    source: String? = nil, sourceFormat: String? = nil, qmpDevice: String? = nil,
+                    strategy: CopyStrategy = .stream, destinationFormat: DestinationFormat = .qcow2) {
+            self.strategy = strategy
+            self.destinationFormat = destinationFormat
             self.vmName = vmName
             self.vmAddress = vmAddress
             self.device = device
@@ -187,7 +238,8 @@ public struct NewPlan: Sendable {
         /// `disk` of `vm` as the plan names it, its source not known yet (a plan recorded
         /// detached, or refused).
         public init(vm: Plan.VM, disk: Plan.Disk) {
-            self.init(vmName: vm.name, vmAddress: vm.address.stored, device: disk.device, destination: disk.destination)
+            self.init(vmName: vm.name, vmAddress: vm.address.stored, device: disk.device, destination: disk.destination,
+                      destinationFormat: disk.resolvedFormat)
         }
     }
 

@@ -10,6 +10,9 @@ public struct Migration: Sendable, Equatable {
     public let name: String
     public let sql: String
 
+    /// The line that marks a migration rebuilding a table (run with foreign keys off).
+    static let rebuildsTablesMarker = "-- livecopy-migration: rebuilds tables"
+
     /// FNV-1a 64 of the file's text: detects a shipped migration that was edited.
     public var checksum: String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
@@ -73,12 +76,22 @@ struct Migrator {
             }
             let done = Set(try applied.map { try $0.decode(Int.self, forColumn: "version") })
             for migration in migrations where !done.contains(migration.version) {
+                // A migration that rebuilds a table (SQLite cannot change a CHECK constraint in
+                // place) runs with foreign keys off, as SQLite's own procedure says: dropping
+                // the old table must not cascade into the rows that refer to it. The keys are
+                // checked before its commit, and switched on again after it.
+                let rebuilds = migration.sql.contains(Migration.rebuildsTablesMarker)
+                if rebuilds { try db.execute(sql: "PRAGMA foreign_keys = OFF") }
+                defer { if rebuilds { try? db.execute(sql: "PRAGMA foreign_keys = ON") } }
                 try db.inTransaction(.immediate) {
                     let applied = try Bool.fetchOne(
                         db, sql: "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?)", arguments: [migration.version]) ?? false
                     guard !applied else { return .commit }
                     logger.debug("applying migration", metadata: ["path": "\(path)", "migration": "\(migration.version)_\(migration.name)"])
                     try db.execute(sql: migration.sql)
+                    if rebuilds, let broken = try Row.fetchOne(db, sql: "PRAGMA foreign_key_check") {
+                        throw StoreError("database \(path): migration \(migration.version)_\(migration.name) broke a foreign key (\(broken))")
+                    }
                     try db.execute(
                         sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
                         arguments: [migration.version, migration.name, migration.checksum, Date().timeIntervalSince1970])

@@ -68,7 +68,16 @@ extension SQLiteStore {
             sourceFormat: try value("source_format"), qmpDevice: try value("qmp_device"), state: state,
             bytesDone: try value("bytes_done"), bytesTotal: try value("bytes_total"), error: try value("error"),
             intent: intent, destinationCreated: try value("destination_created"),
-            updatedAt: try date(row, "updated_at", of: "disks") ?? Date())
+            updatedAt: try date(row, "updated_at", of: "disks") ?? Date(),
+            strategy: try choice(row, "strategy"), destinationFormat: try choice(row, "destination_format"),
+            pivoted: try value("pivoted"))
+    }
+
+    /// A disks column holding one of an enumeration's raw values.
+    private static func choice<T: RawRepresentable>(_ row: Row, _ name: String) throws -> T where T.RawValue == String {
+        let text: String = try column(row, name, of: "disks")
+        guard let value = T(rawValue: text) else { throw StoreError("disk has unknown \(name) '\(text)'") }
+        return value
     }
 
     static func eventRecord(_ row: Row) throws -> EventRecord {

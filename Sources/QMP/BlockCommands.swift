@@ -157,6 +157,38 @@ extension QMPSession {
         ])
     }
 
+    /// `blockdev-add` of an existing image file or block device as node `nodeName`, its
+    /// format given (never probed). A raw image of `size` bytes shows only its first
+    /// `size` bytes (a block device larger than the disk it receives).
+    public func blockdevAdd(nodeName: String, filename: String, format: String, blockDevice: Bool, size: Int64?) async throws {
+        var arguments: [String: JSONValue] = [
+            "node-name": .string(nodeName), "driver": .string(format),
+            "file": .object(["driver": .string(blockDevice ? "host_device" : "file"), "filename": .string(filename)]),
+        ]
+        if let size { arguments["size"] = .int(size) }
+        try await execute("blockdev-add", arguments)
+    }
+
+    /// `blockdev-del` of node `nodeName` (with its file node, which it owns).
+    public func blockdevDel(nodeName: String) async throws {
+        try await execute("blockdev-del", ["node-name": .string(nodeName)])
+    }
+
+    /// `blockdev-mirror` of `device`'s whole chain (`sync: full`) into node `target`, as
+    /// job `jobId`, never auto-finalized nor auto-dismissed: the pivot happens only at
+    /// `job-finalize`, after `block-job-complete`.
+    public func blockdevMirror(_ request: MirrorJobRequest) async throws {
+        var arguments: [String: JSONValue] = [
+            "device": .string(request.device), "job-id": .string(request.jobId), "target": .string(request.targetNode),
+            "sync": "full", "auto-finalize": false, "auto-dismiss": false, "speed": .int(request.speed),
+            "on-source-error": .string(request.onError), "on-target-error": .string(request.onError),
+            "copy-mode": .string(request.copyMode),
+        ]
+        if let bufSize = request.bufSize { arguments["buf-size"] = .int(bufSize) }
+        if let granularity = request.granularity { arguments["granularity"] = .int(granularity) }
+        try await execute("blockdev-mirror", arguments)
+    }
+
     public func blockJobComplete(jobId: String) async throws {
         try await execute("block-job-complete", ["device": .string(jobId)])
     }
@@ -210,6 +242,32 @@ public struct SnapshotRequest: Sendable, Equatable {
         case .node(let name): arguments["node-name"] = .string(name)
         }
         return arguments
+    }
+}
+
+/// The arguments of a `blockdev-mirror` livecopy starts.
+public struct MirrorJobRequest: Sendable, Equatable {
+    public let device: String
+    public let jobId: String
+    public let targetNode: String
+    public let speed: Int64
+    /// `on-source-error` and `on-target-error`.
+    public let onError: String
+    /// `background` or `write-blocking`.
+    public let copyMode: String
+    public let bufSize: Int64?
+    public let granularity: Int64?
+
+    public init(device: String, jobId: String, targetNode: String, speed: Int64, onError: String, copyMode: String,
+                bufSize: Int64?, granularity: Int64?) {
+        self.device = device
+        self.jobId = jobId
+        self.targetNode = targetNode
+        self.speed = speed
+        self.onError = onError
+        self.copyMode = copyMode
+        self.bufSize = bufSize
+        self.granularity = granularity
     }
 }
 

@@ -19,6 +19,7 @@ enum QMPRequirements {
         "transaction", "blockdev-snapshot-sync", "block-stream", "job-finalize", "job-dismiss",
         "human-monitor-command", "block-commit", "drive-mirror", "block-job-complete",
         "block-job-cancel", "block-job-pause", "block-job-resume", "block-job-set-speed",
+        "blockdev-add", "blockdev-del", "blockdev-mirror",
     ]
 
     /// Throws `BackendError` (`.unsupported`) when the QEMU at `address` is too old or lacks

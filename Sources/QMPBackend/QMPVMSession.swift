@@ -99,6 +99,26 @@ public final class QMPVMSession: VMSession {
         return .notConfirmed(answer)
     }
 
+    public func openImage(_ image: ImageToOpen) async throws {
+        try await QMPErrors.mapping("blockdev-add") {
+            try await qmp.blockdevAdd(nodeName: image.nodeName, filename: image.path, format: image.format,
+                                      blockDevice: image.isBlockDevice, size: image.size)
+        }
+    }
+
+    public func closeImage(nodeName: String) async throws {
+        try await QMPErrors.mapping("blockdev-del") { try await qmp.blockdevDel(nodeName: nodeName) }
+    }
+
+    public func startMirror(_ request: MirrorRequest) async throws {
+        try await QMPErrors.mapping("blockdev-mirror") {
+            try await qmp.blockdevMirror(MirrorJobRequest(
+                device: request.disk, jobId: request.jobId, targetNode: request.targetNode, speed: request.speed,
+                onError: request.onError, copyMode: request.copyMode, bufSize: request.bufSize,
+                granularity: request.granularity))
+        }
+    }
+
     public func startCommit(disk: String, jobId: String, baseFile: String?, speed: Int64) async throws {
         try await QMPErrors.mapping("block-commit") {
             try await qmp.blockCommit(device: disk, jobId: jobId, baseFile: baseFile, speed: speed)

@@ -17,7 +17,7 @@ public final class InMemoryHypervisor: Hypervisor {
 
     /// Adds a VM at `address` (any string) and returns it, to script and inspect.
     @discardableResult
-    public func addVM(at address: String, capabilities: Set<BackendCapability> = Set(BackendCapability.allCases),
+    public func addVM(at address: String, capabilities: Set<BackendCapability> = Set(BackendCapability.allCases).subtracting([.mirrorCopy]),
                       devices: [InMemoryVM.Device]) -> InMemoryVM {
         let vm = InMemoryVM(address: address, capabilities: capabilities, devices: devices)
         vms.withLock { $0[address] = vm }
@@ -83,6 +83,13 @@ final class InMemoryVMSession: VMSession {
     }
     func startMirror(disk: String, jobId: String, target: String, format: String) async throws {
         try perform("startMirror") { try vm.startJob(.mirror(target: target, format: format), disk: disk, jobId: jobId) }
+    }
+    func openImage(_ image: ImageToOpen) async throws { throw Self.noMirrorStrategy("openImage") }
+    func closeImage(nodeName: String) async throws { throw Self.noMirrorStrategy("closeImage") }
+    func startMirror(_ request: MirrorRequest) async throws { throw Self.noMirrorStrategy("startMirror") }
+    /// The mirror strategy is tested against real QEMU only.
+    private static func noMirrorStrategy(_ operation: String) -> BackendError {
+        BackendError(.unsupported, operation: operation, reason: "the in-memory backend has no mirror strategy")
     }
     func complete(jobId: String) async throws { try perform("complete") { try vm.complete(jobId) } }
     func cancel(jobId: String, force: Bool) async throws { try perform("cancel") { try vm.cancel(jobId) } }

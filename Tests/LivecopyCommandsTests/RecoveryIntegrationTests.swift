@@ -950,8 +950,8 @@ struct RecoveryIntegrationTests {
     }
 
     /// Runs every read check in one qemu-io; `ok` is false on any mismatch or error.
-    static func verify(_ path: String, _ checks: [(UInt8, String, String)]) throws -> (ok: Bool, output: String) {
-        var args = ["-r", "-f", "qcow2"]
+    static func verify(_ path: String, _ checks: [(UInt8, String, String)], format: String = "qcow2") throws -> (ok: Bool, output: String) {
+        var args = ["-r", "-f", format]
         for (pattern, offset, length) in checks {
             args += ["-c", "read -P \(hex(pattern)) \(offset) \(length)"]
         }
@@ -984,16 +984,21 @@ struct RecoveryIntegrationTests {
         let database: String
         let livecopy: LivecopyProcess
         let dataMiB: Int
+        /// The destination's format (`format:` in the plan when not qcow2).
+        let destinationFormat: String
         /// The pattern last written to each slot, nil if never.
         var written: [UInt8?] = Array(repeating: nil, count: Rig.slots)
         private var openedStore: SQLiteStore?
 
-        init(_ prefix: String, dataMiB: Int, policy: String) throws {
+        /// `destination` replaces `new/dst.qcow2` (a block device, say); `format` is the
+        /// plan disk's `format:` (nil: none written, so qcow2).
+        init(_ prefix: String, dataMiB: Int, policy: String, destination: String? = nil, format: String? = nil) throws {
             scratch = try TemporaryDirectory(prefix: prefix)
             try FileManager.default.createDirectory(atPath: scratch.appending("new"), withIntermediateDirectories: true)
             self.dataMiB = dataMiB
             source = scratch.appending("src.qcow2")
-            destination = scratch.appending("new/dst.qcow2")
+            self.destination = destination ?? scratch.appending("new/dst.\(format ?? "qcow2")")
+            destinationFormat = format ?? (destination.map(isBlockDevice) == true ? "raw" : "qcow2")
             planPath = scratch.appending("plan.yaml")
             database = scratch.appending("livecopy.db")
             livecopy = LivecopyProcess(database: database)
@@ -1009,8 +1014,8 @@ struct RecoveryIntegrationTests {
                     qmp: \(vm.livecopySocket)
                     disks:
                       - device: drive0
-                        destination: \(destination)
-                """
+                        destination: \(self.destination)
+                """ + (format.map { "\n        format: \($0)" } ?? "")
             try plan.write(toFile: planPath, atomically: true, encoding: .utf8)
         }
 
@@ -1049,9 +1054,9 @@ struct RecoveryIntegrationTests {
         }
 
         func expectDestinationHoldsEverything(_ context: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-            let result = try RecoveryIntegrationTests.verify(destination, expectedChecks)
+            let result = try RecoveryIntegrationTests.verify(destination, expectedChecks, format: destinationFormat)
             #expect(result.ok, "[\(context)] the destination lacks data:\n\(result.output)", sourceLocation: sourceLocation)
-            let info = try QEMUImage.info(destination)
+            let info = try QEMUImage.info(destination, format: destinationFormat)
             #expect(info.backingFilename == nil, "[\(context)] the destination stands alone, backing \(info.backingFilename ?? "")",
                     sourceLocation: sourceLocation)
         }
@@ -1096,12 +1101,17 @@ struct RecoveryIntegrationTests {
         /// The VM's active image of drive0 and its backing file, per the test monitor.
         func activeImage() async throws -> (file: String?, backing: String?) {
             let inserted = try await vm.testMonitor().queryBlock().first { $0.device == "drive0" }?.inserted
+            // A block device larger than the disk is opened limited to the disk's size,
+            // which QEMU names `json:{"driver": "raw", "size": …, "file": {… "filename": DEV}}`.
+            if let file = inserted?.file, file.hasPrefix("json:"), file.contains("\"filename\": \"\(destination)\"") {
+                return (destination, inserted?.backingFile)
+            }
             return (inserted?.file, inserted?.backingFile)
         }
 
-        /// livecopy's stream job in QEMU, if any.
+        /// livecopy's copy job in QEMU (its stream or its mirror), if any.
         func streamJob() async throws -> JobInfo? {
-            try await vm.testMonitor().queryJobs().first { $0.id.hasPrefix("livecopy-stream-") }
+            try await vm.testMonitor().queryJobs().first { $0.id.hasPrefix("livecopy-stream-") || $0.id.hasPrefix("livecopy-mirror-") }
         }
 
         /// Polls `query-jobs` until livecopy's stream job has one of `status`.

@@ -334,6 +334,10 @@ struct SecurityTests {
             try intruder(path)
             try ExclusiveOverlayCreator().createOverlay(at: path, backing: backing, backingFormat: backingFormat, virtualSize: virtualSize)
         }
+        func createImage(at path: String, format: DestinationFormat, virtualSize: Int64) throws {
+            try intruder(path)
+            try ExclusiveOverlayCreator().createImage(at: path, format: format, virtualSize: virtualSize)
+        }
     }
 
     struct Connector: QMPConnector {

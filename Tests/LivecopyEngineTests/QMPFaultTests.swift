@@ -220,6 +220,9 @@ struct StubCreator: DestinationCreator {
         guard fd >= 0 else { throw StubCreationFailed(description: "cannot create \(path): \(String(cString: strerror(errno)))") }
         close(fd)
     }
+    func createImage(at path: String, format: DestinationFormat, virtualSize: Int64) throws {
+        try createOverlay(at: path, backing: "", backingFormat: "", virtualSize: virtualSize)
+    }
 }
 
 struct StubCreationFailed: Error, CustomStringConvertible { let description: String }

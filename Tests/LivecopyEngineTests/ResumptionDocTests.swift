@@ -32,6 +32,7 @@ struct ResumptionDecisionTests {
 
     @Test func everyCombinationGetsALegalAnswer() {
         var combinations = 0
+        for strategy in CopyStrategy.allCases {
         for state in [DiskState.failed, .needsAttention] {
             for intent in [nil] + DiskIntent.allCases.map(Optional.some) {
                 for active in [Self.source, Self.destination, "/images/other.qcow2", nil] {
@@ -42,26 +43,32 @@ struct ResumptionDecisionTests {
                                     id: 1, planId: 1, vmName: "vm", vmAddress: "/mem/vm", device: "drive0",
                                     destination: Self.destination, source: Self.source, sourceFormat: "qcow2",
                                     qmpDevice: "drive0", state: state, bytesDone: 0, bytesTotal: 0, error: nil,
-                                    intent: intent, destinationCreated: true, updatedAt: Date())
+                                    intent: intent, destinationCreated: true, updatedAt: Date(), strategy: strategy)
                                 let device = active.map { file in
                                     VMDisk(device: "drive0", guestDevice: nil, medium: .init(
                                         file: file, nodeName: "n", backingFile: backing,
                                         image: DiskImage(filename: file, format: "qcow2", virtualSize: 1 << 20)))
                                 }
-                                let seen = DiskSighting(device: device, streamJob: streamJob ? Self.job(disk.streamJobId) : nil,
+                                let seen = DiskSighting(device: device, copyJob: streamJob ? Self.job(disk.copyJobId) : nil,
                                                         rollbackJob: rollbackJob ? Self.job(disk.commitJobId) : nil)
                                 let answer = Resumption.decide(disk, seen)
                                 combinations += 1
-                                let context = "\(state) \(intent.map(\.rawValue) ?? "-") \(active ?? "-") \(backing ?? "-") \(streamJob) \(rollbackJob) → \(answer)"
+                                let context = "\(strategy) \(state) \(intent.map(\.rawValue) ?? "-") \(active ?? "-") \(backing ?? "-") \(streamJob) \(rollbackJob) → \(answer)"
                                 if answer.nextState != state {
                                     #expect(state.canMove(to: answer.nextState), "\(context)")
                                 }
                                 if rollbackJob || intent?.belongsToRollback == true {
                                     #expect(answer == .rollBack, "\(context)")
+                                } else if active != Self.source && active != Self.destination {
+                                    #expect(answer == .attention, "\(context)")
+                                } else if strategy == .mirror {
+                                    // The mirror step looks again; only a retirement resumes past it.
+                                    #expect(answer == .mirrorAgain || answer == .retireAgain, "\(context)")
+                                    if active == Self.source { #expect(answer == .mirrorAgain, "\(context)") }
                                 } else if active == Self.source {
                                     #expect(answer == .snapshotAgain, "\(context)")
-                                } else if active != Self.destination {
-                                    #expect(answer == .attention, "\(context)")
+                                } else {
+                                    #expect(answer != .mirrorAgain, "\(context)")
                                 }
                             }
                         }
@@ -69,6 +76,7 @@ struct ResumptionDecisionTests {
                 }
             }
         }
-        #expect(combinations == 2 * (DiskIntent.allCases.count + 1) * 4 * 2 * 2 * 2)
+        }
+        #expect(combinations == 2 * 2 * (DiskIntent.allCases.count + 1) * 4 * 2 * 2 * 2)
     }
 }

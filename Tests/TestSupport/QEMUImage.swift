@@ -182,8 +182,8 @@ public enum QEMUImage {
 
     /// `qemu-img info -U --output=json PATH`, decoded. `-U` lets it read an image that a
     /// running QEMU holds open.
-    public static func info(_ path: String) throws -> ImageInfo {
-        let args = ["info", "-U", "--output=json", path]
+    public static func info(_ path: String, format: String? = nil) throws -> ImageInfo {
+        let args = ["info", "-U", "--output=json"] + (format.map { ["-f", $0] } ?? []) + [path]
         let (stdout, _) = try QEMUTools.runChecked("qemu-img", args)
         struct Raw: Decodable {
             let format: String

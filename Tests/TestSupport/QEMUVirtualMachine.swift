@@ -127,6 +127,30 @@ public final class QEMUVirtualMachine: Sendable {
         try await monitor.connection(socketPath: testSocket)
     }
 
+    /// A guest write that does not wait for its completion: `qemu-io DRIVE "aio_write -P
+    /// 0xPP OFFSET LENGTH"` through HMP. Unlike a blocking write, it never holds QEMU's main
+    /// loop while the device's I/O is drained (a mirror's pivot). `guestFlushAll` waits
+    /// for every one issued.
+    public func guestWriteWithoutWaiting(drive: String, pattern: UInt8, offset: String, length: String) async throws {
+        try await hmpQemuIO(drive: drive, "aio_write -P \(QEMUImage.hex(pattern)) \(offset) \(length)")
+    }
+
+    /// Waits until every write issued by `guestWriteWithoutWaiting` completed
+    /// (`qemu-io DRIVE "aio_flush"`), then flushes the device.
+    public func guestFlushAll(drive: String) async throws {
+        try await hmpQemuIO(drive: drive, "aio_flush")
+        try await hmpQemuIO(drive: drive, "flush")
+    }
+
+    private func hmpQemuIO(drive: String, _ command: String) async throws {
+        let commandLine = "qemu-io \(drive) \"\(command)\""
+        let reply = try await testMonitor().execute("human-monitor-command", ["command-line": .string(commandLine)])
+        let text = reply.stringValue ?? reply.compactText
+        if !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            throw QEMUFixtureError.guestWriteFailed(command: commandLine, output: text)
+        }
+    }
+
     /// A guest write: `qemu-io DRIVE "write -P 0xPP OFFSET LENGTH"` then `qemu-io DRIVE "flush"`
     /// through HMP on the test monitor. qemu-io reports to QEMU's stdout, so this throws
     /// when the output printed meanwhile has an "error" or "failed" line, lacks the

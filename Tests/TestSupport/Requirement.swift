@@ -14,6 +14,8 @@ public enum Requirement: Sendable, CustomStringConvertible {
     /// Root, and libvirtd answering `virsh -c qemu:///system version` (as root,
     /// `scripts/libvirtd start` starts it). Asked once per test process.
     case libvirt
+    /// Root, and `losetup` attaches a file as a loop device (a block device destination).
+    case loopDevice
 
     public var description: String {
         switch self {
@@ -21,6 +23,7 @@ public enum Requirement: Sendable, CustomStringConvertible {
         case .tmpfs: return "root and mount(8), to mount a tmpfs"
         case .chattr: return "chattr +i (root, on a file system with immutable files)"
         case .libvirt: return "libvirt (root, and libvirtd answering virsh -c \(Virsh.uri) version)"
+        case .loopDevice: return "a loop device (root, and losetup)"
         }
     }
 
@@ -38,6 +41,9 @@ public enum Requirement: Sendable, CustomStringConvertible {
         case .libvirt:
             if getuid() != 0 { return "not root (uid \(getuid())), so no domain can be defined on \(Virsh.uri)" }
             return Self.libvirtMissing
+        case .loopDevice:
+            if getuid() != 0 { return "not root (uid \(getuid())), so no loop device can be attached" }
+            return LoopDevice.missing
         }
     }
 
