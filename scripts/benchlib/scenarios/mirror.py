@@ -572,8 +572,11 @@ class GuestWriter:
             latencies = [w[1] * 1000 for w in inside]
             if not latencies or hi <= lo:
                 return None
+            slowest = max(inside, key=lambda w: w[1])
             return {"n": len(latencies), "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
-                    "max": max(latencies), "rate": len(inside) * block / MIB / (hi - lo), "seconds": hi - lo}
+                    "max": max(latencies), "rate": len(inside) * block / MIB / (hi - lo), "seconds": hi - lo,
+                    # when the slowest write was sent, in ms from READY (or from the copy's spawn)
+                    "max_at": (slowest[0] - (ready or spawn)) * 1000}
         result["windows"] = {
             "before": window(self.data["started"], spawn),
             "copy": window(spawn, ready if ready else end),
@@ -718,8 +721,9 @@ class MirrorConvergence(SingleDisk):
                          f"{med(ready_s, '{:.2f}')} s / {med(totals, '{:.2f}')} s; "
                          f"{med(win(rs, 'copy', 'p50'), '{:.2f}')} / {med(win(rs, 'copy', 'p99'), '{:.2f}')} ms")
         lines += ["", "Medians over the rounds. Per-round rows:", "",
-                  "| round | arm | total (s) | READY (s) | copy p50 / p99 / max (ms) | copy MiB/s | ready→exit max (ms) |",
-                  "|---:|---|---:|---:|---:|---:|---:|"]
+                  "| round | arm | total (s) | READY (s) | copy p50 / p99 / max (ms) | slowest write sent at (ms from "
+                  "READY; no-copy: from the window's start) | copy MiB/s | ready→exit max (ms) |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
         for index in range(rounds):
             for arm in self.arms:
                 r = results[arm.key][index]
@@ -727,7 +731,8 @@ class MirrorConvergence(SingleDisk):
                 ready = r["events"]["ready"]
                 lines.append(f"| {index + 1} | {arm.key} | {r['seconds']:.3f} | "
                              + (f"{ready - r['spawn_wall']:.3f}" if ready else "—") + " | "
-                             + (f"{w['p50']:.2f} / {w['p99']:.2f} / {w['max']:.1f} | {w['rate']:.1f}" if w else "— | —")
+                             + (f"{w['p50']:.2f} / {w['p99']:.2f} / {w['max']:.1f} | {w['max_at']:+.0f} | {w['rate']:.1f}"
+                                if w else "— | — | —")
                              + " | " + (f"{p['max']:.1f}" if p else "—") + " |")
         lines += ["", "Checked offline, QEMU stopped: every write the writer had acknowledged is in the destination "
                   "(its last content per block, `qemu-io -r read -P`), the pattern everywhere else:"]
