@@ -260,6 +260,10 @@ class MirrorTuning(SingleDisk):
             self.all_arms.append(Arm(f"mirror-direct-b{human(buf).replace(' ', '')}",
                                      f"raw durable mirror, target `cache.direct: true`, buf-size {human(buf)}, "
                                      "granularity default", "raw", raw_mirror_args(buf, direct=True)))
+        # The other destination format livecopy offers (`format: raw`): no qcow2 metadata.
+        self.all_arms.append(Arm("mirror-rawfmt-bdefault", "raw durable mirror into a **raw** destination "
+                                 "(`--format raw`: O_EXCL + ftruncate), QEMU's defaults", "raw",
+                                 raw_mirror_args(fmt="raw"), fmt="raw"))
         self.all_arms += [
             Arm("convert-t-none", "`qemu-img convert -O qcow2 -t none` (O_DIRECT, flushed at close)", "convert",
                 convert=convert_none),
