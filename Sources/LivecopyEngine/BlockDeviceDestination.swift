@@ -38,13 +38,22 @@ enum BlockDeviceDestination {
         return size >= 0 ? Int64(size) : nil
     }
 
-    /// `problem`, and then whether any process holds the device open (`OpenFiles`).
+    /// `problem`, and then whether any process holds the device open (`OpenFiles`, looked
+    /// at once: for preflight).
+    static func problemIncludingHolders(_ path: String, virtualSize: Int64) -> String? {
+        if let problem = problem(path, virtualSize: virtualSize) { return problem }
+        return OpenFiles.holderNow(of: realPath(path)).map(heldOpen(path))
+    }
+
+    /// `problemIncludingHolders`, a holder seen looked for again for a moment (QEMU closes
+    /// a node it dropped a moment after its reply): right before QEMU opens the device.
     static func problemNow(_ path: String, virtualSize: Int64) async -> String? {
         if let problem = problem(path, virtualSize: virtualSize) { return problem }
-        if let holder = await OpenFiles.holder(of: realPath(path)) {
-            return "\(holder) holds block device \(path) open; livecopy writes only to a device nothing uses"
-        }
-        return nil
+        return await OpenFiles.holder(of: realPath(path)).map(heldOpen(path))
+    }
+
+    private static func heldOpen(_ path: String) -> (String) -> String {
+        { holder in "\(holder) holds block device \(path) open; livecopy writes only to a device nothing uses" }
     }
 
     /// `path` with every symlink resolved (LVM's `/dev/VG/LV` leads to `/dev/dm-N`), or

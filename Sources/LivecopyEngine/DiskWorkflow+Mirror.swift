@@ -52,11 +52,12 @@ extension DiskWorkflow {
         try await applyControls(to: jobId)
         if try await job(jobId) != nil {
             var callbacks = JobWatcher.Callbacks()
-            callbacks.ready = { [self] in try await self.pivot(jobId, completing: true) }
+            callbacks.ready = { [self] in try await self.pivot(jobId) }
             callbacks.pending = { [self] in
-                // Re-attached to a job already completed (livecopy died inside the pivot).
+                // Re-attached to a job already completed (livecopy died inside the pivot);
+                // not a job this run completed and finalized already.
                 guard try await self.job(jobId)?.status == .pending else { return }
-                try await self.pivot(jobId, completing: false)
+                try await self.finishPivot(jobId)
             }
             let ledger = self.ledger
             callbacks.concluded = { [self] error in
@@ -69,7 +70,9 @@ extension DiskWorkflow {
                 }
             }
             if let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents) {
-                throw StreamFailure(description: "mirror job \(jobId) failed: \(error)")
+                // The VM stays on its source; QEMU lets go of the partial copy.
+                try? await session.closeImage(nodeName: disk.destinationNodeName)
+                throw StreamFailure(description: "mirror job \(jobId) failed: \(error); the VM stays on \(disk.source ?? "the source"), which holds every write")
             }
             let entry = try await locateDevice()
             guard entry.medium?.file == disk.destination else {
@@ -189,13 +192,32 @@ extension DiskWorkflow {
     /// QEMU's `buf-size` for livecopy's mirrors (nil: QEMU's default). See BENCHMARKS.md.
     static let mirrorBufferSize: Int64? = nil
 
-    /// The job is READY (or, re-attached, already `pending`): both images hold the same
-    /// data and every guest write reaches both. The destination is flushed with QEMU's
-    /// confirmation; then `block-job-complete` (the job drains and waits in `pending`, the
-    /// guest's I/O held meanwhile) and at once `job-finalize`, at which the device pivots.
-    /// Without the confirmation nothing is completed: the job stays READY, the VM on its
-    /// source, and the disk fails, for recover or run to try again.
-    func pivot(_ jobId: String, completing: Bool) async throws {
+    /// The job is READY: both images hold the same data and every guest write reaches
+    /// both. The pivot, with the VM's other mirror disks when there are any
+    /// (`MirrorPivots`): the destination flushed with QEMU's confirmation, then
+    /// `block-job-complete` (the job drains and waits in `pending`, the guest's I/O held
+    /// meanwhile) and at once `job-finalize`, at which the device pivots. Without the
+    /// confirmation nothing is completed: the job stays READY, the VM on its source, and
+    /// the disk fails, for recover or run to try again.
+    func pivot(_ jobId: String) async throws {
+        if let pivots {
+            try await pivots.pivot(self, jobId: jobId)
+            return
+        }
+        try await preparePivot(jobId)
+        let completed = try await completeForPivot(jobId)
+        try await finalizePivot(jobId, completedAt: completed)
+    }
+
+    /// Re-attached to a job already completed (livecopy died inside the pivot): flushed
+    /// again with confirmation, then finalized.
+    func finishPivot(_ jobId: String) async throws {
+        try await preparePivot(jobId)
+        try await finalizePivot(jobId, completedAt: nil)
+    }
+
+    /// The pivot's intent, then the flush of the destination that QEMU must confirm.
+    func preparePivot(_ jobId: String) async throws {
         if disk.intent != .pivot {
             try await ledger.intend(.pivot, "flush \(disk.destination), then complete and finalize job \(jobId): the VM moves onto \(disk.destination)")
         }
@@ -210,17 +232,24 @@ extension DiskWorkflow {
         case .failed(let why): try await refuse("failed", why)
         case .notConfirmed(let why): try await refuse("could not be confirmed", why)
         }
-        let started = ContinuousClock.now
-        if completing {
-            let events = session.jobEvents()
-            try await session.complete(jobId: jobId)
-            try await waitUntilPending(jobId, events: events)
-        }
-        let completed = ContinuousClock.now
+    }
+
+    /// `block-job-complete`, then the wait for `pending`. Returns when it was sent.
+    func completeForPivot(_ jobId: String) async throws -> ContinuousClock.Instant {
+        let events = session.jobEvents()
+        let sent = ContinuousClock.now
+        try await session.complete(jobId: jobId)
+        try await waitUntilPending(jobId, events: events)
+        return sent
+    }
+
+    /// `job-finalize`: the device pivots. Notes how long the guest's I/O was held since
+    /// `completedAt` (the completion).
+    func finalizePivot(_ jobId: String, completedAt: ContinuousClock.Instant?) async throws {
         try await session.finalize(jobId: jobId)
         ledger.sent()
-        let held = (completed - started) + (ContinuousClock.now - completed)
-        try await ledger.note("job \(jobId) completed and finalized; guest I/O held for \(held.milliseconds) ms between the two")
+        let held = completedAt.map { " (guest I/O held for \((ContinuousClock.now - $0).milliseconds) ms since block-job-complete)" } ?? ""
+        try await ledger.note("job \(jobId) completed and finalized\(held)")
     }
 
     /// Waits for job `jobId` to reach `pending` after `block-job-complete`: its status

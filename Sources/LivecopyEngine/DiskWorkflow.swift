@@ -19,9 +19,13 @@ final class DiskWorkflow: Sendable {
     let creator: any DestinationCreator
     /// The operator's settings for the plan (`livecopy throttle`, `pause`), read when a job starts.
     let controls: @Sendable () -> PlanControls
+    /// Where a mirror disk's pivot meets the VM's other mirror disks (nil: it pivots alone).
+    let pivots: MirrorPivots?
 
     init(ledger: DiskLedger, session: any VMSession, policy: Policy, inspector: any ImageInspector,
-         creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() }) {
+         creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() },
+         pivots: MirrorPivots? = nil) {
+        self.pivots = pivots
         self.ledger = ledger
         self.session = session
         self.policy = policy

@@ -19,6 +19,8 @@ extension Engine {
         } catch {
             return error
         }
+        // Forward runs: each VM's mirror disks pivot together.
+        let pivots = snapshots == nil ? nil : MirrorPivots(planDisks: disks)
         var firstError: Error?
         await withTaskGroup(of: Error?.self) { group in
             var running = 0
@@ -27,7 +29,7 @@ extension Engine {
                     if let error = await group.next() ?? nil { firstError = firstError ?? error }
                     running -= 1
                 }
-                group.addTask { await self.drive(disk, policy: policy, snapshots: snapshots, step) }
+                group.addTask { await self.drive(disk, policy: policy, snapshots: snapshots, pivots: pivots, step) }
                 running += 1
             }
             for await error in group where error != nil { firstError = firstError ?? error }
@@ -37,7 +39,7 @@ extension Engine {
 
     /// Drives one disk; returns an error only when the record itself is in doubt. A VM
     /// that cannot be reached leaves the disk's state as it is (the plan is interrupted).
-    private func drive(_ recorded: DiskRecord, policy: Policy, snapshots: VMSnapshotBarrier?,
+    private func drive(_ recorded: DiskRecord, policy: Policy, snapshots: VMSnapshotBarrier?, pivots: MirrorPivots?,
                        _ step: (DiskWorkflow, Bool) async throws -> Void) async -> Error? {
         let ledger = DiskLedger(disk: recorded, store: store, observer: observer)
         do {
@@ -76,7 +78,7 @@ extension Engine {
                 try ledger.reload()
                 settledBySnapshot = try phase.get().contains(disk.id)
             }
-            try await step(workflow(ledger, session: session, policy: policy), settledBySnapshot)
+            try await step(workflow(ledger, session: session, policy: policy, pivots: pivots), settledBySnapshot)
             return nil
         } catch is CancellationError {
             return nil
@@ -86,13 +88,13 @@ extension Engine {
     }
 
     /// A disk's workflow over `session`, retrying QEMU's transient refusals per policy.
-    private func workflow(_ ledger: DiskLedger, session: any VMSession, policy: Policy) -> DiskWorkflow {
+    private func workflow(_ ledger: DiskLedger, session: any VMSession, policy: Policy, pivots: MirrorPivots? = nil) -> DiskWorkflow {
         let store = self.store
         let planId = ledger.disk.planId
         let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
         let retrying = RetryingVMSession(session, policy: policy) { message in try? await ledger.note(message) }
         return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
-                            controls: controls)
+                            controls: controls, pivots: pivots)
     }
 
     /// The snapshot phase of `disk`'s VM: every disk of the plan on that VM switches in

@@ -19,6 +19,9 @@ enum OpenFiles {
         }
     }
 
+    /// `holder(of:)` without waiting: the holder seen right now, or nil.
+    static func holderNow(of path: String) -> String? { check(path) }
+
     private static func check(_ path: String) -> String? {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
         if fd < 0 && errno == ENOENT { return nil }

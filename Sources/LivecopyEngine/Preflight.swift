@@ -220,7 +220,7 @@ struct Preflight {
         do {
             try DestinationCheck.checkFormat(disk, strategy: policy.strategy)
             if disk.resolvedFormat == .raw && isBlockDevice(disk.destination) {
-                if let problem = BlockDeviceDestination.problem(disk.destination, virtualSize: medium.image.virtualSize) {
+                if let problem = BlockDeviceDestination.problemIncludingHolders(disk.destination, virtualSize: medium.image.virtualSize) {
                     throw PreflightError(problem)
                 }
             } else {

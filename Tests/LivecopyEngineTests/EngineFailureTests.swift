@@ -14,21 +14,6 @@ struct TestConnector: QMPConnector {
     }
 }
 
-/// A tmpfs mounted for a test: real ENOSPC for the destination. Needs root.
-final class SmallFilesystem {
-    let path: String
-    init?(path: String, size: String) {
-        self.path = path
-        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        guard (try? QEMUTools.run("mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", path]))?.status == 0 else { return nil }
-    }
-    func resize(_ size: String) throws {
-        let result = try QEMUTools.run("mount", ["-o", "remount,size=\(size)", path])
-        guard result.status == 0 else { throw WaitTimeout(what: "remount: \(result.stderr)") }
-    }
-    deinit { _ = try? QEMUTools.run("umount", ["-l", path]) }
-}
-
 /// Copy failures against real QEMU with a real ENOSPC on the destination: `on_failure`
 /// rolls back (the VM ends on its source holding every write) or stops (the disk waits,
 /// failed, on its destination overlay, and a later run completes it).
