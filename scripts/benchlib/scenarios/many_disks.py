@@ -25,7 +25,8 @@ class ManyDisks:
 
     policy_settings = {}  # more policy keys for livecopy (the mirror variant: strategy)
     raw_args = []  # more raw_qmp_copy.py options (the mirror variant: --blockdev-mirror)
-    # livecopy's events that start and end QEMU's copy of a disk
+    # livecopy's events that start and end QEMU's copy of a disk (the first of the end
+    # labels that the disk has)
     copy_labels = ("outcome block-stream", "intent job-finalize")
 
     def __init__(self, name, parallel):
@@ -149,10 +150,11 @@ class ManyDisks:
                 # job pending, i.e. `outcome block-stream` → `intent job-finalize`), and the gaps between disks.
                 ordered = sorted(per_disk)
                 copies, outside = [], []
-                first_label, last_label = self.copy_labels
+                first_label, last_labels = self.copy_labels[0], self.copy_labels[1:]
                 for disk in ordered:
                     events = dict((label, at) for label, at in per_disk[disk])
-                    if first_label not in events or last_label not in events:
+                    last_label = next((label for label in last_labels if label in events), None)
+                    if first_label not in events or last_label is None:
                         raise BenchError(f"livecopy plan {plan_id}: no events {self.copy_labels} for disk {disk}; "
                                          f"its events: {[label for label, _ in per_disk[disk]]}")
                     copy = events[last_label] - events[first_label]

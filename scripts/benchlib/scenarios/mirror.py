@@ -759,9 +759,10 @@ class ManyDisksMirror(ManyDisks):
     pattern = "0x72"
     policy_settings = {"strategy": "mirror"}
     raw_args = ["--blockdev-mirror"]
-    # livecopy's events around QEMU's copy: the job started → READY (the pivot's intent is
-    # written when the job is READY, before the flush)
-    copy_labels = ("outcome blockdev-mirror", "intent pivot")
+    # livecopy's events around QEMU's copy: the job started → READY. At READY a disk of a
+    # VM with several mirror disks notes that it waits to pivot with the others (since
+    # 30acf3c); a lone disk writes the pivot's intent at once.
+    copy_labels = ("outcome blockdev-mirror", "note: pivoting together with", "intent pivot")
 
     def describe(self):
         return (f"{self.title}: {self.vm_count} VMs × {self.disks_per_vm} disks × {size_text(self.size)}, "
@@ -808,7 +809,7 @@ class ManyDisksMirror(ManyDisks):
             f"(min {min(per_disk):+.1f}, max {max(per_disk):+.1f}); target ≤ 20 |",
             "| the same for streaming (many-disks, this run) | "
             + (f"{stream:+.1f}" if stream is not None else "not run in this invocation") + " |",
-            f"| QEMU's copy per disk (mean; livecopy: `{self.copy_labels[0]}` → `{self.copy_labels[1]}`; raw: "
+            f"| QEMU's copy per disk (mean; livecopy: `{self.copy_labels[0]}` → `{'` or `'.join(self.copy_labels[1:])}`; raw: "
             f"mirror started → READY), median over runs (ms) | livecopy {m(lc, 'copy_mean_ms'):.1f}, raw "
             f"{m(raw, 'copy_mean_ms'):.1f} |",
             f"| time outside the copy per disk (mean), median over runs (ms) | livecopy {m(lc, 'outside_copy_ms'):.1f}, "
