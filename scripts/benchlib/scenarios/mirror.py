@@ -53,10 +53,6 @@ class Arm:
         self.fmt = fmt
         self.convert = convert
 
-    @property
-    def live(self):
-        return self.kind in ("raw", "livecopy")
-
 
 def raw_mirror_args(buf_size=None, granularity=None, copy_mode="background", fmt="qcow2", direct=False):
     args = ["--blockdev-mirror", "--copy-mode", copy_mode, "--format", fmt] + (["--target-direct"] if direct else [])
@@ -525,11 +521,12 @@ class GuestWriter:
         monitor.execute("nbd-server-start", addr={"type": "unix", "data": {"path": self.socket}})
         monitor.execute("block-export-add", type="nbd", id="bench-writer", **{"node-name": node},
                         name="drive0", writable=True)
-        self.process = subprocess.Popen(
-            [os.path.realpath(sys.executable), WRITER, self.socket, "drive0", self.output, "--rate", str(self.scenario.rate),
-             "--block", str(self.scenario.block), "--seed", str(self.seed), "--avoid", self.scenario.pattern],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.run_dir, "writer.err"), "w"),
-            stdin=subprocess.DEVNULL)
+        with open(os.path.join(self.run_dir, "writer.err"), "w") as errors:
+            self.process = subprocess.Popen(
+                [os.path.realpath(sys.executable), WRITER, self.socket, "drive0", self.output,
+                 "--rate", str(self.scenario.rate), "--block", str(self.scenario.block), "--seed", str(self.seed),
+                 "--avoid", self.scenario.pattern],
+                stdout=subprocess.DEVNULL, stderr=errors, stdin=subprocess.DEVNULL)
         time.sleep(self.scenario.lead_in)  # the writer's steady state before the copy starts
 
     def finish(self, result):
