@@ -6,7 +6,7 @@ running disk to a new qcow2 image over QMP, with nothing but the standard librar
     raw_qmp_copy.py SOCKET DEVICE DESTINATION --blockdev-mirror [--format qcow2|raw]
                     [--copy-mode background|write-blocking] [--buf-size BYTES]
                     [--granularity BYTES] [--on-error enospc|stop|report] [--target-direct]
-                    [--flush-after-pivot]
+                    [--flush-at-pending]
                     [--speed BYTES] [--job-id ID]
     raw_qmp_copy.py --many PLAN.json [--parallel N] [--speed BYTES] [--blockdev-mirror [options above]]
 
@@ -37,10 +37,11 @@ reports a failure in the reply, so an empty reply confirms the flush);
 target); wait for BLOCK_JOB_COMPLETED; `job-dismiss`. --buf-size and --granularity are
 sent only when given (QEMU's defaults: 16 MiB, and the target's cluster size or 64 KiB).
 --target-direct opens the target with `cache: {direct: true}` (O_DIRECT; the VM then
-runs on it so after the pivot): a tuning probe, not what livecopy does. --flush-after-pivot
-flushes the target once more, the same way, after job-dismiss (a guest flush during READY
-reaches only the source, so what was mirrored after the first flush is not durable in the
-target at the pivot): for when livecopy adds that flush.
+runs on it so after the pivot): a tuning probe, not what livecopy does. --flush-at-pending
+flushes the target once more, the same way, while the job is pending (guest I/O held),
+before job-finalize: a guest flush during READY reaches only the source and the pivot
+flushes only the source, so what was mirrored after the first flush is otherwise not
+durable in the target at the pivot. For when livecopy adds that flush.
 
 With --many, PLAN.json is a list of {"socket", "device", "destination"} objects: the
 same stream recipe (or, with --blockdev-mirror, the mirror recipe above) for every disk, at most N disks at a time in list order (as
@@ -121,15 +122,16 @@ class MirrorOptions:
         self.granularity = None
         self.on_error = "enospc"  # livecopy's default policy's on_error
         self.direct = False  # the target node opened with cache.direct (O_DIRECT); a tuning probe only
-        # A second confirmed flush of the target after the pivot: a guest flush while the job
-        # is READY reaches only the source (seen with strace on QEMU 7.2), so writes mirrored
-        # after the first flush are not yet durable in the target when the device pivots.
-        self.flush_after_pivot = False
+        # A second confirmed flush of the target while the job is pending (guest I/O held),
+        # before job-finalize: a guest flush while the job is READY reaches only the source
+        # and the pivot flushes only the source (seen with strace on QEMU 7.2), so writes
+        # mirrored after the first flush are not yet durable in the target at the pivot.
+        self.flush_at_pending = False
 
     def describe(self):
         return {"format": self.fmt, "copy_mode": self.copy_mode, "buf_size": self.buf_size,
                 "granularity": self.granularity, "on_error": self.on_error, "direct": self.direct,
-                "flush_after_pivot": self.flush_after_pivot}
+                "flush_at_pending": self.flush_at_pending}
 
 
 def virtual_size(block, device):
@@ -224,6 +226,11 @@ def mirror_one(qmp, device, destination, job_id, speed, options, phases, outcome
     qmp.execute("block-job-complete", device=job_id)
     check_job_event(sync_wait(qmp, job_event(job_id, "pending")), job_id, "pending")
     phases["pending"] = time.perf_counter() - T0
+    if options.flush_at_pending:
+        reply = qmp.execute("human-monitor-command", **flush_command(node))
+        if reply.strip():
+            raise QMPError(f"flush of {node} at pending not confirmed: {reply.strip()}")
+        phases["flushed_at_pending"] = time.perf_counter() - T0
     qmp.execute("job-finalize", id=job_id)
     outcome["size"] = size
 
@@ -325,16 +332,16 @@ async def mirror_async(qmp, index, disk, job_id, speed, options, started):
     pending = qmp.waiter(job_event(job_id, "pending"))
     await qmp.execute("block-job-complete", device=job_id)
     check_job_event(await pending, job_id, "pending")
+    if options.flush_at_pending:
+        reply = await qmp.execute("human-monitor-command", **flush_command(node))
+        if reply.strip():
+            raise QMPError(f"flush of {node} at pending not confirmed: {reply.strip()}")
     done = qmp.waiter(lambda m: m.get("event") == "BLOCK_JOB_COMPLETED" and m.get("data", {}).get("device") == job_id)
     await qmp.execute("job-finalize", id=job_id)
     data = (await done).get("data", {})
     if "error" in data or data.get("offset") != data.get("len"):
         raise QMPError(f"job {job_id} ended at {data.get('offset')} of {data.get('len')}: {data.get('error')}")
     await qmp.execute("job-dismiss", id=job_id)
-    if options.flush_after_pivot:
-        reply = await qmp.execute("human-monitor-command", **flush_command(node))
-        if reply.strip():
-            raise QMPError(f"flush of {node} after the pivot not confirmed: {reply.strip()}")
     return {"disk": index, "started": started, "stream_started": mirror_started, "completed": ready_at,
             "done": time.perf_counter() - T0, "bytes": data.get("len")}
 
@@ -453,8 +460,8 @@ def main(argv):
             options.on_error = args.pop(0)
         elif arg == "--target-direct":
             options.direct = True
-        elif arg == "--flush-after-pivot":
-            options.flush_after_pivot = True
+        elif arg == "--flush-at-pending":
+            options.flush_at_pending = True
         elif arg == "--flush":
             flush = True
         elif arg == "--many":
@@ -533,11 +540,6 @@ def main(argv):
                 pass
             qmp.execute("job-dismiss", id=job_id)
         phases["dismissed"] = time.perf_counter() - T0
-        if blockdev_mirror and options.flush_after_pivot:
-            reply = qmp.execute("human-monitor-command", **flush_command(f"{job_id}-target"))
-            if reply.strip():
-                raise QMPError(f"flush after the pivot not confirmed: {reply.strip()}")
-            phases["flushed_after_pivot"] = time.perf_counter() - T0
         outcome["ok"] = True
     except (OSError, QMPError, ValueError, KeyError, subprocess.CalledProcessError) as error:
         outcome["error"] = str(error)
