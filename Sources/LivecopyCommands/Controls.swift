@@ -13,7 +13,7 @@ struct ControlTarget: ParsableArguments {
     var timeout: Double = 10
 }
 
-/// `livecopy throttle ID --speed S`: change the speed of a plan's stream jobs.
+/// `livecopy throttle ID --speed S`: change the speed of a plan's copy jobs.
 struct Throttle: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Change the speed of a plan's copy jobs, now and for the jobs it starts later.",
@@ -40,7 +40,7 @@ struct Throttle: AsyncParsableCommand {
     }
 }
 
-/// `livecopy pause ID`: pause a plan's stream jobs, and keep later ones paused.
+/// `livecopy pause ID`: pause a plan's copy jobs, and keep later ones paused.
 struct Pause: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Pause a plan's copy jobs; jobs it starts later start paused too, until livecopy resume.")
@@ -54,7 +54,7 @@ struct Pause: AsyncParsableCommand {
     }
 }
 
-/// `livecopy resume ID`: resume a paused plan's stream jobs.
+/// `livecopy resume ID`: resume a paused plan's copy jobs.
 struct Resume: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Resume the copy jobs of a plan paused with livecopy pause.")

@@ -37,7 +37,9 @@ public enum CrashPoint {
     }
 
     /// Every crash point of a forward copy with the mirror strategy, when the source is
-    /// retired by `retire`. Not `sent:create-destination`: a file found after a crash
+    /// retired by `retire`. `sent:pivot-complete` is inside the pivot's window: the job
+    /// completed and waiting in `pending`, the guest's I/O held until it is finalized.
+    /// Not `sent:create-destination`: a file found after a crash
     /// there cannot be proven livecopy's, and waits for an operator (as with streaming).
     public static func mirrorForwardNames(retiring retire: Policy.RetireSource) -> [String] {
         let forward = forwardNames(retiring: retire)
@@ -46,7 +48,7 @@ public enum CrashPoint {
             "plan:running",
             "transition:mirroring", "intent:create-destination", "intent:blockdev-mirror",
             "sent:blockdev-mirror", "outcome:blockdev-mirror",
-            "intent:pivot", "sent:pivot", "outcome:pivot", "sent:job-dismiss",
+            "intent:pivot", "sent:pivot-complete", "sent:pivot", "outcome:pivot", "sent:job-dismiss",
         ] + retirement
     }
 
@@ -63,7 +65,9 @@ public enum CrashPoint {
 
     /// Every name, for tests.
     public static var names: [String] {
-        forwardNames + ["intent:delete-source", "sent:delete-source"] + rollbackNames + mirrorForwardNames(retiring: .rename)
+        let all = forwardNames + ["intent:delete-source", "sent:delete-source"] + rollbackNames + mirrorForwardNames(retiring: .rename)
+        var seen = Set<String>()
+        return all.filter { seen.insert($0).inserted }
     }
 
     /// Dies here if this is the point named by `LIVECOPY_CRASH_AT`.

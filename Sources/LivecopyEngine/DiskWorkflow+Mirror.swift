@@ -240,6 +240,9 @@ extension DiskWorkflow {
         let sent = ContinuousClock.now
         try await session.complete(jobId: jobId)
         try await waitUntilPending(jobId, events: events)
+        // Inside the window: the job waits in `pending`, the guest's I/O held, until
+        // finalized (by this run, or by recover re-attaching).
+        CrashPoint.reach("sent:pivot-complete")
         return sent
     }
 

@@ -1,11 +1,12 @@
-// Operator requests (throttle, pause, resume) applied to a running plan's stream jobs.
+// Operator requests (throttle, pause, resume) applied to a running plan's copy jobs
+// (streams, or mirrors).
 
 import Foundation
 import LivecopyModel
 import LivecopyBackend
 
 extension Engine {
-    /// Applies the plan's open operator requests, oldest first, to its stream jobs in
+    /// Applies the plan's open operator requests, oldest first, to its copy jobs in
     /// QEMU (over the sessions already open), and records each outcome.
     func applyOperatorRequests(planId: Int64) async {
         guard let requests = try? store.openControlRequests(planId: planId), !requests.isEmpty else { return }
@@ -21,7 +22,7 @@ extension Engine {
         }
     }
 
-    /// Sends `action` to every stream job of the plan that QEMU still runs.
+    /// Sends `action` to every copy job (stream or mirror) of the plan that QEMU still runs.
     private func apply(_ action: OperatorAction, planId: Int64) async -> (ok: Bool, outcome: String) {
         let disks: [DiskRecord]
         do {
@@ -34,7 +35,7 @@ extension Engine {
         let addresses = Set(disks.filter { !$0.state.isFinal }.map(\.vmAddress)).sorted()
         for address in addresses {
             guard let session = await sessions.existing(for: address) else { continue }
-            let ids = Set(disks.filter { $0.vmAddress == address }.map(\.streamJobId))
+            let ids = Set(disks.filter { $0.vmAddress == address }.map(\.copyJobId))
             let jobs: [CopyJob]
             do {
                 jobs = try await session.jobs().filter { ids.contains($0.id) && $0.status.acceptsControls }
@@ -66,7 +67,7 @@ extension Engine {
         }
         var outcome = "\(action): "
         if applied.isEmpty && failures.isEmpty {
-            outcome += "no stream job runs now; recorded for the jobs the plan starts later"
+            outcome += "no copy job runs now; recorded for the jobs the plan starts later"
         } else {
             outcome += (applied + failures.map { "failed on \($0)" }).joined(separator: "; ")
         }

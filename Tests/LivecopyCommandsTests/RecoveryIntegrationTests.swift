@@ -1038,6 +1038,16 @@ struct RecoveryIntegrationTests {
             written[slot] = pattern
         }
 
+        /// `write(slot:)` without waiting for the writes (HMP `aio_write`), for a moment when
+        /// a blocking write would hold QEMU's main loop (a mirror's pivot waiting in
+        /// `pending`); `vm.guestFlushAll` later waits for them.
+        func writeWithoutWaiting(slot: Int) async throws {
+            let pattern = UInt8(0x21 + slot)
+            try await vm.guestWriteWithoutWaiting(drive: "drive0", pattern: pattern, offset: "\(4096 + slot * 64)k", length: "64k")
+            try await vm.guestWriteWithoutWaiting(drive: "drive0", pattern: pattern, offset: "\(40960 + slot * 128)k", length: "64k")
+            written[slot] = pattern
+        }
+
         /// Everything the image must read back: offline data, slots, zeroes elsewhere.
         var expectedChecks: [(UInt8, String, String)] {
             var checks: [(UInt8, String, String)] = [(0x11, "0", "4M")]

@@ -243,4 +243,22 @@ import Testing
         #expect(!error.description.contains("\n"))
         #expect(rig.vm.calls.allSatisfy { ["disks", "jobs", "migrationStatus"].contains($0) }, "\(rig.vm.calls)")
     }
+
+    /// A backend without the mirror strategy (libvirt's, this one) refuses a mirror plan
+    /// at preflight, in one line, touching nothing.
+    @Test(.timeLimit(.minutes(1)))
+    func aBackendWithoutTheMirrorStrategyRefusesAMirrorPlan() async throws {
+        let rig = try Rig("lc-mem-mirror", capabilities: Set(BackendCapability.allCases).subtracting([.mirrorCopy]))
+        defer { rig.scratch.remove() }
+        let engine = rig.engine()
+        var policy = try rig.policy()
+        policy.strategy = .mirror
+        let error = try await #require(throws: PreflightError.self) {
+            _ = try await engine.preflight(rig.plan, policy: policy)
+        }
+        await engine.shutdown()
+        #expect(error.description.contains("cannot mirror-copy, which strategy: mirror needs; use strategy: stream"), "\(error)")
+        #expect(!error.description.contains("\n"))
+        #expect(rig.vm.calls.allSatisfy { ["disks", "jobs", "migrationStatus"].contains($0) }, "\(rig.vm.calls)")
+    }
 }

@@ -102,6 +102,16 @@ struct PlanParsingTests {
         #expect(throws: InputError(message)) { try Plan.parse(text, source: "plan.yaml") }
     }
 
+    @Test func aDiskMayNameItsDestinationFormat() throws {
+        let text = "vms:\n  - name: a\n    qmp: /q\n    disks:\n      - {device: vda, destination: /x.raw, format: raw}\n      - {device: vdb, destination: /y.qcow2}\n"
+        let plan = try Plan.parse(text, source: "plan.yaml")
+        #expect(plan.vms[0].disks.map(\.format) == [.raw, nil])
+        #expect(plan.vms[0].disks.map(\.resolvedFormat) == [.raw, .qcow2])
+        #expect(throws: InputError("plan.yaml:5: 'vms[0].disks[0].format' has invalid value 'vmdk' (expected qcow2 | raw)")) {
+            try Plan.parse(text.replacingOccurrences(of: "format: raw", with: "format: vmdk"), source: "plan.yaml")
+        }
+    }
+
     /// Two VMs at one address: the same socket (however spelled), or the same URI and domain.
     @Test(arguments: [
         ("qmp: /run/q", "qmp: /run/./q", "plan.yaml: QMP socket /run/./q is listed for two VMs"),

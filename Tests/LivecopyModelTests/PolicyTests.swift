@@ -39,6 +39,19 @@ struct PolicyTests {
         #expect(policy.maxParallelDisks == base.maxParallelDisks)
     }
 
+    @Test func theStrategyDefaultsToStreamingAndAcceptsMirror() throws {
+        let base = try Policy.resolve(nil)
+        #expect(base.strategy == .stream && base.copyMode == .background)
+        let mirror = try Policy.parse("strategy: mirror\ncopy_mode: write-blocking", source: "p.yaml", base: base)
+        #expect(mirror.strategy == .mirror && mirror.copyMode == .writeBlocking)
+        // A policy stored before the keys existed reads as streaming.
+        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(mirror)) as? [String: Any] ?? [:]
+        json["strategy"] = nil
+        json["copy_mode"] = nil
+        let stored = try JSONDecoder().decode(Policy.self, from: JSONSerialization.data(withJSONObject: json))
+        #expect(stored.strategy == .stream && stored.copyMode == .background)
+    }
+
     @Test func aReferenceWithASlashIsAFile() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("lc-policy-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -60,6 +73,8 @@ struct PolicyTests {
         ("on_error: ignore", "on_error", "ignore"),
         ("progress_interval: 0s", "progress_interval", "0s"),
         ("command_timeout: soon", "command_timeout", "soon"),
+        ("strategy: copy", "strategy", "copy"),
+        ("copy_mode: sync", "copy_mode", "sync"),
     ])
     func invalidValuesNameTheKeyAndTheValue(text: String, key: String, value: String) {
         do {

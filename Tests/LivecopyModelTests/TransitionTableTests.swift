@@ -5,15 +5,17 @@ import Testing
 struct TransitionTableTests {
     /// Every allowed disk transition, written out by hand; every other pair is forbidden.
     static let allowedDiskPairs: Set<String> = [
-        "pending→snapshotting", "pending→failed", "pending→rolled_back", "pending→needs_attention",
+        "pending→snapshotting", "pending→mirroring", "pending→failed", "pending→rolled_back", "pending→needs_attention",
         "snapshotting→streaming", "snapshotting→failed", "snapshotting→rolling_back",
         "snapshotting→needs_attention",
         "streaming→retiring", "streaming→failed", "streaming→rolling_back", "streaming→needs_attention",
+        "mirroring→retiring", "mirroring→failed", "mirroring→rolling_back", "mirroring→needs_attention",
         "retiring→completed", "retiring→failed", "retiring→needs_attention",
-        "failed→snapshotting", "failed→streaming", "failed→retiring", "failed→rolling_back",
+        "failed→snapshotting", "failed→streaming", "failed→mirroring", "failed→retiring", "failed→rolling_back",
         "failed→needs_attention",
         "rolling_back→rolled_back", "rolling_back→failed", "rolling_back→needs_attention",
-        "needs_attention→snapshotting", "needs_attention→streaming", "needs_attention→rolling_back",
+        "needs_attention→snapshotting", "needs_attention→streaming", "needs_attention→mirroring",
+        "needs_attention→rolling_back",
     ]
 
     static let allowedPlanPairs: Set<String> = [
@@ -32,7 +34,7 @@ struct TransitionTableTests {
                 checked += 1
             }
         }
-        #expect(checked == 81)
+        #expect(checked == 100)
     }
 
     @Test func everyPlanPairIsAllowedOrForbiddenAsListed() {
@@ -56,7 +58,7 @@ struct TransitionTableTests {
 
     @Test func stateNamesAreTheContractStrings() {
         #expect(DiskState.allCases.map(\.rawValue) == [
-            "pending", "snapshotting", "streaming", "retiring", "completed", "failed", "rolling_back", "rolled_back",
+            "pending", "snapshotting", "streaming", "mirroring", "retiring", "completed", "failed", "rolling_back", "rolled_back",
             "needs_attention",
         ])
         #expect(PlanState.allCases.map(\.rawValue) == [

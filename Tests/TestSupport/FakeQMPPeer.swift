@@ -133,7 +133,7 @@ public final class FakeQMPPeer: @unchecked Sendable {
         "qmp_capabilities", "query-version", "query-commands", "query-status", "query-block", "query-jobs",
         "query-block-jobs", "query-migrate", "transaction", "blockdev-snapshot-sync", "block-stream", "job-finalize",
         "job-dismiss", "human-monitor-command", "block-commit", "drive-mirror", "block-job-complete", "block-job-cancel",
-        "block-job-pause", "block-job-resume", "block-job-set-speed", "blockdev-add", "blockdev-del",
+        "block-job-pause", "block-job-resume", "block-job-set-speed", "blockdev-add", "blockdev-del", "blockdev-mirror",
     ]
 
     /// The default answers, like QEMU 7.2's: `qmp_capabilities` → `{}`, `query-version` →
