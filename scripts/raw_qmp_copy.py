@@ -6,7 +6,7 @@ running disk to a new qcow2 image over QMP, with nothing but the standard librar
     raw_qmp_copy.py SOCKET DEVICE DESTINATION --blockdev-mirror [--format qcow2|raw]
                     [--copy-mode background|write-blocking] [--buf-size BYTES]
                     [--granularity BYTES] [--on-error enospc|stop|report] [--target-direct]
-                    [--flush-at-pending]
+                    [--flush-at-pending] [--match-source-cache]
                     [--speed BYTES] [--job-id ID]
     raw_qmp_copy.py --many PLAN.json [--parallel N] [--speed BYTES] [--blockdev-mirror [options above]]
 
@@ -42,6 +42,9 @@ flushes the target once more, the same way, while the job is pending (guest I/O 
 before job-finalize: a guest flush during READY reaches only the source and the pivot
 flushes only the source, so what was mirrored after the first flush is otherwise not
 durable in the target at the pivot. For when livecopy adds that flush.
+--match-source-cache opens the target with the source's cache settings (`query-block`'s
+inserted.cache: direct, no-flush): without it a VM started with cache=none runs on a
+writeback node after the pivot.
 
 With --many, PLAN.json is a list of {"socket", "device", "destination"} objects: the
 same stream recipe (or, with --blockdev-mirror, the mirror recipe above) for every disk, at most N disks at a time in list order (as
@@ -127,18 +130,33 @@ class MirrorOptions:
         # and the pivot flushes only the source (seen with strace on QEMU 7.2), so writes
         # mirrored after the first flush are not yet durable in the target at the pivot.
         self.flush_at_pending = False
+        # The target opened with the source's cache settings (query-block's inserted.cache:
+        # direct, no-flush), so that the VM keeps its cache mode after the pivot.
+        self.match_cache = False
 
     def describe(self):
         return {"format": self.fmt, "copy_mode": self.copy_mode, "buf_size": self.buf_size,
                 "granularity": self.granularity, "on_error": self.on_error, "direct": self.direct,
-                "flush_at_pending": self.flush_at_pending}
+                "flush_at_pending": self.flush_at_pending, "match_cache": self.match_cache}
 
 
-def virtual_size(block, device):
+def source_info(block, device):
+    """The source's virtual size and its cache settings ({direct, no-flush})."""
     inserted = next((b for b in block if b.get("device") == device), {}).get("inserted")
     if not inserted:
         raise QMPError(f"no medium inserted in {device}: {block}")
-    return int(inserted["image"]["virtual-size"])
+    cache = inserted.get("cache", {})
+    return int(inserted["image"]["virtual-size"]), {"direct": cache.get("direct", False),
+                                                     "no-flush": cache.get("no-flush", False)}
+
+
+def target_cache(options, source_cache):
+    """The cache options for the target's blockdev-add, or None for blockdev-add's default."""
+    if options.match_cache:
+        return source_cache
+    if options.direct:
+        return {"direct": True}
+    return None
 
 
 def create_destination_argv(destination, fmt, size):
@@ -155,11 +173,11 @@ def create_destination_argv(destination, fmt, size):
     return ["qemu-img", "create", "-q", "-f", "qcow2", destination, str(size)]
 
 
-def target_node_arguments(node, destination, fmt, direct=False):
+def target_node_arguments(node, destination, fmt, cache=None):
     arguments = {"driver": fmt, "node-name": node, "file": {"driver": "file", "filename": destination}}
-    if direct:
-        arguments["cache"] = {"direct": True}
-        arguments["file"]["cache"] = {"direct": True}
+    if cache:
+        arguments["cache"] = dict(cache)
+        arguments["file"]["cache"] = dict(cache)
     return arguments
 
 
@@ -207,13 +225,14 @@ def sync_wait(qmp, predicate):
 
 def mirror_one(qmp, device, destination, job_id, speed, options, phases, outcome):
     """The durable blockdev-mirror recipe on a synchronous connection."""
-    size = virtual_size(qmp.execute("query-block"), device)
+    size, source_cache = source_info(qmp.execute("query-block"), device)
     argv = create_destination_argv(destination, options.fmt, size)
     if argv:
         subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
     phases["created"] = time.perf_counter() - T0
     node = f"{job_id}-target"
-    qmp.execute("blockdev-add", **target_node_arguments(node, destination, options.fmt, options.direct))
+    qmp.execute("blockdev-add", **target_node_arguments(node, destination, options.fmt,
+                                                        target_cache(options, source_cache)))
     phases["snapshot"] = time.perf_counter() - T0  # the target attached (the stream recipe's snapshot)
     qmp.execute("blockdev-mirror", **mirror_arguments(device, node, job_id, speed, options))
     phases["stream_started"] = time.perf_counter() - T0
@@ -313,14 +332,15 @@ async def mirror_async(qmp, index, disk, job_id, speed, options, started):
     """The durable blockdev-mirror recipe on a shared asynchronous connection. Its
     timings use the stream recipe's names: "stream_started" is the mirror started and
     "completed" is BLOCK_JOB_READY (the copy is done; what follows is the flush and the pivot)."""
-    size = virtual_size(await qmp.execute("query-block"), disk["device"])
+    size, source_cache = source_info(await qmp.execute("query-block"), disk["device"])
     argv = create_destination_argv(disk["destination"], options.fmt, size)
     if argv:
         process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
         if await process.wait() != 0:
             raise QMPError(f"{' '.join(argv)} exited {process.returncode}")
     node = f"{job_id}-target"
-    await qmp.execute("blockdev-add", **target_node_arguments(node, disk["destination"], options.fmt, options.direct))
+    await qmp.execute("blockdev-add", **target_node_arguments(node, disk["destination"], options.fmt,
+                                                                      target_cache(options, source_cache)))
     ready = qmp.waiter(job_event(job_id, "ready"))
     await qmp.execute("blockdev-mirror", **mirror_arguments(disk["device"], node, job_id, speed, options))
     mirror_started = time.perf_counter() - T0
@@ -462,6 +482,8 @@ def main(argv):
             options.direct = True
         elif arg == "--flush-at-pending":
             options.flush_at_pending = True
+        elif arg == "--match-source-cache":
+            options.match_cache = True
         elif arg == "--flush":
             flush = True
         elif arg == "--many":

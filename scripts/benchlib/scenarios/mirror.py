@@ -46,8 +46,9 @@ class Arm:
     with the policy `settings`), "convert" (`qemu-img convert` argv built by `convert`),
     or "none" (no copy: the convergence scenario's baseline)."""
 
-    def __init__(self, key, label, kind, args=(), settings=None, fmt="qcow2", convert=None):
+    def __init__(self, key, label, kind, args=(), settings=None, fmt="qcow2", convert=None, vm_cache=None):
         self.key, self.label, self.kind = key, label, kind
+        self.vm_cache = vm_cache  # the VM's -drive cache= (None: writeback, QEMU's default)
         self.args = list(args)
         self.settings = settings or {}
         self.fmt = fmt
@@ -148,7 +149,7 @@ class SingleDisk:
             if arm.kind == "convert":
                 argv = arm.convert(source, destination)
             else:
-                vm = VM(run_dir, source)
+                vm = VM(run_dir, source, cache=arm.vm_cache)
                 vm.start()
                 if arm.kind == "livecopy":
                     plan = os.path.join(run_dir, "plan.yaml")
@@ -256,6 +257,14 @@ class MirrorTuning(SingleDisk):
             self.all_arms.append(Arm(f"mirror-direct-b{human(buf).replace(' ', '')}",
                                      f"raw durable mirror, target `cache.direct: true`, buf-size {human(buf)}, "
                                      "granularity default", "raw", raw_mirror_args(buf, direct=True)))
+        # A VM started with cache=none, its target opened with the source's cache settings
+        # (what keeps the guest's cache mode across the pivot), against the default target.
+        self.all_arms.append(Arm("mirror-cachenone-match", "VM `cache=none`; raw durable mirror, target opened "
+                                 "with the source's cache settings (`--match-source-cache`: direct)", "raw",
+                                 raw_mirror_args() + ["--match-source-cache"], vm_cache="none"))
+        self.all_arms.append(Arm("mirror-cachenone-default", "VM `cache=none`; raw durable mirror, target with "
+                                 "blockdev-add's default cache (writeback, livecopy at c0b69f2)", "raw",
+                                 raw_mirror_args(), vm_cache="none"))
         # The other destination format livecopy offers (`format: raw`): no qcow2 metadata.
         self.all_arms.append(Arm("mirror-rawfmt-bdefault", "raw durable mirror into a **raw** destination "
                                  "(`--format raw`: O_EXCL + ftruncate), QEMU's defaults", "raw",
