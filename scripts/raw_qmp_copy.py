@@ -36,8 +36,8 @@ reports a failure in the reply, so an empty reply confirms the flush);
 `block-job-complete` (the job goes pending); `job-finalize` (the device pivots to the
 target); wait for BLOCK_JOB_COMPLETED; `job-dismiss`. --buf-size and --granularity are
 sent only when given (QEMU's defaults: 16 MiB, and the target's cluster size or 64 KiB).
---target-direct opens the target with `cache: {direct: true}` (O_DIRECT; the VM then
-runs on it so after the pivot): a tuning probe, not what livecopy does. --flush-at-pending
+--target-direct opens the target with `cache: {direct: true}` (O_DIRECT; the VM runs on
+it after the pivot): a tuning probe, not what livecopy does. --flush-at-pending
 flushes the target once more, the same way, while the job is pending (guest I/O held),
 before job-finalize: a guest flush during READY reaches only the source and the pivot
 flushes only the source, so what was mirrored after the first flush is otherwise not
@@ -47,9 +47,11 @@ inserted.cache: direct, no-flush): without it a VM started with cache=none runs 
 writeback node after the pivot.
 
 With --many, PLAN.json is a list of {"socket", "device", "destination"} objects: the
-same stream recipe (or, with --blockdev-mirror, the mirror recipe above) for every disk, at most N disks at a time in list order (as
-livecopy's max_parallel_disks schedules a plan's disks), over one connection per
-socket shared by that VM's disks (QEMU serves one client per monitor), with asyncio.
+same stream recipe (or, with --blockdev-mirror, the mirror recipe above) for every disk,
+at most N disks at a time in list order (as livecopy's max_parallel_disks schedules a
+plan's disks), over one connection per socket shared by that VM's disks (QEMU serves one
+client per monitor), with asyncio. In mirror mode each disk's copy is timed from the
+mirror's start to READY.
 
 Exit 0 only if every command succeeded and the event carried no error. One JSON line
 on stdout reports the outcome and the time of each phase (seconds since start).
