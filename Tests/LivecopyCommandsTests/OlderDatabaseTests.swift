@@ -42,6 +42,7 @@ struct OlderDatabaseTests {
     /// Every fixture, oldest schema first. Each schema change adds one (see the README there).
     static let fixtures = [
         Fixture(fileName: "0004-interrupted-mid-stream.db", schema: 4),
+        Fixture(fileName: "0005-interrupted-mid-stream.db", schema: 5),
     ]
 
     // MARK: - The convention

@@ -9,10 +9,17 @@ import Testing
 /// `ON DELETE CASCADE`: dropping the old table with foreign keys on would erase the whole
 /// history, so the migrator runs it with them off and checks them before committing.
 struct MirrorMigrationTests {
-    @Test func aDatabaseOfAnEarlierReleaseKeepsEveryEventAndReadsAsStreamed() throws {
+    /// The databases of the releases before it (Tests/Fixtures/databases; its README).
+    static let fixtures = ["0004-interrupted-mid-stream.db", "0005-interrupted-mid-stream.db"].map {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/databases/\($0)").path
+    }
+
+    @Test(arguments: fixtures)
+    func aDatabaseOfAnEarlierReleaseKeepsEveryEventAndReadsAsStreamed(fixture: String) throws {
         let scratch = try Scratch()
         let path = scratch.path + "/livecopy.db"
-        try FileManager.default.copyItem(atPath: VMAddressMigrationTests.fixture, toPath: path)
+        try FileManager.default.copyItem(atPath: fixture, toPath: path)
         let before = try Self.eventCounts(path)
         #expect(before.total > 0 && before.ofDisks > 0, "the fixture has a history: \(before)")
 
@@ -44,7 +51,7 @@ struct MirrorMigrationTests {
     @Test func theMigratorSwitchesForeignKeysBackOn() throws {
         let scratch = try Scratch()
         let path = scratch.path + "/livecopy.db"
-        try FileManager.default.copyItem(atPath: VMAddressMigrationTests.fixture, toPath: path)
+        try FileManager.default.copyItem(atPath: Self.fixtures[1], toPath: path)
         let store = try SQLiteStore(path: path)
         // A disk row referring to no plan must be refused after the migration.
         let refused = (try? store.save(
