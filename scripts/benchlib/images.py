@@ -19,16 +19,16 @@ def fill_pattern_image(path, size, pattern):
     return info
 
 
-def verify_pattern_image(path, size, pattern):
+def verify_pattern_image(path, size, pattern, fmt="qcow2"):
     """Offline check (QEMU stopped): every byte of `path` is `pattern`, no backing file."""
     reads = []
     for offset in range(0, size, CHUNK):
         reads += ["-c", f"read -P {pattern} {offset} {min(CHUNK, size - offset)}"]
-    output = run(["qemu-io", "-r", "-f", "qcow2"] + reads + [path])
+    output = run(["qemu-io", "-r", "-f", fmt] + reads + [path])
     chunks = (size + CHUNK - 1) // CHUNK
     if "Pattern verification failed" in output or output.count("read ") < chunks:
         raise BenchError(f"{path} does not hold pattern {pattern} over {size} bytes:\n{output[-1000:]}")
-    info = json.loads(run(["qemu-img", "info", "-f", "qcow2", "--output=json", path]))
+    info = json.loads(run(["qemu-img", "info", "-f", fmt, "--output=json", path]))
     if "backing-filename" in info:
         raise BenchError(f"{path} still has backing file {info['backing-filename']}")
     return f"pattern {pattern} over all {size_text(size)} intact, no backing file"

@@ -1,5 +1,6 @@
 """livecopy's own timeline of a run, read from its events table."""
 
+import re
 import statistics
 
 
@@ -22,7 +23,9 @@ def event_label(kind, to_state, detail):
     for word in detail.split()[:3]:
         if "/" in word:
             break
-        words.append(word)
+        # Numbers (job ids such as livecopy-mirror-12) differ from disk to disk and run to
+        # run; the label must not.
+        words.append(re.sub(r"\d+", "N", word))
     return "note: " + " ".join(words)
 
 

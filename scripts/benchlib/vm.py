@@ -12,7 +12,7 @@ class VM:
     """A throwaway QEMU with no guest OS, one disk `drive0`, and two QMP monitors:
     vm.qmp for the client under test and vm.admin.qmp for the bench itself."""
 
-    def __init__(self, directory, image, prefix="vm"):
+    def __init__(self, directory, image, prefix="vm", cache=None):
         self.directory = directory
         self.qmp = os.path.join(directory, f"{prefix}.qmp")
         self.admin = os.path.join(directory, f"{prefix}.admin.qmp")
@@ -20,11 +20,13 @@ class VM:
         self.images = [image] if isinstance(image, str) else list(image)  # drive0, drive1, …
         self.image = self.images[0]
         self.process = None
+        self.cache = cache  # -drive cache=… (None: QEMU's default, writeback)
 
     def spawn(self):
         drives = []
         for number, image in enumerate(self.images):
-            drives += ["-drive", f"if=none,id=drive{number},format=qcow2,file={image}"]
+            drives += ["-drive", f"if=none,id=drive{number},format=qcow2,file={image}"
+                       + (f",cache={self.cache}" if self.cache else "")]
         with open(self.log_path, "w") as log_file:
             self.process = subprocess.Popen([
                 "qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",

@@ -23,6 +23,12 @@ class ManyDisks:
     size = 64 * MIB
     pattern = "0x71"
 
+    policy_settings = {}  # more policy keys for livecopy (the mirror variant: strategy)
+    raw_args = []  # more raw_qmp_copy.py options (the mirror variant: --blockdev-mirror)
+    # livecopy's events that start and end QEMU's copy of a disk (the first of the end
+    # labels that the disk has)
+    copy_labels = ("outcome block-stream", "intent job-finalize")
+
     def __init__(self, name, parallel):
         self.name = name
         self.parallel = parallel
@@ -45,7 +51,7 @@ class ManyDisks:
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
-        write_policy(policy, speed=0, retire_source="keep", max_parallel_disks=self.parallel)
+        write_policy(policy, speed=0, retire_source="keep", max_parallel_disks=self.parallel, **self.policy_settings)
         warm, _ = self._one(ctx, images, template, db, policy, 0, "raw", False)
         log(f"[{self.name}] warm-up raw: {warm['seconds']:.3f} s (discarded)")
         results, verified = [], []
@@ -81,6 +87,7 @@ class ManyDisks:
                 with open(plan, "w") as f:
                     json.dump(fleet.raw_plan(), f)
                 argv = [ctx.python, RAW_CLIENT, "--many", plan, "--parallel", str(self.parallel), "--speed", "0"]
+                argv += self.raw_args
             children = [0.0]
 
             def watch_children(process, _):
@@ -143,9 +150,14 @@ class ManyDisks:
                 # job pending, i.e. `outcome block-stream` → `intent job-finalize`), and the gaps between disks.
                 ordered = sorted(per_disk)
                 copies, outside = [], []
+                first_label, last_labels = self.copy_labels[0], self.copy_labels[1:]
                 for disk in ordered:
                     events = dict((label, at) for label, at in per_disk[disk])
-                    copy = events["intent job-finalize"] - events["outcome block-stream"]
+                    last_label = next((label for label in last_labels if label in events), None)
+                    if first_label not in events or last_label is None:
+                        raise BenchError(f"livecopy plan {plan_id}: no events {self.copy_labels} for disk {disk}; "
+                                         f"its events: {[label for label, _ in per_disk[disk]]}")
+                    copy = events[last_label] - events[first_label]
                     copies.append(copy)
                     outside.append(per_disk[disk][-1][1] - per_disk[disk][0][1] - copy)
                 gaps = [per_disk[b][0][1] - per_disk[a][-1][1] for a, b in zip(ordered, ordered[1:])]
@@ -156,8 +168,9 @@ class ManyDisks:
                 outcome["before_first_ms"] = (per_disk[ordered[0]][0][1] - spawn_wall) * 1000
                 outcome["after_last_ms"] = seconds * 1000 - (per_disk[ordered[-1]][-1][1] - spawn_wall) * 1000
                 outcome["recorded_ms"] = (first - spawn_wall) * 1000
-                outcome["first_disk_ms"] = (min(starts) - spawn_wall) * 1000
-                outcome["last_disk_ms"] = (max(ends) - spawn_wall) * 1000
+                # (the mirror strategy's disks may take other states: then None)
+                outcome["first_disk_ms"] = (min(starts) - spawn_wall) * 1000 if starts else None
+                outcome["last_disk_ms"] = (max(ends) - spawn_wall) * 1000 if ends else None
                 outcome["events"] = len(rows)
             fleet.check_copied()
             fleet.stop()
@@ -173,6 +186,8 @@ class ManyDisks:
         s = describe_pairs(results)
         disks = self.vm_count * self.disks_per_vm
         per_disk = [(p["livecopy"] - p["raw"]) * 1000 / disks for p in results]
+        # For a later scenario of the same run (many-disks-mirror compares with this one).
+        ctx.__dict__.setdefault("per_disk_overhead_ms", {})[self.name] = statistics.median(per_disk)
         lc = [p["livecopy_extra"] for p in results]
         raw = [p["raw_extra"] for p in results]
         rss = max(x["rss_mib"] for x in lc)

@@ -16,12 +16,13 @@ def write_policy(path, **settings):
 
 
 def write_plan(path, name, policy, vms):
-    """vms: list of (vm name, qmp socket, [(device, destination)])."""
+    """vms: list of (vm name, qmp socket, [(device, destination[, format])])."""
     lines = [f"name: {name}", f"policy: {policy}", "vms:"]
     for vm_name, qmp, disks in vms:
         lines += [f"  - name: {vm_name}", f"    qmp: {qmp}", "    disks:"]
-        for device, destination in disks:
+        for device, destination, *fmt in disks:
             lines += [f"      - device: {device}", f"        destination: {destination}"]
+            lines += [f"        format: {f}" for f in fmt]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
