@@ -55,8 +55,12 @@ class Arm:
         self.convert = convert
 
 
-def raw_mirror_args(buf_size=None, granularity=None, copy_mode="background", fmt="qcow2", direct=False):
-    args = ["--blockdev-mirror", "--copy-mode", copy_mode, "--format", fmt] + (["--target-direct"] if direct else [])
+def raw_mirror_args(buf_size=None, granularity=None, copy_mode="background", fmt="qcow2", direct=False, match_cache=True):
+    """The raw client doing livecopy's durable mirror recipe: a confirmed flush at READY
+    and again in pending, the target opened with the source's cache settings (unless
+    `direct` forces O_DIRECT, a probe)."""
+    args = ["--blockdev-mirror", "--copy-mode", copy_mode, "--format", fmt, "--flush-at-pending"]
+    args += ["--target-direct"] if direct else (["--match-source-cache"] if match_cache else [])
     if buf_size is not None:
         args += ["--buf-size", str(buf_size)]
     if granularity is not None:
@@ -261,10 +265,10 @@ class MirrorTuning(SingleDisk):
         # (what keeps the guest's cache mode across the pivot), against the default target.
         self.all_arms.append(Arm("mirror-cachenone-match", "VM `cache=none`; raw durable mirror, target opened "
                                  "with the source's cache settings (`--match-source-cache`: direct)", "raw",
-                                 raw_mirror_args() + ["--match-source-cache"], vm_cache="none"))
+                                 raw_mirror_args(), vm_cache="none"))
         self.all_arms.append(Arm("mirror-cachenone-default", "VM `cache=none`; raw durable mirror, target with "
                                  "blockdev-add's default cache (writeback, livecopy at c0b69f2)", "raw",
-                                 raw_mirror_args(), vm_cache="none"))
+                                 raw_mirror_args(match_cache=False), vm_cache="none"))
         # The other destination format livecopy offers (`format: raw`): no qcow2 metadata.
         self.all_arms.append(Arm("mirror-rawfmt-bdefault", "raw durable mirror into a **raw** destination "
                                  "(`--format raw`: O_EXCL + ftruncate), QEMU's defaults", "raw",
@@ -764,7 +768,7 @@ class ManyDisksMirror(ManyDisks):
     title = "Many disks, mirror"
     pattern = "0x72"
     policy_settings = {"strategy": "mirror"}
-    raw_args = ["--blockdev-mirror"]
+    raw_args = ["--blockdev-mirror", "--flush-at-pending", "--match-source-cache"]
     # livecopy's events around QEMU's copy: the job started → READY. At READY a disk of a
     # VM with several mirror disks notes that it waits to pivot with the others (since
     # 30acf3c); a lone disk writes the pivot's intent at once.
