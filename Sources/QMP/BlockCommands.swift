@@ -203,15 +203,17 @@ extension QMPSession {
     /// `blockdev-mirror` of `device`'s whole chain (`sync: full`) into node `target`, as
     /// job `jobId`, never auto-finalized nor auto-dismissed: the pivot happens only at
     /// `job-finalize`, after `block-job-complete`.
-    public func blockdevMirror(_ request: MirrorJobRequest) async throws {
+    /// `onError` is both `on-source-error` and `on-target-error`; `bufSize` and
+    /// `granularity` nil leave QEMU's defaults.
+    public func blockdevMirror(device: String, jobId: String, targetNode: String, speed: Int64, onError: String,
+                               copyMode: String, bufSize: Int64?, granularity: Int64?) async throws {
         var arguments: [String: JSONValue] = [
-            "device": .string(request.device), "job-id": .string(request.jobId), "target": .string(request.targetNode),
-            "sync": "full", "auto-finalize": false, "auto-dismiss": false, "speed": .int(request.speed),
-            "on-source-error": .string(request.onError), "on-target-error": .string(request.onError),
-            "copy-mode": .string(request.copyMode),
+            "device": .string(device), "job-id": .string(jobId), "target": .string(targetNode),
+            "sync": "full", "auto-finalize": false, "auto-dismiss": false, "speed": .int(speed),
+            "on-source-error": .string(onError), "on-target-error": .string(onError), "copy-mode": .string(copyMode),
         ]
-        if let bufSize = request.bufSize { arguments["buf-size"] = .int(bufSize) }
-        if let granularity = request.granularity { arguments["granularity"] = .int(granularity) }
+        if let bufSize { arguments["buf-size"] = .int(bufSize) }
+        if let granularity { arguments["granularity"] = .int(granularity) }
         try await execute("blockdev-mirror", arguments)
     }
 
@@ -268,32 +270,6 @@ public struct SnapshotRequest: Sendable, Equatable {
         case .node(let name): arguments["node-name"] = .string(name)
         }
         return arguments
-    }
-}
-
-/// The arguments of a `blockdev-mirror` livecopy starts.
-public struct MirrorJobRequest: Sendable, Equatable {
-    public let device: String
-    public let jobId: String
-    public let targetNode: String
-    public let speed: Int64
-    /// `on-source-error` and `on-target-error`.
-    public let onError: String
-    /// `background` or `write-blocking`.
-    public let copyMode: String
-    public let bufSize: Int64?
-    public let granularity: Int64?
-
-    public init(device: String, jobId: String, targetNode: String, speed: Int64, onError: String, copyMode: String,
-                bufSize: Int64?, granularity: Int64?) {
-        self.device = device
-        self.jobId = jobId
-        self.targetNode = targetNode
-        self.speed = speed
-        self.onError = onError
-        self.copyMode = copyMode
-        self.bufSize = bufSize
-        self.granularity = granularity
     }
 }
 

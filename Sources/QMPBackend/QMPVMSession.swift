@@ -114,10 +114,10 @@ public final class QMPVMSession: VMSession {
 
     public func startMirror(_ request: MirrorRequest) async throws {
         try await QMPErrors.mapping("blockdev-mirror") {
-            try await qmp.blockdevMirror(MirrorJobRequest(
+            try await qmp.blockdevMirror(
                 device: request.disk, jobId: request.jobId, targetNode: request.targetNode, speed: request.speed,
                 onError: request.onError, copyMode: request.copyMode, bufSize: request.bufSize,
-                granularity: request.granularity))
+                granularity: request.granularity)
         }
     }
 
