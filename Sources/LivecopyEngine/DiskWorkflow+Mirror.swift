@@ -121,7 +121,7 @@ extension DiskWorkflow {
         }
         let when = disk.pivoted ? "the VM had pivoted onto \(disk.destination)" : "a pivot onto \(disk.destination) was under way"
         throw NeedsAttention(
-            description: "\(when) when QEMU stopped, and the VM now runs on \(source), which differs from \(disk.destination): livecopy cannot tell which holds the newest writes and touched neither. If \(disk.destination) does, start the VM on it and run livecopy recover; if \(source) does, run livecopy cancel \(disk.planId) (the partial copy is removed), or delete \(disk.destination) yourself")
+            description: "\(when) when QEMU stopped, and the VM now runs on \(source), which differs from \(disk.destination): livecopy cannot tell which holds the newest writes and touched neither. If \(disk.destination) does, start the VM on it and run livecopy recover; if \(source) does, delete \(disk.destination) yourself, then run livecopy recover (the mirror starts again) or livecopy cancel \(disk.planId)")
     }
 
     /// Readies the destination for a mirror from scratch: a file livecopy made earlier is
