@@ -11,9 +11,9 @@ extension DiskWorkflow {
     /// both. The pivot, with the VM's other mirror disks when there are any
     /// (`MirrorPivots`): the destination flushed with QEMU's confirmation, then
     /// `block-job-complete` (the job drains and waits in `pending`, the guest's I/O held
-    /// meanwhile) and at once `job-finalize`, at which the device pivots. Without the
-    /// confirmation nothing is completed: the job stays READY, the VM on its source, and
-    /// the disk fails, for recover or run to try again.
+    /// meanwhile), the destination flushed again with confirmation, and at once
+    /// `job-finalize`, at which the device pivots. Without a confirmation nothing pivots:
+    /// the VM stays on its source and the disk fails, for recover or run to try again.
     func pivot(_ jobId: String) async throws {
         if let pivots {
             try await pivots.pivot(self, jobId: jobId)

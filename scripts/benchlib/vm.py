@@ -42,7 +42,16 @@ class VM:
             if time.monotonic() > deadline:
                 raise BenchError(f"QEMU did not create its QMP sockets within {timeout} s")
             time.sleep(0.02)
-        block = self.admin_command("query-block")
+        # QEMU binds a socket a moment before it listens on it: a refused connection right
+        # after the file appears is retried.
+        while True:
+            try:
+                block = self.admin_command("query-block")
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         for number, image in enumerate(self.images):
             drive = next((b for b in block if b.get("device") == f"drive{number}"), None)
             if not drive or drive.get("inserted", {}).get("file") != image:

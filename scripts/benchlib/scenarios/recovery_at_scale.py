@@ -60,7 +60,7 @@ class RecoveryAtScale:
             f"`speed: {self.speed_text}`, `max_parallel_disks: {disks}`, `retire_source: keep`. `livecopy submit` "
             f"runs until the database shows all {disks} disks `streaming` with their stream job started "
             "(the bench polls it read-only), then gets SIGKILL. `livecopy recover --db DB` is then timed: its "
-            "per-disk events (`note: re-attaching to job …`) give the moment each disk was re-attached. Once all "
+            "per-disk events (`note: re-attaching to QEMU job …`) give the moment each disk was re-attached. Once all "
             "are, the bench lifts the throttle on every job (`block-job-set-speed 0` on the VMs' second "
             "monitors) so that the remaining copy takes little time, and the recover runs to its end. "
             f"{len(results)} runs (no raw baseline exists for recovery; each run is absolute).", "",
@@ -132,7 +132,7 @@ class RecoveryAtScale:
                         time.sleep(0.05)
                         try:
                             count = db_rows(db, "SELECT count(*) FROM events WHERE plan_id = ? AND kind = 'note' AND "
-                                                "detail LIKE 're-attaching to job%' AND at > ?",
+                                                "detail LIKE 're-attaching to %job%' AND at > ?",
                                             (plan_id, spawn_box[0]))[0][0]
                         except Exception:  # noqa: BLE001
                             continue
@@ -154,7 +154,7 @@ class RecoveryAtScale:
                 raise BenchError(f"after recover plan {plan_id} disks are {states}")
             rows = db_rows(db, "SELECT kind, to_state, detail, at, disk_id FROM events WHERE plan_id = ? AND at >= ? "
                                "ORDER BY id", (plan_id, spawn_wall))
-            reattach = [at for kind, _, detail, at, _ in rows if kind == "note" and detail.startswith("re-attaching to job")]
+            reattach = [at for kind, _, detail, at, _ in rows if kind == "note" and detail.startswith("re-attaching to ")]
             if len(reattach) != disks:
                 raise BenchError(f"recover re-attached {len(reattach)} of {disks} jobs")
             disk_events = [at for kind, _, _, at, disk in rows if disk is not None]
