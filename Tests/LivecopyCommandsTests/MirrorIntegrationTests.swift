@@ -19,8 +19,10 @@ import Glibc
 struct MirrorIntegrationTests {
     typealias Rig = RecoveryIntegrationTests.Rig
 
+    /// A mirror policy retiring by rename, with `extra` keys (which may name another
+    /// `retire_source`).
     static func policy(_ extra: String = "") -> String {
-        "strategy: mirror\nretire_source: rename\nprogress_interval: 200ms\n" + extra
+        "strategy: mirror\nprogress_interval: 200ms\n" + (extra.contains("retire_source:") ? "" : "retire_source: rename\n") + extra
     }
 
     // MARK: - 1. Each kind of destination
@@ -82,10 +84,10 @@ struct MirrorIntegrationTests {
 
     // MARK: - 2. Every crash point, with a guest that keeps writing
 
-    @Test(.timeLimit(.minutes(8)))
-    func recoverCompletesAfterACrashAtEveryMirrorCrashPointWhileTheGuestWrites() async throws {
-        for point in CrashPoint.mirrorForwardNames(retiring: .rename) {
-            let rig = try Rig("lc-mirror-crash", dataMiB: 8, policy: Self.policy())
+    @Test(.timeLimit(.minutes(8)), arguments: [Policy.RetireSource.rename, .delete])
+    func recoverCompletesAfterACrashAtEveryMirrorCrashPointWhileTheGuestWrites(retire: Policy.RetireSource) async throws {
+        for point in CrashPoint.mirrorForwardNames(retiring: retire) {
+            let rig = try Rig("lc-mirror-crash", dataMiB: 8, policy: Self.policy("retire_source: \(retire.rawValue)\n"))
             defer { rig.scratch.remove() }
             try await rig.write(slot: 0)
             let writer = GuestWriter(vm: rig.vm)
@@ -123,7 +125,8 @@ struct MirrorIntegrationTests {
             let result = try RecoveryIntegrationTests.verify(rig.destination, written, format: rig.destinationFormat)
             #expect(result.ok, "[\(point)] the destination lacks writes made while livecopy ran:\n\(result.output)")
             try rig.expectUnbrokenTimeline(point)
-            #expect(FileManager.default.fileExists(atPath: rig.source + ".retired"), "[\(point)]")
+            #expect(!FileManager.default.fileExists(atPath: rig.source), "[\(point)] the source is retired")
+            #expect(FileManager.default.fileExists(atPath: rig.source + ".retired") == (retire == .rename), "[\(point)]")
         }
     }
 
@@ -134,11 +137,13 @@ struct MirrorIntegrationTests {
     /// under way the images decide, and when they differ livecopy names no image: the
     /// operator starts the VM on the one that holds the newest writes (known here: the
     /// destination once `job-finalize` was sent).
-    @Test(.timeLimit(.minutes(6)))
-    func afterAHostRebootAtEveryCrashPointTheVMBootsFromTheRightImage() async throws {
-        for point in CrashPoint.mirrorForwardNames(retiring: .rename) {
+    @Test(.timeLimit(.minutes(6)), arguments: [Policy.RetireSource.rename, .delete])
+    func afterAHostRebootAtEveryCrashPointTheVMBootsFromTheRightImage(retire: Policy.RetireSource) async throws {
+        let points = CrashPoint.mirrorForwardNames(retiring: retire)
+        for point in points {
             // write-blocking: a write made at READY reaches both images before it completes.
-            let rig = try Rig("lc-mirror-reboot", dataMiB: 8, policy: Self.policy("copy_mode: write-blocking\n"), format: "raw")
+            let rig = try Rig("lc-mirror-reboot", dataMiB: 8,
+                              policy: Self.policy("copy_mode: write-blocking\nretire_source: \(retire.rawValue)\n"), format: "raw")
             defer { rig.scratch.remove() }
             try await rig.write(slot: 0)
             let submit = try await rig.livecopy.run(["submit", rig.planPath], environment: ["LIVECOPY_CRASH_AT": point])
@@ -153,7 +158,7 @@ struct MirrorIntegrationTests {
             let status = try await rig.livecopy.run(["status", String(planId), "--json"])
             let recorded = (try? JSONDecoder().decode(PlanDocument.self, from: Data(status.stdout.utf8)))?.disks.first?.bootImage
             let pivotSent = ["sent:pivot"].contains(point)
-            let truth = pivotSent || CrashPoint.mirrorForwardNames(retiring: .rename).drop(while: { $0 != "outcome:pivot" }).contains(point)
+            let truth = pivotSent || points.drop(while: { $0 != "outcome:pivot" }).contains(point)
                 ? rig.destination : rig.source
             if plan?.state == .completed {
                 #expect(recorded == rig.destination, "[\(point)] completed, yet status says \(recorded ?? "unknown")")
