@@ -70,6 +70,16 @@ public enum FlushEvidence: Sendable, Hashable {
     case failed(String)
     /// The hypervisor did not flush, or said something livecopy cannot read as success.
     case notConfirmed(String)
+
+    /// Nil when confirmed; else what went wrong, as "failed (…)" or "could not be
+    /// confirmed (…)", for the refusal that follows.
+    public var problem: String? {
+        switch self {
+        case .confirmed: return nil
+        case .failed(let why): return "failed (\(why))"
+        case .notConfirmed(let why): return "could not be confirmed (\(why))"
+        }
+    }
 }
 
 /// A mirror's destination as the hypervisor opens it (`VMSession.openImage`).
@@ -112,21 +122,16 @@ public struct MirrorRequest: Sendable, Equatable {
     public let speed: Int64
     /// The I/O error action for both sides (`stop`, `enospc`, `report`).
     public let onError: String
-    /// `background` or `write-blocking`.
+    /// `background` or `write-blocking`. QEMU's `buf-size` and `granularity` keep their
+    /// defaults: no other value was clearly faster (scripts/benchlib/MIRROR_NOTES.md).
     public let copyMode: String
-    /// QEMU's `buf-size` and `granularity`; nil leaves QEMU's defaults.
-    public let bufSize: Int64?
-    public let granularity: Int64?
 
-    public init(disk: String, jobId: String, targetNode: String, speed: Int64, onError: String, copyMode: String,
-                bufSize: Int64? = nil, granularity: Int64? = nil) {
+    public init(disk: String, jobId: String, targetNode: String, speed: Int64, onError: String, copyMode: String) {
         self.disk = disk
         self.jobId = jobId
         self.targetNode = targetNode
         self.speed = speed
         self.onError = onError
         self.copyMode = copyMode
-        self.bufSize = bufSize
-        self.granularity = granularity
     }
 }

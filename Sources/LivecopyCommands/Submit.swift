@@ -32,7 +32,9 @@ struct Submit: AsyncParsableCommand {
                 try engine.checkOffline(plan, policy: policy)
                 // A plan claiming what another submit recorded meanwhile is refused like the
                 // check above refuses it: one line, exit 2 (a `.claimed` `StoreError`), nothing recorded.
-                let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map(NewPlan.Disk.init))
+                let record = try engine.record(plan, policy: policy, disks: plan.allDisks.map {
+                    NewPlan.Disk(vm: $0.vm, disk: $0.disk, strategy: policy.strategy)
+                })
                 if json {
                     print(try PlanDocument.json(PlanDocument(plan: record, disks: try store.disks(ofPlan: record.id))))
                 } else {

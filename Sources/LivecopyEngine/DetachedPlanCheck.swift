@@ -31,8 +31,7 @@ extension Engine {
                                                               format: disk.destinationFormat),
                                                     vmName: vmName, vmAddress: address, in: devices, name: name, policy: policy)
                     planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
-                    if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image,
-                       !isBlockDevice(disk.destination) {
+                    if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
                         space.add(name: name, destination: disk.destination, source: image)
                     }
                 }

@@ -179,8 +179,7 @@ extension DiskWorkflow {
         do {
             try await session.startMirror(MirrorRequest(
                 disk: try deviceName(entry), jobId: jobId, targetNode: target.nodeName, speed: speed,
-                onError: policy.onError.rawValue, copyMode: policy.copyMode.rawValue,
-                bufSize: Self.mirrorBufferSize, granularity: nil))
+                onError: policy.onError.rawValue, copyMode: policy.copyMode.rawValue))
         } catch let error as BackendError where error.isRefusal {
             try? await session.closeImage(nodeName: target.nodeName)
             try await ledger.outcome("refused: \(error.reason)")
@@ -189,12 +188,4 @@ extension DiskWorkflow {
         ledger.sent()
         try await ledger.outcome("job \(jobId) started")
     }
-
-    /// QEMU's `buf-size` for livecopy's mirrors (nil: QEMU's default). See BENCHMARKS.md.
-    static let mirrorBufferSize: Int64? = nil
-}
-
-extension Duration {
-    /// Whole milliseconds.
-    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 }

@@ -40,16 +40,10 @@ extension DiskWorkflow {
         if disk.intent != .pivot {
             try await ledger.intend(.pivot, "flush \(disk.destination), then complete and finalize job \(jobId): the VM moves onto \(disk.destination)")
         }
-        let evidence = try await session.flush(nodeName: disk.destinationNodeName)
-        func refuse(_ verdict: String, _ why: String) async throws -> Never {
-            try await ledger.outcome("refused: flush \(verdict): \(why)")
+        if let problem = try await session.flush(nodeName: disk.destinationNodeName).problem {
+            try await ledger.outcome("refused: flush \(problem)")
             throw FlushNotConfirmed(
-                description: "the flush of \(disk.destination) before the pivot \(verdict) (\(why)); job \(jobId) was not completed and the VM stays on \(disk.source ?? "the source"), which holds every write; livecopy recover or run tries again")
-        }
-        switch evidence {
-        case .confirmed: break
-        case .failed(let why): try await refuse("failed", why)
-        case .notConfirmed(let why): try await refuse("could not be confirmed", why)
+                description: "the flush of \(disk.destination) before the pivot \(problem); job \(jobId) was not completed and the VM stays on \(disk.source ?? "the source"), which holds every write; livecopy recover or run tries again")
         }
     }
 
@@ -74,13 +68,7 @@ extension DiskWorkflow {
     /// the flush is not confirmed, the job is cancelled (a pending mirror then ends
     /// without pivoting, releasing the guest's I/O): the VM stays on its source.
     func flushWhilePending(_ jobId: String) async throws {
-        let evidence = try await session.flush(nodeName: disk.destinationNodeName)
-        let problem: String
-        switch evidence {
-        case .confirmed: return
-        case .failed(let why): problem = "failed (\(why))"
-        case .notConfirmed(let why): problem = "could not be confirmed (\(why))"
-        }
+        guard let problem = try await session.flush(nodeName: disk.destinationNodeName).problem else { return }
         try await cancelPivot(jobId, because: "the flush of \(disk.destination) before the pivot \(problem)")
     }
 
@@ -102,7 +90,7 @@ extension DiskWorkflow {
     func finalizePivot(_ jobId: String, completedAt: ContinuousClock.Instant?) async throws {
         try await session.finalize(jobId: jobId)
         ledger.sent()
-        let held = completedAt.map { " (guest I/O held for \((ContinuousClock.now - $0).milliseconds) ms since block-job-complete)" } ?? ""
+        let held = completedAt.map { " (guest I/O held for \((ContinuousClock.now - $0).wholeMilliseconds) ms since block-job-complete)" } ?? ""
         try await ledger.note("job \(jobId) completed and finalized\(held)")
     }
 
@@ -132,4 +120,9 @@ extension DiskWorkflow {
             group.cancelAll()
         }
     }
+}
+
+extension Duration {
+    /// Whole milliseconds (for the pivot's window in the timeline).
+    var wholeMilliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 }

@@ -88,15 +88,10 @@ extension DiskWorkflow {
         } else {
             evidence = .notConfirmed("the VM is on \(entry.medium?.file ?? "no image"), not on \(disk.destination)")
         }
-        func refuse(_ verdict: String, _ why: String) async throws -> Never {
-            try await ledger.outcome("refused: flush \(verdict): \(why)")
+        if let problem = evidence.problem {
+            try await ledger.outcome("refused: flush \(problem)")
             throw FlushNotConfirmed(
-                description: "the flush of \(disk.destination) before finalizing \(verdict) (\(why)); job \(jobId) waits in pending and nothing was finalized, so \(disk.destination) keeps its backing file \(disk.source ?? "?"); livecopy recover or run flushes again")
-        }
-        switch evidence {
-        case .confirmed: break
-        case .failed(let why): try await refuse("failed", why)
-        case .notConfirmed(let why): try await refuse("could not be confirmed", why)
+                description: "the flush of \(disk.destination) before finalizing \(problem); job \(jobId) waits in pending and nothing was finalized, so \(disk.destination) keeps its backing file \(disk.source ?? "?"); livecopy recover or run flushes again")
         }
         try await session.finalize(jobId: jobId)
         ledger.sent()

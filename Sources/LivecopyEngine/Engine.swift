@@ -69,23 +69,14 @@ public final class Engine: Sendable {
     }
 
     /// Records a checked plan as `pending` (to be run later or now).
-    public func record(_ plan: Plan, policy: Policy, disks given: [NewPlan.Disk]) throws -> PlanRecord {
-        let disks = given.map { disk in
-            var disk = disk
-            disk.strategy = policy.strategy
-            return disk
-        }
+    public func record(_ plan: Plan, policy: Policy, disks: [NewPlan.Disk]) throws -> PlanRecord {
         let new = NewPlan(name: plan.name, policyReference: plan.policyReference, policy: policy, state: .pending, disks: disks)
         return try store.insertPlan(new, at: Date()).0
     }
 
     /// Records a plan that preflight refused, with its reason, so history shows it.
     public func recordRefused(_ plan: Plan, policy: Policy, reason: String) throws -> PlanRecord {
-        let disks = plan.allDisks.map(NewPlan.Disk.init).map { disk in
-            var disk = disk
-            disk.strategy = policy.strategy
-            return disk
-        }
+        let disks = plan.allDisks.map { NewPlan.Disk(vm: $0.vm, disk: $0.disk, strategy: policy.strategy) }
         let new = NewPlan(name: plan.name, policyReference: plan.policyReference, policy: policy, state: .refused,
                           error: reason, disks: disks)
         return try store.insertPlan(new, at: Date()).0

@@ -19,6 +19,21 @@ enum DestinationCheck {
         }
     }
 
+    /// The destination as preflight checks it: its format and kind suit the strategy; a
+    /// block device can take a disk of `virtualSize` bytes (nil: unknown, with no VM to
+    /// ask) and nothing uses it; a file does not exist yet, in a writable directory.
+    static func check(_ disk: Plan.Disk, strategy: CopyStrategy, virtualSize: Int64?) throws {
+        try checkFormat(disk, strategy: strategy)
+        if isBlockDevice(disk.destination) {
+            if let problem = BlockDeviceDestination.problemIncludingHolders(disk.destination, virtualSize: virtualSize ?? 0) {
+                throw PreflightError(problem)
+            }
+        } else {
+            try refuseExisting(disk.destination)
+            try checkDirectory(of: disk.destination)
+        }
+    }
+
     /// The destination's format and kind suit the strategy: the stream strategy makes
     /// qcow2 overlays only; a block device takes raw data (the mirror strategy) only.
     static func checkFormat(_ disk: Plan.Disk, strategy: CopyStrategy) throws {
@@ -66,7 +81,8 @@ enum DestinationCheck {
 /// Whether each destination filesystem can hold what the plan copies onto it: the
 /// allocated size of every source chain (capped at the disk's virtual size, which a
 /// destination never exceeds by more than metadata), times the policy's `space_margin`.
-/// Disks whose destinations share a filesystem are added up.
+/// Disks whose destinations share a filesystem are added up; a block device destination
+/// (the mirror strategy) has its size checked instead (`BlockDeviceDestination`).
 struct FreeSpaceCheck {
     let margin: Double
     private var needs: [UInt64: (directory: String, disks: [String], bytes: Int64)] = [:]
@@ -74,7 +90,7 @@ struct FreeSpaceCheck {
     init(margin: Double) { self.margin = margin }
 
     mutating func add(name: String, destination: String, source: DiskImage) {
-        guard margin > 0 else { return }
+        guard margin > 0, !isBlockDevice(destination) else { return }
         let directory = (destination as NSString).deletingLastPathComponent
         var info = stat()
         guard stat(directory, &info) == 0 else { return }  // checkDirectory has refused it already
@@ -165,8 +181,7 @@ struct Preflight {
                     throw PreflightError("\(name): source \(found.source ?? "") is also the source of another disk of the plan")
                 }
                 disks.append(found)
-                if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image,
-                   !isBlockDevice(disk.destination) {
+                if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
                     space.add(name: name, destination: disk.destination, source: image)
                 }
             }
@@ -218,15 +233,7 @@ struct Preflight {
         }
         try checkChain(medium.image, name: name)
         do {
-            try DestinationCheck.checkFormat(disk, strategy: policy.strategy)
-            if disk.resolvedFormat == .raw && isBlockDevice(disk.destination) {
-                if let problem = BlockDeviceDestination.problemIncludingHolders(disk.destination, virtualSize: medium.image.virtualSize) {
-                    throw PreflightError(problem)
-                }
-            } else {
-                try DestinationCheck.refuseExisting(disk.destination)
-                try DestinationCheck.checkDirectory(of: disk.destination)
-            }
+            try DestinationCheck.check(disk, strategy: policy.strategy, virtualSize: medium.image.virtualSize)
         } catch let error as PreflightError {
             throw PreflightError("\(name): \(error.description)")
         }
@@ -278,11 +285,7 @@ struct Preflight {
         for (vm, disk) in plan.allDisks {
             do {
                 try sessions.hypervisor.checkAddress(vm.address.stored, allowShared: policy.allowSharedSocket)
-                try DestinationCheck.checkFormat(disk, strategy: policy.strategy)
-                if !(disk.resolvedFormat == .raw && isBlockDevice(disk.destination)) {
-                    try DestinationCheck.refuseExisting(disk.destination)
-                    try DestinationCheck.checkDirectory(of: disk.destination)
-                }
+                try DestinationCheck.check(disk, strategy: policy.strategy, virtualSize: nil)
             } catch let error as PreflightError {
                 throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': \(error.description)")
             } catch let error as BackendError {

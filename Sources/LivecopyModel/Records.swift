@@ -235,11 +235,11 @@ public struct NewPlan: Sendable {
             self.qmpDevice = qmpDevice
         }
 
-        /// `disk` of `vm` as the plan names it, its source not known yet (a plan recorded
-        /// detached, or refused).
-        public init(vm: Plan.VM, disk: Plan.Disk) {
+        /// `disk` of `vm` as the plan names it, copied per `strategy`, its source not known
+        /// yet (a plan recorded detached, or refused).
+        public init(vm: Plan.VM, disk: Plan.Disk, strategy: CopyStrategy) {
             self.init(vmName: vm.name, vmAddress: vm.address.stored, device: disk.device, destination: disk.destination,
-                      destinationFormat: disk.resolvedFormat)
+                      strategy: strategy, destinationFormat: disk.resolvedFormat)
         }
     }
 

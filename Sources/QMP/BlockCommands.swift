@@ -203,17 +203,15 @@ extension QMPSession {
     /// `blockdev-mirror` of `device`'s whole chain (`sync: full`) into node `target`, as
     /// job `jobId`, never auto-finalized nor auto-dismissed: the pivot happens only at
     /// `job-finalize`, after `block-job-complete`.
-    /// `onError` is both `on-source-error` and `on-target-error`; `bufSize` and
-    /// `granularity` nil leave QEMU's defaults.
+    /// `onError` is both `on-source-error` and `on-target-error`; `buf-size` and
+    /// `granularity` keep QEMU's defaults.
     public func blockdevMirror(device: String, jobId: String, targetNode: String, speed: Int64, onError: String,
-                               copyMode: String, bufSize: Int64?, granularity: Int64?) async throws {
-        var arguments: [String: JSONValue] = [
+                               copyMode: String) async throws {
+        let arguments: [String: JSONValue] = [
             "device": .string(device), "job-id": .string(jobId), "target": .string(targetNode),
             "sync": "full", "auto-finalize": false, "auto-dismiss": false, "speed": .int(speed),
             "on-source-error": .string(onError), "on-target-error": .string(onError), "copy-mode": .string(copyMode),
         ]
-        if let bufSize { arguments["buf-size"] = .int(bufSize) }
-        if let granularity { arguments["granularity"] = .int(granularity) }
         try await execute("blockdev-mirror", arguments)
     }
 

@@ -116,8 +116,7 @@ public final class QMPVMSession: VMSession {
         try await QMPErrors.mapping("blockdev-mirror") {
             try await qmp.blockdevMirror(
                 device: request.disk, jobId: request.jobId, targetNode: request.targetNode, speed: request.speed,
-                onError: request.onError, copyMode: request.copyMode, bufSize: request.bufSize,
-                granularity: request.granularity)
+                onError: request.onError, copyMode: request.copyMode)
         }
     }
 

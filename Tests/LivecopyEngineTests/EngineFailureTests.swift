@@ -192,7 +192,9 @@ extension EngineFailureTests {
         policy.spaceMargin = 1.1
         func recordDetached() throws -> Int64 {
             try engine.checkOffline(Self.plan(setup), policy: policy)
-            return try engine.record(Self.plan(setup), policy: policy, disks: Self.plan(setup).allDisks.map(NewPlan.Disk.init)).id
+            return try engine.record(Self.plan(setup), policy: policy, disks: Self.plan(setup).allDisks.map {
+                NewPlan.Disk(vm: $0.vm, disk: $0.disk, strategy: policy.strategy)
+            }).id
         }
         let refusedId = try recordDetached()
         let refused = try await engine.run(planId: refusedId)
