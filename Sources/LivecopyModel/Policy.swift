@@ -74,6 +74,8 @@ public struct Policy: Codable, Sendable, Equatable {
     /// Preflight refuses a plan unless each destination filesystem has free space for the
     /// allocated size of the sources copied onto it, times this factor; 0 skips the check.
     public var spaceMargin: Double
+    /// Commands that tell the VM's manager where each disk went (`hooks:`, docs/hooks.md).
+    public var hooks: HookSettings
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case strategy
@@ -91,6 +93,7 @@ public struct Policy: Codable, Sendable, Equatable {
         case qmpRetries = "qmp_retries"
         case qmpRetryBackoff = "qmp_retry_backoff"
         case spaceMargin = "space_margin"
+        case hooks
     }
 
     /// The built-in values, used only if the shipped `default.yaml` is somehow absent.
@@ -103,8 +106,10 @@ public struct Policy: Codable, Sendable, Equatable {
         retireSource: RetireSource, speed: Int64, maxParallelDisks: Int, onFailure: OnFailure,
         afterRestart: AfterRestart, onError: OnIOError, ioErrorWait: Double, progressInterval: Double,
         commandTimeout: Double, allowSharedSocket: Bool = false, qmpRetries: Int = 3, qmpRetryBackoff: Double = 0.5,
-        spaceMargin: Double = 1.1, strategy: CopyStrategy = .stream, copyMode: CopyMode = .background
+        spaceMargin: Double = 1.1, strategy: CopyStrategy = .stream, copyMode: CopyMode = .background,
+        hooks: HookSettings = .none
     ) {
+        self.hooks = hooks
         self.strategy = strategy
         self.copyMode = copyMode
         self.retireSource = retireSource
@@ -140,6 +145,7 @@ public struct Policy: Codable, Sendable, Equatable {
         qmpRetries = try container.decodeIfPresent(Int.self, forKey: .qmpRetries) ?? Self.fallback.qmpRetries
         qmpRetryBackoff = try container.decodeIfPresent(Double.self, forKey: .qmpRetryBackoff) ?? Self.fallback.qmpRetryBackoff
         spaceMargin = try container.decodeIfPresent(Double.self, forKey: .spaceMargin) ?? Self.fallback.spaceMargin
+        hooks = try container.decodeIfPresent(HookSettings.self, forKey: .hooks) ?? .none
     }
 }
 
@@ -200,6 +206,7 @@ extension Policy {
             case .qmpRetries: policy.qmpRetries = try value.integer(in: 0...100)
             case .qmpRetryBackoff: policy.qmpRetryBackoff = try value.duration(allowZero: true)
             case .spaceMargin: policy.spaceMargin = try value.factor(in: 0...100)
+            case .hooks: policy.hooks = try HookSettings.parse(value)
             }
         }
         return policy

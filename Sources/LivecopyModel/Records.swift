@@ -63,13 +63,22 @@ public struct DiskRecord: Sendable, Equatable {
     /// Mirror strategy: the device pivoted onto the destination (recorded in the pivot's
     /// outcome). From then on the destination is the truth, whatever state follows.
     public var pivoted: Bool
+    /// A hook whose run was announced (in the same write as the step that called for it)
+    /// and whose outcome is not recorded yet; `recover` runs it again after a crash.
+    public var pendingHook: HookEvent?
+    /// The bytes allocated in the source chain when preflight looked: what the copy job
+    /// really copies (nil: not known, as for a plan recorded detached).
+    public var allocatedBytes: Int64?
 
     public init(
         id: Int64, planId: Int64, vmName: String, vmAddress: String, device: String, destination: String,
         source: String?, sourceFormat: String?, qmpDevice: String?, state: DiskState, bytesDone: Int64,
         bytesTotal: Int64, error: String?, intent: DiskIntent?, destinationCreated: Bool, updatedAt: Date,
-        strategy: CopyStrategy = .stream, destinationFormat: DestinationFormat = .qcow2, pivoted: Bool = false
+        strategy: CopyStrategy = .stream, destinationFormat: DestinationFormat = .qcow2, pivoted: Bool = false,
+        pendingHook: HookEvent? = nil, allocatedBytes: Int64? = nil
     ) {
+        self.pendingHook = pendingHook
+        self.allocatedBytes = allocatedBytes
         self.strategy = strategy
         self.destinationFormat = destinationFormat
         self.pivoted = pivoted
@@ -220,10 +229,14 @@ public struct NewPlan: Sendable {
         public var qmpDevice: String?
         public var strategy: CopyStrategy
         public var destinationFormat: DestinationFormat
+        /// The bytes allocated in the source chain, as preflight found them.
+        public var allocatedBytes: Int64?
 
         public init(vmName: String, vmAddress: String, device: String, destination: String,
                     source: String? = nil, sourceFormat: String? = nil, qmpDevice: String? = nil,
-                    strategy: CopyStrategy = .stream, destinationFormat: DestinationFormat = .qcow2) {
+                    strategy: CopyStrategy = .stream, destinationFormat: DestinationFormat = .qcow2,
+                    allocatedBytes: Int64? = nil) {
+            self.allocatedBytes = allocatedBytes
             self.strategy = strategy
             self.destinationFormat = destinationFormat
             self.vmName = vmName

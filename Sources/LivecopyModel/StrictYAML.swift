@@ -144,6 +144,14 @@ struct StrictYAML {
         return value
     }
 
+    /// A scalar taken exactly as written (an argument of a command: no trimming, may be
+    /// empty), without NUL, which no argument can hold.
+    func argument() throws -> String {
+        guard case .scalar(let scalar) = node else { throw fail("must be a string") }
+        guard !scalar.string.unicodeScalars.contains("\0") else { throw fail("must not contain a NUL character") }
+        return scalar.string
+    }
+
     /// A scalar, one of `choices`.
     func choice<T: RawRepresentable & CaseIterable>(_ type: T.Type) throws -> T where T.RawValue == String {
         let raw = try string()

@@ -70,7 +70,8 @@ extension SQLiteStore {
             intent: intent, destinationCreated: try value("destination_created"),
             updatedAt: try date(row, "updated_at", of: "disks") ?? Date(),
             strategy: try choice(row, "strategy"), destinationFormat: try choice(row, "destination_format"),
-            pivoted: try value("pivoted"))
+            pivoted: try value("pivoted"), pendingHook: try optionalChoice(row, "pending_hook"),
+            allocatedBytes: try value("allocated_bytes"))
     }
 
     /// A disks column holding one of an enumeration's raw values.
@@ -78,6 +79,15 @@ extension SQLiteStore {
         let text: String = try column(row, name, of: "disks")
         guard let value = T(rawValue: text) else { throw StoreError("disk has unknown \(name) '\(text)'") }
         return value
+    }
+
+    /// A nullable disks column holding one of an enumeration's raw values.
+    private static func optionalChoice<T: RawRepresentable>(_ row: Row, _ name: String) throws -> T? where T.RawValue == String {
+        let text: String? = try column(row, name, of: "disks")
+        return try text.map { text in
+            guard let value = T(rawValue: text) else { throw StoreError("disk has unknown \(name) '\(text)'") }
+            return value
+        }
     }
 
     static func eventRecord(_ row: Row) throws -> EventRecord {

@@ -24,12 +24,13 @@ extension SQLiteStore {
                 try db.executeCached(
                     sql: """
                         INSERT INTO disks (plan_id, vm_name, vm_address, device, destination, source, source_format,
-                                           qmp_device, state, updated_at, strategy, destination_format)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)
+                                           qmp_device, state, updated_at, strategy, destination_format,
+                                           allocated_bytes)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
                         """,
                     arguments: [planId, disk.vmName, disk.vmAddress, disk.device, disk.destination, disk.source,
                                 disk.sourceFormat, disk.qmpDevice, at.timeIntervalSince1970, disk.strategy.rawValue,
-                                disk.destinationFormat.rawValue])
+                                disk.destinationFormat.rawValue, disk.allocatedBytes])
             }
             let detail = plan.error.map { "plan \(plan.state.rawValue): \($0)" }
                 ?? "plan recorded with \(plan.disks.count) disk(s), policy \(plan.policyReference ?? "default")"
@@ -83,12 +84,13 @@ extension SQLiteStore {
         try db.executeCached(
             sql: """
                 UPDATE disks SET source = ?, source_format = ?, qmp_device = ?, state = ?, bytes_done = ?,
-                    bytes_total = ?, error = ?, intent = ?, destination_created = ?, updated_at = ?, pivoted = ?
+                    bytes_total = ?, error = ?, intent = ?, destination_created = ?, updated_at = ?, pivoted = ?,
+                    pending_hook = ?
                 WHERE id = ? AND state = ?
                 """,
             arguments: [disk.source, disk.sourceFormat, disk.qmpDevice, disk.state.rawValue, disk.bytesDone,
                         disk.bytesTotal, disk.error, disk.intent?.rawValue, disk.destinationCreated,
-                        at.timeIntervalSince1970, disk.pivoted, disk.id, expecting.rawValue])
+                        at.timeIntervalSince1970, disk.pivoted, disk.pendingHook?.rawValue, disk.id, expecting.rawValue])
         guard db.changesCount == 1 else {
             throw StoreError(.conflict("disk \(disk.id) is no longer \(expecting.rawValue)"))
         }

@@ -43,6 +43,7 @@ struct OlderDatabaseTests {
     static let fixtures = [
         Fixture(fileName: "0004-interrupted-mid-stream.db", schema: 4),
         Fixture(fileName: "0005-interrupted-mid-stream.db", schema: 5),
+        Fixture(fileName: "0006-interrupted-mid-stream.db", schema: 6),
     ]
 
     // MARK: - The convention
