@@ -50,7 +50,8 @@ extension Engine {
     /// Records plan `planId` (pending) as refused for `reason`, its disks dropped with it.
     func refuseDetached(planId: Int64, disks: [DiskRecord], reason: String) async throws {
         for disk in disks {
-            try await DiskLedger(disk: disk, store: store, observer: observer)
+            // Refused before anything was touched: no VM manager has anything to learn.
+            try await DiskLedger(disk: disk, store: store, observer: observer, hooks: .none)
                 .transition(to: .rolledBack, "refused before anything was touched: \(reason)") { $0.error = reason }
         }
         guard var plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }

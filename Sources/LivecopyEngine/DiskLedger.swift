@@ -15,11 +15,15 @@ final class DiskLedger: Sendable {
     private let state: Mutex<State>
     private let store: any WorkflowStore
     private let observer: any EngineObserver
+    /// The plan's hooks: a transition into a state that calls for one records it pending
+    /// in the same write (`HookEvent.entering`).
+    let hooks: HookSettings
 
-    init(disk: DiskRecord, store: any WorkflowStore, observer: any EngineObserver) {
+    init(disk: DiskRecord, store: any WorkflowStore, observer: any EngineObserver, hooks: HookSettings) {
         self.state = Mutex(State(disk: disk))
         self.store = store
         self.observer = observer
+        self.hooks = hooks
     }
 
     /// The disk's record as last persisted (or reloaded).
@@ -48,6 +52,10 @@ final class DiskLedger: Sendable {
             updated.intent = nil
             if next != .completed && next != .rolledBack { detail += " (open intent \(open.rawValue) settled from what QEMU shows)" }
         }
+        if let hook = HookEvent.entering(next), hooks.command(for: hook) != nil {
+            detail += hookCalled(hook, replacing: updated.pendingHook)
+            updated.pendingHook = hook
+        }
         try await store.save(disk: updated, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
@@ -72,6 +80,34 @@ final class DiskLedger: Sendable {
             $0.intent = action
         }
     }
+
+    /// Says, for the event of the write that calls for `hook`, that it will run, and which
+    /// hook not yet run it replaces: the newer says where the disk is now.
+    func hookCalled(_ hook: HookEvent, replacing earlier: HookEvent?) -> String {
+        let replaced = earlier.map { $0 == hook ? "" : "; hook \($0.rawValue) superseded before it ran" } ?? ""
+        return "; hook \(hook.rawValue) to run\(replaced)"
+    }
+
+    /// Records that the pending hook's program is about to run (its start in the timeline;
+    /// the pending hook itself was recorded with the step that called for it).
+    func hookStarting(_ hook: HookEvent, _ detail: String) async throws {
+        try await record(.intent, action: "hook:\(hook.rawValue)", detail) { _ in }
+    }
+
+    /// Records how the hook's run ended. `keepPending` leaves it pending, for a
+    /// consequence recorded by the next write (a rollback) that clears it.
+    func hookFinished(_ hook: HookEvent, _ detail: String, keepPending: Bool) async throws {
+        try await record(.outcome, action: "hook:\(hook.rawValue)", detail) {
+            if !keepPending { $0.pendingHook = nil }
+        }
+        observer.note(disk, "hook \(hook.rawValue): \(detail)")
+    }
+
+    /// The disk's plan, as recorded.
+    func plan() throws -> PlanRecord? { try store.plan(id: disk.planId) }
+
+    /// The disk's events, oldest first.
+    func events() throws -> [EventRecord] { try store.events(ofPlan: disk.planId).filter { $0.diskId == disk.id } }
 
     /// Marks the end of the side effect announced by the pending intent (for crash tests).
     func sent() {

@@ -82,6 +82,9 @@ extension DiskWorkflow {
             }
             try await pivotSeen(entry)
         }
+        // The VM runs on the destination now: its manager learns it first (a failed
+        // on_switch may roll the disk back, which only `mirroring` still can).
+        if try await runPendingHook() { return }
         try await verifyStandalone()
         try await updateManagerRecord()
         try await ledger.transition(to: .retiring, "\(disk.destination) stands alone") { $0.error = nil }
@@ -91,9 +94,12 @@ extension DiskWorkflow {
     /// the pivot intent), from then on the destination is the truth.
     func pivotSeen(_ entry: VMDisk) async throws {
         guard !disk.pivoted || disk.intent == .pivot else { return }
-        try await ledger.outcome("pivoted: the VM runs on \(disk.destination)") {
+        let hook = ledger.hooks.command(for: .onSwitch) == nil ? nil : HookEvent.onSwitch
+        let called = hook.map { ledger.hookCalled($0, replacing: disk.pendingHook) } ?? ""
+        try await ledger.outcome("pivoted: the VM runs on \(disk.destination)\(called)") {
             $0.pivoted = true
             $0.qmpDevice = (try? self.deviceName(entry)) ?? $0.qmpDevice
+            if let hook { $0.pendingHook = hook }
         }
     }
 

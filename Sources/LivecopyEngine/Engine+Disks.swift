@@ -15,7 +15,8 @@ extension Engine {
                     _ step: @escaping @Sendable (DiskWorkflow, _ settledBySnapshot: Bool) async throws -> Void) async -> Error? {
         let disks: [DiskRecord]
         do {
-            disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal }
+            // A final disk comes back only for a hook left pending by a crash.
+            disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal || $0.pendingHook != nil }
         } catch {
             return error
         }
@@ -41,12 +42,16 @@ extension Engine {
     /// that cannot be reached leaves the disk's state as it is (the plan is interrupted).
     private func drive(_ recorded: DiskRecord, policy: Policy, snapshots: VMSnapshotBarrier?, pivots: MirrorPivots?,
                        _ step: (DiskWorkflow, Bool) async throws -> Void) async -> Error? {
-        let ledger = DiskLedger(disk: recorded, store: store, observer: observer)
+        let ledger = DiskLedger(disk: recorded, store: store, observer: observer, hooks: policy.hooks)
         do {
             // Another disk's step (its VM's snapshot) may have moved this one since the plan was read.
             try ledger.reload()
             let disk = ledger.disk
-            if disk.state.isFinal { return nil }
+            if disk.state.isFinal {
+                // Its hook needs no VM.
+                if let hook = disk.pendingHook { try await HookCall(ledger: ledger).runRecordingFailure(hook) }
+                return nil
+            }
             do {
                 try sessions.hypervisor.checkAddress(disk.vmAddress, allowShared: policy.allowSharedSocket)
             } catch {
@@ -102,7 +107,7 @@ extension Engine {
     func snapshotPhase(of disk: DiskRecord, session: any VMSession, policy: Policy) async throws -> Set<Int64> {
         let members = try store.disks(ofPlan: disk.planId)
             .filter { $0.vmAddress == disk.vmAddress && !$0.state.isFinal && $0.strategy == .stream }
-            .map { workflow(DiskLedger(disk: $0, store: store, observer: observer), session: session, policy: policy) }
+            .map { workflow(DiskLedger(disk: $0, store: store, observer: observer, hooks: policy.hooks), session: session, policy: policy) }
         return try await VMSnapshot(vmName: disk.vmName, members: members).run()
     }
 }

@@ -164,7 +164,7 @@ public final class Engine: Sendable {
             let reason = mode == .rollback ? "rollback requested" : "plan cancelled"
             // Disks never started need no VM to be dropped.
             for disk in try store.disks(ofPlan: planId) where disk.state == .pending {
-                try await DiskLedger(disk: disk, store: store, observer: observer)
+                try await DiskLedger(disk: disk, store: store, observer: observer, hooks: plan.policy.hooks)
                     .transition(to: .rolledBack, "\(reason): nothing had been done")
             }
             let rollback = Task { () -> Error? in

@@ -150,6 +150,7 @@ struct Preflight {
 
     func run(_ plan: Plan, policy: Policy) async throws -> [NewPlan.Disk] {
         try checkOtherPlans(plan)
+        try checkHooks(policy)
         var disks: [NewPlan.Disk] = []
         var sources = Set<String>()
         var space = FreeSpaceCheck(margin: policy.spaceMargin)
@@ -282,6 +283,7 @@ struct Preflight {
     /// The checks that need no VM.
     func checkOffline(_ plan: Plan, policy: Policy) throws {
         try checkOtherPlans(plan)
+        try checkHooks(policy)
         for (vm, disk) in plan.allDisks {
             do {
                 try sessions.hypervisor.checkAddress(vm.address.stored, allowShared: policy.allowSharedSocket)
@@ -292,6 +294,11 @@ struct Preflight {
                 throw PreflightError("VM '\(vm.name)' disk '\(disk.device)': \(error.description)")
             }
         }
+    }
+
+    /// Every hook's program may be run as livecopy's user (`HookProgramCheck`).
+    private func checkHooks(_ policy: Policy) throws {
+        if let problem = HookProgramCheck.problems(policy.hooks).first { throw PreflightError(problem) }
     }
 
     /// A plan not yet final must not claim the same destination or the same VM disk.

@@ -16,15 +16,17 @@ public enum HookEvent: String, Codable, CaseIterable, Sendable {
     /// The disk needs an operator's decision (`needs_attention`).
     case onNeedsAttention = "on_needs_attention"
 
-    /// The hook, if any, that a disk entering `state` calls for. The switch is not a state
-    /// change of its own for the mirror strategy (it is the pivot), so `on_switch` is set
-    /// where the switch is recorded, not here.
+    /// The hook, if any, that a disk entering `state` calls for. Only a stream disk enters
+    /// `streaming`, and it does so once the VM writes into the destination (after the
+    /// snapshot, or resumed on it): `on_switch`. The mirror strategy's switch is not a
+    /// state change (it is the pivot), so its `on_switch` is set where the pivot is recorded.
     public static func entering(_ state: DiskState) -> HookEvent? {
         switch state {
+        case .streaming: return .onSwitch
         case .completed: return .onComplete
         case .rolledBack: return .onRollback
         case .needsAttention: return .onNeedsAttention
-        case .pending, .snapshotting, .streaming, .mirroring, .retiring, .failed, .rollingBack: return nil
+        case .pending, .snapshotting, .mirroring, .retiring, .failed, .rollingBack: return nil
         }
     }
 }

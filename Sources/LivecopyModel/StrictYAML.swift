@@ -18,7 +18,8 @@ public struct InputError: Error, CustomStringConvertible, Sendable, Equatable {
         }
     }
 
-    static func escapingLineBreaks(_ text: String) -> String {
+    /// `text` with its control characters and line breaks escaped: one line.
+    public static func escapingLineBreaks(_ text: String) -> String {
         guard text.unicodeScalars.contains(where: breaks) else { return text }
         var escaped = String.UnicodeScalarView()
         for scalar in text.unicodeScalars {
