@@ -41,11 +41,15 @@ public final class QEMUVirtualMachine: Sendable {
     /// waits (up to `startTimeout` seconds) until both sockets exist.
     ///
     /// - Parameter extraArguments: more QEMU arguments, appended last (e.g. `-blockdev`).
+    /// - Parameter launchScript: a shell script that starts this VM instead (`/bin/sh
+    ///   launchScript`; it must `exec` QEMU with the sockets `commandLine` names, as a VM
+    ///   manager's start script does); `drives` and `extraArguments` are then unused.
     public init(
         name: String,
         directory: URL,
         drives: [(id: String, image: String, format: String)],
         extraArguments: [String] = [],
+        launchScript: String? = nil,
         startTimeout: Double = 10
     ) throws {
         guard let qemu = QEMUTools.find("qemu-system-x86_64") else {
@@ -62,15 +66,12 @@ public final class QEMUVirtualMachine: Sendable {
             try? FileManager.default.removeItem(atPath: socket)
         }
 
-        var arguments = [
-            "-machine", "none", "-nodefaults", "-display", "none",
-            "-qmp", "unix:\(livecopySocket),server=on,wait=off",
-            "-qmp", "unix:\(testSocket),server=on,wait=off",
-        ]
-        for drive in drives {
-            arguments += ["-drive", "if=none,id=\(drive.id),format=\(drive.format),file=\(drive.image)"]
+        var arguments = Self.arguments(name: name, directory: directory, drives: drives) + extraArguments
+        var program = qemu
+        if let launchScript {
+            program = "/bin/sh"
+            arguments = [launchScript]
         }
-        arguments += extraArguments
 
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -80,10 +81,10 @@ public final class QEMUVirtualMachine: Sendable {
         }
         defer { try? log.close() }
         logStart = log.seekToEndOfFile()
-        log.write(Data("$ \(QEMUTools.commandLine(qemu, arguments))\n".utf8))
+        log.write(Data("$ \(QEMUTools.commandLine(program, arguments))\n".utf8))
 
         process = Process()
-        process.executableURL = URL(fileURLWithPath: qemu)
+        process.executableURL = URL(fileURLWithPath: program)
         process.arguments = arguments
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = log
@@ -115,6 +116,29 @@ public final class QEMUVirtualMachine: Sendable {
 
     deinit {
         killAndReap()
+    }
+
+    /// QEMU's arguments for the VM `name` in `directory` (its two monitors) with `drives`.
+    public static func arguments(name: String, directory: URL, drives: [(id: String, image: String, format: String)]) -> [String] {
+        var arguments = [
+            "-machine", "none", "-nodefaults", "-display", "none",
+            "-qmp", "unix:\(directory.appendingPathComponent("\(name).qmp").path),server=on,wait=off",
+            "-qmp", "unix:\(directory.appendingPathComponent("\(name).test.qmp").path),server=on,wait=off",
+        ]
+        for drive in drives {
+            arguments += ["-drive", "if=none,id=\(drive.id),format=\(drive.format),file=\(drive.image)"]
+        }
+        return arguments
+    }
+
+    /// The whole command line of that VM, quoted for a shell (one line), as a VM manager's
+    /// start script or command-line file holds it.
+    public static func commandLine(name: String, directory: URL, drives: [(id: String, image: String, format: String)]) throws -> String {
+        guard let qemu = QEMUTools.find("qemu-system-x86_64") else {
+            throw QEMUFixtureError.toolNotFound("qemu-system-x86_64")
+        }
+        return ([qemu] + arguments(name: name, directory: directory, drives: drives))
+            .map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
     }
 
     /// The text QEMU printed since this instance started (qemu-io results land here).

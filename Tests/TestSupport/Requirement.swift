@@ -16,6 +16,8 @@ public enum Requirement: Sendable, CustomStringConvertible {
     case libvirt
     /// Root, and `losetup` attaches a file as a loop device (a block device destination).
     case loopDevice
+    /// `python3` on PATH (the hooks of contrib/hooks are Python scripts).
+    case python3
 
     public var description: String {
         switch self {
@@ -24,6 +26,7 @@ public enum Requirement: Sendable, CustomStringConvertible {
         case .chattr: return "chattr +i (root, on a file system with immutable files)"
         case .libvirt: return "libvirt (root, and libvirtd answering virsh -c \(Virsh.uri) version)"
         case .loopDevice: return "a loop device (root, and losetup)"
+        case .python3: return "python3 (for contrib/hooks)"
         }
     }
 
@@ -44,6 +47,9 @@ public enum Requirement: Sendable, CustomStringConvertible {
         case .loopDevice:
             if getuid() != 0 { return "not root (uid \(getuid())), so no loop device can be attached" }
             return LoopDevice.missing
+        case .python3:
+            let found = ["/usr/bin/python3", "/usr/local/bin/python3"].contains { FileManager.default.isExecutableFile(atPath: $0) }
+            return found ? nil : "python3 is neither /usr/bin/python3 nor /usr/local/bin/python3 (the PATH hooks run with)"
         }
     }
 
