@@ -37,7 +37,7 @@ extension HookSettings {
     }
 
     private static func command(_ node: StrictYAML, defaultTimeout: Double) throws -> HookCommand {
-        if case .sequence = node.node {
+        guard case .mapping = node.node else {
             return HookCommand(argv: try argv(node), timeout: defaultTimeout)
         }
         let members = try node.mapping(allowed: ["command", "timeout"])

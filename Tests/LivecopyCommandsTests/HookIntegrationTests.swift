@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import LivecopyModel
 import LivecopyStore
 import TestSupport
@@ -147,6 +148,50 @@ struct HookIntegrationTests {
         #expect(active.file == rig.destination && active.backing == nil, "restarted on \(active)")
         await rig.vm.stop()
         try rig.expectDestinationHoldsEverything("after the crash in the hook and recover")
+    }
+
+    // MARK: - needs_attention and on_complete, through an inventory
+
+    @Test(.timeLimit(.minutes(4)))
+    func theInventoryFollowsTheDiskThroughASplitBrainToCompletion() async throws {
+        let hooks = try HookDirectory()
+        defer { hooks.remove() }
+        let inventory = try hooks.installContrib("inventory-update")
+        let rig = try Rig("lc-hook-inventory", dataMiB: 16, policy: "")
+        defer { rig.scratch.remove() }
+        let database = rig.scratch.appending("inventory.sqlite")
+        let update = [inventory, "--sqlite", database]
+        try Self.policy(hooks: ["on_switch": update, "on_needs_attention": update, "on_complete": update], extra: "speed: 4M\n")
+            .write(toFile: rig.scratch.appending("policy.yaml"), atomically: true, encoding: .utf8)
+        func recorded() throws -> [String?] {
+            try DatabaseQueue(path: database).read { db in
+                let row = try Row.fetchOne(db, sql: "SELECT image, state, hook FROM disks WHERE vm = 'vm' AND device = 'drive0'")
+                return ["image", "state", "hook"].map { row?[$0] as String? }
+            }
+        }
+
+        try await rig.write(slot: 0)
+        let submit = try rig.livecopy.start(["submit", rig.planPath])
+        try await rig.waitForStreamJob(status: ["running"])
+        #expect(try recorded() == [rig.destination, "streaming", "on_switch"])
+        try await rig.write(slot: 1)
+        kill(submit.process.processIdentifier, SIGKILL)
+        rig.vm.kill()
+        _ = try await submit.wait(timeout: 60)
+        // The wrong restart, on the source: livecopy touches nothing and asks for attention.
+        rig.vm = try QEMUVirtualMachine(name: "vm", directory: rig.scratch.url, drives: [(id: "drive0", image: rig.source, format: "qcow2")])
+        let refused = try await rig.livecopy.run(["recover"])
+        #expect(refused.status != 0)
+        #expect(try recorded() == [rig.destination, "needs_attention", "on_needs_attention"],
+                "the inventory keeps the image that holds the newest writes")
+
+        await rig.vm.stop()
+        rig.vm = try QEMUVirtualMachine(name: "vm", directory: rig.scratch.url, drives: [(id: "drive0", image: rig.destination, format: "qcow2")])
+        let recover = try await rig.livecopy.run(["recover"])
+        #expect(recover.status == 0, "\(recover.stderr)")
+        #expect(try recorded() == [rig.destination, "completed", "on_complete"])
+        await rig.vm.stop()
+        try rig.expectDestinationHoldsEverything("after the split brain")
     }
 
     // MARK: - A failing on_switch
