@@ -15,12 +15,15 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         public var error: String?
         /// The image the VM must boot from if restarted now (null while unknown).
         public var bootImage: String?
+        /// A hook whose run was announced and whose outcome is not recorded yet (null: none).
+        public var pendingHook: String?
 
         enum CodingKeys: String, CodingKey {
             case vm, device, source, destination, state, error
             case bytesDone = "bytes_done"
             case bytesTotal = "bytes_total"
             case bootImage = "boot_image"
+            case pendingHook = "pending_hook"
         }
 
         /// Absent values are written as `null`: every key of the contract is always present.
@@ -35,6 +38,7 @@ public struct PlanDocument: Codable, Sendable, Equatable {
             try container.encode(bytesTotal, forKey: .bytesTotal)
             try container.encode(error, forKey: .error)
             try container.encode(bootImage, forKey: .bootImage)
+            try container.encode(pendingHook, forKey: .pendingHook)
         }
     }
 
@@ -132,7 +136,7 @@ public struct PlanDocument: Codable, Sendable, Equatable {
             let boot: String? = bootImages.map { $0[disk.id] } ?? disk.bootImage
             return Disk(vm: disk.vmName, device: disk.device, source: disk.source, destination: disk.destination,
                         state: disk.state.rawValue, bytesDone: disk.bytesDone, bytesTotal: disk.bytesTotal,
-                        error: disk.error, bootImage: boot)
+                        error: disk.error, bootImage: boot, pendingHook: disk.pendingHook?.rawValue)
         }
         let names = Dictionary(uniqueKeysWithValues: disks.map { ($0.id, "\($0.vmName)/\($0.device)") })
         self.events = events?.map {
