@@ -46,12 +46,11 @@ extension Engine {
         do {
             // Another disk's step (its VM's snapshot) may have moved this one since the plan was read.
             try ledger.reload()
+            // A hook left pending by a crash needs no VM: the manager learns where the disk
+            // is even while the VM is down (a final disk comes here only for that).
+            try await HookCall(ledger: ledger).runPending()
             let disk = ledger.disk
-            if disk.state.isFinal {
-                // Its hook needs no VM.
-                if let hook = disk.pendingHook { try await HookCall(ledger: ledger).runRecordingFailure(hook) }
-                return nil
-            }
+            if disk.state.isFinal { return nil }
             do {
                 try sessions.hypervisor.checkAddress(disk.vmAddress, allowShared: policy.allowSharedSocket)
             } catch {

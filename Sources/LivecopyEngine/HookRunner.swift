@@ -189,8 +189,9 @@ enum HookRunner {
         return descriptor
     }
 
-    /// "0.4 s", "12 s".
+    /// "35 ms", "1.4 s", "12 s".
     static func secondsText(_ seconds: Double) -> String {
-        seconds < 10 ? String(format: "%.1f s", seconds) : "\(Int(seconds.rounded())) s"
+        if seconds < 1 { return "\(Int((seconds * 1000).rounded())) ms" }
+        return seconds < 10 ? String(format: "%.1f s", seconds) : "\(Int(seconds.rounded())) s"
     }
 }
