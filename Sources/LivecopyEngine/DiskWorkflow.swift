@@ -44,13 +44,6 @@ final class DiskWorkflow: Sendable {
     /// unless its VM's snapshot phase (`Engine.snapshotPhase`) settled it in this run
     /// (`settledBySnapshot`): a disk that phase just failed is not resumed again at once.
     func run(settledBySnapshot: Bool = false) async throws {
-        // A hook left pending (by a crash, or by the step that called for it) runs first:
-        // it tells the VM's manager where the disk stands now.
-        do {
-            try await runPendingHook()
-        } catch {
-            guard try await settle(error) else { return }
-        }
         // A disk the VM's snapshot just failed is not resumed again in the same run.
         if !settledBySnapshot && (disk.state == .failed || disk.state == .needsAttention) {
             do {
@@ -66,6 +59,8 @@ final class DiskWorkflow: Sendable {
         while true {
             if Task.isCancelled { return }
             do {
+                // A hook the last step called for (the engine ran one left by a crash
+                // already) tells the VM's manager where the disk stands, before it goes on.
                 try await runPendingHook()
                 switch disk.state {
                 case .pending where disk.strategy == .mirror: try await beginMirror()
