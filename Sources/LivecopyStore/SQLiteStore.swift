@@ -67,6 +67,12 @@ public final class SQLiteStore: WorkflowStore, Sendable {
         }
     }
 
+    /// A store over a connection already opened and checked (`SQLiteStore+Reading`).
+    init(opened: DatabaseQueue, path: String) {
+        self.queue = opened
+        self.path = path
+    }
+
     /// The connection's `PRAGMA synchronous` level (2 = FULL, what every commit uses).
     public func synchronousLevel() throws -> Int {
         try read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
