@@ -10,16 +10,16 @@ extension SQLiteStore {
     ///
     /// - no database at `path` (or nil): an empty one in memory, as a new database would
     ///   be (no plans, no history); nothing is created on disk;
-    /// - a database of this livecopy's schema: opened in place with `PRAGMA query_only`.
-    ///   The connection writes nothing; SQLite's `-wal` and `-shm` files exist while it
-    ///   is open, as for any reader, and are removed as it closes when no other process
-    ///   has the database open;
+    /// - a database of this livecopy's schema: opened in place. Nothing is written through
+    ///   it; SQLite's `-wal` and `-shm` files exist while it is open, as for any reader,
+    ///   and are removed as it closes when no other process has the database open (a
+    ///   connection opened with SQLite's read-only flag would leave them behind);
     /// - a database of an older schema: copied into memory and migrated there, so the file
     ///   keeps its schema until a command that records plans migrates it;
     /// - a newer schema, or a migration that differs from this livecopy's: refused, as
     ///   every command refuses it.
     ///
-    /// Writing through the store this returns fails.
+    /// Every write through the store this returns is refused (a `StoreError`).
     public static func readingOnly(at path: String?, busyTimeout: Double = 5,
                                    migrations: [Migration] = Migration.embedded) throws -> SQLiteStore {
         let migrator = Migrator(migrations: migrations)
@@ -29,13 +29,12 @@ extension SQLiteStore {
         var config = Configuration()
         config.busyMode = .timeout(busyTimeout)
         config.foreignKeysEnabled = true
-        config.prepareDatabase { db in try db.execute(sql: "PRAGMA query_only = 1") }
         do {
             let file = try DatabaseQueue(path: path, configuration: config)
             let applied = try file.read { db in try migrator.appliedVersions(db, path: path) }
             if Set(migrations.map(\.version)).isSubset(of: applied) {
                 logger.debug("database opened to read only", metadata: ["path": "\(path)"])
-                return SQLiteStore(opened: file, path: path)
+                return SQLiteStore(readingOnly: file, path: path)
             }
             logger.debug("database of an older schema read into memory", metadata: ["path": "\(path)"])
             return try inMemory(copying: file, path: path, migrator: migrator)
@@ -54,7 +53,7 @@ extension SQLiteStore {
             let memory = try DatabaseQueue(configuration: config)
             if let source { try source.backup(to: memory) }
             try migrator.migrate(memory, path: path)
-            return SQLiteStore(opened: memory, path: path)
+            return SQLiteStore(readingOnly: memory, path: path)
         } catch let error as StoreError {
             throw error
         } catch {

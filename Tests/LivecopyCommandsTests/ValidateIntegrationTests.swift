@@ -321,3 +321,41 @@ struct ValidateIntegrationTests {
         Self.expectNoDatabase(database)
     }
 }
+
+/// `validate` on a libvirt domain: the same preflight through libvirt, sizes from the
+/// images libvirt's QEMU holds, nothing recorded.
+@Suite(.serialized, .requires(.libvirt, .qemu))
+struct ValidateLibvirtTests {
+    @Test(.timeLimit(.minutes(3)))
+    func aLibvirtDomainIsValidatedLikeAQMPVM() async throws {
+        let rig = try LibvirtIntegrationTests.Rig("lv-validate", targets: ["vda", "vdb"], policy: "speed: 8M\nmax_parallel_disks: 1\n")
+        defer { rig.remove() }
+        let (result, document) = try await ValidateIntegrationTests.validate(rig.livecopy, rig.planPath)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(document.disks.map(\.device) == ["vda", "vdb"])
+        #expect(document.disks.map(\.source) == [rig.sources["vda"], rig.sources["vdb"]])
+        #expect(document.disks.map(\.virtualSize) == [32 << 20, 32 << 20])
+        #expect(document.disks.map(\.allocatedBytes) == [16 << 20, 16 << 20], "16 MiB written of 32")
+        #expect(document.disks.allSatisfy { $0.allocatedFrom == "map" })
+        // One slot: vdb starts when vda ends, 2 s each at 8 MiB/s.
+        let o = document.estimate.perDiskOverheadSeconds
+        #expect(document.order.map(\.startSeconds) == [0, 2 + o])
+        #expect(document.estimate.seconds == 4 + 2 * o)
+        #expect(document.estimate.basis == "policy_speed")
+        ValidateIntegrationTests.expectNoDatabase(rig.livecopy.database)
+        #expect(!FileManager.default.fileExists(atPath: rig.destinations["vda"]!))
+
+        // A target the domain lacks, and a destination that exists: both named, the other disk still checked.
+        let plan = try String(contentsOfFile: rig.planPath, encoding: .utf8)
+            .replacingOccurrences(of: "device: vdb", with: "device: vdz")
+            .replacingOccurrences(of: rig.destinations["vda"]!, with: rig.sources["vdb"]! + ".copy")
+        try "x".write(toFile: rig.sources["vdb"]! + ".copy", atomically: true, encoding: .utf8)
+        try plan.write(toFile: rig.planPath, atomically: true, encoding: .utf8)
+        let (refused, problems) = try await ValidateIntegrationTests.validate(rig.livecopy, rig.planPath)
+        #expect(refused.status == 2)
+        #expect(problems.problems.count == 2, "\(problems.problems)")
+        #expect(problems.problems.contains { $0.contains("disk 'vda': destination") && $0.contains("already exists") })
+        #expect(problems.problems.contains { $0.contains("disk 'vdz'") })
+        ValidateIntegrationTests.expectNoDatabase(rig.livecopy.database)
+    }
+}
