@@ -231,23 +231,24 @@ struct Preflight {
     /// Every check of `disk` against the VM's `devices`, and of its destination.
     static func examine(_ disk: Plan.Disk, vmName: String, vmAddress: String, in devices: [VMDisk], name: String,
                         policy: Policy) -> DiskCheck {
-        let offline = offlineProblems(disk, name: name, policy: policy)
+        // With no source to check against, the destination is still checked on its own.
+        func offline() -> [String] { offlineProblems(disk, name: name, policy: policy) }
         guard let entry = devices.device(named: disk.device) else {
             let known = devices.map { $0.device.isEmpty ? ($0.guestDevice ?? "?") : $0.device }.joined(separator: ", ")
-            return DiskCheck(problems: ["\(name): no such device in the VM (devices: \(known))"] + offline)
+            return DiskCheck(problems: ["\(name): no such device in the VM (devices: \(known))"] + offline())
         }
         let qmpDevice = entry.device.isEmpty ? (entry.guestDevice ?? entry.medium?.nodeName ?? disk.device) : entry.device
         let deviceNames = [disk.device, qmpDevice]
         if let reason = entry.notCopyable {
-            return DiskCheck(deviceNames: deviceNames, problems: ["\(name): \(reason)"] + offline)
+            return DiskCheck(deviceNames: deviceNames, problems: ["\(name): \(reason)"] + offline())
         }
         guard let medium = entry.medium else {
-            return DiskCheck(deviceNames: deviceNames, problems: ["\(name): the device has no medium"] + offline)
+            return DiskCheck(deviceNames: deviceNames, problems: ["\(name): the device has no medium"] + offline())
         }
         let source = medium.image.filename
         guard source.hasPrefix("/") else {
             return DiskCheck(deviceNames: deviceNames,
-                             problems: ["\(name): source \(source) is not a plain file (json: and network protocols are refused)"] + offline)
+                             problems: ["\(name): source \(source) is not a plain file (json: and network protocols are refused)"] + offline())
         }
         var problems = chainProblems(medium.image, name: name)
         do {

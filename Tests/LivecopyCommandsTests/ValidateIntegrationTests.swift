@@ -292,6 +292,39 @@ struct ValidateIntegrationTests {
         running.process.terminate()
     }
 
+    @Test(.timeLimit(.minutes(3)))
+    func aMirrorPlansDisksOfOneVMEndTogetherAsTheyPivotTogether() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-val-mirror")
+        defer { scratch.remove() }
+        var images: [String] = []
+        for (index, mib) in [8, 4, 2].enumerated() {
+            let source = scratch.appending("src\(index).qcow2")
+            try QEMUImage.create(source, size: "64M")
+            try QEMUImage.write(source, pattern: 0x50 + UInt8(index), offset: "0", length: "\(mib)M")
+            images.append(source)
+        }
+        let vm1 = try QEMUVirtualMachine(name: "vm1", directory: scratch.url, drives: [
+            (id: "drive0", image: images[0], format: "qcow2"), (id: "drive1", image: images[1], format: "qcow2"),
+        ])
+        defer { vm1.kill() }
+        let vm2 = try QEMUVirtualMachine(name: "vm2", directory: scratch.url, drives: [(id: "drive0", image: images[2], format: "qcow2")])
+        defer { vm2.kill() }
+        let plan = try Self.writePlan(in: scratch, policy: "strategy: mirror\nspeed: 8M\nmax_parallel_disks: 2\n", [
+            ("vm1", vm1.livecopySocket, [("drive0", scratch.appending("d0.qcow2")), ("drive1", scratch.appending("d1.qcow2"))]),
+            ("vm2", vm2.livecopySocket, [("drive0", scratch.appending("d2.qcow2"))]),
+        ])
+        let database = scratch.appending("livecopy.db")
+        let (result, document) = try await Self.validate(LivecopyProcess(database: database), plan)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(document.plan.strategy == "mirror")
+        #expect(document.disks.map(\.allocatedBytes) == [8 * Self.mib, 4 * Self.mib, 2 * Self.mib])
+        // vm1's disks copy 1 s and 0.5 s but pivot together at 1 s; vm2's starts then.
+        let o = document.estimate.perDiskOverheadSeconds
+        #expect(document.order.map(\.startSeconds) == [0, 0, 1 + o])
+        #expect(document.order.map(\.endSeconds) == [1 + o, 1 + o, 1.25 + 2 * o])
+        Self.expectNoDatabase(database)
+    }
+
     @Test func aFakeVMSeesQueriesOnlyAndAnUnreadableMapFallsBackToTheFilesSizes() async throws {
         let scratch = try TemporaryDirectory(prefix: "lc-val-fake")
         defer { scratch.remove() }

@@ -107,6 +107,8 @@ class ValidateETA:
             "| disk | allocated (MiB) | bytes / speed (s) | copy (s) | whole disk (s) |", "|---|---:|---:|---:|---:|",
         ] + [f"| {d['disk']} | {d['mib']} | {d['ideal']:.2f} | {d['copy']:.2f} | {d['whole']:.2f} |" for d in first["disks"]] + [
             "",
+            "A disk's whole time also counts its wait for a slot after its VM's snapshot, which switches all of "
+            "a VM's disks when the first of them starts (the second disk of bench-vm1 waits so). "
             "The real duration includes livecopy's start, the preflight, every VM's snapshot, the flushes, "
             "finalizes and renames, and the process's exit; the estimate counts only allocated bytes / speed on "
             "the schedule. Their difference, over the disks on the plan's critical path, is the per-disk overhead "
