@@ -26,7 +26,9 @@ struct Validate: AsyncParsableCommand {
     var json = false
 
     /// Seconds added to each disk's copy for the steps around it (snapshot or mirror start,
-    /// flush, finalize or pivot, retire): measured with `scripts/bench validate-eta`.
+    /// flush, finalize or pivot, retire). `scripts/bench validate-eta` measured them at a few
+    /// hundredths of a second per disk (BENCHMARKS.md), under 1% of any copy worth
+    /// estimating: none is added.
     static let perDiskOverhead: Double = 0
 
     func run() async throws {

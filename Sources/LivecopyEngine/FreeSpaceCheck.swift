@@ -129,11 +129,12 @@ struct FreeSpaceCheck {
         }
     }
 
-    /// One line per filesystem that is short of space, naming every disk of the plan
-    /// copied there and the plans in progress counted.
-    func problems() -> [String] {
+    /// One line per filesystem of `filesystems` (as `filesystems()` found them) that is
+    /// short of space, naming every disk of the plan copied there and the plans in
+    /// progress counted.
+    func problems(_ filesystems: [PreflightReport.Filesystem]) -> [String] {
         let byDirectory = Dictionary(needs.values.map { ($0.directory, $0) }, uniquingKeysWith: { first, _ in first })
-        return filesystems().compactMap { fs -> String? in
+        return filesystems.compactMap { fs -> String? in
             guard !fs.fits, let free = fs.freeBytes, let need = byDirectory[fs.directory] else { return nil }
             return Self.refusal(need.names, fs, free: free)
         }
@@ -166,7 +167,7 @@ struct FreeSpaceCheck {
 
     /// Throws the first problem (for callers that stop at one).
     func check() throws {
-        if let first = problems().first { throw PreflightError(first) }
+        if let first = problems(filesystems()).first { throw PreflightError(first) }
     }
 
     /// `a + b`, or Int64.max where that overflows (sizes are never negative).

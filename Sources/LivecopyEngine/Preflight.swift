@@ -113,7 +113,7 @@ struct Preflight {
             report.disks[index].filesystem = space.directory(for: report.disks[index].destination)
         }
         report.filesystems = space.filesystems()
-        report.problems += space.problems()
+        report.problems += space.problems(report.filesystems)
         return report
     }
 
