@@ -60,6 +60,12 @@ struct CommonOptions: ParsableArguments {
         try SQLiteStore(path: absoluteDatabasePath)
     }
 
+    /// The store to read only (`validate`): never created nor migrated, nothing written;
+    /// an empty one in memory when there is no database (`SQLiteStore.readingOnly`).
+    func openStoreReadingOnly() throws -> SQLiteStore {
+        try SQLiteStore.readingOnly(at: absoluteDatabasePath)
+    }
+
     /// Opens an existing store, for the commands that only read (`status`, `history`,
     /// `show`) or act on a recorded plan: a mistyped `--db` must not create an empty
     /// database that answers "no plans".

@@ -12,7 +12,7 @@ public struct LivecopyCommand: AsyncParsableCommand {
             destination, stream the source into it, watch the job, retire the source. Every step is kept \
             in SQLite, so an interrupted plan can be resumed or rolled back (livecopy recover, livecopy cancel).
             """,
-        subcommands: [Submit.self, Run.self, Recover.self, Cancel.self, Throttle.self, Pause.self, Resume.self,
+        subcommands: [Submit.self, Validate.self, Run.self, Recover.self, Cancel.self, Throttle.self, Pause.self, Resume.self,
                       Status.self, History.self, Show.self])
 
     public init() {}

@@ -56,7 +56,12 @@ struct ProgressLine: Sendable, Equatable {
         guard let timeLeft else { return "--" }
         // To the nearest second: 0.7 s left is "1s", not "0s".
         let (whole, attoseconds) = timeLeft.components
-        let seconds = max(0, whole + (attoseconds >= 500_000_000_000_000_000 ? 1 : 0))
+        return Self.durationText(whole + (attoseconds >= 500_000_000_000_000_000 ? 1 : 0))
+    }
+
+    /// `42s`, `1m02s`, `3h07m` for whole `seconds` (0 below 0).
+    static func durationText(_ seconds: Int64) -> String {
+        let seconds = max(0, seconds)
         func twoDigits(_ value: Int64) -> String { value < 10 ? "0\(value)" : "\(value)" }
         if seconds >= 3600 { return "\(seconds / 3600)h\(twoDigits(seconds % 3600 / 60))m" }
         if seconds >= 60 { return "\(seconds / 60)m\(twoDigits(seconds % 60))s" }

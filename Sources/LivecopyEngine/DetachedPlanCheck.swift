@@ -14,34 +14,14 @@ extension Engine {
         plan.state == .pending && !disks.isEmpty && disks.allSatisfy { $0.state == .pending && $0.source == nil }
     }
 
-    /// The checks `submit` makes, for a detached plan's disks; nil when they pass or cannot
-    /// be made now (a VM unreachable: the run then goes on and leaves the disks as they are).
-    func refusalOfDetached(_ disks: [DiskRecord], policy: Policy, preflight: Preflight) async -> String? {
-        var space = FreeSpaceCheck(margin: policy.spaceMargin)
+    /// The checks `submit` makes, for a detached plan's disks (its own claims and space
+    /// aside): every problem in one line, or nil when they pass or cannot be made now (a
+    /// VM unreachable: the run then goes on and leaves its disks as they are).
+    func refusalOfDetached(_ disks: [DiskRecord], planId: Int64, policy: Policy) async -> String? {
         do {
-            for address in Set(disks.map(\.vmAddress)).sorted() {
-                let mine = disks.filter { $0.vmAddress == address }
-                let vmName = mine[0].vmName
-                guard let session = try? await preflight.sessions.session(for: address),
-                      let devices = try? await session.disks() else { continue }
-                var planDevices = Set<String>()
-                for disk in mine {
-                    let name = "VM '\(disk.vmName)' disk '\(disk.device)'"
-                    let found = try Preflight.check(Plan.Disk(device: disk.device, destination: disk.destination,
-                                                              format: disk.destinationFormat),
-                                                    vmName: vmName, vmAddress: address, in: devices, name: name, policy: policy)
-                    planDevices.formUnion([disk.device, found.qmpDevice].compactMap { $0 })
-                    if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
-                        space.add(name: name, destination: disk.destination, source: image)
-                    }
-                }
-                try await preflight.checkActivity(vmName: vmName, vmAddress: address, session: session, devices: devices,
-                                                  planDevices: planDevices, strategy: policy.strategy)
-            }
-            try space.check()
-            return nil
-        } catch let error as PreflightError {
-            return error.description
+            let report = try await makePreflight().report(Preflight.VMEntry.of(disks), policy: policy,
+                                                          purpose: .detachedPlan(id: planId))
+            return report.problems.isEmpty ? nil : report.problems.joined(separator: "; ")
         } catch {
             return describe(error)
         }

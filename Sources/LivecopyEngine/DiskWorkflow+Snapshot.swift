@@ -73,15 +73,21 @@ extension DiskWorkflow {
     }
 
     /// A plan recorded with `submit --detach` learns its source now, with the same checks
-    /// as preflight at submission.
+    /// as preflight at submission, and the bytes its copy will copy (as preflight records them).
     func discoverSource() async throws {
+        let devices = try await session.disks()
         let found = try Preflight.check(
             Plan.Disk(device: disk.device, destination: disk.destination, format: disk.destinationFormat), vmName: disk.vmName, vmAddress: disk.vmAddress,
-            in: try await session.disks(), name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
+            in: devices, name: "VM '\(disk.vmName)' disk '\(disk.device)'", policy: policy)
+        var allocated: Int64?
+        if let image = devices.first(where: { $0.medium?.image.filename == found.source })?.medium?.image {
+            allocated = await Preflight.allocation(of: image, inspector: inspector).0
+        }
         try await ledger.outcome("source discovered: \(found.source ?? "?") (\(found.sourceFormat ?? "?"))") {
             $0.source = found.source
             $0.sourceFormat = found.sourceFormat
             $0.qmpDevice = found.qmpDevice
+            $0.allocatedBytes = allocated
         }
     }
 

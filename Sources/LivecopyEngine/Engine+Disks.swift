@@ -6,8 +6,10 @@ import LivecopyModel
 import LivecopyBackend
 
 extension Engine {
-    /// Runs `step` for every disk of the plan that is not final, at most
-    /// `max_parallel_disks` at a time. Returns the first error that puts a record in doubt.
+    /// Runs `step` for every disk of the plan that is not final, in `DiskSchedule`'s order
+    /// and at most its `slots` (`max_parallel_disks`) at a time, each next disk as soon as
+    /// any running one ends (what `validate`'s estimate simulates). Returns the first
+    /// error that puts a record in doubt.
     /// `snapshots` (forward runs): before a disk's step, its VM's snapshot phase runs,
     /// once per VM, so the disks of each VM switch together; `step` learns whether that
     /// phase settled the disk.
@@ -15,18 +17,20 @@ extension Engine {
                     _ step: @escaping @Sendable (DiskWorkflow, _ settledBySnapshot: Bool) async throws -> Void) async -> Error? {
         let disks: [DiskRecord]
         do {
-            // A final disk comes back only for a hook left pending by a crash.
-            disks = try store.disks(ofPlan: planId).filter { !$0.state.isFinal || $0.pendingHook != nil }
+            let recorded = try store.disks(ofPlan: planId)
+            // A final disk comes back only for a hook left pending by a crash (quick, first).
+            disks = recorded.filter { $0.state.isFinal && $0.pendingHook != nil } + DiskSchedule.runOrder(recorded)
         } catch {
             return error
         }
         // Forward runs: each VM's mirror disks pivot together.
         let pivots = snapshots == nil ? nil : MirrorPivots(planDisks: disks)
+        let slots = DiskSchedule(maxParallelDisks: policy.maxParallelDisks).slots
         var firstError: Error?
         await withTaskGroup(of: Error?.self) { group in
             var running = 0
             for disk in disks {
-                if running == policy.maxParallelDisks {
+                if running == slots {
                     if let error = await group.next() ?? nil { firstError = firstError ?? error }
                     running -= 1
                 }

@@ -57,15 +57,30 @@ public final class Engine: Sendable {
     }
 
     /// Checks `plan` against the VMs and files (touching nothing) and returns its disks
-    /// with their sources discovered. Throws `PreflightError`.
+    /// with their sources and allocated bytes discovered. Throws `PreflightError` with the
+    /// first problem (and how many more there are: `validate` lists them all).
     public func preflight(_ plan: Plan, policy: Policy) async throws -> [NewPlan.Disk] {
-        try await Preflight(sessions: sessions, store: store).run(plan, policy: policy)
+        let report = try await validate(plan, policy: policy)
+        if let refusal = report.refusal { throw PreflightError(refusal) }
+        return report.disks.compactMap(\.found)
+    }
+
+    /// Every check `preflight` makes, every problem found, and what was found of each
+    /// disk and each destination filesystem; records and touches nothing. Throws only
+    /// when the store cannot be read.
+    public func validate(_ plan: Plan, policy: Policy) async throws -> PreflightReport {
+        try await makePreflight().report(Preflight.VMEntry.of(plan), policy: policy, purpose: .newPlan)
     }
 
     /// The checks that need no VM: the VM addresses (a QMP socket's owner and mode),
     /// destinations and other plans' claims. For `submit --detach`.
     public func checkOffline(_ plan: Plan, policy: Policy) throws {
-        try Preflight(sessions: sessions, store: store).checkOffline(plan, policy: policy)
+        try makePreflight().checkOffline(plan, policy: policy)
+    }
+
+    /// The preflight over this engine's sessions, store and image inspector.
+    func makePreflight() -> Preflight {
+        Preflight(sessions: sessions, store: store, inspector: inspector)
     }
 
     /// Records a checked plan as `pending` (to be run later or now).
@@ -116,7 +131,7 @@ public final class Engine: Sendable {
         let planId = plan.id
         let recorded = try store.disks(ofPlan: planId)
         if mode == .resume, Self.isDetachedAndUntouched(plan, disks: recorded),
-           let reason = await refusalOfDetached(recorded, policy: plan.policy, preflight: Preflight(sessions: sessions, store: store)) {
+           let reason = await refusalOfDetached(recorded, planId: planId, policy: plan.policy) {
             try await refuseDetached(planId: planId, disks: recorded, reason: reason)
             guard let refused = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
             return refused

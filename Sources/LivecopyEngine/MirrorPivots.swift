@@ -24,7 +24,7 @@ actor MirrorPivots {
     private var firstReady: [String: Date] = [:]
     private var outcomes: [Int64: Result<Void, Error>] = [:]
 
-    init(planDisks: [DiskRecord], patience: Double = 60) {
+    init(planDisks: [DiskRecord], patience: Double = DiskSchedule.defaultPivotPatience) {
         var byVM: [String: Set<Int64>] = [:]
         for disk in planDisks where disk.strategy == .mirror { byVM[disk.vmAddress, default: []].insert(disk.id) }
         self.planDisks = byVM

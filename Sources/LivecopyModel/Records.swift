@@ -67,7 +67,8 @@ public struct DiskRecord: Sendable, Equatable {
     /// and whose outcome is not recorded yet; `recover` runs it again after a crash.
     public var pendingHook: HookEvent?
     /// The bytes allocated in the source chain when preflight looked: what the copy job
-    /// really copies (nil: not known, as for a plan recorded detached).
+    /// really copies (nil: not known: recorded by an earlier release, or recorded detached
+    /// and its source not discovered yet).
     public var allocatedBytes: Int64?
 
     public init(

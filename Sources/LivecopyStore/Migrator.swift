@@ -47,6 +47,29 @@ public struct Migration: Sendable, Equatable {
 struct Migrator {
     let migrations: [Migration]
 
+    /// The versions applied to the database, each checked against the one built in:
+    /// throws for a version this livecopy does not know (a newer schema) or one that
+    /// differs from its file. Reads only; no table is made.
+    func appliedVersions(_ db: Database, path: String) throws -> Set<Int> {
+        guard try db.tableExists("schema_migrations") else { return [] }
+        let applied = try Row.fetchAll(db, sql: "SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+        let known = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
+        let newest = migrations.last?.version ?? 0
+        for row in applied {
+            let version: Int = try row.decode(forColumn: "version")
+            guard let migration = known[version] else {
+                throw StoreError(
+                    "database \(path) was written by a newer livecopy (schema version \(version), this one knows up to \(newest)); upgrade livecopy")
+            }
+            let checksum: String = try row.decode(forColumn: "checksum")
+            guard checksum == migration.checksum else {
+                throw StoreError(
+                    "database \(path): migration \(version)_\(migration.name) differs from the one applied (checksum \(checksum), now \(migration.checksum))")
+            }
+        }
+        return Set(try applied.map { try $0.decode(Int.self, forColumn: "version") })
+    }
+
     /// Each migration runs in its own IMMEDIATE transaction that first checks it is still
     /// unapplied: two processes opening a new database at once cannot both apply one (the
     /// second waits for the first's commit, then skips it).
@@ -59,22 +82,7 @@ struct Migrator {
                     checksum TEXT NOT NULL,
                     applied_at REAL NOT NULL)
                 """)
-            let applied = try Row.fetchAll(db, sql: "SELECT version, name, checksum FROM schema_migrations ORDER BY version")
-            let known = Dictionary(uniqueKeysWithValues: migrations.map { ($0.version, $0) })
-            let newest = migrations.last?.version ?? 0
-            for row in applied {
-                let version: Int = try row.decode(forColumn: "version")
-                guard let migration = known[version] else {
-                    throw StoreError(
-                        "database \(path) was written by a newer livecopy (schema version \(version), this one knows up to \(newest)); upgrade livecopy")
-                }
-                let checksum: String = try row.decode(forColumn: "checksum")
-                guard checksum == migration.checksum else {
-                    throw StoreError(
-                        "database \(path): migration \(version)_\(migration.name) differs from the one applied (checksum \(checksum), now \(migration.checksum))")
-                }
-            }
-            let done = Set(try applied.map { try $0.decode(Int.self, forColumn: "version") })
+            let done = try appliedVersions(db, path: path)
             for migration in migrations where !done.contains(migration.version) {
                 // A migration that rebuilds a table (SQLite cannot change a CHECK constraint in
                 // place) runs with foreign keys off, as SQLite's own procedure says: dropping

@@ -85,12 +85,13 @@ extension SQLiteStore {
             sql: """
                 UPDATE disks SET source = ?, source_format = ?, qmp_device = ?, state = ?, bytes_done = ?,
                     bytes_total = ?, error = ?, intent = ?, destination_created = ?, updated_at = ?, pivoted = ?,
-                    pending_hook = ?
+                    pending_hook = ?, allocated_bytes = ?
                 WHERE id = ? AND state = ?
                 """,
             arguments: [disk.source, disk.sourceFormat, disk.qmpDevice, disk.state.rawValue, disk.bytesDone,
                         disk.bytesTotal, disk.error, disk.intent?.rawValue, disk.destinationCreated,
-                        at.timeIntervalSince1970, disk.pivoted, disk.pendingHook?.rawValue, disk.id, expecting.rawValue])
+                        at.timeIntervalSince1970, disk.pivoted, disk.pendingHook?.rawValue, disk.allocatedBytes,
+                        disk.id, expecting.rawValue])
         guard db.changesCount == 1 else {
             throw StoreError(.conflict("disk \(disk.id) is no longer \(expecting.rawValue)"))
         }

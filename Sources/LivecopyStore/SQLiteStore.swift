@@ -18,6 +18,8 @@ import Synchronization
 public final class SQLiteStore: WorkflowStore, Sendable {
     private let queue: DatabaseQueue
     public let path: String
+    /// Opened to read only (`readingOnly`): every write is refused.
+    private let readOnly: Bool
 
     /// Opens (creating if needed) the database at `path`. Its directory is created with
     /// owner-only permissions when missing, and so is the file.
@@ -55,6 +57,7 @@ public final class SQLiteStore: WorkflowStore, Sendable {
                 try Migrator(migrations: migrations).migrate(opened, path: path)
                 logger.debug("database opened", metadata: ["path": "\(path)", "schema": "\(migrations.last?.version ?? 0)"])
                 queue = opened
+                readOnly = false
                 return
             } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && Date() < deadline {
                 logger.notice("database busy while opening; retrying", metadata: ["path": "\(path)"])
@@ -65,6 +68,19 @@ public final class SQLiteStore: WorkflowStore, Sendable {
                 throw StoreError("cannot open database \(path): \(Self.reason(error))")
             }
         }
+    }
+
+    /// A store over a connection already opened and checked, to read only
+    /// (`SQLiteStore+Reading`).
+    init(readingOnly opened: DatabaseQueue, path: String) {
+        self.queue = opened
+        self.path = path
+        self.readOnly = true
+    }
+
+    /// Throws when the store was opened to read only.
+    private func refuseWriteIfReadOnly() throws {
+        if readOnly { throw StoreError("database \(path) is open to read only; nothing may be written through it") }
     }
 
     /// The connection's `PRAGMA synchronous` level (2 = FULL, what every commit uses).
@@ -117,6 +133,7 @@ public final class SQLiteStore: WorkflowStore, Sendable {
     /// unit (a savepoint), so a `.conflict` `StoreError` leaves nothing half-written. For tools that
     /// write many records at once (the benchmark's synthesiser): one commit, one fsync.
     public func batch<T>(_ body: () throws -> T) throws -> T {
+        try refuseWriteIfReadOnly()
         var result: T?
         do {
             try queue.inTransaction(.immediate) { db in
@@ -133,6 +150,7 @@ public final class SQLiteStore: WorkflowStore, Sendable {
 
     /// Runs a write, turning database errors into `StoreError`s.
     func write<T>(_ body: (Database) throws -> T) throws -> T {
+        try refuseWriteIfReadOnly()
         if let db = currentBatch() {
             do {
                 var result: T?
@@ -157,6 +175,7 @@ public final class SQLiteStore: WorkflowStore, Sendable {
     /// A write in an IMMEDIATE transaction: the write lock is taken before the first read,
     /// so what `body` reads cannot change (in this or another process) before it writes.
     func writeImmediate<T>(_ body: (Database) throws -> T) throws -> T {
+        try refuseWriteIfReadOnly()
         if currentBatch() != nil { return try write(body) }  // the batch's transaction is immediate
         do {
             return try queue.writeWithoutTransaction { db in
@@ -178,6 +197,7 @@ public final class SQLiteStore: WorkflowStore, Sendable {
     /// ledger write that was asked for completes (or fails) as it would synchronously,
     /// since the engine records each step before it goes on, cancelled or not.
     func writeAwaiting<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try refuseWriteIfReadOnly()
         let path = self.path
         return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
             queue.asyncWrite(body) { _, result in

@@ -9,3 +9,4 @@ from . import store_at_scale  # noqa: F401
 from . import recovery_at_scale  # noqa: F401
 from . import libvirt_one_disk  # noqa: F401
 from . import mirror  # noqa: F401
+from . import validate_eta  # noqa: F401

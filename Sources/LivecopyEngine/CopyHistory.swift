@@ -1,0 +1,91 @@
+// The copy rates this host reached before, read from the plans its database recorded:
+// `CopyHistory`, which `validate` estimates a plan's duration from.
+
+import Foundation
+import LivecopyModel
+
+/// What this host's history says of its copy rate per disk, for one strategy: the median
+/// over the newest copies that tell it.
+///
+/// A copy tells the host's rate when:
+/// - its disk `completed`, with its allocated bytes recorded (preflight records them since
+///   schema 0007);
+/// - it ran once: one copy job started (its `block-stream` or `blockdev-mirror` intent)
+///   and one transition into `streaming` or `mirroring` (a copy resumed after a failure
+///   or a crash spans the interruption);
+/// - nothing slowed it on purpose: its plan's policy sets no `speed` and no operator
+///   throttled or paused the plan (a throttled copy runs at its limit, which says
+///   nothing of what the host can do).
+///
+/// Its rate is its allocated bytes over the time from the copy job's start (that intent;
+/// the transition into `streaming` when there is none) to its transition into
+/// `retiring`. That rate is per disk with the parallelism its plan had: copies that
+/// shared the host's disks with others were slower than a lone one would be.
+public enum CopyHistory {
+    /// The median is over at most this many copies, the newest.
+    public static let newestCopies = 20
+    /// At most this many plans, newest first, are looked through.
+    public static let plansLookedAt = 200
+
+    /// The median rate of the newest copies of `strategy` that tell the host's rate; nil
+    /// when there is none.
+    public static func rate(of strategy: CopyStrategy, in store: any WorkflowStore) throws -> HistoryRate? {
+        var rates: [Double] = []
+        let states: Set<PlanState> = [.running, .completed, .failed, .needsAttention, .rolledBack]
+        for plan in try store.plans(states: states, vm: nil, limit: plansLookedAt) {
+            guard plan.policy.speed == 0 else { continue }
+            let disks = try store.disks(ofPlan: plan.id).filter {
+                $0.strategy == strategy && $0.state == .completed && ($0.allocatedBytes ?? 0) > 0
+            }
+            guard !disks.isEmpty else { continue }
+            let events = try store.events(ofPlan: plan.id)
+            guard !events.contains(where: isSlowedOnPurpose), try store.controls(ofPlan: plan.id).speedOverride == nil else {
+                continue
+            }
+            // Newest first within the plan too.
+            for disk in disks.reversed() {
+                guard let seconds = copySeconds(of: disk.id, in: events), seconds > 0,
+                      let bytes = disk.allocatedBytes else { continue }
+                rates.append(Double(bytes) / seconds)
+                if rates.count == newestCopies { break }
+            }
+            if rates.count == newestCopies { break }
+        }
+        guard let median = median(rates) else { return nil }
+        return HistoryRate(strategy: strategy, bytesPerSecond: median, copies: rates.count)
+    }
+
+    /// An operator's throttle or pause of the plan, as the store records its request
+    /// (`OperatorAction`'s description, "requested by").
+    static func isSlowedOnPurpose(_ event: EventRecord) -> Bool {
+        event.kind == .note && event.diskId == nil && event.detail.contains(" requested by ")
+            && (event.detail.hasPrefix("throttle") || event.detail.hasPrefix("pause"))
+    }
+
+    /// Seconds disk `diskId` spent copying, from its events: from its copy job's start to
+    /// its transition into `retiring`; nil when the copy did not run exactly once.
+    static func copySeconds(of diskId: Int64, in events: [EventRecord]) -> Double? {
+        let mine = events.filter { $0.diskId == diskId }
+        let copyStates: Set<String> = [DiskState.streaming.rawValue, DiskState.mirroring.rawValue]
+        let entries = mine.filter { $0.kind == .transition && copyStates.contains($0.to ?? "") }
+        let jobStarts = mine.filter {
+            $0.kind == .intent && ($0.detail.hasPrefix(DiskIntent.stream.rawValue + ":")
+                                   || $0.detail.hasPrefix(DiskIntent.mirror.rawValue + ":"))
+        }
+        let ends = mine.filter {
+            $0.kind == .transition && copyStates.contains($0.from ?? "") && $0.to == DiskState.retiring.rawValue
+        }
+        guard entries.count == 1, jobStarts.count <= 1, ends.count == 1, let end = ends.first?.at else { return nil }
+        guard let start = jobStarts.first?.at ?? entries.first?.at else { return nil }
+        let seconds = end.timeIntervalSince(start)
+        return seconds.isFinite && seconds > 0 ? seconds : nil
+    }
+
+    /// The median of `values`; nil for none.
+    static func median(_ values: [Double]) -> Double? {
+        guard !values.isEmpty else { return nil }
+        let sorted = values.sorted()
+        let middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    }
+}
