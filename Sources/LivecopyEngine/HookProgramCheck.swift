@@ -28,13 +28,13 @@ enum HookProgramCheck {
             }
             named = found
         }
-        // The directories of the name as written count too: a link in a writable
-        // directory can be pointed elsewhere.
-        if let problem = unsafeDirectory(above: named) { return .failure(HookRefused(problem)) }
         guard let real = realpath(named, nil) else {
             return .failure(HookRefused("\(named): \(String(cString: strerror(errno)))"))
         }
         defer { free(real) }
+        // The directories of the name as written count too: a link in a writable
+        // directory can be pointed elsewhere.
+        if let problem = unsafeDirectory(above: named) { return .failure(HookRefused(problem)) }
         let path = String(cString: real)
         var info = stat()
         guard stat(path, &info) == 0 else { return .failure(HookRefused("\(path): \(String(cString: strerror(errno)))")) }
