@@ -9,7 +9,7 @@ import LivecopyModel
 /// nothing, changes nothing and creates no file (not even the database).
 struct Validate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check a copy plan as submit would, and estimate how long it takes; records and changes nothing.",
+        abstract: "Check a plan as submit would and estimate its duration; records nothing.",
         discussion: """
             Prints each disk's source and sizes, the free space of each destination filesystem against \
             every disk landing there (and plans in progress), the order the disks run in and an estimate. \
