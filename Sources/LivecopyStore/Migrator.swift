@@ -84,6 +84,11 @@ struct Migrator {
                 """)
             let done = try appliedVersions(db, path: path)
             for migration in migrations where !done.contains(migration.version) {
+                // Each migration is written back into the database file and the WAL emptied
+                // after its commit: a new database's whole schema (a table rebuilt on the way)
+                // would otherwise pile up in the WAL, several hundred KiB, until the next
+                // checkpoint. Best effort: a reader may hold the WAL.
+                defer { _ = try? Row.fetchAll(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
                 // A migration that rebuilds a table (SQLite cannot change a CHECK constraint in
                 // place) runs with foreign keys off, as SQLite's own procedure says: dropping
                 // the old table must not cascade into the rows that refer to it. The keys are
