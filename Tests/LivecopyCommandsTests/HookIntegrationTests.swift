@@ -314,6 +314,9 @@ struct HookIntegrationTests {
             #expect(submit.status == 2 && lines.count == 1 && lines[0].contains("hooks.on_complete: ") && lines[0].contains(expected),
                     "\(argv): \(submit.status)\n\(submit.stderr)")
             #expect(!FileManager.default.fileExists(atPath: rig.destination), "nothing was touched")
+            let validate = try await rig.livecopy.run(["validate", rig.planPath])
+            #expect(validate.status == 2 && validate.stderr.contains("livecopy: refused: hooks.on_complete: ") && validate.stderr.contains(expected),
+                    "validate names the same problem: \(validate.status)\n\(validate.stderr)")
         }
         let active = try await rig.activeImage()
         #expect(active.file == rig.source)
