@@ -200,15 +200,10 @@ struct Preflight {
             }
         }
         let store = self.store
-        do {
-            try await VMActivityCheck.check(
-                vmName: vmName, session: session, planDevices: planDevices,
-                deviceNames: Set(devices.map(\.device).filter { !$0.isEmpty })
-            ) { VMActivityCheck.isOwnJobOfAnotherDisk($0, vmAddress: vmAddress, planDevices: planDevices, store: store) }
-            return []
-        } catch {
-            return [describe(error)]
-        }
+        return await VMActivityCheck.problems(
+            vmName: vmName, session: session, planDevices: planDevices,
+            deviceNames: Set(devices.map(\.device).filter { !$0.isEmpty })
+        ) { VMActivityCheck.isOwnJobOfAnotherDisk($0, vmAddress: vmAddress, planDevices: planDevices, store: store) }
     }
 
     /// What one disk's check found: the disk as it is to be recorded and its source image

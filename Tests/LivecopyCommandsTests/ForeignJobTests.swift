@@ -100,4 +100,46 @@ struct ForeignJobTests {
         #expect(plans.first?.error?.contains("job 'someone-elses' (stream, running)") == true, "\(plans.first?.error ?? "")")
         try await monitor.execute("block-job-cancel", ["device": "someone-elses", "force": true])
     }
+
+    /// livecopy's own jobs are not foreign: while plan 1's job on drive0 runs on after its
+    /// livecopy died (`livecopy-mirror-1`, or a stream's `livecopy-stream-1`), a second plan
+    /// copying drive1 of the same VM is accepted.
+    @Test(.timeLimit(.minutes(3)), arguments: ["mirror", "stream"])
+    func anotherPlansJobOnAnotherDiskOfTheVMIsNotForeign(strategy: String) async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-own-job")
+        defer { scratch.remove() }
+        var drives: [(id: String, image: String, format: String)] = []
+        for index in 0..<2 {
+            let image = scratch.appending("src\(index).qcow2")
+            try QEMUImage.create(image, size: "64M")
+            try QEMUImage.write(image, pattern: 0x11, offset: "0", length: "16M")
+            drives.append((id: "drive\(index)", image: image, format: "qcow2"))
+        }
+        let vm = try QEMUVirtualMachine(name: "vm", directory: scratch.url, drives: drives)
+        defer { vm.kill() }
+        let livecopy = LivecopyProcess(database: scratch.appending("livecopy.db"))
+        try "strategy: \(strategy)\nspeed: 1M\nprogress_interval: 200ms\n".write(toFile: scratch.appending("slow.yaml"), atomically: true, encoding: .utf8)
+        for index in 0..<2 {
+            try """
+                policy: ./slow.yaml
+                vms:
+                  - name: vm
+                    qmp: \(vm.livecopySocket)
+                    disks:
+                      - device: drive\(index)
+                        destination: \(scratch.appending("dst\(index).qcow2"))
+                """.write(toFile: scratch.appending("plan\(index).yaml"), atomically: true, encoding: .utf8)
+        }
+        // Plan 1's livecopy dies right after starting its job, which runs on in QEMU (a
+        // QMP monitor serves one client: two live plans never share one).
+        let intent = strategy == "mirror" ? "blockdev-mirror" : "block-stream"
+        let first = try await livecopy.run(["submit", scratch.appending("plan0.yaml")], environment: ["LIVECOPY_CRASH_AT": "outcome:\(intent)"])
+        #expect(first.status == RecoveryIntegrationTests.crashStatus, "\(first.stderr)")
+        let job = try await vm.testMonitor().queryJobs().first { $0.id.hasPrefix("livecopy-") }
+        #expect(job?.id == "livecopy-\(strategy)-1" && job?.status.description == "running", "\(String(describing: job))")
+        let validate = try await livecopy.run(["validate", scratch.appending("plan1.yaml")])
+        #expect(validate.status == 0 && !validate.stderr.contains("another tool"), "\(validate.status)\n\(validate.stderr)")
+        let cancel = try await livecopy.run(["cancel", "1"])
+        #expect(cancel.status == 0, "\(cancel.stderr)")
+    }
 }

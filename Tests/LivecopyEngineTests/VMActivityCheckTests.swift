@@ -64,4 +64,21 @@ struct VMActivityCheckTests {
             try await Self.check(jobs: [Self.job("livecopy-stream-7", "stream", "running")])
         }
     }
+
+    @Test func everyProblemIsListedForValidate() async throws {
+        let peer = try await FakeQMPPeer.start { name, _, _ in
+            switch name {
+            case "query-migrate": return .return(["status": "active"])
+            case "query-jobs": return .return([Self.job("nightly", "backup", "running"), Self.job("save", "snapshot-save", "running")])
+            default: return nil
+            }
+        }
+        defer { peer.stop() }
+        let session = QMPVMSession(try await QMPConnection.connect(socketPath: peer.socketPath))
+        defer { Task { await session.close() } }
+        let problems = await VMActivityCheck.problems(vmName: "vm", session: session, planDevices: ["drive0"],
+                                                      deviceNames: ["drive0"]) { _ in false }
+        #expect(problems.count == 3, "\(problems)")
+        #expect(problems.first?.contains("is migrating") == true && problems.dropFirst().allSatisfy { $0.contains("of another tool") })
+    }
 }
