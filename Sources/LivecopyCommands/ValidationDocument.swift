@@ -180,12 +180,27 @@ struct ValidationDocument: Codable, Equatable {
     /// A history rate.
     struct History: Codable, Equatable {
         var strategy: String
+        /// One disk copying alone (with no such copy, the host's whole rate).
         var bytesPerSecond: Double
         var copies: Int
+        /// What the host moved in all with several disks at once; null: no such copy.
+        var aggregateBytesPerSecond: Double?
+        var sharedCopies: Int
 
         enum CodingKeys: String, CodingKey {
             case strategy, copies
             case bytesPerSecond = "bytes_per_second"
+            case aggregateBytesPerSecond = "aggregate_bytes_per_second"
+            case sharedCopies = "shared_copies"
+        }
+
+        func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(strategy, forKey: .strategy)
+            try container.encode(bytesPerSecond, forKey: .bytesPerSecond)
+            try container.encode(copies, forKey: .copies)
+            try container.encode(aggregateBytesPerSecond, forKey: .aggregateBytesPerSecond)
+            try container.encode(sharedCopies, forKey: .sharedCopies)
         }
     }
 
@@ -279,7 +294,10 @@ extension ValidationDocument {
         self.estimate = Estimate(
             seconds: estimate.seconds, basis: estimate.basis.key, bytesPerSecond: estimate.bytesPerSecond,
             description: estimate.basisDescription, policySpeed: policy.speed > 0 ? policy.speed : nil,
-            history: history.map { History(strategy: $0.strategy.rawValue, bytesPerSecond: $0.bytesPerSecond, copies: $0.copies) },
+            history: history.map {
+                History(strategy: $0.strategy.rawValue, bytesPerSecond: $0.bytesPerSecond, copies: $0.copies,
+                        aggregateBytesPerSecond: $0.aggregateBytesPerSecond, sharedCopies: $0.sharedCopies)
+            },
             perDiskOverheadSeconds: estimate.perDiskOverhead,
             unknownDisks: report.disks.filter { $0.found?.allocatedBytes == nil }.count)
         problems = report.problems

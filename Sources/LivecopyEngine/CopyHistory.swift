@@ -19,22 +19,26 @@ import LivecopyModel
 ///
 /// Its rate is its allocated bytes over the time from the copy job's start (that intent;
 /// the transition into `streaming` when there is none) to its transition into
-/// `retiring`. That rate is per disk with the parallelism its plan had: copies that
-/// shared the host's disks with others were slower than a lone one would be.
+/// `retiring`. A copy that shared the host with others of its plan was slower than a lone
+/// one: such copies tell instead what the host moves in all (`HistoryRate`).
 public enum CopyHistory {
     /// The median is over at most this many copies, the newest.
     public static let newestCopies = 20
     /// At most this many plans, newest first, are looked through.
     public static let plansLookedAt = 200
 
-    /// The median rate of the newest copies of `strategy` that tell the host's rate; nil
-    /// when there is none.
+    /// The median rates of the newest copies of `strategy` that tell the host's rate; nil
+    /// when there is none. A copy counts as alone when on average fewer than 1.5 copies of
+    /// its plan ran during it (itself included); otherwise it shared the host, and its rate
+    /// times that average is what the host moved in all meanwhile.
     public static func rate(of strategy: CopyStrategy, in store: any WorkflowStore) throws -> HistoryRate? {
-        var rates: [Double] = []
+        var alone: [Double] = []
+        var together: [Double] = []
         let states: Set<PlanState> = [.running, .completed, .failed, .needsAttention, .rolledBack]
         for plan in try store.plans(states: states, vm: nil, limit: plansLookedAt) {
             guard plan.policy.speed == 0 else { continue }
-            let disks = try store.disks(ofPlan: plan.id).filter {
+            let allDisks = try store.disks(ofPlan: plan.id)
+            let disks = allDisks.filter {
                 $0.strategy == strategy && $0.state == .completed && ($0.allocatedBytes ?? 0) > 0
             }
             guard !disks.isEmpty else { continue }
@@ -42,17 +46,41 @@ public enum CopyHistory {
             guard !events.contains(where: isSlowedOnPurpose), try store.controls(ofPlan: plan.id).speedOverride == nil else {
                 continue
             }
+            // Every copy of the plan that ran once occupies the host, whatever its strategy.
+            let intervals = allDisks.compactMap { copyInterval(of: $0.id, in: events) }
             // Newest first within the plan too.
             for disk in disks.reversed() {
-                guard let seconds = copySeconds(of: disk.id, in: events), seconds > 0,
-                      let bytes = disk.allocatedBytes else { continue }
-                rates.append(Double(bytes) / seconds)
-                if rates.count == newestCopies { break }
+                guard let interval = copyInterval(of: disk.id, in: events), let bytes = disk.allocatedBytes else { continue }
+                let rate = Double(bytes) / interval.seconds
+                let sharing = averageConcurrency(during: interval, of: intervals)
+                if sharing < 1.5 { alone.append(rate) } else { together.append(rate * sharing) }
+                if alone.count + together.count == newestCopies { break }
             }
-            if rates.count == newestCopies { break }
+            if alone.count + together.count == newestCopies { break }
         }
-        guard let median = median(rates) else { return nil }
-        return HistoryRate(strategy: strategy, bytesPerSecond: median, copies: rates.count)
+        let aggregate = median(together)
+        guard let perDisk = median(alone) ?? aggregate else { return nil }
+        return HistoryRate(strategy: strategy, bytesPerSecond: perDisk, copies: alone.count + together.count,
+                           aggregateBytesPerSecond: aggregate, sharedCopies: together.count)
+    }
+
+    /// When a copy ran: from its copy job's start to its transition into `retiring`.
+    struct CopyInterval {
+        let start: Date
+        let end: Date
+        var seconds: Double { end.timeIntervalSince(start) }
+    }
+
+    /// How many of `intervals` (the copy itself among them) ran, on average over time,
+    /// during `copy`.
+    static func averageConcurrency(during copy: CopyInterval, of intervals: [CopyInterval]) -> Double {
+        guard copy.seconds > 0 else { return 1 }
+        let overlap = intervals.reduce(0.0) { total, other in
+            let start = max(copy.start, other.start)
+            let end = min(copy.end, other.end)
+            return total + max(0, end.timeIntervalSince(start))
+        }
+        return max(1, overlap / copy.seconds)
     }
 
     /// An operator's throttle or pause of the plan, as the store records its request
@@ -62,9 +90,9 @@ public enum CopyHistory {
             && (event.detail.hasPrefix("throttle") || event.detail.hasPrefix("pause"))
     }
 
-    /// Seconds disk `diskId` spent copying, from its events: from its copy job's start to
-    /// its transition into `retiring`; nil when the copy did not run exactly once.
-    static func copySeconds(of diskId: Int64, in events: [EventRecord]) -> Double? {
+    /// When disk `diskId` copied, from its events: from its copy job's start to its
+    /// transition into `retiring`; nil when the copy did not run exactly once.
+    static func copyInterval(of diskId: Int64, in events: [EventRecord]) -> CopyInterval? {
         let mine = events.filter { $0.diskId == diskId }
         let copyStates: Set<String> = [DiskState.streaming.rawValue, DiskState.mirroring.rawValue]
         let entries = mine.filter { $0.kind == .transition && copyStates.contains($0.to ?? "") }
@@ -77,8 +105,8 @@ public enum CopyHistory {
         }
         guard entries.count == 1, jobStarts.count <= 1, ends.count == 1, let end = ends.first?.at else { return nil }
         guard let start = jobStarts.first?.at ?? entries.first?.at else { return nil }
-        let seconds = end.timeIntervalSince(start)
-        return seconds.isFinite && seconds > 0 ? seconds : nil
+        let interval = CopyInterval(start: start, end: end)
+        return interval.seconds.isFinite && interval.seconds > 0 ? interval : nil
     }
 
     /// The median of `values`; nil for none.

@@ -63,15 +63,23 @@ public struct DiskSchedule: Sendable, Equatable {
 
     /// When each of `items` (in run order) starts and ends. A negative or non-finite
     /// duration counts as 0.
-    public func simulate(_ items: [Item]) -> [Timing] {
+    ///
+    /// `pace(k)` is how fast each copying disk progresses while `k` copy at once, as a
+    /// share of its lone pace (1: copies do not slow each other; 0.5: each takes twice as
+    /// long): an item's `duration` is its copy alone. A value outside (0, 1] counts as 1.
+    public func simulate(_ items: [Item], pace: (Int) -> Double = { _ in 1 }) -> [Timing] {
         var starts = [Double](repeating: 0, count: items.count)
         var ends = [Double](repeating: 0, count: items.count)
         var firstWave = [Bool](repeating: false, count: items.count)
         var next = 0
         var now = 0.0
         var initialFill = true
-        /// Disks copying, by index, with the time their copy is done.
+        /// Disks copying, by index, with the seconds of lone copying each has left.
         var copying: [Int: Double] = [:]
+        func share(_ k: Int) -> Double {
+            let value = pace(k)
+            return value.isFinite && value > 0 && value <= 1 ? value : 1
+        }
         /// Mirror disks READY, holding their slots, by pivot group: since when the first
         /// of them waits, and which they are.
         var waiting: [String: (since: Double, members: [Int])] = [:]
@@ -81,17 +89,21 @@ public struct DiskSchedule: Sendable, Equatable {
                 let duration = items[next].duration
                 starts[next] = now
                 firstWave[next] = initialFill
-                copying[next] = now + (duration.isFinite ? max(0, duration) : 0)
+                copying[next] = duration.isFinite ? max(0, duration) : 0
                 next += 1
             }
             initialFill = false
             if copying.isEmpty && waiting.isEmpty { break }
 
-            var event = copying.values.min() ?? .infinity
+            let speed = share(copying.count)
+            var event = copying.values.min().map { now + $0 / speed } ?? .infinity
             for group in waiting.values { event = min(event, group.since + pivotPatience) }
+            let elapsed = event - now
             now = event
+            for index in copying.keys { copying[index]! -= elapsed * speed }
 
-            for index in copying.keys.sorted() where copying[index]! <= now {
+            // A copy whose remainder is a rounding error has ended.
+            for index in copying.keys.sorted() where copying[index]! <= 1e-9 {
                 copying[index] = nil
                 if let group = items[index].pivotGroup {
                     waiting[group, default: (since: now, members: [])].members.append(index)

@@ -3,24 +3,50 @@
 
 import Foundation
 
-/// A copy rate this host reached before, learned from the history of its plans: the
-/// median over recent copies of one strategy (`CopyHistory` in the engine).
+/// The copy rates this host reached before, learned from the history of its plans
+/// (`CopyHistory` in the engine), for one strategy: how fast one disk copies, and how much
+/// the host moves in all while several copy at once.
 public struct HistoryRate: Sendable, Equatable {
     public let strategy: CopyStrategy
-    /// Bytes copied per second per disk.
+    /// Bytes copied per second by one disk copying alone (the median over such copies);
+    /// with no such copy, the host's whole rate (`aggregateBytesPerSecond`).
     public let bytesPerSecond: Double
-    /// How many copies the median is over.
+    /// How many copies the history has learned from.
     public let copies: Int
+    /// Bytes per second the host moved in all while several disks copied at once (the
+    /// median over such copies, each counted as its own rate × how many copied beside it);
+    /// nil when no copy shared the host.
+    public let aggregateBytesPerSecond: Double?
+    /// How many of `copies` shared the host with others.
+    public let sharedCopies: Int
 
-    public init(strategy: CopyStrategy, bytesPerSecond: Double, copies: Int) {
+    public init(strategy: CopyStrategy, bytesPerSecond: Double, copies: Int, aggregateBytesPerSecond: Double? = nil,
+                sharedCopies: Int = 0) {
         self.strategy = strategy
         self.bytesPerSecond = bytesPerSecond
         self.copies = copies
+        self.aggregateBytesPerSecond = aggregateBytesPerSecond
+        self.sharedCopies = sharedCopies
     }
 
-    /// `median 412.0 MiB/s per disk over 7 stream copies`.
+    /// `median 412.0 MiB/s per disk over 7 stream copies; 620.0 MiB/s in all with several
+    /// at once (5 copies)`.
     public var description: String {
-        "median \(PlanEstimate.rateText(bytesPerSecond)) per disk over \(copies) \(strategy.rawValue) cop\(copies == 1 ? "y" : "ies")"
+        let lone = copies - sharedCopies
+        let perDisk = lone > 0
+            ? "median \(PlanEstimate.rateText(bytesPerSecond)) per disk alone over \(lone) \(strategy.rawValue) cop\(lone == 1 ? "y" : "ies")"
+            : "no \(strategy.rawValue) copy alone (one disk alone taken to reach the whole rate)"
+        guard let aggregate = aggregateBytesPerSecond else {
+            return perDisk + "; none with others at once (disks taken not to slow each other)"
+        }
+        return perDisk + "; \(PlanEstimate.rateText(aggregate)) in all with several at once (median over \(sharedCopies) cop\(sharedCopies == 1 ? "y" : "ies"))"
+    }
+
+    /// How fast each of `k` disks copying at once goes, as a share of `perDisk` (its pace
+    /// alone): the host's whole rate shared out, never faster than alone.
+    public func pace(_ k: Int, perDisk: Double) -> Double {
+        guard let aggregate = aggregateBytesPerSecond, aggregate > 0, perDisk > 0, k > 0 else { return 1 }
+        return min(1, aggregate / (Double(k) * perDisk))
     }
 }
 
@@ -54,7 +80,9 @@ public enum EstimateBasis: Sendable, Equatable {
 ///
 /// The rate per disk is the policy's `speed` when set; this host's history rate
 /// (`HistoryRate`) when known; the lower of the two when both are; with neither there is
-/// no estimate rather than an invented one.
+/// no estimate rather than an invented one. When the history knows what the host moves in
+/// all with several disks at once, disks copying together share it (never going faster
+/// than the rate per disk).
 public struct PlanEstimate: Sendable, Equatable {
     /// What the rate rests on.
     public let basis: EstimateBasis
@@ -101,7 +129,8 @@ public struct PlanEstimate: Sendable, Equatable {
             let items = zip(allocatedBytes, pivotGroups).map { bytes, group in
                 DiskSchedule.Item(duration: Double(max(0, bytes)) / rate + overhead, pivotGroup: group)
             }
-            timings = schedule.simulate(items)
+            // Disks copying at once share what the host moves in all, when its history knows it.
+            timings = schedule.simulate(items) { usable?.pace($0, perDisk: rate) ?? 1 }
         } else {
             timings = nil
         }

@@ -217,13 +217,15 @@ struct ValidateIntegrationTests {
         let (result, after) = try await Self.validate(livecopy, again)
         #expect(result.status == 0, "\(result.stderr)")
         let history = try #require(after.estimate.history)
-        #expect(history.copies == 2 && history.strategy == "stream" && history.bytesPerSecond > 0)
+        // The two disks copied at once: they tell what the host moves in all, not one disk alone.
+        let aggregate = try #require(history.aggregateBytesPerSecond)
+        #expect(history.copies == 2 && history.sharedCopies == 2 && history.strategy == "stream" && history.bytesPerSecond == aggregate)
         #expect(after.estimate.basis == "history")
-        #expect(after.estimate.description.hasPrefix("history: median "), "\(after.estimate.description)")
-        #expect(after.estimate.description.contains("over 2 stream copies"))
+        #expect(after.estimate.description.hasPrefix("history: no stream copy alone"), "\(after.estimate.description)")
+        #expect(after.estimate.description.contains("in all with several at once (median over 2 copies)"))
         let seconds = try #require(after.estimate.seconds)
-        #expect(abs(seconds - Double(16 * Self.mib) / history.bytesPerSecond - after.estimate.perDiskOverheadSeconds) < 1e-6,
-                "both disks at once, 16 MiB each")
+        #expect(abs(seconds - Double(32 * Self.mib) / aggregate - after.estimate.perDiskOverheadSeconds) < 1e-6,
+                "both disks at once, 16 MiB each, sharing the host's whole rate")
         #expect(try store.plans(states: nil, vm: nil, limit: nil).count == 1, "validate recorded nothing")
 
         // With a speed too, the lower of the two is used, and both are named.
@@ -232,7 +234,7 @@ struct ValidateIntegrationTests {
         #expect(throttled.estimate.history != nil)
         let expectedBasis = history.bytesPerSecond < Double(Self.mib) ? "history" : "policy_speed"
         #expect(throttled.estimate.basis == expectedBasis)
-        #expect(throttled.estimate.description.contains("history: median"))
+        #expect(throttled.estimate.description.contains("history: "))
         #expect(throttled.estimate.description.contains("1.0 MiB/s"))
     }
 

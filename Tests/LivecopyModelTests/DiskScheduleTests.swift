@@ -140,12 +140,34 @@ import Testing
 
     @Test func theBasisIsSaidInWords() {
         #expect(Self.estimate(speed: 32 * Self.mib, history: nil).basisDescription == "policy speed 32.0 MiB/s per disk")
-        #expect(Self.estimate(speed: 0, history: Self.history).basisDescription
-            == "history: median 64.0 MiB/s per disk over 7 stream copies")
+        let alone = "median 64.0 MiB/s per disk alone over 7 stream copies; none with others at once (disks taken not to slow each other)"
+        #expect(Self.estimate(speed: 0, history: Self.history).basisDescription == "history: \(alone)")
         #expect(Self.estimate(speed: 32 * Self.mib, history: Self.history).basisDescription
-            == "policy speed 32.0 MiB/s per disk (history: median 64.0 MiB/s per disk over 7 stream copies, faster)")
+            == "policy speed 32.0 MiB/s per disk (history: \(alone), faster)")
         #expect(Self.estimate(speed: 128 * Self.mib, history: Self.history).basisDescription
-            == "history: median 64.0 MiB/s per disk over 7 stream copies (below the policy speed 128.0 MiB/s)")
+            == "history: \(alone) (below the policy speed 128.0 MiB/s)")
+        #expect(Self.estimate(speed: 0, history: Self.shared).basisDescription
+            == "history: median 64.0 MiB/s per disk alone over 3 stream copies; 96.0 MiB/s in all with several at once (median over 4 copies)")
+        let onlyShared = HistoryRate(strategy: .mirror, bytesPerSecond: 96 * 1_048_576, copies: 2, aggregateBytesPerSecond: 96 * 1_048_576, sharedCopies: 2)
+        #expect(Self.estimate(speed: 0, history: onlyShared).basisDescription
+            == "history: no mirror copy alone (one disk alone taken to reach the whole rate); 96.0 MiB/s in all with several at once (median over 2 copies)")
+    }
+
+    /// 64 MiB/s for a disk alone, 96 MiB/s in all for several at once.
+    static let shared = HistoryRate(strategy: .stream, bytesPerSecond: 64 * 1_048_576, copies: 7,
+                                    aggregateBytesPerSecond: 96 * 1_048_576, sharedCopies: 4)
+
+    @Test func disksCopyingAtOnceShareWhatTheHostMovesInAll() throws {
+        // 64 and 32 MiB at once, 48 MiB/s each: the 32 MiB disk ends at 2/3 s (the 64 MiB
+        // one has 32 MiB left); then 96 MiB starts, and the two go on at 48 MiB/s each until
+        // the 64 MiB disk ends at 4/3 s; the 96 MiB disk, 64 MiB left, goes alone at 64 MiB/s.
+        let estimate = Self.estimate(speed: 0, history: Self.shared)
+        let timings = try #require(estimate.timings)
+        #expect(abs(timings[1].end - 2.0 / 3) < 1e-9 && abs(timings[0].end - 4.0 / 3) < 1e-9, "\(timings)")
+        #expect(abs(timings[2].start - 2.0 / 3) < 1e-9 && abs(timings[2].end - (4.0 / 3 + 1)) < 1e-9, "\(timings)")
+        // A policy speed below the host's share is not slowed: 2 × 32 MiB/s fit in 96.
+        let throttled = Self.estimate(speed: 32 * Self.mib, history: Self.shared)
+        #expect(throttled.seconds == (32 + 96) / 32.0)
     }
 
     @Test func withNeitherSpeedNorHistoryThereIsNoEstimate() {
