@@ -10,6 +10,24 @@ import Testing
     static let durations = Gen.int(in: 0...100).array(of: 0...12)
     static let slotCounts = Gen.int(in: 1...6)
 
+    /// Disks that share the host perfectly (each of `k` at 1/`k` of its lone pace) keep the
+    /// host busy: the plan takes the sum of the lone copies, whatever the slots; no disk
+    /// ends sooner than with no sharing, and with a pace of 1 nothing changes.
+    @Test func sharingTheHostNeverShortensACopyAndKeepsTheHostBusy() async {
+        await propertyCheck(count: 1_000, input: Self.durations, Self.slotCounts) { durations, slots in
+            let schedule = DiskSchedule(maxParallelDisks: slots)
+            let items = durations.map { DiskSchedule.Item(duration: Double($0)) }
+            let alone = schedule.simulate(items)
+            #expect(schedule.simulate(items) { _ in 1 } == alone)
+            let shared = schedule.simulate(items) { 1 / Double($0) }
+            let sum = Double(durations.reduce(0, +))
+            #expect(abs((shared.map(\.end).max() ?? 0) - sum) < 1e-6, "\(durations), \(slots) slots: \(shared)")
+            for (index, timing) in shared.enumerated() {
+                #expect(timing.end - timing.start >= Double(durations[index]) - 1e-6)
+            }
+        }
+    }
+
     @Test func streamDisksRunInOrderAtMostSlotsAtOnceEachAsSoonAsASlotFrees() async {
         await propertyCheck(count: 2_000, input: Self.durations, Self.slotCounts) { durations, slots in
             let schedule = DiskSchedule(maxParallelDisks: slots)
