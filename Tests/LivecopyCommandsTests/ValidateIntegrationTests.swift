@@ -12,6 +12,20 @@ import Testing
 struct ValidateIntegrationTests {
     static let mib: Int64 = 1 << 20
 
+    /// VM `vm1` in `scratch` with one qcow2 drive per entry of `disks` (`drive0`, …, each
+    /// `src<i>.qcow2` of `size`, holding `written` MiB of pattern `firstPattern + i` at `offset`).
+    static func vm(in scratch: TemporaryDirectory, disks: [(size: String, written: Int)], offset: String = "0",
+                   firstPattern: UInt8) throws -> QEMUVirtualMachine {
+        var drives: [(id: String, image: String, format: String)] = []
+        for (index, disk) in disks.enumerated() {
+            let source = scratch.appending("src\(index).qcow2")
+            try QEMUImage.create(source, size: disk.size)
+            try QEMUImage.write(source, pattern: firstPattern + UInt8(index), offset: offset, length: "\(disk.written)M")
+            drives.append((id: "drive\(index)", image: source, format: "qcow2"))
+        }
+        return try QEMUVirtualMachine(name: "vm1", directory: scratch.url, drives: drives)
+    }
+
     /// A plan file of `vms` (name, QMP socket, [(device, destination)]) with `policy`
     /// written next to it as `policy.yaml`; returns the plan's path.
     static func writePlan(in scratch: TemporaryDirectory, name: String = "plan", policy: String,
@@ -52,14 +66,7 @@ struct ValidateIntegrationTests {
         // 12 MiB × 1.1 fits in 20 MiB alone; two of them do not.
         let small = try #require(SmallFilesystem(path: scratch.appending("small"), size: "20m"))
         try FileManager.default.createDirectory(atPath: scratch.appending("new"), withIntermediateDirectories: true)
-        var drives: [(id: String, image: String, format: String)] = []
-        for index in 0..<3 {
-            let source = scratch.appending("src\(index).qcow2")
-            try QEMUImage.create(source, size: "64M")
-            try QEMUImage.write(source, pattern: 0x10 + UInt8(index), offset: "0", length: "12M")
-            drives.append((id: "drive\(index)", image: source, format: "qcow2"))
-        }
-        let vm = try QEMUVirtualMachine(name: "vm1", directory: scratch.url, drives: drives)
+        let vm = try Self.vm(in: scratch, disks: Array(repeating: ("64M", 12), count: 3), firstPattern: 0x10)
         defer { vm.kill() }
         let existing = scratch.appending("new/existing.qcow2")
         try "precious".write(toFile: existing, atomically: true, encoding: .utf8)
@@ -124,14 +131,7 @@ struct ValidateIntegrationTests {
         try FileManager.default.createDirectory(atPath: scratch.appending("new"), withIntermediateDirectories: true)
         // Allocated 8, 4 and 12 MiB of 256, 128 and 64 MiB.
         let layout: [(size: String, virtual: Int64, written: Int64)] = [("256M", 256, 8), ("128M", 128, 4), ("64M", 64, 12)]
-        var drives: [(id: String, image: String, format: String)] = []
-        for (index, disk) in layout.enumerated() {
-            let source = scratch.appending("src\(index).qcow2")
-            try QEMUImage.create(source, size: disk.size)
-            try QEMUImage.write(source, pattern: 0x20 + UInt8(index), offset: "16M", length: "\(disk.written)M")
-            drives.append((id: "drive\(index)", image: source, format: "qcow2"))
-        }
-        let vm = try QEMUVirtualMachine(name: "vm1", directory: scratch.url, drives: drives)
+        let vm = try Self.vm(in: scratch, disks: layout.map { (size: $0.size, written: Int($0.written)) }, offset: "16M", firstPattern: 0x20)
         defer { vm.kill() }
         let plan = try Self.writePlan(in: scratch, policy: "speed: 32M\nmax_parallel_disks: 2\n", [
             ("vm1", vm.livecopySocket, (0..<3).map { ("drive\($0)", scratch.appending("new/d\($0).qcow2")) }),
@@ -146,7 +146,7 @@ struct ValidateIntegrationTests {
         #expect(document.disks.map(\.virtualSize) == layout.map { $0.virtual * Self.mib })
         #expect(document.disks.map(\.allocatedBytes) == layout.map { $0.written * Self.mib })
         #expect(document.disks.allSatisfy { $0.allocatedFrom == "map" && $0.sourceFormat == "qcow2" })
-        #expect(document.disks.map(\.source) == drives.map(\.image))
+        #expect(document.disks.map(\.source) == layout.indices.map { scratch.appending("src\($0).qcow2") })
         #expect(document.plan.speed == 32 * Self.mib && document.plan.maxParallelDisks == 2)
 
         // Two slots: drive0 (8 MiB, 0.25 s) and drive1 (4 MiB, 0.125 s) at once; drive2 when drive1 ends.
@@ -183,14 +183,7 @@ struct ValidateIntegrationTests {
         defer { scratch.remove() }
         try FileManager.default.createDirectory(atPath: scratch.appending("new"), withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: scratch.appending("again"), withIntermediateDirectories: true)
-        var drives: [(id: String, image: String, format: String)] = []
-        for index in 0..<2 {
-            let source = scratch.appending("src\(index).qcow2")
-            try QEMUImage.create(source, size: "64M")
-            try QEMUImage.write(source, pattern: 0x30 + UInt8(index), offset: "0", length: "16M")
-            drives.append((id: "drive\(index)", image: source, format: "qcow2"))
-        }
-        let vm = try QEMUVirtualMachine(name: "vm1", directory: scratch.url, drives: drives)
+        let vm = try Self.vm(in: scratch, disks: Array(repeating: ("64M", 16), count: 2), firstPattern: 0x30)
         defer { vm.kill() }
         let database = scratch.appending("livecopy.db")
         let livecopy = LivecopyProcess(database: database)
