@@ -10,9 +10,14 @@ extension Engine {
     /// line per disk, without changing anything. `recover` prints it before acting.
     public func reconciliationReport(planId: Int64) async throws -> [(disk: DiskRecord, finding: String)] {
         var report: [(disk: DiskRecord, finding: String)] = []
-        for disk in try store.disks(ofPlan: planId) where !disk.state.isFinal {
+        for disk in try store.disks(ofPlan: planId) where !disk.state.isFinal || disk.pendingHook != nil {
             var recorded = "recorded \(disk.state.rawValue)"
             if let intent = disk.intent { recorded += " (unfinished: \(intent.rawValue))" }
+            if let hook = disk.pendingHook { recorded += " (hook \(hook.rawValue) to run again)" }
+            if disk.state.isFinal {
+                report.append((disk, "\(recorded); final, only its hook runs"))
+                continue
+            }
             let session: any VMSession
             do {
                 session = try await sessions.session(for: disk.vmAddress)

@@ -151,6 +151,10 @@ struct HookIntegrationTests {
 
         let recover = try await rig.livecopy.run(["recover"])
         #expect(recover.status == 0, "recover: \(recover.status)\n\(recover.stderr)")
+        if !hostReboot {
+            #expect((recover.stdout + recover.stderr).contains("recorded streaming (hook on_switch to run again)"),
+                    "recover's report names the pending hook:\n\(recover.stdout)\(recover.stderr)")
+        }
         let events = try Self.hookEvents(rig, "on_switch")
         #expect(events.map(\.kind) == [.intent, .intent, .outcome], "recover ran the hook again, once: \(events)")
         #expect(events[1].detail.contains("attempt 2") && events[2].detail.contains("succeeded: exit 0"), "\(events)")
