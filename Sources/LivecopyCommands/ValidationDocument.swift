@@ -6,11 +6,11 @@ import LivecopyModel
 
 /// `validate --json`: the plan's disks, its destination filesystems, the order its disks
 /// would run in, the estimate and every problem. Every key is always present, with
-/// `null` when there is no value; sizes are bytes, times seconds from the plan's start.
+/// `null` when there is no value (`NullEncoded`); sizes are bytes, times seconds from the plan's start.
 struct ValidationDocument: Codable, Equatable {
     /// The plan and the policy settings the checks and the estimate use.
     struct PlanSummary: Codable, Equatable {
-        var name: String?
+        @NullEncoded var name: String?
         var policy: String
         var strategy: String
         /// Bytes per second per disk; 0: unlimited.
@@ -23,16 +23,6 @@ struct ValidationDocument: Codable, Equatable {
             case maxParallelDisks = "max_parallel_disks"
             case spaceMargin = "space_margin"
         }
-
-        func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(name, forKey: .name)
-            try container.encode(policy, forKey: .policy)
-            try container.encode(strategy, forKey: .strategy)
-            try container.encode(speed, forKey: .speed)
-            try container.encode(maxParallelDisks, forKey: .maxParallelDisks)
-            try container.encode(spaceMargin, forKey: .spaceMargin)
-        }
     }
 
     /// One disk of the plan, in plan order.
@@ -40,20 +30,20 @@ struct ValidationDocument: Codable, Equatable {
         var vm: String
         var device: String
         /// The source found in the VM; null when the VM or the device was not found.
-        var source: String?
-        var sourceFormat: String?
-        var virtualSize: Int64?
+        @NullEncoded var source: String?
+        @NullEncoded var sourceFormat: String?
+        @NullEncoded var virtualSize: Int64?
         /// The bytes the copy copies; null while unknown.
-        var allocatedBytes: Int64?
+        @NullEncoded var allocatedBytes: Int64?
         /// `map` (`qemu-img map` of the chain) or `file_blocks` (the map could not be read:
         /// the chain's sizes on disk); null while unknown.
-        var allocatedFrom: String?
+        @NullEncoded var allocatedFrom: String?
         /// Why the map could not be read, with `file_blocks`.
-        var allocatedNote: String?
+        @NullEncoded var allocatedNote: String?
         var destination: String
         var destinationFormat: String
         /// The `directory` of its entry in `filesystems`; null for a block device.
-        var filesystem: String?
+        @NullEncoded var filesystem: String?
 
         enum CodingKeys: String, CodingKey {
             case vm, device, source, destination, filesystem
@@ -63,21 +53,6 @@ struct ValidationDocument: Codable, Equatable {
             case allocatedFrom = "allocated_from"
             case allocatedNote = "allocated_note"
             case destinationFormat = "destination_format"
-        }
-
-        func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(vm, forKey: .vm)
-            try container.encode(device, forKey: .device)
-            try container.encode(source, forKey: .source)
-            try container.encode(sourceFormat, forKey: .sourceFormat)
-            try container.encode(virtualSize, forKey: .virtualSize)
-            try container.encode(allocatedBytes, forKey: .allocatedBytes)
-            try container.encode(allocatedFrom, forKey: .allocatedFrom)
-            try container.encode(allocatedNote, forKey: .allocatedNote)
-            try container.encode(destination, forKey: .destination)
-            try container.encode(destinationFormat, forKey: .destinationFormat)
-            try container.encode(filesystem, forKey: .filesystem)
         }
     }
 
@@ -89,29 +64,19 @@ struct ValidationDocument: Codable, Equatable {
         var device: String
         var state: String
         /// What it still has to copy there; null when unknown (counted as 0).
-        var remainingBytes: Int64?
+        @NullEncoded var remainingBytes: Int64?
 
         enum CodingKeys: String, CodingKey {
             case plan, vm, device, state
             case planState = "plan_state"
             case remainingBytes = "remaining_bytes"
         }
-
-        func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(plan, forKey: .plan)
-            try container.encode(planState, forKey: .planState)
-            try container.encode(vm, forKey: .vm)
-            try container.encode(device, forKey: .device)
-            try container.encode(state, forKey: .state)
-            try container.encode(remainingBytes, forKey: .remainingBytes)
-        }
     }
 
     /// One destination filesystem.
     struct Filesystem: Codable, Equatable {
         var directory: String
-        var freeBytes: Int64?
+        @NullEncoded var freeBytes: Int64?
         /// The plan's disks copied there, `vm/device`.
         var disks: [String]
         var planBytes: Int64
@@ -133,20 +98,6 @@ struct ValidationDocument: Codable, Equatable {
             case spaceMargin = "space_margin"
             case requiredBytes = "required_bytes"
         }
-
-        func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(directory, forKey: .directory)
-            try container.encode(freeBytes, forKey: .freeBytes)
-            try container.encode(disks, forKey: .disks)
-            try container.encode(planBytes, forKey: .planBytes)
-            try container.encode(inProgress, forKey: .inProgress)
-            try container.encode(inProgressBytes, forKey: .inProgressBytes)
-            try container.encode(spaceMargin, forKey: .spaceMargin)
-            try container.encode(requiredBytes, forKey: .requiredBytes)
-            try container.encode(checked, forKey: .checked)
-            try container.encode(fits, forKey: .fits)
-        }
     }
 
     /// One disk's place in the run: the order the engine starts disks in.
@@ -157,23 +108,14 @@ struct ValidationDocument: Codable, Equatable {
         /// Starts with the plan (one of the first `max_parallel_disks`).
         var firstWave: Bool
         /// Estimated start and end; null without an estimate.
-        var startSeconds: Double?
-        var endSeconds: Double?
+        @NullEncoded var startSeconds: Double?
+        @NullEncoded var endSeconds: Double?
 
         enum CodingKeys: String, CodingKey {
             case position, disk
             case firstWave = "first_wave"
             case startSeconds = "start_seconds"
             case endSeconds = "end_seconds"
-        }
-
-        func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(position, forKey: .position)
-            try container.encode(disk, forKey: .disk)
-            try container.encode(firstWave, forKey: .firstWave)
-            try container.encode(startSeconds, forKey: .startSeconds)
-            try container.encode(endSeconds, forKey: .endSeconds)
         }
     }
 
@@ -184,7 +126,7 @@ struct ValidationDocument: Codable, Equatable {
         var bytesPerSecond: Double
         var copies: Int
         /// What the host moved in all with several disks at once; null: no such copy.
-        var aggregateBytesPerSecond: Double?
+        @NullEncoded var aggregateBytesPerSecond: Double?
         var sharedCopies: Int
 
         enum CodingKeys: String, CodingKey {
@@ -193,31 +135,22 @@ struct ValidationDocument: Codable, Equatable {
             case aggregateBytesPerSecond = "aggregate_bytes_per_second"
             case sharedCopies = "shared_copies"
         }
-
-        func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(strategy, forKey: .strategy)
-            try container.encode(bytesPerSecond, forKey: .bytesPerSecond)
-            try container.encode(copies, forKey: .copies)
-            try container.encode(aggregateBytesPerSecond, forKey: .aggregateBytesPerSecond)
-            try container.encode(sharedCopies, forKey: .sharedCopies)
-        }
     }
 
     /// The plan's estimated duration and what it rests on.
     struct Estimate: Codable, Equatable {
         /// Seconds from the start to the end of the last disk; null: no estimate.
-        var seconds: Double?
+        @NullEncoded var seconds: Double?
         /// `policy_speed`, `history` or `none`: which rate was used.
         var basis: String
         /// The rate per disk used; null: none.
-        var bytesPerSecond: Double?
+        @NullEncoded var bytesPerSecond: Double?
         /// The basis in words (`policy speed 32.0 MiB/s per disk`, …).
         var description: String
         /// The policy's speed per disk; null when it sets none.
-        var policySpeed: Int64?
+        @NullEncoded var policySpeed: Int64?
         /// This host's history rate for the strategy; null when its history tells none.
-        var history: History?
+        @NullEncoded var history: History?
         /// Seconds added to each disk for the steps around its copy.
         var perDiskOverheadSeconds: Double
         /// Disks whose size is unknown (not found), counted as 0 bytes.
@@ -229,18 +162,6 @@ struct ValidationDocument: Codable, Equatable {
             case policySpeed = "policy_speed"
             case perDiskOverheadSeconds = "per_disk_overhead_seconds"
             case unknownDisks = "unknown_disks"
-        }
-
-        func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(seconds, forKey: .seconds)
-            try container.encode(basis, forKey: .basis)
-            try container.encode(bytesPerSecond, forKey: .bytesPerSecond)
-            try container.encode(description, forKey: .description)
-            try container.encode(policySpeed, forKey: .policySpeed)
-            try container.encode(history, forKey: .history)
-            try container.encode(perDiskOverheadSeconds, forKey: .perDiskOverheadSeconds)
-            try container.encode(unknownDisks, forKey: .unknownDisks)
         }
     }
 

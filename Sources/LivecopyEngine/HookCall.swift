@@ -19,24 +19,24 @@ struct HookCall {
     }
 
     /// What the hook is told, as JSON on its stdin (the same facts as its `LIVECOPY_*`
-    /// environment variables).
+    /// environment variables); every key always present, `null` when there is no value.
     struct Document: Encodable {
         struct PlanPart: Encodable {
             let id: Int64
-            let name: String?
+            @NullEncoded var name: String?
         }
         struct DiskPart: Encodable {
             let id: Int64
             let vm: String
             let vmAddress: String
             let device: String
-            let source: String?
-            let sourceFormat: String?
+            @NullEncoded var source: String?
+            @NullEncoded var sourceFormat: String?
             let destination: String
             let destinationFormat: String
             let strategy: String
             let state: String
-            let error: String?
+            @NullEncoded var error: String?
 
             enum CodingKeys: String, CodingKey {
                 case id, vm, device, source, destination, strategy, state, error
@@ -49,9 +49,9 @@ struct HookCall {
         let attempt: Int
         let plan: PlanPart
         let disk: DiskPart
-        /// The image the VM must be started from from now on (nil: livecopy cannot tell).
-        let bootImage: String?
-        let bootFormat: String?
+        /// The image the VM must be started from from now on (null: livecopy cannot tell).
+        @NullEncoded var bootImage: String?
+        @NullEncoded var bootFormat: String?
 
         enum CodingKeys: String, CodingKey {
             case hook, attempt, plan, disk

@@ -1,22 +1,24 @@
 import Foundation
 
 /// The JSON document scripts read from `submit --json`, `history --json`, `status --json`
-/// and `show --json`. Its shape is a contract: add fields, never rename them.
+/// and `show --json`. Its shape is a contract: add fields, never rename them. Every key
+/// is always present, `null` when there is no value (`NullEncoded`), but `events`
+/// (`show`) and `controls` (`status`, `show`), present only there.
 public struct PlanDocument: Codable, Sendable, Equatable {
     /// One disk in a plan document.
     public struct Disk: Codable, Sendable, Equatable {
         public var vm: String
         public var device: String
-        public var source: String?
+        @NullEncoded public var source: String?
         public var destination: String
         public var state: String
         public var bytesDone: Int64
         public var bytesTotal: Int64
-        public var error: String?
+        @NullEncoded public var error: String?
         /// The image the VM must boot from if restarted now (null while unknown).
-        public var bootImage: String?
+        @NullEncoded public var bootImage: String?
         /// A hook whose run was announced and whose outcome is not recorded yet (null: none).
-        public var pendingHook: String?
+        @NullEncoded public var pendingHook: String?
 
         enum CodingKeys: String, CodingKey {
             case vm, device, source, destination, state, error
@@ -25,48 +27,23 @@ public struct PlanDocument: Codable, Sendable, Equatable {
             case bootImage = "boot_image"
             case pendingHook = "pending_hook"
         }
-
-        /// Absent values are written as `null`: every key of the contract is always present.
-        public func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(vm, forKey: .vm)
-            try container.encode(device, forKey: .device)
-            try container.encode(source, forKey: .source)
-            try container.encode(destination, forKey: .destination)
-            try container.encode(state, forKey: .state)
-            try container.encode(bytesDone, forKey: .bytesDone)
-            try container.encode(bytesTotal, forKey: .bytesTotal)
-            try container.encode(error, forKey: .error)
-            try container.encode(bootImage, forKey: .bootImage)
-            try container.encode(pendingHook, forKey: .pendingHook)
-        }
     }
 
     /// One entry of a plan's timeline (`show` only).
     public struct Event: Codable, Sendable, Equatable {
         public var at: String
         /// `vm/device` of the disk, or null for plan-level events.
-        public var disk: String?
+        @NullEncoded public var disk: String?
         public var kind: String
-        public var from: String?
-        public var to: String?
+        @NullEncoded public var from: String?
+        @NullEncoded public var to: String?
         public var detail: String
-
-        public func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(at, forKey: .at)
-            try container.encode(disk, forKey: .disk)
-            try container.encode(kind, forKey: .kind)
-            try container.encode(from, forKey: .from)
-            try container.encode(to, forKey: .to)
-            try container.encode(detail, forKey: .detail)
-        }
     }
 
     /// The operator's settings for the plan's jobs (`status` and `show`).
     public struct Controls: Codable, Sendable, Equatable {
         /// Bytes per second set by `livecopy throttle` (0 = unlimited); null: the policy's `speed`.
-        public var speedOverride: Int64?
+        @NullEncoded public var speedOverride: Int64?
         /// Whether `livecopy pause` holds the plan's jobs.
         public var paused: Bool
 
@@ -79,21 +56,15 @@ public struct PlanDocument: Codable, Sendable, Equatable {
             speedOverride = controls.speedOverride
             paused = controls.paused
         }
-
-        public func encode(to encoder: Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(speedOverride, forKey: .speedOverride)
-            try container.encode(paused, forKey: .paused)
-        }
     }
 
     public var id: Int64
-    public var name: String?
+    @NullEncoded public var name: String?
     public var state: String
     public var policy: String
     public var createdAt: String
-    public var finishedAt: String?
-    public var error: String?
+    @NullEncoded public var finishedAt: String?
+    @NullEncoded public var error: String?
     public var disks: [Disk]
     public var events: [Event]?
     public var controls: Controls?
@@ -102,22 +73,6 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         case id, name, state, policy, error, disks, events, controls
         case createdAt = "created_at"
         case finishedAt = "finished_at"
-    }
-
-    /// Absent values are written as `null`; `events` (`show`) and `controls` (`status`,
-    /// `show`) only when present.
-    public func encode(to encoder: Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(id, forKey: .id)
-        try container.encode(name, forKey: .name)
-        try container.encode(state, forKey: .state)
-        try container.encode(policy, forKey: .policy)
-        try container.encode(createdAt, forKey: .createdAt)
-        try container.encode(finishedAt, forKey: .finishedAt)
-        try container.encode(error, forKey: .error)
-        try container.encode(disks, forKey: .disks)
-        try container.encodeIfPresent(events, forKey: .events)
-        try container.encodeIfPresent(controls, forKey: .controls)
     }
 
     /// `bootImages` (by disk id) replaces the record's own answer (`DiskRecord.bootImage`)
