@@ -52,10 +52,7 @@ final class DiskLedger: Sendable {
             updated.intent = nil
             if next != .completed && next != .rolledBack { detail += " (open intent \(open.rawValue) settled from what QEMU shows)" }
         }
-        if let hook = HookEvent.entering(next), hooks.command(for: hook) != nil {
-            detail += hookCalled(hook, replacing: updated.pendingHook)
-            updated.pendingHook = hook
-        }
+        detail += call(HookEvent.entering(next), on: &updated)
         try await store.save(disk: updated, expecting: previous,
                        event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
                        at: Date())
@@ -81,10 +78,13 @@ final class DiskLedger: Sendable {
         }
     }
 
-    /// Says, for the event of the write that calls for `hook`, that it will run, and which
-    /// hook not yet run it replaces: the newer says where the disk is now.
-    func hookCalled(_ hook: HookEvent, replacing earlier: HookEvent?) -> String {
-        let replaced = earlier.map { $0 == hook ? "" : "; hook \($0.rawValue) superseded before it ran" } ?? ""
+    /// Records `hook` pending in `record`, when the plan's policy has it, and returns what
+    /// the write's event says of it: that it will run, and which hook not yet run it
+    /// replaces (the newer says where the disk is now).
+    private func call(_ hook: HookEvent?, on record: inout DiskRecord) -> String {
+        guard let hook, hooks.command(for: hook) != nil else { return "" }
+        let replaced = record.pendingHook.map { $0 == hook ? "" : "; hook \($0.rawValue) superseded before it ran" } ?? ""
+        record.pendingHook = hook
         return "; hook \(hook.rawValue) to run\(replaced)"
     }
 
@@ -115,15 +115,22 @@ final class DiskLedger: Sendable {
     }
 
     /// Records the outcome of the pending intent; call after the side effect. `next`
-    /// records the following intent in the same write, when the outcome proves it safe.
-    func outcome(_ detail: String, next: DiskIntent? = nil, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+    /// records the following intent in the same write, when the outcome proves it safe;
+    /// `calling` a hook the outcome calls for (a mirror's pivot: `on_switch`), pending in
+    /// the same write when the policy has it.
+    func outcome(_ detail: String, next: DiskIntent? = nil, calling hook: HookEvent? = nil,
+                 update: (inout DiskRecord) -> Void = { _ in }) async throws {
         let disk = self.disk
         if let next, !next.isAllowed(in: disk.state) {
             throw IllegalTransition(subject: "disk \(disk.id)", from: disk.state.rawValue, to: "intent \(next.rawValue)")
         }
-        try await record(.outcome, action: disk.intent?.rawValue ?? "check", detail + (next.map { "; next: \($0.rawValue)" } ?? "")) {
+        var updated = disk
+        let called = call(hook, on: &updated)
+        try await record(.outcome, action: disk.intent?.rawValue ?? "check",
+                         detail + called + (next.map { "; next: \($0.rawValue)" } ?? "")) {
             update(&$0)
             $0.intent = next
+            $0.pendingHook = updated.pendingHook
         }
         if let next { CrashPoint.reach("intent:\(next.rawValue)") }
     }

@@ -94,12 +94,9 @@ extension DiskWorkflow {
     /// the pivot intent), from then on the destination is the truth.
     func pivotSeen(_ entry: VMDisk) async throws {
         guard !disk.pivoted || disk.intent == .pivot else { return }
-        let hook = ledger.hooks.command(for: .onSwitch) == nil ? nil : HookEvent.onSwitch
-        let called = hook.map { ledger.hookCalled($0, replacing: disk.pendingHook) } ?? ""
-        try await ledger.outcome("pivoted: the VM runs on \(disk.destination)\(called)") {
+        try await ledger.outcome("pivoted: the VM runs on \(disk.destination)", calling: .onSwitch) {
             $0.pivoted = true
             $0.qmpDevice = (try? self.deviceName(entry)) ?? $0.qmpDevice
-            if let hook { $0.pendingHook = hook }
         }
     }
 

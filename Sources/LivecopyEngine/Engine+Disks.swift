@@ -17,9 +17,7 @@ extension Engine {
                     _ step: @escaping @Sendable (DiskWorkflow, _ settledBySnapshot: Bool) async throws -> Void) async -> Error? {
         let disks: [DiskRecord]
         do {
-            let recorded = try store.disks(ofPlan: planId)
-            // A final disk comes back only for a hook left pending by a crash (quick, first).
-            disks = recorded.filter { $0.state.isFinal && $0.pendingHook != nil } + DiskSchedule.runOrder(recorded)
+            disks = DiskSchedule.runOrder(try store.disks(ofPlan: planId))
         } catch {
             return error
         }

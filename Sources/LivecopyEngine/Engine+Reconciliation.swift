@@ -10,7 +10,7 @@ extension Engine {
     /// line per disk, without changing anything. `recover` prints it before acting.
     public func reconciliationReport(planId: Int64) async throws -> [(disk: DiskRecord, finding: String)] {
         var report: [(disk: DiskRecord, finding: String)] = []
-        for disk in try store.disks(ofPlan: planId) where !disk.state.isFinal || disk.pendingHook != nil {
+        for disk in try store.disks(ofPlan: planId) where !disk.isSettled {
             var recorded = "recorded \(disk.state.rawValue)"
             if let intent = disk.intent { recorded += " (unfinished: \(intent.rawValue))" }
             if let hook = disk.pendingHook { recorded += " (hook \(hook.rawValue) to run again)" }

@@ -97,13 +97,6 @@ final class HookOutput: Sendable {
 /// (SIGTERM, then SIGKILL 5 s later) when the hook outlives its timeout or livecopy
 /// stops waiting for it.
 enum HookRunner {
-    /// How a run ended, as the task that ran it saw it (nil from a group task: the timeout).
-    private enum Ending: Sendable {
-        case exited(Int32)
-        case signaled(Int32)
-        case notStarted(String)
-    }
-
     /// The `PATH` a hook runs with, and where a program named without a `/` is looked up.
     static let safePath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     /// How long a hook has between SIGTERM and SIGKILL.
@@ -136,7 +129,8 @@ enum HookRunner {
             executable: .path(FilePath(program)), arguments: Arguments(arguments),
             environment: .custom(variables), workingDirectory: FilePath("/"), platformOptions: options)
 
-        let status: Ending? = try await withThrowingTaskGroup(of: Ending?.self) { group in
+        // Whichever ends first: the run (how it ended) or the timeout (nil).
+        let ending: HookResult.Ending? = try await withThrowingTaskGroup(of: HookResult.Ending?.self) { group in
             group.addTask {
                 let run = try await Subprocess.run(
                     configuration, input: .fileDescriptor(stdin, closeAfterSpawningProcess: true),
@@ -155,20 +149,14 @@ enum HookRunner {
             }
             defer { group.cancelAll() }
             do {
-                guard let first = try await group.next() else { return nil }
-                return first
+                return try await group.next() ?? nil
             } catch {
                 if Task.isCancelled || error is CancellationError { throw error }
                 return .notStarted("it could not be started: \(describe(error))")
             }
         }
         if Task.isCancelled { throw CancellationError() }
-        switch status {
-        case .notStarted(let reason)?: return result(.notStarted(reason))
-        case .exited(let code)?: return result(.exited(code))
-        case .signaled(let signal)?: return result(.signaled(signal))
-        case nil: return result(.timedOut(seconds: timeout))
-        }
+        return result(ending ?? .timedOut(seconds: timeout))
     }
 
     /// An unlinked temporary file holding `data`, positioned at its start.

@@ -27,10 +27,11 @@ public struct DiskSchedule: Sendable, Equatable {
         self.pivotPatience = max(0, pivotPatience)
     }
 
-    /// The disks a run drives, in the order it starts them: those not final, in the order
-    /// they were recorded.
+    /// The disks a run drives, in the order it starts them: those not settled (a final
+    /// disk only for a hook left pending by a crash, which needs no slot for long), in the
+    /// order they were recorded.
     public static func runOrder(_ disks: [DiskRecord]) -> [DiskRecord] {
-        disks.sorted { $0.id < $1.id }.filter { !$0.state.isFinal }
+        disks.sorted { $0.id < $1.id }.filter { !$0.isSettled }
     }
 
     /// One disk to schedule: how long its copy runs, and the pivot group it belongs to.

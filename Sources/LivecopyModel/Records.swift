@@ -101,6 +101,10 @@ public struct DiskRecord: Sendable, Equatable {
         self.updatedAt = updatedAt
     }
 
+    /// Nothing is left to do for the disk: it is final and no hook of it waits to run.
+    /// A run drives every disk that is not settled (a final one only for its hook).
+    public var isSettled: Bool { state.isFinal && pendingHook == nil }
+
     /// The deterministic QMP job id of this disk's stream job.
     public var streamJobId: String { "livecopy-stream-\(id)" }
     /// The deterministic QMP job id of this disk's mirror job (mirror strategy).
