@@ -47,12 +47,17 @@ public enum CopyHistory {
                 continue
             }
             // Every copy of the plan that ran once occupies the host, whatever its strategy.
-            let intervals = allDisks.compactMap { copyInterval(of: $0.id, in: events) }
+            let eventsByDisk = Dictionary(grouping: events.filter { $0.diskId != nil }, by: { $0.diskId! })
+            var intervals: [Int64: CopyInterval] = [:]
+            for disk in allDisks {
+                intervals[disk.id] = copyInterval(in: eventsByDisk[disk.id] ?? [])
+            }
+            let all = Array(intervals.values)
             // Newest first within the plan too.
             for disk in disks.reversed() {
-                guard let interval = copyInterval(of: disk.id, in: events), let bytes = disk.allocatedBytes else { continue }
+                guard let interval = intervals[disk.id], let bytes = disk.allocatedBytes else { continue }
                 let rate = Double(bytes) / interval.seconds
-                let sharing = averageConcurrency(during: interval, of: intervals)
+                let sharing = averageConcurrency(during: interval, of: all)
                 if sharing < 1.5 { alone.append(rate) } else { together.append(rate * sharing) }
                 if alone.count + together.count == newestCopies { break }
             }
@@ -90,10 +95,9 @@ public enum CopyHistory {
             && (event.detail.hasPrefix("throttle") || event.detail.hasPrefix("pause"))
     }
 
-    /// When disk `diskId` copied, from its events: from its copy job's start to its
+    /// When a disk copied, from its own events (`mine`): from its copy job's start to its
     /// transition into `retiring`; nil when the copy did not run exactly once.
-    static func copyInterval(of diskId: Int64, in events: [EventRecord]) -> CopyInterval? {
-        let mine = events.filter { $0.diskId == diskId }
+    static func copyInterval(in mine: [EventRecord]) -> CopyInterval? {
         let copyStates: Set<String> = [DiskState.streaming.rawValue, DiskState.mirroring.rawValue]
         let entries = mine.filter { $0.kind == .transition && copyStates.contains($0.to ?? "") }
         let jobStarts = mine.filter {

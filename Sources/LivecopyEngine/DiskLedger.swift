@@ -107,7 +107,7 @@ final class DiskLedger: Sendable {
     func plan() throws -> PlanRecord? { try store.plan(id: disk.planId) }
 
     /// The disk's events, oldest first.
-    func events() throws -> [EventRecord] { try store.events(ofPlan: disk.planId).filter { $0.diskId == disk.id } }
+    func events() throws -> [EventRecord] { try store.events(ofDisk: disk.id, planId: disk.planId) }
 
     /// Marks the end of the side effect announced by the pending intent (for crash tests).
     func sent() {

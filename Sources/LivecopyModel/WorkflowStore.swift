@@ -20,6 +20,8 @@ public protocol WorkflowStore: AnyObject, Sendable {
     /// One disk's record, nil if there is none with that id.
     func disk(id: Int64) throws -> DiskRecord?
     func events(ofPlan planId: Int64) throws -> [EventRecord]
+    /// The events of one disk of plan `planId`, oldest first (a hook's attempts).
+    func events(ofDisk diskId: Int64, planId: Int64) throws -> [EventRecord]
 
     /// Plans newest first, optionally only in `states` and only touching VM `vm`.
     func plans(states: Set<PlanState>?, vm: String?, limit: Int?) throws -> [PlanRecord]
@@ -78,6 +80,11 @@ public protocol WorkflowStore: AnyObject, Sendable {
 }
 
 extension WorkflowStore {
+    /// For stores with no query of their own: the plan's timeline, filtered.
+    public func events(ofDisk diskId: Int64, planId: Int64) throws -> [EventRecord] {
+        try events(ofPlan: planId).filter { $0.diskId == diskId }
+    }
+
     // Defaults for stores without operator controls (test doubles): nothing is ever set.
     public func controls(ofPlan planId: Int64) throws -> PlanControls { PlanControls() }
     public func requestControl(planId: Int64, _ action: OperatorAction, by requester: String, at: Date) throws -> OperatorRequest {

@@ -31,6 +31,14 @@ extension SQLiteStore {
         }
     }
 
+    public func events(ofDisk diskId: Int64, planId: Int64) throws -> [EventRecord] {
+        try read { db in
+            try Row.fetchAllCached(db, sql: "SELECT * FROM events WHERE plan_id = ? AND disk_id = ? ORDER BY id",
+                                   arguments: [planId, diskId])
+                .map(Self.eventRecord)
+        }
+    }
+
     public func plans(states: Set<PlanState>?, vm: String?, limit: Int?) throws -> [PlanRecord] {
         var clauses: [String] = []
         var arguments: StatementArguments = []
