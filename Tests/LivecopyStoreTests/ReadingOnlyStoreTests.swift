@@ -67,13 +67,7 @@ struct ReadingOnlyStoreTests {
 
     @Test func aNewerSchemaIsRefused() throws {
         let scratch = try Scratch()
-        let path = scratch.path + "/livecopy.db"
-        _ = try SQLiteStore(path: path)
-        let queue = try DatabaseQueue(path: path)
-        try queue.write { db in
-            try db.execute(sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (9999, 'future', 'x', 0)")
-        }
-        try queue.close()
+        let path = try scratch.databaseOfANewerSchema()
         #expect {
             _ = try SQLiteStore.readingOnly(at: path)
         } throws: { error in

@@ -12,6 +12,19 @@ final class Scratch {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
     deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    /// `livecopy.db` here, as a newer livecopy would leave it: a migration (9999) this one
+    /// does not know recorded as applied. Returns its path.
+    func databaseOfANewerSchema() throws -> String {
+        let database = path + "/livecopy.db"
+        _ = try SQLiteStore(path: database)
+        let queue = try DatabaseQueue(path: database)
+        defer { try? queue.close() }
+        try queue.write { db in
+            try db.execute(sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (9999, 'future', 'x', 0)")
+        }
+        return database
+    }
 }
 
 struct MigrationTests {
@@ -39,12 +52,7 @@ struct MigrationTests {
 
     @Test func aDatabaseFromANewerSchemaIsRefused() throws {
         let scratch = try Scratch()
-        let path = scratch.path + "/livecopy.db"
-        _ = try SQLiteStore(path: path)
-        let queue = try DatabaseQueue(path: path)
-        try queue.write { db in
-            try db.execute(sql: "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (9999, 'future', 'x', 0)")
-        }
+        let path = try scratch.databaseOfANewerSchema()
         do {
             _ = try SQLiteStore(path: path)
             Issue.record("opened a newer database")

@@ -1,6 +1,7 @@
 """Source images: filling them with a byte pattern, checking copies, fresh copies per run."""
 
 import json
+import os
 
 from .common import BenchError, CHUNK, run, size_text
 
@@ -36,3 +37,16 @@ def verify_pattern_image(path, size, pattern, fmt="qcow2"):
 
 def copy_pristine(pristine, target):
     run(["cp", "--reflink=auto", pristine, target])
+
+
+def fresh_run(run_dir, pristines):
+    """A new `run_dir` holding a fresh copy of each pristine image (`src<n>.qcow2`, written
+    back to disk so its writeback stays out of the timed window); returns the sources and
+    where each is to be copied (`dst<n>.qcow2`, not created)."""
+    os.makedirs(run_dir)
+    sources = [os.path.join(run_dir, f"src{n}.qcow2") for n in range(len(pristines))]
+    destinations = [os.path.join(run_dir, f"dst{n}.qcow2") for n in range(len(pristines))]
+    for pristine, source in zip(pristines, sources):
+        copy_pristine(pristine, source)
+    os.sync()
+    return sources, destinations

@@ -4,7 +4,7 @@ import os
 import shutil
 
 from ..common import BenchError, GIB, MIB, log, run, size_text
-from ..images import copy_pristine, fill_pattern_image, verify_pattern_image
+from ..images import fill_pattern_image, fresh_run, verify_pattern_image
 from ..process import read_output, timed
 from ..registry import scenario
 from .shared import abba, create_database, in_scratch, pair_rows, start_vms, stop_vms, write_plan, write_policy
@@ -86,12 +86,7 @@ class ParallelDisks:
 
     def _one(self, ctx, directory, pristines, db, policy, number, parallel, verify):
         run_dir = os.path.join(directory, f"p{number:02d}-{parallel}")
-        os.makedirs(run_dir)
-        sources = [os.path.join(run_dir, f"src{n}.qcow2") for n in range(len(pristines))]
-        destinations = [os.path.join(run_dir, f"dst{n}.qcow2") for n in range(len(pristines))]
-        for pristine, source in zip(pristines, sources):
-            copy_pristine(pristine, source)
-        os.sync()
+        sources, destinations = fresh_run(run_dir, pristines)
         vms = [VM(run_dir, source, prefix=f"vm{n}") for n, source in enumerate(sources)]
         try:
             start_vms(vms)

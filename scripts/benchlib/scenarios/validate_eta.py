@@ -7,7 +7,7 @@ import shutil
 import statistics
 
 from ..common import BenchError, GIB, MIB, log, run
-from ..images import copy_pristine
+from ..images import fresh_run
 from ..process import read_output, timed
 from ..registry import scenario
 from .shared import in_scratch, start_vms, stop_vms, write_plan, write_policy
@@ -118,12 +118,7 @@ class ValidateETA:
 
     def _round(self, ctx, directory, pristines, db, policy, number):
         run_dir = os.path.join(directory, f"r{number:02d}")
-        os.makedirs(run_dir)
-        sources = [os.path.join(run_dir, f"src{n}.qcow2") for n in range(len(pristines))]
-        destinations = [os.path.join(run_dir, f"dst{n}.qcow2") for n in range(len(pristines))]
-        for pristine, source in zip(pristines, sources):
-            copy_pristine(pristine, source)
-        os.sync()
+        sources, destinations = fresh_run(run_dir, pristines)
         vms = [VM(run_dir, sources[0:2], prefix="vm0"), VM(run_dir, sources[2:4], prefix="vm1")]
         try:
             start_vms(vms)
