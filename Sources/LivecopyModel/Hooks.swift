@@ -72,6 +72,4 @@ public struct HookSettings: Codable, Sendable, Equatable {
 
     /// The command run at `event`, if the policy names one.
     public func command(for event: HookEvent) -> HookCommand? { commands[event] }
-
-    public var isEmpty: Bool { commands.isEmpty }
 }

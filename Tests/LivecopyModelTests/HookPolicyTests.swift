@@ -11,7 +11,7 @@ struct HookPolicyTests {
 
     @Test func noHooksByDefault() throws {
         let policy = try Policy.resolve(nil)
-        #expect(policy.hooks.isEmpty && policy.hooks.onSwitchFailure == .rollback && policy.hooks.timeout == 60)
+        #expect(policy.hooks.commands.isEmpty && policy.hooks.onSwitchFailure == .rollback && policy.hooks.timeout == 60)
     }
 
     @Test func eachMomentTakesAnArgvListOrACommandWithItsOwnTimeout() throws {
