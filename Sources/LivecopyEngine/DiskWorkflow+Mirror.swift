@@ -30,6 +30,7 @@ extension DiskWorkflow {
         var earlyEvents: AsyncStream<JobEvent>?
         if let existing = try await job(jobId) {
             try await ledger.note("re-attaching to QEMU job \(jobId) (\(existing.status.explanation))")
+            await joinBudget(jobId)
         } else {
             let entry = try await locateDevice()
             switch entry.medium?.file {
@@ -69,7 +70,9 @@ extension DiskWorkflow {
                     if entry.medium?.file == self.disk.destination { try await self.pivotSeen(entry) }
                 }
             }
-            if let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents) {
+            let watched = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents)
+            await leaveBudget()
+            if let error = watched {
                 // The VM stays on its source; QEMU lets go of the partial copy.
                 try? await session.closeImage(nodeName: disk.destinationNodeName)
                 throw StreamFailure(description: "mirror job \(jobId) failed: \(error); the VM stays on \(disk.source ?? "the source"), which holds every write")
@@ -171,24 +174,26 @@ extension DiskWorkflow {
         // raw file livecopy made has that size already).
         let size = entry.medium?.image.virtualSize
         let limit = blockDevice && size != BlockDeviceDestination.size(of: disk.destination) ? size : nil
-        let speed = controls().speedOverride ?? policy.speed
         // Opened as the source is (cache mode, zero detection): the VM runs on it after the pivot.
         let target = ImageToOpen(nodeName: disk.destinationNodeName, path: disk.destination, format: disk.destinationFormat.rawValue,
                                  isBlockDevice: blockDevice, size: limit, ioSettings: entry.medium?.ioSettings)
-        if disk.intent != .mirror {
-            try await ledger.intend(.mirror, "job \(jobId) into \(disk.destination), speed \(speed), copy-mode \(policy.copyMode.rawValue), on-error \(policy.onError.rawValue)")
+        let device = try deviceName(entry)
+        try await startCopyJob(jobId) { [self] speed in
+            if disk.intent != .mirror {
+                try await ledger.intend(.mirror, "job \(jobId) into \(disk.destination), speed \(speed), copy-mode \(policy.copyMode.rawValue), on-error \(policy.onError.rawValue)")
+            }
+            try await session.openImage(target)
+            do {
+                try await session.startMirror(MirrorRequest(
+                    disk: device, jobId: jobId, targetNode: target.nodeName, speed: speed,
+                    onError: policy.onError.rawValue, copyMode: policy.copyMode.rawValue))
+            } catch let error as BackendError where error.isRefusal {
+                try? await session.closeImage(nodeName: target.nodeName)
+                try await ledger.outcome("refused: \(error.reason)")
+                throw error
+            }
+            ledger.sent()
+            try await ledger.outcome("job \(jobId) started")
         }
-        try await session.openImage(target)
-        do {
-            try await session.startMirror(MirrorRequest(
-                disk: try deviceName(entry), jobId: jobId, targetNode: target.nodeName, speed: speed,
-                onError: policy.onError.rawValue, copyMode: policy.copyMode.rawValue))
-        } catch let error as BackendError where error.isRefusal {
-            try? await session.closeImage(nodeName: target.nodeName)
-            try await ledger.outcome("refused: \(error.reason)")
-            throw error
-        }
-        ledger.sent()
-        try await ledger.outcome("job \(jobId) started")
     }
 }

@@ -11,6 +11,7 @@ extension DiskWorkflow {
         var earlyEvents: AsyncStream<JobEvent>?
         if let existing = try await job(jobId) {
             try await ledger.note("re-attaching to QEMU job \(jobId) (\(existing.status.explanation))")
+            await joinBudget(jobId)
         } else {
             let entry = try await locateDevice()
             guard entry.medium?.file == disk.destination else {
@@ -21,14 +22,15 @@ extension DiskWorkflow {
                 guard backing == disk.source else {
                     throw NeedsAttention(description: "\(disk.destination) is backed by \(backing), not by the source \(disk.source ?? "?")")
                 }
-                let speed = controls().speedOverride ?? policy.speed
-                try await ledger.intend(.stream, "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
+                let device = try deviceName(entry)
                 // Subscribed before the job exists: an I/O error reported at once is not missed.
                 earlyEvents = session.jobEvents()
-                try await session.startPull(
-                    disk: try deviceName(entry), jobId: jobId, speed: speed, onError: policy.onError.rawValue)
-                ledger.sent()
-                try await ledger.outcome("job \(jobId) started")
+                try await startCopyJob(jobId) { [self] speed in
+                    try await ledger.intend(.stream, "job \(jobId), speed \(speed), on-error \(policy.onError.rawValue)")
+                    try await session.startPull(disk: device, jobId: jobId, speed: speed, onError: policy.onError.rawValue)
+                    ledger.sent()
+                    try await ledger.outcome("job \(jobId) started")
+                }
             }
         }
         try await applyControls(to: jobId)
@@ -43,6 +45,7 @@ extension DiskWorkflow {
                 if let error { try await ledger.report("stream job \(jobId) failed: \(error)") }
             }
             let error = try await watch(jobId: jobId, callbacks: callbacks, events: earlyEvents)
+            await leaveBudget()
             if let error {
                 throw StreamFailure(description: "stream job \(jobId) failed: \(error)")
             }
@@ -107,7 +110,8 @@ extension DiskWorkflow {
         // watch that follows reads the job's fate.
         let can = session.capabilities
         do {
-            if let speed = settings.speedOverride, can.contains(.throttleJobs) {
+            // Under a host budget the job started (or re-attached) at its share already.
+            if let speed = settings.speedOverride, can.contains(.throttleJobs), budget == nil {
                 try await session.setSpeed(jobId: jobId, speed: speed)
                 try await ledger.note("job \(jobId): speed \(OperatorAction.speedText(speed)) (livecopy throttle)")
             }

@@ -21,11 +21,14 @@ final class DiskWorkflow: Sendable {
     let controls: @Sendable () -> PlanControls
     /// Where a mirror disk's pivot meets the VM's other mirror disks (nil: it pivots alone).
     let pivots: MirrorPivots?
+    /// `serve`'s host bandwidth budget, which sets the copy job's speed (nil: the plan's own).
+    let budget: BandwidthBudget?
 
     init(ledger: DiskLedger, session: any VMSession, policy: Policy, inspector: any ImageInspector,
          creator: any DestinationCreator, controls: @escaping @Sendable () -> PlanControls = { PlanControls() },
-         pivots: MirrorPivots? = nil) {
+         pivots: MirrorPivots? = nil, budget: BandwidthBudget? = nil) {
         self.pivots = pivots
+        self.budget = budget
         self.ledger = ledger
         self.session = session
         self.policy = policy

@@ -53,6 +53,25 @@ extension Engine {
             try await HookCall(ledger: ledger).runPending()
             let disk = ledger.disk
             if disk.state.isFinal { return nil }
+            // Under `serve`: a slot of the host's, held until this disk's drive ends.
+            guard let hostLimits else { return await drive(ledger, policy: policy, snapshots: snapshots, pivots: pivots, step) }
+            guard await hostLimits.slots.acquire() else { return nil }
+            let error = await drive(ledger, policy: policy, snapshots: snapshots, pivots: pivots, step)
+            await hostLimits.budget.release(diskId: disk.id)
+            await hostLimits.slots.release()
+            return error
+        } catch is CancellationError {
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// Connects to the disk's VM and runs its step (after its VM's snapshot phase).
+    private func drive(_ ledger: DiskLedger, policy: Policy, snapshots: VMSnapshotBarrier?, pivots: MirrorPivots?,
+                       _ step: (DiskWorkflow, Bool) async throws -> Void) async -> Error? {
+        do {
+            let disk = ledger.disk
             do {
                 try sessions.hypervisor.checkAddress(disk.vmAddress, allowShared: policy.allowSharedSocket)
             } catch {
@@ -62,7 +81,7 @@ extension Engine {
             }
             let session: any VMSession
             do {
-                session = try await sessions.session(for: disk.vmAddress)
+                session = try await sessions.session(for: disk.vmAddress, commandTimeout: commandTimeout)
             } catch {
                 if Task.isCancelled { return nil }
                 let boot = disk.bootImage.map { "; start it on \($0)" } ?? ""
@@ -100,7 +119,7 @@ extension Engine {
         let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
         let retrying = RetryingVMSession(session, policy: policy) { message in try? await ledger.note(message) }
         return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
-                            controls: controls, pivots: pivots)
+                            controls: controls, pivots: pivots, budget: hostLimits?.budget)
     }
 
     /// The snapshot phase of `disk`'s VM: every disk of the plan on that VM switches in

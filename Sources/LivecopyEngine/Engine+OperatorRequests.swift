@@ -51,8 +51,15 @@ extension Engine {
                 do {
                     switch action {
                     case .throttle(let speed):
-                        try await session.setSpeed(jobId: job.id, speed: speed)
-                        applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")
+                        if let budget = hostLimits?.budget, let disk = disks.first(where: { $0.copyJobId == job.id }),
+                           await budget.holds(diskId: disk.id) {
+                            // Under serve's host budget: the job's own speed, within its share.
+                            await budget.change(diskId: disk.id, wanted: speed)
+                            applied.append("job \(job.id) speed \(OperatorAction.speedText(speed)) within the host's bandwidth budget")
+                        } else {
+                            try await session.setSpeed(jobId: job.id, speed: speed)
+                            applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")
+                        }
                     case .pause:
                         if job.status != .paused { try await session.pause(jobId: job.id) }
                         applied.append("job \(job.id) paused")

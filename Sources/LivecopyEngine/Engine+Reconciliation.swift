@@ -20,7 +20,7 @@ extension Engine {
             }
             let session: any VMSession
             do {
-                session = try await sessions.session(for: disk.vmAddress)
+                session = try await sessions.session(for: disk.vmAddress, commandTimeout: commandTimeout)
             } catch {
                 report.append((disk, "\(recorded); VM unreachable (\(describe(error))); \(await bootAdvice(for: disk))"))
                 continue
@@ -68,7 +68,7 @@ extension Engine {
         // A running VM on the destination: that is the image with every write. (Its qcow2
         // metadata may not be on disk yet, so the file alone would mislead.)
         // Only the devices are asked: the boot image does not depend on the jobs.
-        if askingQEMU, let session = try? await sessions.session(for: disk.vmAddress),
+        if askingQEMU, let session = try? await sessions.session(for: disk.vmAddress, commandTimeout: commandTimeout),
            let devices = try? await session.disks(), devices.entry(for: disk)?.medium?.file == disk.destination {
             return disk.destination
         }
@@ -84,7 +84,7 @@ extension Engine {
         if disk.intent != .pivot {
             return disk.pivoted ? disk.destination : source
         }
-        if askingQEMU, let session = try? await sessions.session(for: disk.vmAddress),
+        if askingQEMU, let session = try? await sessions.session(for: disk.vmAddress, commandTimeout: commandTimeout),
            let devices = try? await session.disks(), let active = devices.entry(for: disk)?.medium?.file {
             if active == disk.destination { return disk.destination }
             if active == source, let jobs = try? await session.jobs(), jobs.contains(where: { $0.id == disk.mirrorJobId }) {

@@ -31,6 +31,12 @@ public final class Engine: Sendable {
     let sessions: VMSessions
     let me: PlanOwner
     let lease: LeaseTiming
+    /// `livecopy serve`'s host-wide limits (nil: only each plan's policy bounds it).
+    let hostLimits: HostLimits?
+    /// How long a command to a VM may take (the plan's `command_timeout`).
+    let commandTimeout: Double
+    /// Set by `halt`: every run of this engine stops at once, leaving QEMU's jobs running.
+    let halting = Halting()
 
     /// How long an owner may stay silent before its lease counts as abandoned (default).
     public static let leaseTimeout: Double = LeaseTiming().timeout
@@ -39,14 +45,21 @@ public final class Engine: Sendable {
 
     /// `lease` and `host` are for tests: a short lease, and an engine that names its host
     /// as another machine would (whose lease is judged by heartbeat age alone).
+    ///
+    /// `sessions` shares VM connections with other engines of the process (`serve`, which
+    /// runs one engine per plan: QEMU serves one client per monitor); `hostLimits` bounds
+    /// the disks copying and their bandwidth over every plan `serve` runs.
     public init(store: any WorkflowStore, hypervisor: any Hypervisor, observer: any EngineObserver = SilentObserver(),
                 inspector: any ImageInspector = QemuImgInspector(), creator: any DestinationCreator = ExclusiveOverlayCreator(),
-                commandTimeout: Double = 30, lease: LeaseTiming = LeaseTiming(), host: String = Engine.thisHost) {
+                commandTimeout: Double = 30, lease: LeaseTiming = LeaseTiming(), host: String = Engine.thisHost,
+                sessions: VMSessions? = nil, hostLimits: HostLimits? = nil) {
         self.store = store
         self.observer = observer
         self.inspector = inspector
         self.creator = creator
-        self.sessions = VMSessions(hypervisor: hypervisor, commandTimeout: commandTimeout)
+        self.sessions = sessions ?? VMSessions(hypervisor: hypervisor, commandTimeout: commandTimeout)
+        self.hostLimits = hostLimits
+        self.commandTimeout = commandTimeout
         self.lease = lease
         self.me = PlanOwner(pid: getpid(), host: host, heartbeat: Date())
     }
@@ -107,6 +120,7 @@ public final class Engine: Sendable {
     public func run(planId: Int64, mode: RunMode = .resume) async throws -> PlanRecord {
         guard let plan = try store.plan(id: planId) else { throw PreflightError("no plan with id \(planId)") }
         guard !plan.state.isFinal else { throw PreflightError("plan \(planId) is \(plan.state.rawValue) already") }
+        if let reason = halting.reason { throw DrivingHalted(planId: planId, reason: reason) }
         let claim = PlanOwner(pid: me.pid, host: me.host, heartbeat: Date())
         if let previous = try await store.acquireLease(planId: planId, owner: claim, isGone: isGoneHere) {
             observer.note(nil, "plan \(planId): took over from \(previous), which is gone")
@@ -141,6 +155,8 @@ public final class Engine: Sendable {
         let cancelled = CancelFlag()
         let leaseGone = LeaseGone()
         let driving = DrivingTasks()
+        let haltToken = halting.onHalt { driving.stopAll() }
+        defer { halting.remove(haltToken) }
         let heartbeat = Task {
             let beat = LeaseHeartbeat(store: self.store, planId: planId, owner: self.me, timing: self.lease, observer: self.observer)
             guard let cause = await beat.run(acquired: leaseTakenAt) else { return }
@@ -173,6 +189,7 @@ public final class Engine: Sendable {
         defer { requests.cancel() }
         let forwardError = await forward.value
         if let cause = leaseGone.cause { throw LeaseLost(planId: planId, cause: cause) }
+        if let reason = halting.reason { throw try await halted(planId, reason: reason) }
         var rollbackError: Error?
         let cancelRequested = try store.isCancelRequested(planId: planId)
         if mode == .rollback || cancelled.isSet || cancelRequested {
@@ -193,6 +210,7 @@ public final class Engine: Sendable {
             driving.add(rollback)
             rollbackError = await rollback.value
             if let cause = leaseGone.cause { throw LeaseLost(planId: planId, cause: cause) }
+            if let reason = halting.reason { throw try await halted(planId, reason: reason) }
         }
         if let error = forwardError ?? rollbackError { throw error }
         return try await finish(planId: planId)

@@ -4,25 +4,26 @@ import LivecopyBackend
 
 /// One session per VM, shared by all of that VM's disks: QEMU serves one client per
 /// monitor socket, so a second connection would wait forever.
-actor VMSessions {
+public actor VMSessions {
     /// The hypervisor the sessions are opened through.
-    nonisolated let hypervisor: any Hypervisor
+    public nonisolated let hypervisor: any Hypervisor
     private let commandTimeout: Double
     private var sessions: [String: Task<any VMSession, Error>] = [:]
 
-    init(hypervisor: any Hypervisor, commandTimeout: Double) {
+    public init(hypervisor: any Hypervisor, commandTimeout: Double) {
         self.hypervisor = hypervisor
         self.commandTimeout = commandTimeout
     }
 
     /// The live session for the VM at `address`, connecting (once, even with concurrent
-    /// callers) if needed.
-    func session(for address: String) async throws -> any VMSession {
+    /// callers) if needed, with `commandTimeout` (else the pool's). Engines sharing the
+    /// pool (`serve`) share the connection, and the timeout of the one that opened it.
+    func session(for address: String, commandTimeout ownTimeout: Double? = nil) async throws -> any VMSession {
         if let pending = sessions[address], let session = try? await pending.value, !session.isClosed {
             return session
         }
         let hypervisor = self.hypervisor
-        let timeout = commandTimeout
+        let timeout = ownTimeout ?? commandTimeout
         let task = Task { try await hypervisor.connect(to: address, commandTimeout: timeout) }
         sessions[address] = task
         do {
@@ -39,7 +40,7 @@ actor VMSessions {
         return session
     }
 
-    func closeAll() async {
+    public func closeAll() async {
         for task in sessions.values {
             if let session = try? await task.value { await session.close() }
         }

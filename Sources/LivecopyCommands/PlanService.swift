@@ -1,0 +1,209 @@
+// `livecopy serve`'s work: recover at start, then run detached plans as they appear,
+// within the host's limits; reload on SIGHUP; stop cleanly on SIGTERM.
+
+import Foundation
+import LivecopyEngine
+import LivecopyModel
+import LivecopyStore
+import Logging
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+/// The service `livecopy serve` runs (swift-service-lifecycle's `Service`).
+///
+/// Every plan it drives gets its own `Engine` (its own lease and policy), all sharing one
+/// connection per VM and the host's limits (`HostLimits`). On graceful shutdown it halts
+/// every engine (`Engine.halt`): each records that it stopped with QEMU's jobs running
+/// and releases its lease, and the next start of serve re-attaches.
+final class PlanService: Service, Sendable {
+    let store: SQLiteStore
+    let limits: HostLimits
+    let sessions: VMSessions
+    let notifier = SystemdNotifier()
+    /// Reads the settings again (the file and the command line), for SIGHUP.
+    let reload: @Sendable () throws -> ServeSettings
+    /// The log level when the settings file names none.
+    let commandLineLogLevel: Logger.Level
+    private let state: Mutex<State>
+
+    /// What changes while serve runs.
+    private struct State {
+        var settings: ServeSettings
+        /// The plans being driven now, each by its engine.
+        var driving: [Int64: Engine] = [:]
+        /// When each plan that is not being driven was last tried (interrupted plans are
+        /// tried again every `retryInterval`).
+        var lastTried: [Int64: Date] = [:]
+        var stopping = false
+    }
+
+    /// How long an interrupted plan (its VM unreachable, say) waits before serve tries it again.
+    static let retryInterval: Double = 60
+
+    init(store: SQLiteStore, settings: ServeSettings, reload: @escaping @Sendable () throws -> ServeSettings,
+         commandLineLogLevel: Logger.Level) {
+        self.store = store
+        self.limits = HostLimits(settings)
+        self.sessions = VMSessions(hypervisor: makeHypervisor(), commandTimeout: 30)
+        self.reload = reload
+        self.commandLineLogLevel = commandLineLogLevel
+        self.state = Mutex(State(settings: settings))
+        applyLogLevel(settings)
+    }
+
+    func run() async throws {
+        let settings = state.withLock { $0.settings }
+        say("started (pid \(getpid()), database \(store.path)): \(settings.summary)")
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.reloadOnHangup() }
+            await withGracefulShutdownHandler {
+                await recoverAtStart(&group)
+                notifier.ready(status: "serving: \(settings.summary)")
+                while !isStopping {
+                    startWaitingPlans(&group)
+                    await sleepUntilNextPoll()
+                }
+            } onGracefulShutdown: {
+                self.state.withLock { $0.stopping = true }
+            }
+            await stopDriving()
+            group.cancelAll()
+            await group.waitForAll()
+        }
+        await sessions.closeAll()
+        say("stopped")
+    }
+
+    private var isStopping: Bool { state.withLock { $0.stopping } }
+
+    // MARK: - Which plans to run
+
+    /// At start: every interrupted plan that no live livecopy drives is reconciled and
+    /// resumed (or rolled back, per its policy's `after_restart`), as `recover` does.
+    /// Disks whose jobs may still run count against the bandwidth budget until each
+    /// re-attaches or ends.
+    private func recoverAtStart(_ group: inout TaskGroup<Void>) async {
+        let interrupted: [PlanRecord]
+        do {
+            interrupted = try store.plans(states: [.running, .failed, .needsAttention], vm: nil, limit: nil).reversed()
+        } catch {
+            say("cannot read the interrupted plans: \(describe(error))")
+            return
+        }
+        for plan in interrupted {
+            let copying = ((try? store.disks(ofPlan: plan.id)) ?? []).filter { $0.state == .streaming || $0.state == .mirroring }
+            await limits.budget.expect(diskIds: copying.map(\.id))
+            start(plan, mode: plan.policy.afterRestart == .rollback ? .rollback : .resume, why: "recovering", &group)
+        }
+    }
+
+    /// Starts every detached plan waiting (`pending`), and every interrupted (`running`)
+    /// plan no one drives that was last tried `retryInterval` ago.
+    private func startWaitingPlans(_ group: inout TaskGroup<Void>) {
+        let waiting: [PlanRecord]
+        do {
+            waiting = try store.plans(states: [.pending, .running], vm: nil, limit: nil).reversed()
+        } catch {
+            say("cannot read the waiting plans: \(describe(error))")
+            return
+        }
+        let now = Date()
+        for plan in waiting {
+            let due = state.withLock { state -> Bool in
+                guard state.driving[plan.id] == nil else { return false }
+                guard plan.state == .running, let last = state.lastTried[plan.id] else { return true }
+                return now.timeIntervalSince(last) >= Self.retryInterval
+            }
+            if due { start(plan, mode: .resume, why: plan.state == .pending ? "starting" : "trying again", &group) }
+        }
+    }
+
+    /// Drives `plan` on a task of the group, unless a live livecopy drives it already.
+    private func start(_ plan: PlanRecord, mode: RunMode, why: String, _ group: inout TaskGroup<Void>) {
+        let engine = Engine(store: store, hypervisor: sessions.hypervisor, observer: ServeLog(),
+                            commandTimeout: plan.policy.commandTimeout, sessions: sessions, hostLimits: limits)
+        let owner: PlanOwner?
+        do {
+            owner = try engine.liveOwner(ofPlan: plan.id)
+        } catch {
+            say("plan \(plan.id): cannot read its owner: \(describe(error))")
+            return
+        }
+        let started = state.withLock { state -> Bool in
+            state.lastTried[plan.id] = Date()
+            guard owner == nil, !state.stopping, state.driving[plan.id] == nil else { return false }
+            state.driving[plan.id] = engine
+            return true
+        }
+        guard started else { return }
+        say("plan \(plan.id)\(plan.name.map { " (\($0))" } ?? ""): \(why) (\(mode == .rollback ? "rolling back" : "resuming"))")
+        group.addTask {
+            await self.drive(plan.id, mode: mode, engine: engine)
+            self.state.withLock { _ = $0.driving.removeValue(forKey: plan.id) }
+        }
+    }
+
+    private func drive(_ planId: Int64, mode: RunMode, engine: Engine) async {
+        do {
+            let final = try await engine.run(planId: planId, mode: mode)
+            let disks = (try? store.disks(ofPlan: planId)) ?? []
+            let completed = disks.filter { $0.state == .completed }.count
+            say("plan \(planId): \(final.state.rawValue) (\(completed) of \(disks.count) disk(s) completed)")
+        } catch let halted as DrivingHalted {
+            say(halted.description)
+        } catch {
+            say("plan \(planId): \(describe(error)); serve tries it again later")
+        }
+    }
+
+    /// Waits `poll_interval`, or less if serve is stopping.
+    private func sleepUntilNextPoll() async {
+        let interval = state.withLock { $0.settings.pollInterval }
+        let deadline = Date().addingTimeInterval(interval)
+        while !isStopping && Date() < deadline {
+            try? await Task.sleep(for: .milliseconds(min(100, Int(interval * 1000))))
+        }
+    }
+
+    // MARK: - Stopping and reloading
+
+    /// SIGTERM: no job's speed changes any more, and every engine stops where it stands.
+    private func stopDriving() async {
+        let engines = state.withLock { state -> [Engine] in
+            state.stopping = true
+            return Array(state.driving.values)
+        }
+        notifier.stopping(status: "stopping: \(engines.count) plan(s) left running in QEMU")
+        say("stopping: \(engines.count) plan(s) being driven; their QEMU jobs run on, and the next start re-attaches")
+        await limits.budget.freeze()
+        for engine in engines { engine.halt(reason: "livecopy serve stopped") }
+    }
+
+    /// Reads the settings again at each SIGHUP; a bad file keeps the settings in force.
+    private func reloadOnHangup() async {
+        for await _ in await UnixSignalsSequence(trapping: .sighup) {
+            if Task.isCancelled || isStopping { return }
+            notifier.reloading()
+            do {
+                let settings = try reload()
+                state.withLock { $0.settings = settings }
+                applyLogLevel(settings)
+                await limits.apply(settings)
+                say("settings reloaded: \(settings.summary)")
+                notifier.ready(status: "serving: \(settings.summary)")
+            } catch {
+                say("settings not reloaded, the previous ones stay in force: \(describe(error))")
+                notifier.ready(status: "serving (reload failed)")
+            }
+        }
+    }
+
+    private func applyLogLevel(_ settings: ServeSettings) {
+        ProcessLogLevel.current = settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? commandLineLogLevel
+    }
+
+    private func say(_ message: String) {
+        printStderr("livecopy serve: \(message)")
+    }
+}
