@@ -37,7 +37,13 @@ public struct ServeSettings: Sendable, Equatable {
 
     /// Parses a settings file; keys it leaves out keep `base`'s values. `bandwidth: 0`
     /// and `max_parallel_disks: 0` mean no host limit.
+    /// A file holding only comments (or nothing) keeps every default.
     public static func parse(_ text: String, source: String, base: ServeSettings = ServeSettings()) throws -> ServeSettings {
+        let meaningful = text.split(whereSeparator: \.isNewline).contains {
+            let line = $0.trimmingCharacters(in: .whitespaces)
+            return !line.isEmpty && !line.hasPrefix("#")
+        }
+        guard meaningful else { return base }
         let document = try StrictYAML.parse(text, source: source)
         let members = try document.mapping(allowed: Set(Key.allCases.map(\.rawValue)))
         var settings = base

@@ -37,6 +37,7 @@ import Testing
                                                source: "serve.yaml")
         #expect(settings == ServeSettings(maxParallelDisks: 3, bandwidth: 200 * 1024 * 1024, logLevel: "info", pollInterval: 0.5))
         #expect(try ServeSettings.parse("bandwidth: 0\nmax_parallel_disks: 0\n", source: "s") == ServeSettings())
+        #expect(try ServeSettings.parse("# nothing set yet\n\n", source: "s") == ServeSettings(), "an empty file keeps the defaults")
         let refusals = [
             ("bandwidth: fast\n", "'bandwidth' has invalid value 'fast'"),
             ("bandwidth: 1K\n", "at least 64K"),
