@@ -99,7 +99,7 @@ final class PlanService: Service, Sendable {
     }
 
     /// Starts every detached plan waiting (`pending`), and every interrupted (`running`)
-    /// plan no one drives that was last tried `retryInterval` ago.
+    /// plan no one drives; a plan serve tried already waits `retryInterval` after that try.
     private func startWaitingPlans(_ group: inout TaskGroup<Void>) {
         let waiting: [PlanRecord]
         do {
@@ -112,7 +112,7 @@ final class PlanService: Service, Sendable {
         for plan in waiting {
             let due = state.withLock { state -> Bool in
                 guard state.driving[plan.id] == nil else { return false }
-                guard plan.state == .running, let last = state.lastTried[plan.id] else { return true }
+                guard let last = state.lastTried[plan.id] else { return true }
                 return now.timeIntervalSince(last) >= Self.retryInterval
             }
             if due { start(plan, mode: .resume, why: plan.state == .pending ? "starting" : "trying again", &group) }
