@@ -66,6 +66,11 @@ public struct LivecopyProcess: Sendable {
             self.stderrPath = stderrPath
         }
 
+        /// What the process wrote on stderr so far (it may still be running).
+        public func stderrSoFar() -> String {
+            (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? ""
+        }
+
         /// Waits (without blocking a thread) for the process to exit, at most `timeout` seconds, then kills it.
         public func wait(timeout: Double = 300) async throws -> Result {
             let deadline = Date().addingTimeInterval(timeout)
