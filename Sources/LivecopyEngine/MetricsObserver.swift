@@ -4,8 +4,7 @@
 import LivecopyModel
 
 /// Wraps the observer a command gives the engine (its progress display) so the same
-/// reports also feed the metrics: `Engine(…, observer: MetricsObserver(wrapping: display,
-/// recorder: recorder))`.
+/// reports also feed the metrics (`MetricsEndpoint.observing(_:)` makes one).
 public struct MetricsObserver: EngineObserver {
     public let wrapped: any EngineObserver
     public let recorder: DiskMetricsRecorder

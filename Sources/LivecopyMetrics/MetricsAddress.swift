@@ -38,7 +38,12 @@ public struct MetricsAddress: Sendable, Equatable, CustomStringConvertible {
         self.port = number
     }
 
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { "\(Self.bracketed(host)):\(port)" }
+
+    /// `host` as written before `:PORT` (in a URL too): an IPv6 address in brackets.
+    public static func bracketed(_ host: String) -> String {
+        host.contains(":") ? "[\(host)]" : host
+    }
 }
 
 /// A `--metrics` value that is not HOST:PORT.

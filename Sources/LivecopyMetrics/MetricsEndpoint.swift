@@ -44,10 +44,8 @@ public final class MetricsEndpoint: Sendable {
             }
             return exposition.text()
         }
-        let host = server.address.ipAddress ?? address.host
-        let shown = host.contains(":") ? "[\(host)]" : host
-        let port = server.address.port ?? address.port
-        return MetricsEndpoint(url: "http://\(shown):\(port)/metrics", recorder: DiskMetricsRecorder(factory: exposition.factory),
+        let bound = MetricsAddress.bracketed(server.address.ipAddress ?? address.host)
+        return MetricsEndpoint(url: "http://\(bound):\(server.address.port ?? address.port)/metrics", recorder: DiskMetricsRecorder(factory: exposition.factory),
                                server: server)
     }
 

@@ -69,8 +69,7 @@ public enum MetricsEndpointError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         switch self {
         case .cannotListen(let host, let port, let reason):
-            let shown = host.contains(":") ? "[\(host)]" : host
-            return "--metrics \(shown):\(port): cannot listen there: \(reason)"
+            return "--metrics \(MetricsAddress.bracketed(host)):\(port): cannot listen there: \(reason)"
         }
     }
 }

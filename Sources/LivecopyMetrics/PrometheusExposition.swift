@@ -8,8 +8,8 @@ import Prometheus
 import QMP
 
 /// A Prometheus registry with its swift-metrics factory (the histograms' buckets set from
-/// `MetricCatalog`), and the text of a scrape: the database's state counts refreshed, the
-/// metric families sorted by name, each with its `# HELP` line.
+/// `MetricCatalog`), the plans and disks by state (`update`, before each scrape), and the
+/// text of a scrape: the metric families sorted by name, each with its `# HELP` line.
 public final class PrometheusExposition: Sendable {
     public let registry: PrometheusCollectorRegistry
     /// What swift-metrics records into (`MetricsSystem.bootstrap`, or a task-local factory).
