@@ -16,6 +16,8 @@ import PackageDescription
 /// - `CSystemExtras`: Linux calls Swift's Glibc module does not import (`sync_file_range`, write leases, `renameat2`).
 /// - `LivecopyEngine`: the workflow engine; it sees the hypervisor and the store through protocols,
 ///   and runs `qemu-img` through swift-subprocess (awaited, never blocking a thread).
+/// - `LivecopyMetrics`: the Prometheus side of `--metrics`: the registry swift-metrics records into (the
+///   engine and QMP record through swift-metrics only), the metric catalog and an HTTP endpoint on SwiftNIO.
 /// - `LivecopyCommands`: the CLI (swift-argument-parser), testable in-process.
 /// - `livecopy`: the tiny executable that calls `LivecopyCommands`.
 let package = Package(
@@ -35,6 +37,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         // `livecopy serve`: graceful shutdown on SIGTERM, SIGHUP.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // Tests only: property-based tests (generators, seeds to replay, shrinking) on Swift Testing.
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
@@ -45,6 +49,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]),
         .target(name: "LivecopyBackend"),
         .target(name: "QMPBackend", dependencies: ["LivecopyBackend", "QMP"]),
@@ -81,11 +86,24 @@ let package = Package(
                 "LivecopyModel", "LivecopyBackend", "CSystemExtras",
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]),
+        .target(
+            name: "LivecopyMetrics",
+            dependencies: [
+                "LivecopyModel", "LivecopyEngine", "QMP",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .target(
             name: "LivecopyCommands",
             dependencies: [
                 "LivecopyModel", "LivecopyStore", "LivecopyEngine", "LivecopyBackend", "QMPBackend", "LibvirtBackend",
+                "LivecopyMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -132,6 +150,13 @@ let package = Package(
         .testTarget(
             name: "BackendConformanceTests",
             dependencies: ["LivecopyBackend", "QMPBackend", "LibvirtBackend", "QMP", "InMemoryBackend", "TestSupport"]),
+        .testTarget(
+            name: "LivecopyMetricsTests",
+            dependencies: [
+                "LivecopyMetrics", "LivecopyEngine", "LivecopyModel", "QMP", "TestSupport",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         .testTarget(
             name: "LivecopyCommandsTests",
             dependencies: [

@@ -25,6 +25,8 @@ final class PlanService: Service, Sendable {
     let reload: @Sendable () throws -> ServeSettings
     /// The log level when the settings file names none.
     let commandLineLogLevel: Logger.Level
+    /// What the engines tell: the journal's lines, and the metrics when served.
+    let observer: any EngineObserver
     private let state: Mutex<State>
 
     /// What changes while serve runs.
@@ -42,7 +44,8 @@ final class PlanService: Service, Sendable {
     static let retryInterval: Double = 60
 
     init(store: SQLiteStore, settings: ServeSettings, reload: @escaping @Sendable () throws -> ServeSettings,
-         commandLineLogLevel: Logger.Level) {
+         commandLineLogLevel: Logger.Level, observer: any EngineObserver) {
+        self.observer = observer
         self.store = store
         self.limits = HostLimits(settings)
         self.sessions = VMSessions(hypervisor: makeHypervisor(), commandTimeout: 30)
@@ -94,7 +97,9 @@ final class PlanService: Service, Sendable {
         for plan in interrupted {
             let copying = ((try? store.disks(ofPlan: plan.id)) ?? []).filter { $0.state == .streaming || $0.state == .mirroring }
             await limits.budget.expect(diskIds: copying.map(\.id))
-            start(plan, mode: plan.policy.afterRestart == .rollback ? .rollback : .resume, why: "recovering", &group)
+            if start(plan, mode: plan.policy.afterRestart == .rollback ? .rollback : .resume, why: "recovering", &group) {
+                RecoveryMetrics.planRecovered()
+            }
         }
     }
 
@@ -119,16 +124,18 @@ final class PlanService: Service, Sendable {
         }
     }
 
-    /// Drives `plan` on a task of the group, unless a live livecopy drives it already.
-    private func start(_ plan: PlanRecord, mode: RunMode, why: String, _ group: inout TaskGroup<Void>) {
-        let engine = Engine(store: store, hypervisor: sessions.hypervisor, observer: ServeLog(),
+    /// Drives `plan` on a task of the group, unless a live livecopy drives it already;
+    /// returns whether it started.
+    @discardableResult
+    private func start(_ plan: PlanRecord, mode: RunMode, why: String, _ group: inout TaskGroup<Void>) -> Bool {
+        let engine = Engine(store: store, hypervisor: sessions.hypervisor, observer: observer,
                             commandTimeout: plan.policy.commandTimeout, sessions: sessions, hostLimits: limits)
         let owner: PlanOwner?
         do {
             owner = try engine.liveOwner(ofPlan: plan.id)
         } catch {
             say("plan \(plan.id): cannot read its owner: \(describe(error))")
-            return
+            return false
         }
         let started = state.withLock { state -> Bool in
             state.lastTried[plan.id] = Date()
@@ -136,12 +143,13 @@ final class PlanService: Service, Sendable {
             state.driving[plan.id] = engine
             return true
         }
-        guard started else { return }
+        guard started else { return false }
         say("plan \(plan.id)\(plan.name.map { " (\($0))" } ?? ""): \(why) (\(mode == .rollback ? "rolling back" : "resuming"))")
         group.addTask {
             await self.drive(plan.id, mode: mode, engine: engine)
             self.state.withLock { _ = $0.driving.removeValue(forKey: plan.id) }
         }
+        return true
     }
 
     private func drive(_ planId: Int64, mode: RunMode, engine: Engine) async {

@@ -17,6 +17,8 @@ struct Recover: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
+    @OptionGroup var metrics: MetricsOptions
+
     @Flag(help: "Roll the plans back instead of resuming them.")
     var rollback = false
 
@@ -42,11 +44,12 @@ struct Recover: AsyncParsableCommand {
                 candidates = try store.plans(states: [.running, .failed, .needsAttention], vm: nil, limit: nil).reversed()
             }
             if candidates.isEmpty { printStderr("livecopy: nothing to recover") }
+            let served = try await metrics.start(store: store)
             var status = ExitStatus.success
             var documents: [PlanDocument] = []
             for record in candidates {
                 let display = ProgressDisplay()
-                let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
+                let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: served.observing(display),
                                     commandTimeout: record.policy.commandTimeout)
                 if let owner = try engine.liveOwner(ofPlan: record.id) {
                     let message = "plan \(record.id) is driven by a live livecopy (\(owner)); not touching it"
@@ -61,6 +64,7 @@ struct Recover: AsyncParsableCommand {
                     printStderr("  \(disk.vmName)/\(disk.device): \(finding)")
                 }
                 let final = try await drive(engine, planId: record.id, mode: mode, display: display)
+                RecoveryMetrics.planRecovered()
                 let disks = try store.disks(ofPlan: record.id)
                 for disk in disks where disk.state != .completed && disk.state != .rolledBack {
                     printStderr("  \(disk.vmName)/\(disk.device): \(disk.state.rawValue)\(disk.error.map { ": \($0)" } ?? ""); "
@@ -70,6 +74,7 @@ struct Recover: AsyncParsableCommand {
                 if final.state != .completed && final.state != .rolledBack { status = ExitStatus.planNotCompleted }
                 documents.append(PlanDocument(plan: final, disks: disks))
             }
+            await served.stop()
             if json { print(try PlanDocument.json(documents)) }
             return status
         }

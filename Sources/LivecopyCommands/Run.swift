@@ -10,6 +10,8 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
+    @OptionGroup var metrics: MetricsOptions
+
     @Option(help: ArgumentHelp("Run only this plan (any state that is not final), reconciling it with QEMU first.", valueName: "id"))
     var plan: Int64?
 
@@ -23,16 +25,18 @@ struct Run: AsyncParsableCommand {
                 plans = try store.plans(states: [.pending], vm: nil, limit: nil).reversed()
             }
             if plans.isEmpty { printStderr("livecopy: no pending plan") }
+            let served = try await metrics.start(store: store)
             var status = ExitStatus.success
             for record in plans {
                 let display = ProgressDisplay()
-                let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
+                let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: served.observing(display),
                                     commandTimeout: record.policy.commandTimeout)
                 printStderr("livecopy: running plan \(record.id)\(record.name.map { " (\($0))" } ?? "")")
                 let final = try await drive(engine, planId: record.id, display: display)
                 let outcome = try report(final, store: store, json: false)
                 if outcome != ExitStatus.success && status != ExitStatus.refused { status = outcome }
             }
+            await served.stop()
             return status
         }
     }

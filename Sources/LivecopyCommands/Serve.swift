@@ -20,6 +20,7 @@ struct Serve: AsyncParsableCommand {
             """)
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var metrics: MetricsOptions
 
     @Option(help: ArgumentHelp(
         "serve's settings file (YAML: max_parallel_disks, bandwidth, log_level, poll_interval), read again on SIGHUP.",
@@ -68,13 +69,21 @@ struct Serve: AsyncParsableCommand {
         try await reportingErrors {
             let store = try common.openStore()
             let initial = try settings()
+            let served = try await metrics.start(store: store)
             let service = PlanService(store: store, settings: initial, reload: { try self.settings() },
-                                      commandLineLogLevel: common.logLevelInForce ?? .warning)
+                                      commandLineLogLevel: common.logLevelInForce ?? .warning,
+                                      observer: served.observing(ServeLog()))
             var logger = Logger(label: "livecopy.serve")
             logger.logLevel = .warning
             let group = ServiceGroup(configuration: .init(
                 services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            try await group.run()
+            do {
+                try await group.run()
+            } catch {
+                await served.stop()
+                throw error
+            }
+            await served.stop()
             return ExitStatus.success
         }
     }

@@ -142,7 +142,10 @@ extension DiskWorkflow {
             await ledger.progress(done: job.currentProgress, total: job.totalProgress, persistEvery: 2)
         }
         // Kept as the disk's error too, so `status` shows why the copy stands still.
-        callbacks.ioError = { message in try? await ledger.report("job \(jobId): \(message)") }
+        callbacks.ioError = { message in
+            FailureKind.ioError.record()
+            try? await ledger.report("job \(jobId): \(message)")
+        }
         let watcher = JobWatcher(session: session, jobId: jobId, pollInterval: policy.progressInterval, ioErrorWait: policy.ioErrorWait,
                                  subscription: events)
         do {

@@ -150,9 +150,37 @@ public final class QMPConnection: QMPSession, Sendable {
         let sentAt = ContinuousClock.now
         logger.debug("QMP command sent", metadata: ["command": "\(command)", "id": "\(id)", "socket": "\(socketPath)"])
 
+        let result: Result<JSONValue, QMPErrorReply>
+        do {
+            result = try await send(payload, id: id, command: command, seconds: seconds)
+        } catch let error as QMPClientError {
+            switch error {
+            case .timeout, .connectionLost: QMPMetrics.recordFailure(.noReply)
+            case .connectFailed, .notQMP, .protocolViolation: break
+            }
+            throw error
+        }
+        QMPMetrics.recordRoundTrip(command: command, elapsed: ContinuousClock.now - sentAt)
+        let replied = if case .failure(let reply) = result { "error \(reply.errorClass)" } else { "return" }
+        logger.debug("QMP reply", metadata: [
+            "command": "\(command)", "id": "\(id)", "socket": "\(socketPath)",
+            "seconds": "\(Self.seconds(since: sentAt))", "reply": "\(replied)",
+        ])
+        switch result {
+        case .success(let value):
+            return value
+        case .failure(let reply):
+            QMPMetrics.recordFailure(.errorReply)
+            throw QMPCommandError(command: command, errorClass: reply.errorClass, desc: reply.desc)
+        }
+    }
+
+    /// Writes the command's frame and waits for its reply, its timeout or the connection's end.
+    private func send(_ payload: ByteBuffer, id: String, command: String, seconds: Double) async throws
+        -> Result<JSONValue, QMPErrorReply> {
         let core = self.core
         let channel = self.channel
-        let result: Result<JSONValue, QMPErrorReply> = try await withTaskCancellationHandler {
+        return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
                 if let refusal = core.register(id: id, command: command, seconds: seconds, continuation: continuation) {
                     continuation.resume(throwing: refusal)
@@ -171,17 +199,6 @@ public final class QMPConnection: QMPSession, Sendable {
             }
         } onCancel: {
             core.finish(id: id, with: .failure(CancellationError()), expectLateReply: true)
-        }
-        let replied = if case .failure(let reply) = result { "error \(reply.errorClass)" } else { "return" }
-        logger.debug("QMP reply", metadata: [
-            "command": "\(command)", "id": "\(id)", "socket": "\(socketPath)",
-            "seconds": "\(Self.seconds(since: sentAt))", "reply": "\(replied)",
-        ])
-        switch result {
-        case .success(let value):
-            return value
-        case .failure(let reply):
-            throw QMPCommandError(command: command, errorClass: reply.errorClass, desc: reply.desc)
         }
     }
 

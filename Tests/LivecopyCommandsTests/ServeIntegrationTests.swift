@@ -12,7 +12,7 @@ import Glibc
 /// `livecopy serve` against real QEMU: it picks up detached plans, holds the host's
 /// bandwidth budget (every speed livecopy gives a job, replayed from the events, sums to
 /// at most the budget after every change, and QEMU's jobs run at those speeds), holds the
-/// host's disk limit, reloads its settings on SIGHUP, tells systemd, and on SIGTERM exits
+/// host's disk limit, reloads its settings on SIGHUP, tells systemd, serves its metrics, and on SIGTERM exits
 /// 0 leaving QEMU's jobs running, for the next start to re-attach and finish.
 @Suite(.serialized, .requires(.qemu))
 struct ServeIntegrationTests {
@@ -92,8 +92,10 @@ struct ServeIntegrationTests {
         let oneId = try await Self.submitDetached(livecopy, one.planPath)
         let twoId = try await Self.submitDetached(livecopy, two.planPath)
 
-        let serve = try livecopy.start(["serve", "--config", settings], environment: ["NOTIFY_SOCKET": notifications.path])
+        let serve = try livecopy.start(["serve", "--config", settings, "--metrics", "127.0.0.1:0"],
+                                       environment: ["NOTIFY_SOCKET": notifications.path])
         defer { RecoveryIntegrationTests.killIfRunning(serve) }
+        let port = try await MetricsIntegrationTests.metricsPort(of: serve)
         try await notifications.waitFor("READY=1")
         let (running, other) = try await Self.firstOfTwoJobs(one, two)
         #expect(try await Self.job(running)?.speed == 2 * Self.mebibyte, "the job runs at the budget")
@@ -111,6 +113,14 @@ struct ServeIntegrationTests {
         let store = try one.store()
         try await Self.waitForPlan(store, oneId, .completed)
         try await Self.waitForPlan(store, twoId, .completed)
+        // serve's metrics: each disk's counter ends at its job's length, both plans completed.
+        let final = try HTTPScrape.request(port: port).body
+        for id in [oneId, twoId] {
+            let disk = try #require(try store.disks(ofPlan: id).first)
+            #expect(HTTPScrape.value(of: "livecopy_bytes_copied_total{plan=\"\(id)\",vm=\"vm\",device=\"drive0\"}", in: final)
+                    == Double(disk.bytesTotal), "plan \(id):\n\(final)")
+        }
+        #expect(HTTPScrape.value(of: #"livecopy_plans{state="completed"}"#, in: final) == 2)
         kill(serve.process.processIdentifier, SIGTERM)
         let ended = try await serve.wait(timeout: 120)
         #expect(ended.status == 0, "serve: \(ended.status)\n\(ended.stderr)")
@@ -186,7 +196,7 @@ struct ServeIntegrationTests {
     static func waitForOutput(_ running: LivecopyProcess.Running, _ text: String, timeout: Double = 60) async throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if running.stderrSoFar.contains(text) { return }
+            if running.stderrSoFar().contains(text) { return }
             try await Task.sleep(for: .milliseconds(50))
         }
         throw WaitTimeout(what: "serve prints '\(text)'")

@@ -66,8 +66,8 @@ public struct LivecopyProcess: Sendable {
             self.stderrPath = stderrPath
         }
 
-        /// What the process wrote to stderr so far (it may still run).
-        public var stderrSoFar: String {
+        /// What the process wrote on stderr so far (it may still be running).
+        public func stderrSoFar() -> String {
             (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? ""
         }
 
