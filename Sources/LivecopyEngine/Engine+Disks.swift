@@ -55,6 +55,9 @@ extension Engine {
             if disk.state.isFinal { return nil }
             // Under `serve`: a slot of the host's, held until this disk's drive ends.
             guard let hostLimits else { return await drive(ledger, policy: policy, snapshots: snapshots, pivots: pivots, step) }
+            if let limit = await hostLimits.slots.fullAt {
+                try await ledger.note("waiting for a copy slot: \(limit) disk(s) copy at once on this host (livecopy serve's max_parallel_disks)")
+            }
             guard await hostLimits.slots.acquire() else { return nil }
             let error = await drive(ledger, policy: policy, snapshots: snapshots, pivots: pivots, step)
             await hostLimits.budget.release(diskId: disk.id)

@@ -16,6 +16,12 @@ public actor HostSlots {
     /// The disks copying now, and those waiting for a slot.
     public var counts: (inUse: Int, waiting: Int) { (inUse, waiting.count) }
 
+    /// The limit when every slot is taken (a disk asking now waits); nil when one is free.
+    public var fullAt: Int? {
+        guard let limit, !(waiting.isEmpty && fits) else { return nil }
+        return limit
+    }
+
     /// Waits for a slot; false when the task was cancelled meanwhile (no slot taken).
     public func acquire() async -> Bool {
         if Task.isCancelled { return false }

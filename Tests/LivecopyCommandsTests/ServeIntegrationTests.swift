@@ -128,6 +128,8 @@ struct ServeIntegrationTests {
         #expect(ended.stderr.contains("settings reloaded: at most 1 disks copying, bandwidth budget 4.0 MiB/s"), "\(ended.stderr)")
 
         try Self.expectAtMostOneJobAtATime(store, plans: [oneId, twoId])
+        let waited = try [oneId, twoId].flatMap { try store.events(ofPlan: $0) }.filter { $0.detail.hasPrefix("waiting for a copy slot") }
+        #expect(waited.count == 1, "the second disk says why it waits: \(waited.map(\.detail))")
         // Raised by the reload (each job then starts at the budget).
         try Self.expectSpeedsWithinBudget(store, plans: [oneId, twoId], budget: 4 * Self.mebibyte, changes: 1)
         await one.vm.stop()
