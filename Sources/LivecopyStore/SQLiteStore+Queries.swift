@@ -60,3 +60,18 @@ extension SQLiteStore {
         return try read { db in try Row.fetchAllCached(db, sql: sql, arguments: arguments).map(Self.planRecord) }
     }
 }
+
+extension SQLiteStore {
+    /// The newest event of each disk of plan `planId`, by disk id (one query over the
+    /// plan's events through its index, for `livecopy watch`'s refreshes); the plan's own
+    /// newest event, with no disk, is left out.
+    public func latestDiskEvents(ofPlan planId: Int64) throws -> [Int64: EventRecord] {
+        let events = try read { db in
+            try Row.fetchAllCached(db, sql: """
+                SELECT * FROM events WHERE id IN
+                    (SELECT MAX(id) FROM events WHERE plan_id = ? AND disk_id IS NOT NULL GROUP BY disk_id)
+                """, arguments: [planId]).map(Self.eventRecord)
+        }
+        return Dictionary(events.compactMap { event in event.diskId.map { ($0, event) } }, uniquingKeysWith: { $1 })
+    }
+}
