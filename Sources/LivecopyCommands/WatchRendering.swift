@@ -11,8 +11,8 @@ import LivecopyModel
 ///
 ///     livecopy watch  2026-11-30T12:00:00.000Z  1 plan, 1 running
 ///     plan 3 "evacuate" running  0/1 disks completed
-///       vm/drive0          streaming     [######------]  42.0%   26.9 MiB/64.0 MiB   2.0 MiB/s  ETA 18s
-///           last 1s ago: note: …
+///       vm/drive0          streaming     [######----------]  42.0%    2.0 MiB/s  ETA    18s
+///           26.9 MiB of 64.0 MiB  last 1s ago: snapshotting → streaming: …
 enum WatchText {
     /// Shown for a rate or an ETA not known.
     static let unknown = "—"
@@ -64,21 +64,20 @@ enum WatchText {
         return line
     }
 
-    /// The disk's line: label, state, bar, percent, position of length, rate, ETA. With
-    /// a width, the bar takes what the other columns leave of it.
+    /// The disk's line: label, state, bar, percent, rate, ETA. With a width, the bar takes
+    /// what the other columns leave of it.
     static func diskLine(_ disk: WatchFrame.Disk, width: Int?) -> String {
-        let head = "  " + padded(disk.label, 18) + " " + padded(disk.state.rawValue, 15) + " ["
+        let head = "  " + padded(disk.label, 18) + " " + padded(disk.state.rawValue, 13) + " ["
         let tail = "] " + leftPadded(ProgressLine.percent(disk.fraction), 6)
-            + "  " + leftPadded("\(ByteSize.format(disk.bytesDone))/\(ByteSize.format(disk.bytesTotal))", 21)
-            + "  " + leftPadded(rateText(disk.rate), 12) + "  ETA " + etaText(disk)
+            + "  " + leftPadded(rateText(disk.rate), 11) + "  ETA " + leftPadded(etaText(disk), 6)
         let cells = width.map { max(narrowestBar, $0 - head.count - tail.count) } ?? plainBarWidth
         let filled = Int(disk.fraction * Double(cells))
         return head + String(repeating: "#", count: filled) + String(repeating: "-", count: cells - filled) + tail
     }
 
-    /// The disk's newest event and its error, under its line.
+    /// Under the disk's line: its position of its length, its newest event, its error.
     static func eventLine(_ disk: WatchFrame.Disk, now: Date) -> String {
-        var line = "      last"
+        var line = "      \(ByteSize.format(disk.bytesDone)) of \(ByteSize.format(disk.bytesTotal))  last"
         if let event = disk.lastEvent {
             let age = ProgressLine.durationText(Int64(now.timeIntervalSince(event.at).rounded()))
             line += " \(age) ago: " + eventText(event)
