@@ -40,18 +40,14 @@ extension SQLiteStore {
     }
 
     public func plans(states: Set<PlanState>?, vm: String?, limit: Int?) throws -> [PlanRecord] {
-        var clauses: [String] = []
-        var arguments: StatementArguments = []
-        if let states {
-            clauses.append("state IN (\(states.map { _ in "?" }.joined(separator: ", ")))")
-            for state in states.sorted(by: { $0.rawValue < $1.rawValue }) { _ = arguments.append(contentsOf: [state.rawValue]) }
-        }
-        if let vm {
-            clauses.append("id IN (SELECT plan_id FROM disks WHERE vm_name = ?)")
-            _ = arguments.append(contentsOf: [vm])
-        }
+        try plans(PlanFilter(states: states, vm: vm), limit: limit)
+    }
+
+    /// Plans newest first that `filter` selects, at most `limit`.
+    public func plans(_ filter: PlanFilter, limit: Int?) throws -> [PlanRecord] {
+        var (clauses, arguments) = filter.whereClause(table: "plans")
         var sql = "SELECT * FROM plans"
-        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        if !clauses.isEmpty { sql += " WHERE " + clauses }
         sql += " ORDER BY id DESC"
         if let limit {
             sql += " LIMIT ?"
