@@ -75,8 +75,8 @@ struct History: AsyncParsableCommand {
         try await reportingErrors {
             let store = try common.openExistingStore()
             let filter = try self.filter(now: Date())
-            let totals = try store.summary(filter)
             if summary {
+                let totals = try store.summary(filter)
                 print(json ? try PlanDocument.json(SummaryDocument(totals, filter: filter)) : Self.summaryLine(totals))
                 return ExitStatus.success
             }
@@ -91,7 +91,7 @@ struct History: AsyncParsableCommand {
             }
             print(PlanText.summaryHeader)
             for plan in plans { print(PlanText.summary(plan, disks: try store.disks(ofPlan: plan.id))) }
-            print(Self.summaryLine(totals))
+            print(Self.summaryLine(try store.summary(filter)))
             return ExitStatus.success
         }
     }
