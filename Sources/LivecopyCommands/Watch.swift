@@ -75,18 +75,20 @@ struct WatchOutput {
         if json {
             text = try WatchDocument(frame).line() + "\n"
         } else if isTerminal {
-            text = WatchText.terminalFrame(frame, width: Self.terminalWidth() ?? 80)
+            let size = Self.terminalSize()
+            text = WatchText.terminalFrame(frame, width: size?.columns ?? 80, height: size?.rows)
         } else {
             text = WatchText.plainBlock(frame)
         }
         FileHandle.standardOutput.write(Data(text.utf8))
     }
 
-    /// Stdout's terminal width (`TIOCGWINSZ`); nil when it cannot be told.
-    static func terminalWidth() -> Int? {
+    /// Stdout's terminal size (`TIOCGWINSZ`), read at each frame (the terminal may be
+    /// resized); nil when it cannot be told.
+    static func terminalSize() -> (columns: Int, rows: Int?)? {
         var size = winsize()
         guard ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 else { return nil }
-        return Int(size.ws_col)
+        return (Int(size.ws_col), size.ws_row > 0 ? Int(size.ws_row) : nil)
     }
 }
 

@@ -37,10 +37,17 @@ enum WatchText {
     }
 
     /// The terminal's frame: the cursor home, each line cleared to its end, and the screen
-    /// below the last line cleared, so the frame replaces the previous one in place.
-    static func terminalFrame(_ frame: WatchFrame, width: Int) -> String {
+    /// below the last line cleared, so the frame replaces the previous one in place. With
+    /// a `height`, a frame taller than the terminal keeps its first lines and says how many
+    /// it left out (the terminal would scroll, and the next frame not replace this one).
+    static func terminalFrame(_ frame: WatchFrame, width: Int, height: Int? = nil) -> String {
         let clearToEndOfLine = "\u{1B}[K"
-        return "\u{1B}[H" + lines(frame, width: width).map { $0 + clearToEndOfLine + "\n" }.joined() + "\u{1B}[J"
+        var shown = lines(frame, width: width)
+        if let height, height > 1, shown.count > height - 1 {
+            let kept = height - 2
+            shown = Array(shown.prefix(kept)) + [cut("… \(shown.count - kept) more lines (a taller terminal, or --plan ID)", to: width)]
+        }
+        return "\u{1B}[H" + shown.map { $0 + clearToEndOfLine + "\n" }.joined() + "\u{1B}[J"
     }
 
     /// The plain block printed at each refresh when stdout is not a terminal: the lines

@@ -68,6 +68,11 @@ import Testing
         let text = WatchText.terminalFrame(Self.frame(), width: 100)
         #expect(text.hasPrefix("\u{1B}[H") && text.hasSuffix("\u{1B}[J"))
         #expect(text.components(separatedBy: "\u{1B}[K\n").count == 7, "six lines, each cleared to its end")
+        #expect(WatchText.terminalFrame(Self.frame(), width: 100, height: 30) == text, "it fits in 30 rows")
+        let short = WatchText.terminalFrame(Self.frame(), width: 100, height: 5)
+        let shortLines = short.components(separatedBy: "\u{1B}[K\n").dropLast()
+        #expect(shortLines.count == 4, "a frame taller than the terminal is cut to its height less one: \(short)")
+        #expect(shortLines.last == "… 3 more lines (a taller terminal, or --plan ID)", "\(short)")
     }
 
     @Test func noPlanSaysSo() {
