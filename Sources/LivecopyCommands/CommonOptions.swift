@@ -71,10 +71,21 @@ struct CommonOptions: ParsableArguments {
     /// database that answers "no plans".
     func openExistingStore() throws -> SQLiteStore {
         let path = absoluteDatabasePath
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw InputError("no database at \(path) (from \(database.source)); livecopy submit creates one, or give the right one with --db or LIVECOPY_DB")
-        }
+        guard FileManager.default.fileExists(atPath: path) else { throw missingDatabase(at: path) }
         return try SQLiteStore(path: path)
+    }
+
+    /// Opens an existing store to read only (`watch`): never created, migrated nor
+    /// written, not even checkpointed as it closes; no database is the same one-line error
+    /// as for `openExistingStore`.
+    func openExistingStoreReadingOnly() throws -> SQLiteStore {
+        let path = absoluteDatabasePath
+        guard FileManager.default.fileExists(atPath: path) else { throw missingDatabase(at: path) }
+        return try SQLiteStore.readingOnly(at: path, neverCheckpointing: true)
+    }
+
+    private func missingDatabase(at path: String) -> InputError {
+        InputError("no database at \(path) (from \(database.source)); livecopy submit creates one, or give the right one with --db or LIVECOPY_DB")
     }
 }
 

@@ -40,23 +40,34 @@ extension SQLiteStore {
     }
 
     public func plans(states: Set<PlanState>?, vm: String?, limit: Int?) throws -> [PlanRecord] {
-        var clauses: [String] = []
-        var arguments: StatementArguments = []
-        if let states {
-            clauses.append("state IN (\(states.map { _ in "?" }.joined(separator: ", ")))")
-            for state in states.sorted(by: { $0.rawValue < $1.rawValue }) { _ = arguments.append(contentsOf: [state.rawValue]) }
-        }
-        if let vm {
-            clauses.append("id IN (SELECT plan_id FROM disks WHERE vm_name = ?)")
-            _ = arguments.append(contentsOf: [vm])
-        }
+        try plans(PlanFilter(states: states, vm: vm), limit: limit)
+    }
+
+    /// Plans newest first that `filter` selects, at most `limit`.
+    public func plans(_ filter: PlanFilter, limit: Int?) throws -> [PlanRecord] {
+        var (clauses, arguments) = filter.whereClause(table: "plans")
         var sql = "SELECT * FROM plans"
-        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        if !clauses.isEmpty { sql += " WHERE " + clauses }
         sql += " ORDER BY id DESC"
         if let limit {
             sql += " LIMIT ?"
             _ = arguments.append(contentsOf: [limit])
         }
         return try read { db in try Row.fetchAllCached(db, sql: sql, arguments: arguments).map(Self.planRecord) }
+    }
+}
+
+extension SQLiteStore {
+    /// The newest event of each disk of plan `planId`, by disk id (one query over the
+    /// plan's events through its index, for `livecopy watch`'s refreshes); the plan's own
+    /// newest event, with no disk, is left out.
+    public func latestDiskEvents(ofPlan planId: Int64) throws -> [Int64: EventRecord] {
+        let events = try read { db in
+            try Row.fetchAllCached(db, sql: """
+                SELECT * FROM events WHERE id IN
+                    (SELECT MAX(id) FROM events WHERE plan_id = ? AND disk_id IS NOT NULL GROUP BY disk_id)
+                """, arguments: [planId]).map(Self.eventRecord)
+        }
+        return Dictionary(events.compactMap { event in event.diskId.map { ($0, event) } }, uniquingKeysWith: { $1 })
     }
 }

@@ -20,8 +20,15 @@ extension SQLiteStore {
     ///   every command refuses it.
     ///
     /// Every write through the store this returns is refused (a `StoreError`).
+    ///
+    /// `neverCheckpointing`: the database is opened with SQLite's read-only flag, so that
+    /// closing it never checkpoints the log of another process's writes into the file,
+    /// which the last connection to close otherwise does (`watch`, which reopens the
+    /// database at every refresh beside a live owner, writes nothing at all); the `-wal`
+    /// and `-shm` files are then left as they are.
     public static func readingOnly(at path: String?, busyTimeout: Double = 5,
-                                   migrations: [Migration] = Migration.embedded) throws -> SQLiteStore {
+                                   migrations: [Migration] = Migration.embedded,
+                                   neverCheckpointing: Bool = false) throws -> SQLiteStore {
         let migrator = Migrator(migrations: migrations)
         guard let path, FileManager.default.fileExists(atPath: path) else {
             return try inMemory(copying: nil, path: path ?? ":memory:", migrator: migrator)
@@ -29,6 +36,7 @@ extension SQLiteStore {
         var config = Configuration()
         config.busyMode = .timeout(busyTimeout)
         config.foreignKeysEnabled = true
+        config.readonly = neverCheckpointing
         do {
             let file = try DatabaseQueue(path: path, configuration: config)
             let applied = try file.read { db in try migrator.appliedVersions(db, path: path) }

@@ -39,9 +39,11 @@ struct NewcomerInterfaceTests {
         for arguments in [["history", "--all"], ["history", "--state", "refused"]] {
             let listed = try await livecopy.run(arguments)
             let lines = listed.stdout.split(separator: "\n")
-            #expect(lines.count == 2, "\(arguments): \(listed.stdout)")
+            #expect(lines.count == 3, "\(arguments): \(listed.stdout)")
             #expect(lines.first?.hasPrefix("ID     STATE            DONE") == true, "a header: \(listed.stdout)")
-            #expect(lines.last?.contains("refused") == true, "\(listed.stdout)")
+            #expect(lines.dropFirst().first?.contains("refused") == true, "\(listed.stdout)")
+            #expect(lines.last == "in all: 1 plan, 1 disk (0 completed), 0 B copied, mean rate unknown (no timed copy)",
+                    "a summary line: \(listed.stdout)")
         }
         // A refused plan touched nothing: its VM boots as it did, and recover has nothing to do.
         let shown = try await livecopy.run(["show", "1"])

@@ -44,6 +44,7 @@ struct OlderDatabaseTests {
         Fixture(fileName: "0004-interrupted-mid-stream.db", schema: 4),
         Fixture(fileName: "0005-interrupted-mid-stream.db", schema: 5),
         Fixture(fileName: "0006-interrupted-mid-stream.db", schema: 6),
+        Fixture(fileName: "0007-interrupted-mid-stream.db", schema: 7),
     ]
 
     // MARK: - The convention
