@@ -10,3 +10,4 @@ from . import recovery_at_scale  # noqa: F401
 from . import libvirt_one_disk  # noqa: F401
 from . import mirror  # noqa: F401
 from . import validate_eta  # noqa: F401
+from . import serve_budget  # noqa: F401
