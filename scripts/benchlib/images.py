@@ -20,6 +20,17 @@ def fill_pattern_image(path, size, pattern):
     return info
 
 
+def pattern_pristines(directory, size, patterns):
+    """One fully written pristine image per pattern (`pristineN.qcow2` in `directory`),
+    the sources a scenario copies afresh for every run (`fresh_run`)."""
+    pristines = []
+    for number, pattern in enumerate(patterns):
+        pristine = os.path.join(directory, f"pristine{number}.qcow2")
+        fill_pattern_image(pristine, size, pattern)
+        pristines.append(pristine)
+    return pristines
+
+
 def verify_pattern_image(path, size, pattern, fmt="qcow2"):
     """Offline check (QEMU stopped): every byte of `path` is `pattern`, no backing file."""
     reads = []

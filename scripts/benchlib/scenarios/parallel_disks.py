@@ -4,7 +4,7 @@ import os
 import shutil
 
 from ..common import BenchError, GIB, MIB, log, run, size_text
-from ..images import fill_pattern_image, fresh_run, verify_pattern_image
+from ..images import fresh_run, pattern_pristines, verify_pattern_image
 from ..process import read_output, timed
 from ..registry import scenario
 from .shared import abba, create_database, in_scratch, pair_rows, start_vms, stop_vms, write_plan, write_policy
@@ -32,11 +32,7 @@ class ParallelDisks:
         return in_scratch(ctx, self.name, lambda directory: self._run(ctx, directory))
 
     def _run(self, ctx, directory):
-        pristines = []
-        for number, pattern in enumerate(self.patterns):
-            pristine = os.path.join(directory, f"pristine{number}.qcow2")
-            fill_pattern_image(pristine, self.size, pattern)
-            pristines.append(pristine)
+        pristines = pattern_pristines(directory, self.size, self.patterns)
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)  # create and migrate it once, untimed
         policies = {}

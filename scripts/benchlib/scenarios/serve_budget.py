@@ -7,14 +7,14 @@ import shutil
 import subprocess
 import time
 
-from ..common import GIB, MIB, RAW_CLIENT, BenchError, log, size_text
-from ..images import fill_pattern_image, fresh_run, verify_pattern_image
+from ..common import MIB, RAW_CLIENT, BenchError, log, size_text
+from ..images import fresh_run, pattern_pristines, verify_pattern_image
 from ..process import read_output, timed
 from ..registry import scenario
 from ..stats import describe_pairs
 from ..timeline import db_rows
 from ..vm import VM
-from .shared import abba, create_database, in_scratch, pair_rows, start_vms, stop_vms, write_plan, write_policy
+from .shared import abba, create_database, in_scratch, pair_rows, start_vms, stop_vms, warm_up, write_plan, write_policy
 
 
 class ServeBudget:
@@ -42,11 +42,7 @@ class ServeBudget:
         return in_scratch(ctx, self.name, lambda directory: self._run(ctx, directory))
 
     def _run(self, ctx, directory):
-        pristines = []
-        for number, pattern in enumerate(self.patterns):
-            pristine = os.path.join(directory, f"pristine{number}.qcow2")
-            fill_pattern_image(pristine, self.size, pattern)
-            pristines.append(pristine)
+        pristines = pattern_pristines(directory, self.size, self.patterns)
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)
         policy = os.path.join(directory, "policy.yaml")
@@ -58,9 +54,8 @@ class ServeBudget:
         serve = subprocess.Popen([ctx.livecopy, "serve", "--config", settings, "--db", db],
                                  stdout=serve_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            for tool in ("livecopy", "raw"):
-                seconds = self._one(ctx, directory, pristines, db, policy, 0, tool, False)
-                log(f"[{self.name}] warm-up {tool}: {seconds:.3f} s (discarded)")
+            warm_up(ctx, self.name, ("livecopy", "raw"),
+                    lambda tool: self._one(ctx, directory, pristines, db, policy, 0, tool, False))
             results = []
             for index in range(self.pairs(ctx)):
                 pair = {"pair": index + 1, "order": abba(index)}
@@ -146,7 +141,7 @@ class ServeBudget:
             "submit until both plans are `completed` in the store (polled every 20 ms). B = `raw_qmp_copy.py --many "
             f"--parallel 2 --speed {self.budget // 2}` (each stream at half the budget, the split serve reaches once "
             "both jobs run), then `sync -f` of the destinations' filesystem, as livecopy confirms a flush before "
-            f"it finalizes. {len(results)} pairs in ABBA order after one discarded warm-up of each.", "",
+            f"it finalizes. {len(results)} pairs in ABBA order after {ctx.warmups} discarded warm-up(s) of each.", "",
             f"Command: `{command}`", "",
         ] + pair_rows(results, "serve", "raw at half") + [
             "",
