@@ -2,6 +2,7 @@
 // serve runs: each job's speed set so that the speeds never sum to more than the budget.
 
 import LivecopyModel
+import Metrics
 
 /// A running copy job as the budget sees it: how to change its speed, and how to record
 /// that change in its disk's timeline.
@@ -47,6 +48,17 @@ public actor BandwidthBudget {
 
     public init(total: Int64?) {
         self.total = total
+        Self.publish(total: total, allocated: 0)
+    }
+
+    private func publish() {
+        Self.publish(total: total, allocated: entries.values.compactMap(\.applied).reduce(0, +))
+    }
+
+    /// The budget and the speeds given out, as metrics.
+    private static func publish(total: Int64?, allocated: Int64) {
+        Gauge(label: MetricName.hostBandwidthBudget).record(total ?? 0)
+        Gauge(label: MetricName.hostBandwidthAllocated).record(allocated)
     }
 
     /// The speed each disk's job is meant to run at now (for tests and status).
@@ -198,6 +210,7 @@ public actor BandwidthBudget {
     }
 
     private func unlock() {
+        publish()
         busy = false
         if !waiting.isEmpty { waiting.removeFirst().resume() }
     }

@@ -1,5 +1,7 @@
 // The host-wide limit on disks copying at once (`livecopy serve`'s max_parallel_disks).
 
+import Metrics
+
 /// At most `limit` disks copy at once on this host, over every plan `serve` drives: a
 /// disk waits here, first come first served, before its forward work starts.
 public actor HostSlots {
@@ -11,6 +13,17 @@ public actor HostSlots {
 
     public init(limit: Int?) {
         self.limit = limit
+        Self.publish(inUse: 0, waiting: 0)
+    }
+
+    private func publish() {
+        Self.publish(inUse: inUse, waiting: waiting.count)
+    }
+
+    /// The counts as metrics (`livecopy_host_disks_copying`, `_waiting`).
+    private static func publish(inUse: Int, waiting: Int) {
+        Gauge(label: MetricName.hostDisksCopying).record(inUse)
+        Gauge(label: MetricName.hostDisksWaiting).record(waiting)
     }
 
     /// The disks copying now, and those waiting for a slot.
@@ -27,6 +40,7 @@ public actor HostSlots {
         if Task.isCancelled { return false }
         if waiting.isEmpty && fits {
             inUse += 1
+            publish()
             return true
         }
         let id = nextWaiter
@@ -38,6 +52,7 @@ public actor HostSlots {
                     continuation.resume(returning: false)
                 } else {
                     waiting.append((id, continuation))
+                    publish()
                 }
             }
         } onCancel: {
@@ -64,10 +79,12 @@ public actor HostSlots {
             inUse += 1
             waiting.removeFirst().continuation.resume(returning: true)
         }
+        publish()
     }
 
     private func cancelWaiter(_ id: Int) {
         guard let index = waiting.firstIndex(where: { $0.id == id }) else { return }
         waiting.remove(at: index).continuation.resume(returning: false)
+        publish()
     }
 }

@@ -18,6 +18,14 @@ public enum MetricName {
     public static let failures = "livecopy_failures_total"
     /// Counter: plans `livecopy recover` reconciled and drove.
     public static let recoveries = "livecopy_recoveries_total"
+    /// Gauge: disks copying now under `serve`'s host limit (`HostSlots`).
+    public static let hostDisksCopying = "livecopy_host_disks_copying"
+    /// Gauge: disks waiting for one of `serve`'s host slots.
+    public static let hostDisksWaiting = "livecopy_host_disks_waiting"
+    /// Gauge: `serve`'s host bandwidth budget, bytes per second (0: none).
+    public static let hostBandwidthBudget = "livecopy_host_bandwidth_budget_bytes_per_second"
+    /// Gauge: the speeds `serve` gave its running copy jobs, summed, bytes per second.
+    public static let hostBandwidthAllocated = "livecopy_host_bandwidth_allocated_bytes_per_second"
 }
 
 /// The failures the engine counts in `livecopy_failures_total{kind}`; the QMP client adds

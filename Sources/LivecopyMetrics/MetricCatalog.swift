@@ -41,7 +41,15 @@ public enum MetricCatalog {
         MetricDescription(name: MetricName.failures, type: .counter, labels: ["kind"],
                           help: "Failures by kind: a disk entering failed, needs_attention or rolled_back; a job's I/O error; a QMP error reply or no reply."),
         MetricDescription(name: MetricName.recoveries, type: .counter, labels: [],
-                          help: "Plans livecopy recover reconciled and drove."),
+                          help: "Plans livecopy recover (or serve at its start) reconciled and drove."),
+        MetricDescription(name: MetricName.hostDisksCopying, type: .gauge, labels: [],
+                          help: "livecopy serve: disks holding one of the host's copy slots."),
+        MetricDescription(name: MetricName.hostDisksWaiting, type: .gauge, labels: [],
+                          help: "livecopy serve: disks waiting for one of the host's copy slots."),
+        MetricDescription(name: MetricName.hostBandwidthBudget, type: .gauge, labels: [],
+                          help: "livecopy serve: the host's bandwidth budget in bytes per second (0: none)."),
+        MetricDescription(name: MetricName.hostBandwidthAllocated, type: .gauge, labels: [],
+                          help: "livecopy serve: the speeds given to its running copy jobs, summed, in bytes per second."),
     ]
 
     /// The metric named `name`, if livecopy exports it.

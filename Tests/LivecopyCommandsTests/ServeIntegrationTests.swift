@@ -100,6 +100,10 @@ struct ServeIntegrationTests {
         let (running, other) = try await Self.firstOfTwoJobs(one, two)
         #expect(try await Self.job(running)?.speed == 2 * Self.mebibyte, "the job runs at the budget")
         #expect(try await Self.job(other) == nil, "one disk copies at a time on this host")
+        let during = try HTTPScrape.request(port: port).body
+        #expect(HTTPScrape.value(of: "livecopy_host_disks_copying", in: during) == 1, "\(during)")
+        #expect(HTTPScrape.value(of: "livecopy_host_bandwidth_budget_bytes_per_second", in: during) == Double(2 * Self.mebibyte))
+        #expect(HTTPScrape.value(of: "livecopy_host_bandwidth_allocated_bytes_per_second", in: during) == Double(2 * Self.mebibyte))
 
         try "bandwidth: 4M\nmax_parallel_disks: 1\npoll_interval: 200ms\n".write(toFile: settings, atomically: true, encoding: .utf8)
         kill(serve.process.processIdentifier, SIGHUP)
@@ -121,6 +125,13 @@ struct ServeIntegrationTests {
                     == Double(disk.bytesTotal), "plan \(id):\n\(final)")
         }
         #expect(HTTPScrape.value(of: #"livecopy_plans{state="completed"}"#, in: final) == 2)
+        #expect(HTTPScrape.value(of: "livecopy_host_disks_copying", in: final) == 0)
+        #expect(HTTPScrape.value(of: "livecopy_host_disks_waiting", in: final) == 0)
+        #expect(HTTPScrape.value(of: "livecopy_host_bandwidth_budget_bytes_per_second", in: final) == Double(4 * Self.mebibyte),
+                "the reloaded budget")
+        #expect(HTTPScrape.value(of: "livecopy_host_bandwidth_allocated_bytes_per_second", in: final) == 0)
+        let hostPanels = try GrafanaDashboard.metricNames().filter { $0.hasPrefix("livecopy_host_") }
+        #expect(!hostPanels.isEmpty && hostPanels.isSubset(of: HTTPScrape.metricNames(final)), "the dashboard's host panels: \(hostPanels)")
         kill(serve.process.processIdentifier, SIGTERM)
         let ended = try await serve.wait(timeout: 120)
         #expect(ended.status == 0, "serve: \(ended.status)\n\(ended.stderr)")
