@@ -146,23 +146,30 @@ final class PlanService: Service, Sendable {
         guard started else { return false }
         say("plan \(plan.id)\(plan.name.map { " (\($0))" } ?? ""): \(why) (\(mode == .rollback ? "rolling back" : "resuming"))")
         group.addTask {
-            await self.drive(plan.id, mode: mode, engine: engine)
-            self.state.withLock { _ = $0.driving.removeValue(forKey: plan.id) }
+            let ended = await self.drive(plan.id, mode: mode, engine: engine)
+            self.state.withLock { state in
+                state.driving[plan.id] = nil
+                // A final plan is never tried again: its entry would only grow the map.
+                if ended { state.lastTried[plan.id] = nil }
+            }
         }
         return true
     }
 
-    private func drive(_ planId: Int64, mode: RunMode, engine: Engine) async {
+    /// Drives the plan and says how it ended; true when it is final.
+    private func drive(_ planId: Int64, mode: RunMode, engine: Engine) async -> Bool {
         do {
             let final = try await engine.run(planId: planId, mode: mode)
             let disks = (try? store.disks(ofPlan: planId)) ?? []
             let completed = disks.filter { $0.state == .completed }.count
             say("plan \(planId): \(final.state.rawValue) (\(completed) of \(disks.count) disk(s) completed)")
+            return final.state.isFinal
         } catch let halted as DrivingHalted {
             say(halted.description)
         } catch {
             say("plan \(planId): \(describe(error)); serve tries it again later")
         }
+        return false
     }
 
     /// Waits `poll_interval`, or less if serve is stopping.

@@ -48,8 +48,12 @@ struct Watch: AsyncParsableCommand {
             WatchStop.install()
             let output = WatchOutput(json: json)
             var reader = WatchReader(planId: plan)
+            // Opened once: each read sees the owner's latest commit. A copy in memory (an
+            // older schema) does not, so it is read afresh at every refresh.
+            var opened: SQLiteStore?
             while true {
-                let store = try common.openExistingStoreReadingOnly()
+                let store = try opened.flatMap { $0.isCopy ? nil : $0 } ?? common.openExistingStoreReadingOnly()
+                opened = store
                 let frame = try reader.read(store, at: Date())
                 try output.write(frame)
                 if once || (untilDone && !frame.isAnyPlanRunning) { return ExitStatus.success }

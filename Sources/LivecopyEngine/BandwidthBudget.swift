@@ -61,9 +61,6 @@ public actor BandwidthBudget {
         Gauge(label: MetricName.hostBandwidthAllocated).record(allocated)
     }
 
-    /// The speed each disk's job is meant to run at now (for tests and status).
-    public var speeds: [Int64: Int64] { entries.compactMapValues(\.applied) }
-
     /// Disks whose jobs may run from before a restart, counted until each re-attaches or ends.
     public func expect(diskIds: [Int64]) {
         for id in diskIds where entries[id] == nil {

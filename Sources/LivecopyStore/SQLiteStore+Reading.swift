@@ -42,7 +42,7 @@ extension SQLiteStore {
             let applied = try file.read { db in try migrator.appliedVersions(db, path: path) }
             if Set(migrations.map(\.version)).isSubset(of: applied) {
                 logger.debug("database opened to read only", metadata: ["path": "\(path)"])
-                return SQLiteStore(readingOnly: file, path: path)
+                return SQLiteStore(readingOnly: file, path: path, isCopy: false)
             }
             logger.debug("database of an older schema read into memory", metadata: ["path": "\(path)"])
             return try inMemory(copying: file, path: path, migrator: migrator)
@@ -61,7 +61,7 @@ extension SQLiteStore {
             let memory = try DatabaseQueue(configuration: config)
             if let source { try source.backup(to: memory) }
             try migrator.migrate(memory, path: path)
-            return SQLiteStore(readingOnly: memory, path: path)
+            return SQLiteStore(readingOnly: memory, path: path, isCopy: true)
         } catch let error as StoreError {
             throw error
         } catch {

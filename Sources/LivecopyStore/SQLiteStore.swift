@@ -20,6 +20,9 @@ public final class SQLiteStore: WorkflowStore, Sendable {
     public let path: String
     /// Opened to read only (`readingOnly`): every write is refused.
     private let readOnly: Bool
+    /// A copy in memory (`readingOnly` of an older schema, or of no database): it does not
+    /// see later writes to the file, so a reader that refreshes must open it again.
+    public let isCopy: Bool
 
     /// Opens (creating if needed) the database at `path`. Its directory is created with
     /// owner-only permissions when missing, and so is the file.
@@ -58,6 +61,7 @@ public final class SQLiteStore: WorkflowStore, Sendable {
                 logger.debug("database opened", metadata: ["path": "\(path)", "schema": "\(migrations.last?.version ?? 0)"])
                 queue = opened
                 readOnly = false
+                isCopy = false
                 return
             } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && Date() < deadline {
                 logger.notice("database busy while opening; retrying", metadata: ["path": "\(path)"])
@@ -72,10 +76,11 @@ public final class SQLiteStore: WorkflowStore, Sendable {
 
     /// A store over a connection already opened and checked, to read only
     /// (`SQLiteStore+Reading`).
-    init(readingOnly opened: DatabaseQueue, path: String) {
+    init(readingOnly opened: DatabaseQueue, path: String, isCopy: Bool) {
         self.queue = opened
         self.path = path
         self.readOnly = true
+        self.isCopy = isCopy
     }
 
     /// Throws when the store was opened to read only.
