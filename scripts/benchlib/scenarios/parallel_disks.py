@@ -1,15 +1,13 @@
 """2b. Parallel disks: two VMs' disks in one plan, in parallel and one at a time."""
 
 import os
-import shutil
 
-from ..common import BenchError, GIB, MIB, log, run, size_text
-from ..images import fresh_run, pattern_pristines, verify_pattern_image
+from ..common import BenchError, GIB, MIB, log, size_text
+from ..images import pattern_pristines
 from ..process import read_output, timed
 from ..registry import scenario
-from .shared import abba, create_database, in_scratch, pair_rows, start_vms, stop_vms, write_plan, write_policy
+from .shared import abba, create_database, in_scratch, pair_rows, pattern_round, write_plan, write_policy
 from ..stats import describe_pairs
-from ..vm import VM
 
 
 class ParallelDisks:
@@ -81,11 +79,7 @@ class ParallelDisks:
         return "\n".join(lines) + "\n"
 
     def _one(self, ctx, directory, pristines, db, policy, number, parallel, verify):
-        run_dir = os.path.join(directory, f"p{number:02d}-{parallel}")
-        sources, destinations = fresh_run(run_dir, pristines)
-        vms = [VM(run_dir, source, prefix=f"vm{n}") for n, source in enumerate(sources)]
-        try:
-            start_vms(vms)
+        def submit(vms, destinations):
             plan = os.path.join(run_dir, "plan.yaml")
             write_plan(plan, f"bench-{self.name}-{number}-{parallel}", policy,
                        [(f"bench-vm{n}", vm.qmp, [("drive0", d)]) for n, (vm, d) in enumerate(zip(vms, destinations))])
@@ -93,17 +87,10 @@ class ParallelDisks:
             seconds, code, _, _ = timed([ctx.livecopy, "submit", plan, "--db", db], out)
             if code != 0:
                 raise BenchError(f"livecopy exited {code}: {read_output(out).strip()[-1500:]}")
-            for vm, destination in zip(vms, destinations):
-                vm.check_copied(destination)
-            stop_vms(vms)
-            if verify:
-                for destination, pattern in zip(destinations, self.patterns):
-                    verify_pattern_image(destination, self.size, pattern)
             return seconds
-        finally:
-            stop_vms(vms)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            os.sync()
+
+        run_dir = os.path.join(directory, f"p{number:02d}-{parallel}")
+        return pattern_round(run_dir, pristines, self.size, self.patterns, verify, submit)
 
 
 scenario(ParallelDisks())

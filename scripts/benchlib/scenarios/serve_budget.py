@@ -3,18 +3,16 @@ against two raw streams each throttled to half of it."""
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
 from ..common import MIB, RAW_CLIENT, BenchError, log, size_text
-from ..images import fresh_run, pattern_pristines, verify_pattern_image
+from ..images import pattern_pristines
 from ..process import read_output, timed
 from ..registry import scenario
 from ..stats import describe_pairs
 from ..timeline import db_rows
-from ..vm import VM
-from .shared import abba, create_database, in_scratch, pair_rows, start_vms, stop_vms, warm_up, write_plan, write_policy
+from .shared import abba, create_database, in_scratch, pair_rows, pattern_round, warm_up, write_plan, write_policy
 
 
 class ServeBudget:
@@ -73,34 +71,21 @@ class ServeBudget:
         return self._section(ctx, results)
 
     def _one(self, ctx, directory, pristines, db, policy, number, tool, verify):
-        run_dir = os.path.join(directory, f"p{number:02d}{tool[0]}")
-        sources, destinations = fresh_run(run_dir, pristines)
-        vms = [VM(run_dir, source, prefix=f"vm{n}") for n, source in enumerate(sources)]
-        try:
-            start_vms(vms)
+        def copy(vms, destinations):
             if tool == "livecopy":
-                seconds = self._serve(ctx, run_dir, vms, destinations, db, policy, number)
-            else:
-                plan = os.path.join(run_dir, "plan.json")
-                with open(plan, "w") as f:
-                    json.dump([{"socket": vm.qmp, "device": "drive0", "destination": d}
-                               for vm, d in zip(vms, destinations)], f)
-                command = (f"{ctx.python} {RAW_CLIENT} --many {plan} --parallel 2 --speed {self.budget // 2} "
-                           f"&& sync -f {destinations[0]}")
-                seconds, code, _, _ = timed(["sh", "-c", command], os.path.join(run_dir, "raw.out"))
-                if code != 0:
-                    raise BenchError(f"raw exited {code}: {read_output(os.path.join(run_dir, 'raw.out'))[-1500:]}")
-            for vm, destination in zip(vms, destinations):
-                vm.check_copied(destination)
-            stop_vms(vms)
-            if verify:
-                for destination, pattern in zip(destinations, self.patterns):
-                    verify_pattern_image(destination, self.size, pattern)
+                return self._serve(ctx, run_dir, vms, destinations, db, policy, number)
+            plan = os.path.join(run_dir, "plan.json")
+            with open(plan, "w") as f:
+                json.dump([{"socket": vm.qmp, "device": "drive0", "destination": d} for vm, d in zip(vms, destinations)], f)
+            command = (f"{ctx.python} {RAW_CLIENT} --many {plan} --parallel 2 --speed {self.budget // 2} "
+                       f"&& sync -f {destinations[0]}")
+            seconds, code, _, _ = timed(["sh", "-c", command], os.path.join(run_dir, "raw.out"))
+            if code != 0:
+                raise BenchError(f"raw exited {code}: {read_output(os.path.join(run_dir, 'raw.out'))[-1500:]}")
             return seconds
-        finally:
-            stop_vms(vms)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            os.sync()
+
+        run_dir = os.path.join(directory, f"p{number:02d}{tool[0]}")
+        return pattern_round(run_dir, pristines, self.size, self.patterns, verify, copy)
 
     def _serve(self, ctx, run_dir, vms, destinations, db, policy, number):
         """Submits one detached plan per VM; returns the seconds from the first submit

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 from ..common import BenchError, log, raw_qmp_copy, run
-from ..images import fill_pattern_image, verify_pattern_image
+from ..images import fill_pattern_image, fresh_run, verify_pattern_image
 from ..vm import VM
 
 
@@ -67,6 +67,29 @@ def pair_rows(results, a_name, b_name, fmt="{:.3f}"):
         lines.append(f"| {p['pair']} | {p['order']} | {fmt.format(p['livecopy'])} | {fmt.format(p['raw'])} | "
                      f"{p['livecopy'] / p['raw']:.3f} | {(p['livecopy'] - p['raw']) * 1000:+.0f} |")
     return lines
+
+
+def pattern_round(run_dir, pristines, size, patterns, verify, copy):
+    """One timed round over fresh copies of `pristines` (one VM each, drive0): `copy(vms,
+    destinations)` copies them and returns its seconds; then each VM is checked to run on
+    its destination, the VMs stop, and with `verify` every destination is read back
+    offline against its pattern. Everything of the round is removed afterwards."""
+    sources, destinations = fresh_run(run_dir, pristines)
+    vms = [VM(run_dir, source, prefix=f"vm{n}") for n, source in enumerate(sources)]
+    try:
+        start_vms(vms)
+        seconds = copy(vms, destinations)
+        for vm, destination in zip(vms, destinations):
+            vm.check_copied(destination)
+        stop_vms(vms)
+        if verify:
+            for destination, pattern in zip(destinations, patterns):
+                verify_pattern_image(destination, size, pattern)
+        return seconds
+    finally:
+        stop_vms(vms)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        os.sync()
 
 
 def start_vms(vms):
