@@ -169,6 +169,19 @@ extension LibvirtVMSession {
     public func closeImage(nodeName: String) async throws { throw Self.noMirrorStrategy("closeImage") }
     public func startMirror(_ request: MirrorRequest) async throws { throw Self.noMirrorStrategy("startMirror") }
 
+    public func addDirtyBitmap(nodeName: String, name: String) async throws { throw Self.noDirtyTracking("addDirtyBitmap") }
+    public func removeDirtyBitmap(nodeName: String, name: String) async throws { throw Self.noDirtyTracking("removeDirtyBitmap") }
+    public func openVerificationExport(_ export: VerificationExport) async throws -> VerificationEndpoint {
+        throw Self.noDirtyTracking("openVerificationExport")
+    }
+    public func closeVerificationExport(_ export: VerificationExport) async throws { throw Self.noDirtyTracking("closeVerificationExport") }
+
+    /// libvirt's snapshot API cannot add a bitmap in the switch's transaction, and its
+    /// checkpoints cannot join it either (docs/retirement.md#libvirt).
+    private static func noDirtyTracking(_ operation: String) -> BackendError {
+        BackendError(.unsupported, operation: operation, reason: "the libvirt backend cannot verify data (verify: none)")
+    }
+
     private static func noMirrorStrategy(_ operation: String) -> BackendError {
         BackendError(.unsupported, operation: operation, reason: "the libvirt backend copies with strategy: stream only")
     }

@@ -39,7 +39,7 @@ public final class LibvirtVMSession: VMSession {
 
     /// The copy runs as a QEMU job (held, flushed with evidence, pausable); libvirt's own
     /// jobs (a rollback's commit or copy) cannot be paused, and say so when asked.
-    public var capabilities: Set<BackendCapability> { Set(BackendCapability.allCases).subtracting([.mirrorCopy]) }
+    public var capabilities: Set<BackendCapability> { Set(BackendCapability.allCases).subtracting([.mirrorCopy, .dirtyTracking]) }
 
     // MARK: What the VM shows
 

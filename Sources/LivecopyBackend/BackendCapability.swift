@@ -12,6 +12,7 @@
 /// | `ioErrorAction` | yes (`on-error`) | no (the domain's policy applies) | yes (the copy's `on-error`) |
 /// | `commitBack`, `mirrorBack` | yes | yes (`BlockCommit`, `BlockCopy`) | yes |
 /// | `mirrorCopy` | yes (`blockdev-mirror`) | `BlockCopy`, which pivots without a confirmed flush | not yet |
+/// | `dirtyTracking` | yes (bitmaps in the switch's `transaction`, NBD exports) | checkpoints, never in a snapshot's transaction | no |
 public enum BackendCapability: String, Sendable, Hashable, CaseIterable {
     /// A finished pull waits (`pending`) until livecopy finalizes it, so livecopy can make
     /// the copy durable before the active image drops its backing file. The stream
@@ -36,6 +37,11 @@ public enum BackendCapability: String, Sendable, Hashable, CaseIterable {
     /// The mirror strategy: a mirror into a destination livecopy opened (`blockdev-add`),
     /// held at READY until a confirmed flush, completed and finalized by livecopy.
     case mirrorCopy = "mirror-copy"
+
+    /// Data verification before retirement (policy `verify`): a dirty bitmap added on the
+    /// destination in the same transaction as the switch (or at a mirror's READY), and a
+    /// read-only NBD export of the destination with a frozen copy of that bitmap.
+    case dirtyTracking = "dirty-tracking"
 
     /// What the stream strategy cannot do without.
     public static let neededToStream: Set<BackendCapability> = [.holdsFinishedPull, .confirmedFlush, .atomicSwitch]

@@ -38,8 +38,12 @@ public struct OverlayRequest: Sendable, Equatable {
     public let overlayFile: String
     /// The name the overlay is opened as (QEMU's node name).
     public let overlayNodeName: String
+    /// A dirty bitmap to add on the overlay in the same transaction (`.dirtyTracking`),
+    /// recording the guest's writes from the switch on; nil adds none.
+    public let dirtyBitmap: String?
 
-    public init(disk: DiskTarget, overlayFile: String, overlayNodeName: String) {
+    public init(disk: DiskTarget, overlayFile: String, overlayNodeName: String, dirtyBitmap: String? = nil) {
+        self.dirtyBitmap = dirtyBitmap
         self.disk = disk
         self.overlayFile = overlayFile
         self.overlayNodeName = overlayNodeName

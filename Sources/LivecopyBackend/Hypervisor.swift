@@ -78,6 +78,21 @@ public protocol VMSession: AnyObject, Sendable {
     /// disk onto the image.
     func startMirror(_ request: MirrorRequest) async throws
 
+    // MARK: Verification (`.dirtyTracking`)
+
+    /// Adds dirty bitmap `name` on node `nodeName`: it records every write from now on. A
+    /// bitmap of that name already there (added by an earlier attempt) is kept as it is.
+    func addDirtyBitmap(nodeName: String, name: String) async throws
+    /// Removes dirty bitmap `name` of node `nodeName`, if it is there.
+    func removeDirtyBitmap(nodeName: String, name: String) async throws
+    /// Exports `export.nodeName` read-only over NBD on a private UNIX socket, with a frozen
+    /// copy of its bitmap `export.bitmap` (taken now; an earlier copy is replaced).
+    /// Exports of several disks of the VM share one NBD server.
+    func openVerificationExport(_ export: VerificationExport) async throws -> VerificationEndpoint
+    /// Ends the export and removes the frozen copy (and the NBD server with the VM's last
+    /// export). Nothing is an error when already gone.
+    func closeVerificationExport(_ export: VerificationExport) async throws
+
     // MARK: Rollback
 
     /// Starts job `jobId` committing `disk`'s active image into the image of its chain

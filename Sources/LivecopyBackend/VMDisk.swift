@@ -31,8 +31,12 @@ public struct VMDisk: Sendable {
         /// How the device's I/O is cached and zeros detected, when the hypervisor says: a
         /// mirror's destination is opened the same way, since the VM runs on it afterwards.
         public let ioSettings: IOSettings?
+        /// The names of the active image's dirty bitmaps.
+        public let dirtyBitmaps: [String]
 
-        public init(file: String, nodeName: String?, backingFile: String?, image: DiskImage, ioSettings: IOSettings? = nil) {
+        public init(file: String, nodeName: String?, backingFile: String?, image: DiskImage, ioSettings: IOSettings? = nil,
+                    dirtyBitmaps: [String] = []) {
+            self.dirtyBitmaps = dirtyBitmaps
             self.file = file
             self.nodeName = nodeName
             self.backingFile = backingFile

@@ -17,7 +17,9 @@ public enum CrashPoint {
     private static let target = ProcessInfo.processInfo.environment["LIVECOPY_CRASH_AT"]
 
     /// Every crash point of a forward copy, in the order a disk reaches them, when the
-    /// source is retired by `retire` (`keep` has no retiring step of its own).
+    /// source is retired by `retire` (`keep` has no retiring step of its own) after the
+    /// data is verified (the shipped default; `sent:verify` is reached with the
+    /// destination's NBD export and the source's qemu-nbd still open).
     public static func forwardNames(retiring retire: Policy.RetireSource) -> [String] {
         let retireStep: [String]
         switch retire {
@@ -32,7 +34,7 @@ public enum CrashPoint {
             "outcome:blockdev-snapshot-sync", "transition:streaming",
             "intent:block-stream", "sent:block-stream", "outcome:block-stream",
             "intent:job-finalize", "sent:job-finalize", "outcome:job-finalize", "sent:job-dismiss",
-            "transition:retiring",
+            "transition:retiring", "intent:verify", "sent:verify",
         ] + retireStep + ["transition:completed", "plan:completed"]
     }
 

@@ -45,6 +45,12 @@ extension DiskWorkflow {
             throw FlushNotConfirmed(
                 description: "the flush of \(disk.destination) before the pivot \(problem); job \(jobId) was not completed and the VM stays on \(disk.source ?? "the source"), which holds every write; livecopy recover or run tries again")
         }
+        if tracksGuestWrites {
+            // At READY every guest write reaches both images, and the mirror copies nothing
+            // else any more: a bitmap on the destination added now records exactly the
+            // guest's later writes (one added before the job would count the copy's own).
+            try await session.addDirtyBitmap(nodeName: disk.destinationNodeName, name: disk.dirtyBitmapName)
+        }
     }
 
     /// `block-job-complete`, then the wait for `pending`. Returns when it was sent.

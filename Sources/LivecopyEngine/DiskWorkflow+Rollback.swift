@@ -32,7 +32,7 @@ extension DiskWorkflow {
                     break  // the rollback job concluded on the source: the pivot is done
                 case .pivotBack?:
                     try await refuseAmbiguousPivot()
-                case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .renameSource?,
+                case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .verify?, .renameSource?,
                      .deleteSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
                     switch disk.strategy {
                     case .stream:

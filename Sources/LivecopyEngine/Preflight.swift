@@ -96,7 +96,8 @@ struct Preflight {
                     report.disks.append(entry)
                 }
                 report.problems += await activityProblems(vmName: vm.name, vmAddress: vm.address, session: session,
-                                                          devices: devices, planDevices: planDevices, strategy: policy.strategy)
+                                                          devices: devices, planDevices: planDevices, strategy: policy.strategy,
+                                                          verify: policy.verify)
             }
         }
 
@@ -186,7 +187,7 @@ struct Preflight {
     /// For one VM of the plan: its backend can do what the policy's strategy needs, and
     /// `VMActivityCheck` (no foreign job, no migration).
     func activityProblems(vmName: String, vmAddress: String, session: any VMSession, devices: [VMDisk],
-                          planDevices: Set<String>, strategy: CopyStrategy) async -> [String] {
+                          planDevices: Set<String>, strategy: CopyStrategy, verify: VerifyMode) async -> [String] {
         switch strategy {
         case .stream:
             let missing = BackendCapability.neededToStream.subtracting(session.capabilities)
@@ -197,6 +198,13 @@ struct Preflight {
             let missing = BackendCapability.neededToMirror.subtracting(session.capabilities)
             if !missing.isEmpty {
                 return ["VM '\(vmName)': its hypervisor backend cannot \(missing.map(\.rawValue).sorted().joined(separator: ", ")), which strategy: mirror needs; use strategy: stream for this VM; nothing was touched"]
+            }
+        }
+        switch verify {
+        case .none: break
+        case .sample, .full:
+            if !session.capabilities.contains(.dirtyTracking) {
+                return ["VM '\(vmName)': its hypervisor backend cannot track the guest's writes with a dirty bitmap in the switch's transaction, which verify: \(verify.rawValue) needs to compare the copy with its source; set verify: none in the policy for this VM (docs/retirement.md#libvirt); nothing was touched"]
             }
         }
         let store = self.store

@@ -2,8 +2,9 @@ import CSystemExtras
 import Foundation
 import LivecopyModel
 
-/// The last step of the recipe: the destination stands alone, and the source is kept,
-/// renamed to `<source>.retired` or deleted, per `retire_source`.
+/// The last step of the recipe: the destination stands alone; its data is compared with
+/// the source's (`verify`, `DiskWorkflow+Verify.swift`), and the source is kept, renamed
+/// to `<source>.retired` or deleted, per `retire_source`.
 ///
 /// On every path, a first run or a resume after a crash or a reboot, the rename or
 /// unlink happens only right after `sourceRetirementProblem()` finds nothing wrong:
@@ -12,6 +13,8 @@ import LivecopyModel
 extension DiskWorkflow {
     func retire() async throws {
         guard let source = disk.source else { throw NeedsAttention(description: "no source recorded") }
+        // The data first (policy `verify`): a source whose copy differs is never retired.
+        guard try await verifyBeforeRetiring(source) else { return }
         switch policy.retireSource {
         case .keep:
             try await ledger.transition(to: .completed, "source kept at \(source) (retire_source: keep)")
@@ -20,6 +23,7 @@ extension DiskWorkflow {
         case .delete:
             try await deleteSource(source)
         }
+        await dropDirtyBitmap()
     }
 
     /// Renames the source to `<source>.retired`, never over an existing file.

@@ -67,6 +67,18 @@ final class RetryingVMSession: VMSession {
     func openImage(_ image: ImageToOpen) async throws { try await retrying { try await base.openImage(image) } }
     func closeImage(nodeName: String) async throws { try await retrying { try await base.closeImage(nodeName: nodeName) } }
     func startMirror(_ request: MirrorRequest) async throws { try await retrying { try await base.startMirror(request) } }
+    func addDirtyBitmap(nodeName: String, name: String) async throws {
+        try await retrying { try await base.addDirtyBitmap(nodeName: nodeName, name: name) }
+    }
+    func removeDirtyBitmap(nodeName: String, name: String) async throws {
+        try await retrying { try await base.removeDirtyBitmap(nodeName: nodeName, name: name) }
+    }
+    func openVerificationExport(_ export: VerificationExport) async throws -> VerificationEndpoint {
+        try await retrying { try await base.openVerificationExport(export) }
+    }
+    func closeVerificationExport(_ export: VerificationExport) async throws {
+        try await retrying { try await base.closeVerificationExport(export) }
+    }
     func complete(jobId: String) async throws { try await retrying { try await base.complete(jobId: jobId) } }
     func cancel(jobId: String, force: Bool) async throws { try await retrying { try await base.cancel(jobId: jobId, force: force) } }
     func pause(jobId: String) async throws { try await retrying { try await base.pause(jobId: jobId) } }

@@ -76,4 +76,11 @@ public struct AllocationMap: Sendable, Equatable {
         let previous = extents[low - 1]
         return allocatedBefore[low - 1] + min(previous.length, offset - previous.start)
     }
+
+    /// Whether some extent shares a byte with `start ..< start + length`.
+    public func overlaps(start: Int64, length: Int64) -> Bool {
+        guard length > 0 else { return false }
+        let end = start.addingReportingOverflow(length).overflow ? Int64.max : start + length
+        return allocatedBytes(below: end) > allocatedBytes(below: start)
+    }
 }

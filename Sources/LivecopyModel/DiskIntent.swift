@@ -24,6 +24,10 @@ public enum DiskIntent: String, CaseIterable, Codable, Sendable {
     /// completed and finalized, and the device pivots onto the destination. While this
     /// intent is open nobody can tell from the record alone which image is the VM's.
     case pivot
+    /// The destination's data is compared with the source's (policy `verify`) through a
+    /// read-only NBD export of the destination and a frozen copy of its dirty bitmap;
+    /// nothing is written, and an interrupted comparison is simply made again.
+    case verify
     /// The source is renamed to `<source>.retired`.
     case renameSource = "rename"
     /// The source is deleted.
@@ -48,7 +52,7 @@ public enum DiskIntent: String, CaseIterable, Codable, Sendable {
         case .snapshot: return [.snapshotting]
         case .stream, .finalize: return [.streaming]
         case .mirror, .pivot: return [.mirroring]
-        case .renameSource, .deleteSource: return [.retiring]
+        case .verify, .renameSource, .deleteSource: return [.retiring]
         case .cancelCopy, .commitBack, .mirrorBack, .pivotBack, .deleteDestination: return [.rollingBack]
         }
     }

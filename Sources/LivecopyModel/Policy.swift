@@ -76,6 +76,12 @@ public struct Policy: Codable, Sendable, Equatable {
     public var spaceMargin: Double
     /// Commands that tell the VM's manager where each disk went (`hooks:`, docs/hooks.md).
     public var hooks: HookSettings
+    /// How much of the copied data is compared with the source before it is retired.
+    public var verify: VerifyMode
+    /// How many clusters `verify: sample` draws at random.
+    public var verifySample: VerifySample
+    /// What becomes of the source when its data cannot be compared exactly.
+    public var onUnverifiable: OnUnverifiable
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case strategy
@@ -94,22 +100,30 @@ public struct Policy: Codable, Sendable, Equatable {
         case qmpRetryBackoff = "qmp_retry_backoff"
         case spaceMargin = "space_margin"
         case hooks
+        case verify
+        case verifySample = "verify_sample"
+        case onUnverifiable = "on_unverifiable"
     }
 
     /// The built-in values, used only if the shipped `default.yaml` is somehow absent.
     static let fallback = Policy(
         retireSource: .rename, speed: 0, maxParallelDisks: 4, onFailure: .stop, afterRestart: .resume,
         onError: .enospc, ioErrorWait: 300, progressInterval: 1, commandTimeout: 30, allowSharedSocket: false,
-        qmpRetries: 3, qmpRetryBackoff: 0.5, spaceMargin: 1.1, strategy: .stream, copyMode: .background)
+        qmpRetries: 3, qmpRetryBackoff: 0.5, spaceMargin: 1.1, strategy: .stream, copyMode: .background,
+        verify: .sample)
 
     public init(
         retireSource: RetireSource, speed: Int64, maxParallelDisks: Int, onFailure: OnFailure,
         afterRestart: AfterRestart, onError: OnIOError, ioErrorWait: Double, progressInterval: Double,
         commandTimeout: Double, allowSharedSocket: Bool = false, qmpRetries: Int = 3, qmpRetryBackoff: Double = 0.5,
         spaceMargin: Double = 1.1, strategy: CopyStrategy = .stream, copyMode: CopyMode = .background,
-        hooks: HookSettings = .none
+        hooks: HookSettings = .none, verify: VerifyMode = .none, verifySample: VerifySample = .fraction(0.01),
+        onUnverifiable: OnUnverifiable = .keepSource
     ) {
         self.hooks = hooks
+        self.verify = verify
+        self.verifySample = verifySample
+        self.onUnverifiable = onUnverifiable
         self.strategy = strategy
         self.copyMode = copyMode
         self.retireSource = retireSource
@@ -146,6 +160,10 @@ public struct Policy: Codable, Sendable, Equatable {
         qmpRetryBackoff = try container.decodeIfPresent(Double.self, forKey: .qmpRetryBackoff) ?? Self.fallback.qmpRetryBackoff
         spaceMargin = try container.decodeIfPresent(Double.self, forKey: .spaceMargin) ?? Self.fallback.spaceMargin
         hooks = try container.decodeIfPresent(HookSettings.self, forKey: .hooks) ?? .none
+        // A plan recorded before verification existed keeps what it was promised: no comparison.
+        verify = try container.decodeIfPresent(VerifyMode.self, forKey: .verify) ?? .none
+        verifySample = try container.decodeIfPresent(VerifySample.self, forKey: .verifySample) ?? Self.fallback.verifySample
+        onUnverifiable = try container.decodeIfPresent(OnUnverifiable.self, forKey: .onUnverifiable) ?? Self.fallback.onUnverifiable
     }
 }
 
@@ -207,6 +225,9 @@ extension Policy {
             case .qmpRetryBackoff: policy.qmpRetryBackoff = try value.duration(allowZero: true)
             case .spaceMargin: policy.spaceMargin = try value.factor(in: 0...100)
             case .hooks: policy.hooks = try HookSettings.parse(value)
+            case .verify: policy.verify = try value.choice(VerifyMode.self)
+            case .verifySample: policy.verifySample = try value.verifySample()
+            case .onUnverifiable: policy.onUnverifiable = try value.choice(OnUnverifiable.self)
             }
         }
         return policy

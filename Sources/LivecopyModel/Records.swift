@@ -120,6 +120,9 @@ public struct DiskRecord: Sendable, Equatable {
     public var commitJobId: String { "livecopy-commit-\(id)" }
     /// The node name given to the destination overlay at snapshot time.
     public var destinationNodeName: String { "livecopy-dst-\(id)" }
+    /// The dirty bitmap on the destination that records the guest's writes from the
+    /// switch (stream) or the mirror's READY on, for the verification before retirement.
+    public var dirtyBitmapName: String { "livecopy-disk-\(id)" }
 
     /// The image the VM must be started from right now if it is restarted, given what is
     /// recorded; nil when the record alone cannot tell (QEMU or the files must be asked).
@@ -145,7 +148,7 @@ public struct DiskRecord: Sendable, Equatable {
             switch intent {
             case .deleteDestination?: return source
             case .pivotBack?: return nil
-            case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .renameSource?,
+            case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .verify?, .renameSource?,
                  .deleteSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
                 return destinationCreated ? destination : source
             }
@@ -163,7 +166,7 @@ public struct DiskRecord: Sendable, Equatable {
             // A pivot (or a pivot back) asked for and not seen through: look before answering.
             case .pivot?, .pivotBack?: return nil
             case .deleteDestination?: return source
-            case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .renameSource?, .deleteSource?,
+            case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .verify?, .renameSource?, .deleteSource?,
                  .cancelCopy?, .commitBack?, .mirrorBack?:
                 return pivoted ? destination : source
             }

@@ -12,6 +12,15 @@ extension StrictYAML {
         return value
     }
 
+    /// `verify_sample`: a count of clusters (`512`) or a percentage (`1%`).
+    func verifySample() throws -> VerifySample {
+        let raw = try string()
+        guard let value = VerifySample.parse(raw) else {
+            throw fail("has invalid value '\(raw)' (expected a count of clusters such as 512, or a percentage such as 1% or 0.5%)")
+        }
+        return value
+    }
+
     /// `true` or `false`.
     func boolean() throws -> Bool {
         let raw = try string()

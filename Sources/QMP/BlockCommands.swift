@@ -23,9 +23,12 @@ public struct BlockDeviceInfo: Decodable, Sendable {
         public let cache: Cache?
         /// `off`, `on` or `unmap`.
         public let detectZeroes: String?
+        /// The active image's dirty bitmaps.
+        public let dirtyBitmaps: [DirtyBitmapInfo]?
 
         enum CodingKeys: String, CodingKey {
             case file, drv, image, cache
+            case dirtyBitmaps = "dirty-bitmaps"
             case nodeName = "node-name"
             case backingFile = "backing_file"
             case detectZeroes = "detect_zeroes"
@@ -132,8 +135,16 @@ extension QMPSession {
     /// or (on an error reply) none does. This is how a VM's disks switch to their
     /// destinations together, as one crash-consistent set.
     public func snapshotTransaction(_ snapshots: [SnapshotRequest]) async throws {
-        let actions = snapshots.map { snapshot -> JSONValue in
-            .object(["type": "blockdev-snapshot-sync", "data": .object(snapshot.arguments)])
+        let actions = snapshots.flatMap { snapshot -> [JSONValue] in
+            var actions: [JSONValue] = [.object(["type": "blockdev-snapshot-sync", "data": .object(snapshot.arguments)])]
+            // The bitmap is added on the overlay in the same transaction: it records every
+            // guest write to the overlay from the switch on, and none is missed between them.
+            if let bitmap = snapshot.dirtyBitmap {
+                actions.append(.object(["type": "block-dirty-bitmap-add", "data": .object([
+                    "node": .string(snapshot.snapshotNodeName), "name": .string(bitmap),
+                ])]))
+            }
+            return actions
         }
         try await execute("transaction", ["actions": .array(actions)])
     }
@@ -249,8 +260,11 @@ public struct SnapshotRequest: Sendable, Equatable {
     /// `existing` opens a file made beforehand; `absolute-paths` lets QEMU create (and
     /// truncate, following links) the file.
     public let mode: String
+    /// A dirty bitmap to add on the overlay in the same transaction, if any.
+    public let dirtyBitmap: String?
 
-    public init(target: BlockTarget, snapshotFile: String, snapshotNodeName: String, mode: String) {
+    public init(target: BlockTarget, snapshotFile: String, snapshotNodeName: String, mode: String, dirtyBitmap: String? = nil) {
+        self.dirtyBitmap = dirtyBitmap
         self.target = target
         self.snapshotFile = snapshotFile
         self.snapshotNodeName = snapshotNodeName

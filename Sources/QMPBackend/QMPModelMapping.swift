@@ -12,7 +12,8 @@ extension VMDisk {
                    image: DiskImage(inserted.image),
                    ioSettings: inserted.cache.map {
                        VMDisk.IOSettings(cacheDirect: $0.direct, cacheNoFlush: $0.noFlush, detectZeroes: inserted.detectZeroes)
-                   })
+                   },
+                   dirtyBitmaps: (inserted.dirtyBitmaps ?? []).compactMap(\.name))
         })
     }
 }

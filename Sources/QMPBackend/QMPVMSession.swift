@@ -8,6 +8,8 @@ import QMP
 /// `QMP/BlockCommands.swift`), its errors turned into `BackendError`.
 public final class QMPVMSession: VMSession {
     let qmp: any QMPSession
+    /// The NBD server livecopy runs in this VM for verification exports, if any.
+    let nbdServer = NBDServerSlot()
 
     public init(_ qmp: any QMPSession) {
         self.qmp = qmp
@@ -58,7 +60,8 @@ public final class QMPVMSession: VMSession {
                 }
                 // mode existing: QEMU opens the file livecopy made, and never creates one.
                 return SnapshotRequest(target: target, snapshotFile: request.overlayFile,
-                                       snapshotNodeName: request.overlayNodeName, mode: "existing")
+                                       snapshotNodeName: request.overlayNodeName, mode: "existing",
+                                       dirtyBitmap: request.dirtyBitmap)
             })
         }
     }

@@ -17,7 +17,7 @@ public final class InMemoryHypervisor: Hypervisor {
 
     /// Adds a VM at `address` (any string) and returns it, to script and inspect.
     @discardableResult
-    public func addVM(at address: String, capabilities: Set<BackendCapability> = Set(BackendCapability.allCases).subtracting([.mirrorCopy]),
+    public func addVM(at address: String, capabilities: Set<BackendCapability> = Set(BackendCapability.allCases).subtracting([.mirrorCopy, .dirtyTracking]),
                       devices: [InMemoryVM.Device]) -> InMemoryVM {
         let vm = InMemoryVM(address: address, capabilities: capabilities, devices: devices)
         vms.withLock { $0[address] = vm }
@@ -87,7 +87,13 @@ final class InMemoryVMSession: VMSession {
     func openImage(_ image: ImageToOpen) async throws { throw Self.noMirrorStrategy("openImage") }
     func closeImage(nodeName: String) async throws { throw Self.noMirrorStrategy("closeImage") }
     func startMirror(_ request: MirrorRequest) async throws { throw Self.noMirrorStrategy("startMirror") }
-    /// The mirror strategy is tested against real QEMU only.
+    func addDirtyBitmap(nodeName: String, name: String) async throws { throw Self.noMirrorStrategy("addDirtyBitmap") }
+    func removeDirtyBitmap(nodeName: String, name: String) async throws { throw Self.noMirrorStrategy("removeDirtyBitmap") }
+    func openVerificationExport(_ export: VerificationExport) async throws -> VerificationEndpoint {
+        throw Self.noMirrorStrategy("openVerificationExport")
+    }
+    func closeVerificationExport(_ export: VerificationExport) async throws { throw Self.noMirrorStrategy("closeVerificationExport") }
+    /// The mirror strategy and data verification are tested against real QEMU only.
     private static func noMirrorStrategy(_ operation: String) -> BackendError {
         BackendError(.unsupported, operation: operation, reason: "the in-memory backend has no mirror strategy")
     }

@@ -48,6 +48,20 @@ struct LibvirtIntegrationTests {
         try rig.expectDestinationsHold(slots: 0...2)
     }
 
+    /// libvirt cannot add a dirty bitmap in its snapshot's transaction: `verify: sample`
+    /// (the default) is refused before anything is touched, with the way out in the message.
+    @Test(.timeLimit(.minutes(2)))
+    func verifyingALibvirtDiskIsRefusedBeforeAnythingIsTouched() async throws {
+        let rig = try Rig("lv-verify", targets: ["vda"], policy: "verify: sample\nretire_source: rename\n")
+        defer { rig.remove() }
+        let submit = try await rig.livecopy.run(["submit", rig.planPath])
+        #expect(submit.status != 0)
+        #expect(submit.stderr.contains("verify: sample") && submit.stderr.contains("set verify: none"), "\(submit.stderr)")
+        #expect(try rig.domain.diskSource(target: "vda") == LibvirtDiskSource(file: rig.sources["vda"]!, backingFile: nil),
+                "the domain still runs on its source")
+        #expect(!FileManager.default.fileExists(atPath: rig.destinations["vda"]!), "no destination was made")
+    }
+
     /// libvirt calls: as above, then after livecopy's SIGKILL a new connection reads the
     /// held copy through virDomainQemuMonitorCommand and the domain's metadata.
     @Test(.timeLimit(.minutes(4)))
@@ -249,7 +263,10 @@ extension LibvirtIntegrationTests {
         let planPath: String
         let livecopy: LivecopyProcess
 
+        /// A policy that names no `verify` gets `verify: none`: libvirt disks cannot be
+        /// verified (docs/retirement.md#libvirt), and the default `sample` is refused.
         init(_ name: String, targets: [String], policy: String) throws {
+            let policy = policy.contains("verify:") ? policy : policy + "verify: none\n"
             scratch = try TemporaryDirectory(prefix: "lc-\(name)")
             var sources: [String: String] = [:], destinations: [String: String] = [:]
             for target in targets {

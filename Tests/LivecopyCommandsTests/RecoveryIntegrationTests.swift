@@ -23,7 +23,7 @@ struct RecoveryIntegrationTests {
         "plan:running", "transition:snapshotting", "intent:blockdev-snapshot-sync", "sent:blockdev-snapshot-sync",
         "outcome:blockdev-snapshot-sync", "transition:streaming", "intent:block-stream", "sent:block-stream",
         "outcome:block-stream", "intent:job-finalize", "sent:job-finalize", "outcome:job-finalize",
-        "sent:job-dismiss", "transition:retiring", "intent:rename", "sent:rename",
+        "sent:job-dismiss", "transition:retiring", "intent:verify", "sent:verify", "intent:rename", "sent:rename",
         "transition:completed", "plan:completed",
     ]
 
