@@ -4,8 +4,8 @@
 /// newstyle handshake with NBD_OPT_GO (`NBDHandshake`), then NBD_CMD_READ requests, one
 /// at a time, each answered by a simple reply whose handle and error are checked.
 ///
-/// It blocks the calling thread on every read (at most 60 s per socket operation, see
-/// `NBDSocket`). It is not `Sendable`: one task uses it, from connect to `close()`.
+/// It blocks the calling thread on every read (at most 60 s of silence per socket
+/// operation, see `NBDSocket`). It is not `Sendable`: one task uses it, from connect to `close()`.
 /// A failure of the connection itself (a timeout, a short or malformed reply) closes
 /// it, since the stream can no longer be trusted; a read the server answers with an
 /// error leaves it open.
@@ -29,10 +29,12 @@ final class NBDReader {
     private var nextHandle: UInt64 = 1
     private let label: String
 
-    /// Connects to the NBD server at `socketPath` and opens `export` (NBD_OPT_GO).
-    convenience init(socketPath: String, export: String) throws(VerificationError) {
+    /// Connects to the NBD server at `socketPath` and opens `export` (NBD_OPT_GO). Every
+    /// socket operation, there and in reads, gives up after `timeoutSeconds` of silence.
+    convenience init(socketPath: String, export: String,
+                     timeoutSeconds: Int = NBDSocket.defaultTimeoutSeconds) throws(VerificationError) {
         let label = Self.label(socketPath: socketPath, export: export)
-        switch try NBDSocket.connect(path: socketPath, label: label) {
+        switch try NBDSocket.connect(path: socketPath, label: label, timeoutSeconds: timeoutSeconds) {
         case .connected(let socket):
             try self.init(connected: socket, socketPath: socketPath, export: export)
         case .notListening(let reason):

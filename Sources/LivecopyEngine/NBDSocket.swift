@@ -7,12 +7,13 @@ import Glibc
 
 /// One connected UNIX stream socket, read and written whole: every write and read loops
 /// over short transfers and `EINTR`, and gives up when the peer is silent for
-/// `timeoutSeconds` (`SO_RCVTIMEO`, `SO_SNDTIMEO`), so a hung server cannot hang livecopy.
+/// `timeoutSeconds` (`SO_RCVTIMEO`, `SO_SNDTIMEO`; 60 s unless the caller says), so a
+/// hung server cannot hang livecopy.
 /// Writes never raise `SIGPIPE` (`MSG_NOSIGNAL`). Errors name `label` (the socket path
 /// and export) and what was being done.
 struct NBDSocket {
-    /// How long a read or a write may wait for the peer.
-    static let timeoutSeconds = 60
+    /// How long a read or a write may wait for the peer, unless the caller says.
+    static let defaultTimeoutSeconds = 60
 
     /// How a connection attempt ended.
     enum Attempt {
@@ -23,10 +24,12 @@ struct NBDSocket {
 
     let descriptor: Int32
     let label: String
+    /// How long a read or a write waits for the peer.
+    let timeoutSeconds: Int
 
     /// Connects to the UNIX socket at `path`. A missing socket or a refusal is
     /// `.notListening` (a server may be starting); other failures throw.
-    static func connect(path: String, label: String) throws(VerificationError) -> Attempt {
+    static func connect(path: String, label: String, timeoutSeconds: Int = defaultTimeoutSeconds) throws(VerificationError) -> Attempt {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -46,7 +49,7 @@ struct NBDSocket {
             guard descriptor >= 0 else {
                 throw VerificationError("\(label): cannot create a socket: \(Self.errorText(errno))")
             }
-            let connection = NBDSocket(descriptor: descriptor, label: label)
+            let connection = NBDSocket(descriptor: descriptor, label: label, timeoutSeconds: timeoutSeconds)
             do throws(VerificationError) {
                 try connection.setTimeouts()
             } catch {
@@ -75,7 +78,7 @@ struct NBDSocket {
     }
 
     private func setTimeouts() throws(VerificationError) {
-        var timeout = timeval(tv_sec: Self.timeoutSeconds, tv_usec: 0)
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         for option in [SO_RCVTIMEO, SO_SNDTIMEO] {
             if setsockopt(descriptor, SOL_SOCKET, option, &timeout, socklen_t(MemoryLayout<timeval>.size)) != 0 {
                 throw VerificationError("\(label): cannot set the socket's timeouts: \(Self.errorText(errno))")
@@ -95,7 +98,7 @@ struct NBDSocket {
             let code = errno
             if sent < 0 && code == EINTR { continue }
             if sent < 0 && (code == EAGAIN || code == EWOULDBLOCK) {
-                throw VerificationError("\(label): the server took no data for \(Self.timeoutSeconds) s while livecopy sent \(what)")
+                throw VerificationError("\(label): the server took no data for \(timeoutSeconds) s while livecopy sent \(what)")
             }
             throw VerificationError("\(label): cannot send \(what): \(sent < 0 ? Self.errorText(code) : "nothing sent")")
         }
@@ -122,7 +125,7 @@ struct NBDSocket {
             let code = errno
             if code == EINTR { continue }
             if code == EAGAIN || code == EWOULDBLOCK {
-                throw VerificationError("\(label): no answer within \(Self.timeoutSeconds) s while livecopy awaited \(what)")
+                throw VerificationError("\(label): no answer within \(timeoutSeconds) s while livecopy awaited \(what)")
             }
             throw VerificationError("\(label): cannot read \(what): \(Self.errorText(code))")
         }

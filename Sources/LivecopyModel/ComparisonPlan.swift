@@ -72,7 +72,8 @@ public struct ComparisonPlan: Sendable, Equatable {
         case .sampleFraction(let fraction):
             let share = fraction.isNaN ? 0 : min(1, max(0, fraction))
             let wanted = (share * Double(cleanCount)).rounded(.up)
-            chosen = Self.sample(clean: clean, extents: extents, wanted: min(cleanCount, Int64(wanted)), seed: seed)
+            let count = wanted < Double(cleanCount) ? Int64(wanted) : cleanCount
+            chosen = Self.sample(clean: clean, extents: extents, wanted: count, seed: seed)
         }
         chosenClusters = ClusterSpan.count(chosen)
         ranges = ClusterSpan.byteRanges(chosen, clusterSize: clusterSize, diskSize: sourceAllocation.diskSize,

@@ -154,4 +154,32 @@ struct NBDReaderTests {
         #expect(throws: VerificationError.self) { try reader.read(offset: 0, length: 1) }
         reader.close()
     }
+
+    /// A server that accepts and never answers: the handshake gives up after the timeout
+    /// (60 s by default; 1 s here) instead of hanging.
+    @Test func aSilentServerTimesOut() throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-nbd-silent")
+        defer { scratch.remove() }
+        let path = scratch.appending("silent.sock")
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(listener >= 0)
+        defer { close(listener) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: Array(path.utf8))
+            raw[path.utf8.count] = 0
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(bound == 0 && listen(listener, 4) == 0)
+
+        do {
+            _ = try NBDReader(socketPath: path, export: "disk", timeoutSeconds: 1)
+            Issue.record("a silent server was taken for an NBD server")
+        } catch {
+            #expect(error.description == "NBD export 'disk' at \(path): no answer within 1 s while livecopy awaited the server's greeting")
+        }
+    }
 }
