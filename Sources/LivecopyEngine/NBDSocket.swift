@@ -49,7 +49,8 @@ struct NBDSocket {
             guard descriptor >= 0 else {
                 throw VerificationError("\(label): cannot create a socket: \(Self.errorText(errno))")
             }
-            let connection = NBDSocket(descriptor: descriptor, label: label, timeoutSeconds: timeoutSeconds)
+            // 0 would mean no timeout at all to the kernel.
+            let connection = NBDSocket(descriptor: descriptor, label: label, timeoutSeconds: max(1, timeoutSeconds))
             do throws(VerificationError) {
                 try connection.setTimeouts()
             } catch {
