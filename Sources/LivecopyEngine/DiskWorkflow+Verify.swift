@@ -95,7 +95,7 @@ extension DiskWorkflow {
             try DataComparison.compare(ranges: plan.ranges, source: readers.source, destination: readers.destination,
                                        clusterSize: cluster)
         }
-        let compared = "\(first.clustersCompared) of \(plan.cleanClusters) clusters the guest left alone (\(ByteSize.format(first.bytesCompared))), \(plan.dirtyClustersSkipped) written by the guest skipped, \(selection.summary(seed: seed))"
+        let compared = "\(first.clustersCompared) of \(plan.cleanClusters) clusters the guest left alone (\(ByteSize.format(first.bytesCompared))), \(plan.dirtyClusters) written by the guest skipped, \(selection.summary(seed: seed))"
         guard first.mismatchedClusters > 0 else { return .identical(compared) }
 
         // A difference may be a guest write made after the bitmap was frozen: freeze it again.

@@ -39,7 +39,8 @@ extension QMPSession {
 
     /// `nbd-server-start` on UNIX socket `path`.
     public func nbdServerStart(socketPath path: String) async throws {
-        try await execute("nbd-server-start", ["addr": .object(["type": "unix", "path": .string(path)])])
+        // `addr` is a SocketAddressLegacy: the path goes in `data`.
+        try await execute("nbd-server-start", ["addr": .object(["type": "unix", "data": .object(["path": .string(path)])])])
     }
 
     /// `nbd-server-stop`.
