@@ -47,6 +47,7 @@ import Testing
             policy.onFailure = onFailure
             policy.progressInterval = 0.02
             policy.qmpRetries = 0
+            policy.verify = .none  // data verification needs real QEMU (VerificationIntegrationTests)
             return policy
         }
 

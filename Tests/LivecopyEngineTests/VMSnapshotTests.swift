@@ -126,19 +126,29 @@ struct VMSnapshotTests {
         await engine.shutdown()
         #expect(plan.state == .completed, "\(plan.error ?? "")")
 
-        // vm1: one transaction with both disks' snapshots, mode existing, format given.
+        // vm1: one transaction with both disks' snapshots, mode existing, format given, each
+        // followed by its dirty bitmap on the new overlay (the default `verify: sample`).
+        // (The verification's own transactions freeze bitmaps and switch nothing.)
+        func switches(_ socket: String) -> [(name: String, arguments: [String: JSONValue]?)] {
+            connector.commands(to: socket).filter { command in
+                command.name == "transaction"
+                    && command.arguments?["actions"]?.arrayValue?.contains { $0["type"]?.stringValue == "blockdev-snapshot-sync" } == true
+            }
+        }
         let vm1Commands = connector.commands(to: rig.vm1.livecopySocket)
         #expect(!vm1Commands.contains { $0.name == "blockdev-snapshot-sync" })
-        let transactions = vm1Commands.filter { $0.name == "transaction" }
+        let transactions = switches(rig.vm1.livecopySocket)
         #expect(transactions.count == 1)
         let actions = transactions.first?.arguments?["actions"]?.arrayValue ?? []
-        #expect(actions.count == 2)
-        #expect(Set(actions.compactMap { $0["data"]?["device"]?.stringValue }) == ["drive0", "drive1"])
-        #expect(actions.allSatisfy { $0["type"]?.stringValue == "blockdev-snapshot-sync" })
-        #expect(actions.allSatisfy { $0["data"]?["mode"]?.stringValue == "existing" && $0["data"]?["format"]?.stringValue == "qcow2" })
-        // vm2: its own transaction, of its one disk.
-        let vm2Transactions = connector.commands(to: rig.vm2.livecopySocket).filter { $0.name == "transaction" }
-        #expect(vm2Transactions.map { $0.arguments?["actions"]?.arrayValue?.count } == [1])
+        #expect(actions.count == 4)
+        let snapshots = actions.filter { $0["type"]?.stringValue == "blockdev-snapshot-sync" }
+        let bitmaps = actions.filter { $0["type"]?.stringValue == "block-dirty-bitmap-add" }
+        #expect(Set(snapshots.compactMap { $0["data"]?["device"]?.stringValue }) == ["drive0", "drive1"])
+        #expect(snapshots.allSatisfy { $0["data"]?["mode"]?.stringValue == "existing" && $0["data"]?["format"]?.stringValue == "qcow2" })
+        #expect(Set(bitmaps.compactMap { $0["data"]?["node"]?.stringValue })
+                == Set(snapshots.compactMap { $0["data"]?["snapshot-node-name"]?.stringValue }), "each bitmap on an overlay")
+        // vm2: its own transaction, of its one disk and its bitmap.
+        #expect(switches(rig.vm2.livecopySocket).map { $0.arguments?["actions"]?.arrayValue?.count } == [2])
 
         for index in rig.disks.indices {
             let active = try await rig.active(index)
