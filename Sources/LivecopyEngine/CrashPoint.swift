@@ -20,7 +20,7 @@ public enum CrashPoint {
     /// source is retired by `retire` (`keep` has no retiring step of its own) after the
     /// data is verified (the shipped default; `sent:verify` is reached with the
     /// destination's NBD export and the source's qemu-nbd still open).
-    public static func forwardNames(retiring retire: Policy.RetireSource) -> [String] {
+    public static func forwardNames(retiring retire: Policy.RetireSource, verifying: Bool = true) -> [String] {
         let retireStep: [String]
         switch retire {
         case .keep: retireStep = []
@@ -34,8 +34,8 @@ public enum CrashPoint {
             "outcome:blockdev-snapshot-sync", "transition:streaming",
             "intent:block-stream", "sent:block-stream", "outcome:block-stream",
             "intent:job-finalize", "sent:job-finalize", "outcome:job-finalize", "sent:job-dismiss",
-            "transition:retiring", "intent:verify", "sent:verify",
-        ] + retireStep + ["transition:completed", "plan:completed"]
+            "transition:retiring",
+        ] + (verifying ? ["intent:verify", "sent:verify"] : []) + retireStep + ["transition:completed", "plan:completed"]
     }
 
     /// Every crash point of a forward copy with the mirror strategy, when the source is

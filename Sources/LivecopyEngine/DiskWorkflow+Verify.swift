@@ -21,6 +21,16 @@ extension DiskWorkflow {
         case .none: return true
         case .sample, .full: break
         }
+        // A retirement step already announced was announced after a comparison passed (or
+        // the policy's fallback allowed it): the source may be gone or moved by now.
+        if let intent = disk.intent, intent.belongsToRetirement, intent != .verify { return true }
+        // A source already gone leaves nothing to compare, and nothing to destroy: the
+        // retirement records how it found it.
+        var info = stat()
+        if lstat(source, &info) != 0 && errno == ENOENT {
+            try await ledger.note("nothing to verify against: the source \(source) is gone")
+            return true
+        }
         guard session.capabilities.contains(.dirtyTracking) else {
             return try await unverifiable(source, because: "this VM's hypervisor backend cannot track the guest's writes")
         }

@@ -265,6 +265,7 @@ struct FakeSetup {
     static func policy(_ adjust: (inout Policy) -> Void = { _ in }) throws -> Policy {
         var policy = try Policy.resolve(nil)
         policy.retireSource = .keep
+        policy.verify = .none  // the fake VM keeps no data to compare (VerificationIntegrationTests do, on real QEMU)
         policy.progressInterval = 0.1
         policy.commandTimeout = 1
         adjust(&policy)
