@@ -19,6 +19,7 @@ extension DiskWorkflow {
             try await renameSource(source)
         case .delete:
             try await deleteSource(source)
+        case .quarantine: try await quarantineSource(source)
         }
     }
 

@@ -16,6 +16,9 @@ public struct Policy: Codable, Sendable, Equatable {
         case rename
         /// Leave the source file where it is.
         case keep
+        /// Move the source file into `.livecopy-quarantine/` beside it, for
+        /// `quarantine_for`; `livecopy purge` deletes it then, `livecopy restore` puts it back.
+        case quarantine
     }
 
     /// What a failed copy does.
@@ -76,6 +79,9 @@ public struct Policy: Codable, Sendable, Equatable {
     public var spaceMargin: Double
     /// Commands that tell the VM's manager where each disk went (`hooks:`, docs/hooks.md).
     public var hooks: HookSettings
+    /// `retire_source: quarantine`: how long a quarantined source is kept before
+    /// `livecopy purge` may delete it, in seconds.
+    public var quarantineFor: Double = Policy.defaultQuarantineFor
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case strategy
@@ -94,7 +100,11 @@ public struct Policy: Codable, Sendable, Equatable {
         case qmpRetryBackoff = "qmp_retry_backoff"
         case spaceMargin = "space_margin"
         case hooks
+        case quarantineFor = "quarantine_for"
     }
+
+    /// `quarantine_for` when neither the policy nor the shipped default names it: 24 hours.
+    public static let defaultQuarantineFor: Double = 86_400
 
     /// The built-in values, used only if the shipped `default.yaml` is somehow absent.
     static let fallback = Policy(
@@ -146,6 +156,7 @@ public struct Policy: Codable, Sendable, Equatable {
         qmpRetryBackoff = try container.decodeIfPresent(Double.self, forKey: .qmpRetryBackoff) ?? Self.fallback.qmpRetryBackoff
         spaceMargin = try container.decodeIfPresent(Double.self, forKey: .spaceMargin) ?? Self.fallback.spaceMargin
         hooks = try container.decodeIfPresent(HookSettings.self, forKey: .hooks) ?? .none
+        quarantineFor = try container.decodeIfPresent(Double.self, forKey: .quarantineFor) ?? Self.defaultQuarantineFor
     }
 }
 
@@ -207,6 +218,7 @@ extension Policy {
             case .qmpRetryBackoff: policy.qmpRetryBackoff = try value.duration(allowZero: true)
             case .spaceMargin: policy.spaceMargin = try value.factor(in: 0...100)
             case .hooks: policy.hooks = try HookSettings.parse(value)
+            case .quarantineFor: policy.quarantineFor = try value.duration(allowZero: false)
             }
         }
         return policy

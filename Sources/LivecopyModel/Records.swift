@@ -146,7 +146,7 @@ public struct DiskRecord: Sendable, Equatable {
             case .deleteDestination?: return source
             case .pivotBack?: return nil
             case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .renameSource?,
-                 .deleteSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
+                 .deleteSource?, .quarantineSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
                 return destinationCreated ? destination : source
             }
         case .needsAttention: return nil
@@ -164,7 +164,7 @@ public struct DiskRecord: Sendable, Equatable {
             case .pivot?, .pivotBack?: return nil
             case .deleteDestination?: return source
             case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .renameSource?, .deleteSource?,
-                 .cancelCopy?, .commitBack?, .mirrorBack?:
+                 .quarantineSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
                 return pivoted ? destination : source
             }
         }
