@@ -382,3 +382,35 @@ struct QuarantineIntegrationTests {
         try await BadInputTests.expectNothingInProgress(livecopy)
     }
 }
+
+/// `restore` for a libvirt domain: livecopy asks libvirt whether the domain runs
+/// (`virDomainIsActive`), and restores only once it does not.
+@Suite(.serialized, .requires(.libvirt, .qemu))
+struct QuarantineLibvirtTests {
+    @Test(.timeLimit(.minutes(4)))
+    func restoreWaitsUntilLibvirtSaysTheDomainIsNotRunning() async throws {
+        let rig = try LibvirtIntegrationTests.Rig(
+            "quarantine", targets: ["vda"], policy: "retire_source: quarantine\nquarantine_for: 1h\nprogress_interval: 200ms\n")
+        defer { rig.remove() }
+        try await rig.write(slot: 0)
+        let submit = try await rig.livecopy.run(["submit", rig.planPath])
+        #expect(submit.status == 0, "submit: \(submit.stderr)")
+        let source = try #require(rig.sources["vda"])
+        let quarantined = rig.scratch.appending(".livecopy-quarantine/1-1-vda.qcow2")
+        #expect(!FileManager.default.fileExists(atPath: source) && FileManager.default.fileExists(atPath: quarantined))
+        #expect(rig.owner(of: quarantined) == geteuid(), "the quarantined source is handed back to livecopy's user")
+
+        let running = try await rig.livecopy.run(["restore", "1"])
+        #expect(running.status == 1 && running.stderr.contains("says domain '\(rig.domain.name)' is active"), "\(running.stderr)")
+        #expect(FileManager.default.fileExists(atPath: quarantined))
+
+        try rig.domain.destroy()
+        let restore = try await rig.livecopy.run(["restore", "1"])
+        #expect(restore.status == 0, "restore: \(restore.stderr)")
+        #expect(restore.stdout.contains("must now boot quarantine/vda from \(source)"), "\(restore.stdout)")
+        #expect(FileManager.default.fileExists(atPath: source) && !FileManager.default.fileExists(atPath: quarantined))
+        #expect(try QEMUImage.verify(source, pattern: 0x11, offset: "0", length: "16M"))
+        #expect(try QEMUImage.verify(source, pattern: 0x30, offset: "20M", length: "1M"), "the write before the copy")
+        try rig.expectDestinationsHold(slots: 0...0)
+    }
+}
