@@ -53,6 +53,28 @@ enum PlanText {
             + (disk.error.map { "\n      error: \($0)" } ?? "")
     }
 
+    /// The line `status` prints about quarantine (nil when it holds nothing).
+    static func quarantine(_ summary: QuarantineSummary) -> String? {
+        guard summary.count > 0 else { return nil }
+        let sources = summary.count == 1 ? "1 source" : "\(summary.count) sources"
+        let next = summary.nextExpiry.map { ", next expiry \(time($0)) (livecopy purge deletes what has expired)" } ?? ""
+        return "quarantine: \(sources) held, \(ByteSize.format(summary.bytes))\(next)"
+    }
+
+    /// One line per quarantined source of a plan (`show`): the disk, its state, where it
+    /// is and came from, its size and expiry.
+    static func quarantined(_ image: QuarantinedImage, disks: [Int64: DiskRecord]) -> String {
+        let who = disks[image.diskId].map { "\($0.vmName)/\($0.device)" } ?? "?"
+        let end: String
+        switch image.state {
+        case .held, .purging, .restoring: end = "expires \(time(image.expiresAt))"
+        case .purged: end = "purged \(time(image.endedAt))"
+        case .restored: end = "restored \(time(image.endedAt))"
+        }
+        return "  " + column("\(who) (disk \(image.diskId))", 21) + column(image.state.rawValue, 11)
+            + "\(image.quarantinePath) ← \(image.originalPath)  \(ByteSize.format(image.sizeBytes))  \(end)"
+    }
+
     static func event(_ event: EventRecord, disks: [Int64: DiskRecord]) -> String {
         let who = event.diskId.flatMap { disks[$0] }.map { "\($0.vmName)/\($0.device)" } ?? "plan"
         let change = event.kind == .transition ? "\(event.from ?? "∅") → \(event.to ?? "?")" : event.kind.rawValue

@@ -19,9 +19,11 @@ struct Show: AsyncParsableCommand {
             let plan = try requirePlan(id, in: store)
             let disks = try store.disks(ofPlan: plan.id)
             let events = try store.events(ofPlan: plan.id)
+            let quarantined = try store.quarantinedImages(ofPlan: plan.id)
             if json {
                 print(try PlanDocument.json(PlanDocument(plan: plan, disks: disks, events: events,
-                                                         controls: try store.controls(ofPlan: plan.id))))
+                                                         controls: try store.controls(ofPlan: plan.id),
+                                                         quarantined: quarantined)))
                 return ExitStatus.success
             }
             print(PlanText.summaryHeader)
@@ -30,8 +32,12 @@ struct Show: AsyncParsableCommand {
             print("disks:")
             print(PlanText.diskHeader)
             for disk in disks { print(PlanText.disk(disk, planState: plan.state)) }
-            print("events:")
             let byId = Dictionary(uniqueKeysWithValues: disks.map { ($0.id, $0) })
+            if !quarantined.isEmpty {
+                print("quarantined sources (livecopy purge deletes them once expired; livecopy restore DISK puts one back):")
+                for image in quarantined { print(PlanText.quarantined(image, disks: byId)) }
+            }
+            print("events:")
             for event in events { print(PlanText.event(event, disks: byId)) }
             return ExitStatus.success
         }

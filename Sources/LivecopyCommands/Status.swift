@@ -26,7 +26,7 @@ struct Status: AsyncParsableCommand {
             }
             let documents = try plans.map {
                 PlanDocument(plan: $0, disks: try store.disks(ofPlan: $0.id), controls: try store.controls(ofPlan: $0.id),
-                             bootImages: bootImages[$0.id])
+                             bootImages: bootImages[$0.id], quarantined: try store.quarantinedImages(ofPlan: $0.id))
             }
             if json {
                 if id != nil, let document = documents.first {
@@ -36,8 +36,10 @@ struct Status: AsyncParsableCommand {
                 }
                 return ExitStatus.success
             }
+            let quarantine = PlanText.quarantine(try store.quarantineSummary())
             if plans.isEmpty {
                 print("no plan in progress")
+                if let quarantine { print(quarantine) }
                 return ExitStatus.success
             }
             for plan in plans {
@@ -49,6 +51,7 @@ struct Status: AsyncParsableCommand {
                 print(PlanText.diskHeader)
                 for disk in disks { print(PlanText.disk(disk, bootImage: .some(bootImages[plan.id]?[disk.id]), planState: plan.state)) }
             }
+            if let quarantine { print(quarantine) }
             return ExitStatus.success
         }
     }

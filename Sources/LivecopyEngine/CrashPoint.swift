@@ -27,6 +27,7 @@ public enum CrashPoint {
         // No `outcome:` point: the move to `completed` records the outcome in the same write.
         case .rename: retireStep = ["intent:rename", "sent:rename"]
         case .delete: retireStep = ["intent:delete-source", "sent:delete-source"]
+        case .quarantine: retireStep = ["intent:quarantine-source", "sent:quarantine-source"]
         }
         return [
             "plan:running",
@@ -65,9 +66,19 @@ public enum CrashPoint {
         "intent:delete-destination", "sent:delete-destination", "outcome:delete-destination", "transition:rolled_back", "plan:rolled_back",
     ]
 
+    /// The crash points of `livecopy purge`, per image: after the intent (the row `purging`,
+    /// its event written) and right after the unlink, before its outcome.
+    public static let purgeNames = ["intent:purge", "sent:purge"]
+
+    /// The crash points of `livecopy restore`: after the intent (the row `restoring`) and
+    /// right after the rename back, before its outcome.
+    public static let restoreNames = ["intent:restore", "sent:restore"]
+
     /// Every name, for tests.
     public static var names: [String] {
-        let all = forwardNames + ["intent:delete-source", "sent:delete-source"] + rollbackNames + mirrorForwardNames(retiring: .rename)
+        let all = forwardNames + ["intent:delete-source", "sent:delete-source"]
+            + ["intent:quarantine-source", "sent:quarantine-source"] + purgeNames + restoreNames
+            + rollbackNames + mirrorForwardNames(retiring: .rename)
         var seen = Set<String>()
         return all.filter { seen.insert($0).inserted }
     }

@@ -38,7 +38,10 @@ final class DiskLedger: Sendable {
     /// An open intent stays open only where `DiskIntent.isAllowed(in:)` lets it (its own
     /// step, `failed`, `needs_attention`): a move elsewhere is made by the reconciliation
     /// that settled it from what QEMU shows, and closes it, saying so in the event.
-    func transition(to next: DiskState, _ detail: String, update: (inout DiskRecord) -> Void = { _ in }) async throws {
+    ///
+    /// `quarantining`: the source just moved into quarantine, recorded in the same write.
+    func transition(to next: DiskState, _ detail: String, quarantining: NewQuarantinedImage? = nil,
+                    update: (inout DiskRecord) -> Void = { _ in }) async throws {
         let disk = self.disk
         let previous = disk.state
         guard previous.canMove(to: next) else {
@@ -53,9 +56,12 @@ final class DiskLedger: Sendable {
             if next != .completed && next != .rolledBack { detail += " (open intent \(open.rawValue) settled from what QEMU shows)" }
         }
         detail += call(HookEvent.entering(next), on: &updated)
-        try await store.save(disk: updated, expecting: previous,
-                       event: NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail),
-                       at: Date())
+        let event = NewEvent(kind: .transition, from: previous.rawValue, to: next.rawValue, detail: detail)
+        if let quarantining {
+            try await store.save(disk: updated, expecting: previous, event: event, quarantining: quarantining, at: Date())
+        } else {
+            try await store.save(disk: updated, expecting: previous, event: event, at: Date())
+        }
         self.disk = updated
         logger.debug("disk transition", metadata: [
             "plan": "\(disk.planId)", "disk": "\(disk.id)", "from": "\(previous.rawValue)", "to": "\(next.rawValue)",

@@ -33,7 +33,7 @@ extension DiskWorkflow {
                 case .pivotBack?:
                     try await refuseAmbiguousPivot()
                 case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .verify?, .renameSource?,
-                     .deleteSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
+                     .deleteSource?, .quarantineSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
                     switch disk.strategy {
                     case .stream:
                         try await refuseSplitBrain(activeImage: disk.source ?? "the source")

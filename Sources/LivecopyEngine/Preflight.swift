@@ -275,6 +275,9 @@ struct Preflight {
                 problems.append("\(name): \(source).retired already exists, so the source cannot be retired by renaming")
             }
         }
+        if policy.retireSource == .quarantine, let problem = Quarantine.preflightProblem(source: source) {
+            problems.append("\(name): \(problem)")
+        }
         do {
             // The destination overlay livecopy will write must be possible for this size: a
             // hostile image header's size is refused here, before anything is touched.

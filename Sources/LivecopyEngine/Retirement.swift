@@ -4,7 +4,7 @@ import LivecopyModel
 
 /// The last step of the recipe: the destination stands alone; its data is compared with
 /// the source's (`verify`, `DiskWorkflow+Verify.swift`), and the source is kept, renamed
-/// to `<source>.retired` or deleted, per `retire_source`.
+/// to `<source>.retired`, deleted or moved into quarantine, per `retire_source`.
 ///
 /// On every path, a first run or a resume after a crash or a reboot, the rename or
 /// unlink happens only right after `sourceRetirementProblem()` finds nothing wrong:
@@ -22,6 +22,8 @@ extension DiskWorkflow {
             try await renameSource(source)
         case .delete:
             try await deleteSource(source)
+        case .quarantine:
+            try await quarantineSource(source)
         }
         await dropDirtyBitmap()
     }

@@ -32,6 +32,8 @@ public enum DiskIntent: String, CaseIterable, Codable, Sendable {
     case renameSource = "rename"
     /// The source is deleted.
     case deleteSource = "delete-source"
+    /// The source is moved into `.livecopy-quarantine/` in its own directory (never over a file).
+    case quarantineSource = "quarantine-source"
     /// Rollback: the copy job (stream or mirror) is cancelled.
     case cancelCopy = "block-job-cancel"
     /// Rollback: an active commit of the destination into the source starts.
@@ -52,7 +54,7 @@ public enum DiskIntent: String, CaseIterable, Codable, Sendable {
         case .snapshot: return [.snapshotting]
         case .stream, .finalize: return [.streaming]
         case .mirror, .pivot: return [.mirroring]
-        case .verify, .renameSource, .deleteSource: return [.retiring]
+        case .verify, .renameSource, .deleteSource, .quarantineSource: return [.retiring]
         case .cancelCopy, .commitBack, .mirrorBack, .pivotBack, .deleteDestination: return [.rollingBack]
         }
     }

@@ -3,7 +3,7 @@ import Foundation
 /// The JSON document scripts read from `submit --json`, `history --json`, `status --json`
 /// and `show --json`. Its shape is a contract: add fields, never rename them. Every key
 /// is always present, `null` when there is no value (`NullEncoded`), but `events`
-/// (`show`) and `controls` (`status`, `show`), present only there.
+/// (`show`), `controls` and `quarantined` (`status`, `show`), present only there.
 public struct PlanDocument: Codable, Sendable, Equatable {
     /// One disk in a plan document.
     public struct Disk: Codable, Sendable, Equatable {
@@ -58,6 +58,33 @@ public struct PlanDocument: Codable, Sendable, Equatable {
         }
     }
 
+    /// A source of the plan moved into quarantine (`retire_source: quarantine`; `status`, `show`).
+    public struct Quarantined: Codable, Sendable, Equatable {
+        /// The disk's id (what `livecopy restore` takes).
+        public var diskId: Int64
+        /// `vm/device` of the disk.
+        public var disk: String
+        public var originalPath: String
+        public var quarantinePath: String
+        public var sizeBytes: Int64
+        public var quarantinedAt: String
+        public var expiresAt: String
+        /// `held`, `purging`, `purged`, `restoring` or `restored`.
+        public var state: String
+        @NullEncoded public var endedAt: String?
+
+        enum CodingKeys: String, CodingKey {
+            case disk, state
+            case diskId = "disk_id"
+            case originalPath = "original_path"
+            case quarantinePath = "quarantine_path"
+            case sizeBytes = "size_bytes"
+            case quarantinedAt = "quarantined_at"
+            case expiresAt = "expires_at"
+            case endedAt = "ended_at"
+        }
+    }
+
     public var id: Int64
     @NullEncoded public var name: String?
     public var state: String
@@ -68,9 +95,10 @@ public struct PlanDocument: Codable, Sendable, Equatable {
     public var disks: [Disk]
     public var events: [Event]?
     public var controls: Controls?
+    public var quarantined: [Quarantined]?
 
     enum CodingKeys: String, CodingKey {
-        case id, name, state, policy, error, disks, events, controls
+        case id, name, state, policy, error, disks, events, controls, quarantined
         case createdAt = "created_at"
         case finishedAt = "finished_at"
     }
@@ -78,7 +106,7 @@ public struct PlanDocument: Codable, Sendable, Equatable {
     /// `bootImages` (by disk id) replaces the record's own answer (`DiskRecord.bootImage`)
     /// with the engine's (`Engine.bootImage(of:)`), which also asks QEMU and the files.
     public init(plan: PlanRecord, disks: [DiskRecord], events: [EventRecord]? = nil, controls: PlanControls? = nil,
-                bootImages: [Int64: String]? = nil) {
+                bootImages: [Int64: String]? = nil, quarantined: [QuarantinedImage]? = nil) {
         self.controls = controls.map(Controls.init)
         id = plan.id
         name = plan.name
@@ -94,6 +122,12 @@ public struct PlanDocument: Codable, Sendable, Equatable {
                         error: disk.error, bootImage: boot, pendingHook: disk.pendingHook?.rawValue)
         }
         let names = Dictionary(uniqueKeysWithValues: disks.map { ($0.id, "\($0.vmName)/\($0.device)") })
+        self.quarantined = quarantined?.map {
+            Quarantined(diskId: $0.diskId, disk: names[$0.diskId] ?? "disk \($0.diskId)", originalPath: $0.originalPath,
+                        quarantinePath: $0.quarantinePath, sizeBytes: $0.sizeBytes,
+                        quarantinedAt: ISO8601.string($0.quarantinedAt), expiresAt: ISO8601.string($0.expiresAt),
+                        state: $0.state.rawValue, endedAt: $0.endedAt.map(ISO8601.string))
+        }
         self.events = events?.map {
             Event(at: ISO8601.string($0.at), disk: $0.diskId.flatMap { names[$0] }, kind: $0.kind.rawValue,
                   from: $0.from, to: $0.to, detail: $0.detail)

@@ -16,6 +16,9 @@ public struct Policy: Codable, Sendable, Equatable {
         case rename
         /// Leave the source file where it is.
         case keep
+        /// Move the source file into `.livecopy-quarantine/` beside it, for
+        /// `quarantine_for`; `livecopy purge` deletes it then, `livecopy restore` puts it back.
+        case quarantine
     }
 
     /// What a failed copy does.
@@ -82,6 +85,9 @@ public struct Policy: Codable, Sendable, Equatable {
     public var verifySample: VerifySample
     /// What becomes of the source when its data cannot be compared exactly.
     public var onUnverifiable: OnUnverifiable
+    /// `retire_source: quarantine`: how long a quarantined source is kept before
+    /// `livecopy purge` may delete it, in seconds.
+    public var quarantineFor: Double = Policy.defaultQuarantineFor
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case strategy
@@ -103,7 +109,11 @@ public struct Policy: Codable, Sendable, Equatable {
         case verify
         case verifySample = "verify_sample"
         case onUnverifiable = "on_unverifiable"
+        case quarantineFor = "quarantine_for"
     }
+
+    /// `quarantine_for` when neither the policy nor the shipped default names it: 24 hours.
+    public static let defaultQuarantineFor: Double = 86_400
 
     /// The built-in values, used only if the shipped `default.yaml` is somehow absent.
     static let fallback = Policy(
@@ -164,6 +174,7 @@ public struct Policy: Codable, Sendable, Equatable {
         verify = try container.decodeIfPresent(VerifyMode.self, forKey: .verify) ?? .none
         verifySample = try container.decodeIfPresent(VerifySample.self, forKey: .verifySample) ?? Self.fallback.verifySample
         onUnverifiable = try container.decodeIfPresent(OnUnverifiable.self, forKey: .onUnverifiable) ?? Self.fallback.onUnverifiable
+        quarantineFor = try container.decodeIfPresent(Double.self, forKey: .quarantineFor) ?? Self.defaultQuarantineFor
     }
 }
 
@@ -228,6 +239,7 @@ extension Policy {
             case .verify: policy.verify = try value.choice(VerifyMode.self)
             case .verifySample: policy.verifySample = try value.verifySample()
             case .onUnverifiable: policy.onUnverifiable = try value.choice(OnUnverifiable.self)
+            case .quarantineFor: policy.quarantineFor = try value.duration(allowZero: false)
             }
         }
         return policy

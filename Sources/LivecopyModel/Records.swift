@@ -149,7 +149,7 @@ public struct DiskRecord: Sendable, Equatable {
             case .deleteDestination?: return source
             case .pivotBack?: return nil
             case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .pivot?, .verify?, .renameSource?,
-                 .deleteSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
+                 .deleteSource?, .quarantineSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
                 return destinationCreated ? destination : source
             }
         case .needsAttention: return nil
@@ -167,7 +167,7 @@ public struct DiskRecord: Sendable, Equatable {
             case .pivot?, .pivotBack?: return nil
             case .deleteDestination?: return source
             case nil, .createDestination?, .snapshot?, .stream?, .finalize?, .mirror?, .verify?, .renameSource?, .deleteSource?,
-                 .cancelCopy?, .commitBack?, .mirrorBack?:
+                 .quarantineSource?, .cancelCopy?, .commitBack?, .mirrorBack?:
                 return pivoted ? destination : source
             }
         }

@@ -77,6 +77,35 @@ public protocol WorkflowStore: AnyObject, Sendable {
 
     /// Records a request's outcome (once: a finished request is left as it is), with an event.
     func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) async throws
+
+    // MARK: Quarantine (`retire_source: quarantine`, `purge`, `restore`)
+
+    /// `save(disk:expecting:event:at:)` that also records `image`, the disk's source just
+    /// moved into quarantine, in the same transaction: the disk's move to `completed`
+    /// and the image's row are one write.
+    func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, quarantining image: NewQuarantinedImage,
+              at: Date) async throws
+
+    /// The quarantined image of disk `diskId`, if its source was quarantined.
+    func quarantinedImage(ofDisk diskId: Int64) throws -> QuarantinedImage?
+
+    /// The quarantined images of plan `planId`, by id.
+    func quarantinedImages(ofPlan planId: Int64) throws -> [QuarantinedImage]
+
+    /// The quarantined images in one of `states`, by id; with `expiredBy`, only those whose
+    /// time is up by then.
+    func quarantinedImages(in states: Set<QuarantineState>, expiredBy: Date?) throws -> [QuarantinedImage]
+
+    /// Moves image `id` to `state` if it is still in `expecting` (recording `ended_at` when
+    /// `state` is final), and appends `event` to its disk's timeline, in one transaction.
+    /// Throws a `.conflict` `StoreError` when the image is no longer in `expecting`.
+    func saveQuarantine(id: Int64, state: QuarantineState, expecting: QuarantineState, event: NewEvent, at: Date) async throws
+
+    /// How many images quarantine holds, their space and the next expiry.
+    func quarantineSummary() throws -> QuarantineSummary
+
+    /// Every disk (of any plan) whose source or destination is `path`.
+    func disks(usingPath path: String) throws -> [DiskRecord]
 }
 
 extension WorkflowStore {
@@ -93,6 +122,20 @@ extension WorkflowStore {
     public func openControlRequests(planId: Int64) throws -> [OperatorRequest] { [] }
     public func controlRequest(id: Int64) throws -> OperatorRequest? { nil }
     public func finishControlRequest(id: Int64, planId: Int64, ok: Bool, outcome: String, at: Date) async throws {}
+
+    // Defaults for stores without quarantine (test doubles): nothing is ever quarantined.
+    public func save(disk: DiskRecord, expecting: DiskState, event: NewEvent?, quarantining image: NewQuarantinedImage,
+                     at: Date) async throws {
+        throw StoreError(.conflict("this store keeps no quarantine"))
+    }
+    public func quarantinedImage(ofDisk diskId: Int64) throws -> QuarantinedImage? { nil }
+    public func quarantinedImages(ofPlan planId: Int64) throws -> [QuarantinedImage] { [] }
+    public func quarantinedImages(in states: Set<QuarantineState>, expiredBy: Date?) throws -> [QuarantinedImage] { [] }
+    public func saveQuarantine(id: Int64, state: QuarantineState, expecting: QuarantineState, event: NewEvent, at: Date) async throws {
+        throw StoreError(.conflict("this store keeps no quarantine"))
+    }
+    public func quarantineSummary() throws -> QuarantineSummary { QuarantineSummary(count: 0, bytes: 0, nextExpiry: nil) }
+    public func disks(usingPath path: String) throws -> [DiskRecord] { [] }
 }
 
 /// A process that drives a plan: who it is and when it last said it is alive.

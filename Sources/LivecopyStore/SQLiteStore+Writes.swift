@@ -80,7 +80,7 @@ extension SQLiteStore {
         try write { db in try Self.save(db, disk: disk, expecting: expecting, event: event, at: at) }
     }
 
-    private static func save(_ db: Database, disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) throws {
+    static func save(_ db: Database, disk: DiskRecord, expecting: DiskState, event: NewEvent?, at: Date) throws {
         try db.executeCached(
             sql: """
                 UPDATE disks SET source = ?, source_format = ?, qmp_device = ?, state = ?, bytes_done = ?,

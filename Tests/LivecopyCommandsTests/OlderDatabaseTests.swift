@@ -45,6 +45,7 @@ struct OlderDatabaseTests {
         Fixture(fileName: "0005-interrupted-mid-stream.db", schema: 5),
         Fixture(fileName: "0006-interrupted-mid-stream.db", schema: 6),
         Fixture(fileName: "0007-interrupted-mid-stream.db", schema: 7),
+        Fixture(fileName: "0008-interrupted-mid-stream.db", schema: 8),
     ]
 
     // MARK: - The convention

@@ -53,7 +53,7 @@ struct RecoveryIntegrationTests {
 
     // MARK: - 1. Every crash point
 
-    @Test(.timeLimit(.minutes(6)), arguments: [Policy.RetireSource.rename, .delete])
+    @Test(.timeLimit(.minutes(6)), arguments: [Policy.RetireSource.rename, .delete, .quarantine])
     func recoverCompletesAfterACrashAtEveryCrashPoint(retire: Policy.RetireSource) async throws {
         for point in CrashPoint.forwardNames(retiring: retire) {
             let rig = try Rig("lc-crash", dataMiB: 8, policy: "retire_source: \(retire.rawValue)\nprogress_interval: 200ms\n")
@@ -84,6 +84,10 @@ struct RecoveryIntegrationTests {
             #expect(!FileManager.default.fileExists(atPath: rig.source), "[\(point)] the source is retired")
             #expect(FileManager.default.fileExists(atPath: rig.source + ".retired") == (retire == .rename),
                     "[\(point)] the source is renamed to .retired by rename, and deleted by delete")
+            let quarantined = Quarantine.path(for: rig.source, planId: planId, diskId: disk?.id ?? 0)
+            #expect(FileManager.default.fileExists(atPath: quarantined) == (retire == .quarantine),
+                    "[\(point)] the source is in quarantine with quarantine only")
+            #expect(try rig.store().quarantinedImages(ofPlan: planId).count == (retire == .quarantine ? 1 : 0), "[\(point)] one row")
             let details = try rig.store().events(ofPlan: planId).map(\.detail)
             #expect(!details.contains { $0.contains("was gone before livecopy retired it") }, "[\(point)] livecopy itself retired the source")
         }

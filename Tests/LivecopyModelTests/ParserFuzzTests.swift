@@ -158,7 +158,7 @@ struct ParserFuzzTests {
             try Policy.parse("retire_source: \"keep\\u0085\\r\"", source: Self.policySource, base: try Policy.shippedDefault())
         }
         #expect(policyError.message
-            == "fuzz-policy.yaml:1: 'retire_source' has invalid value 'keep\\u{0085}\\r' (expected delete | rename | keep)")
+            == "fuzz-policy.yaml:1: 'retire_source' has invalid value 'keep\\u{0085}\\r' (expected delete | rename | keep | quarantine)")
     }
 
     // MARK: - Policies

@@ -52,6 +52,20 @@ struct PolicyTests {
         #expect(stored.strategy == .stream && stored.copyMode == .background)
     }
 
+    @Test func quarantineKeepsTheSourceForQuarantineForDefaulting24Hours() throws {
+        let base = try Policy.resolve(nil)
+        #expect(base.retireSource == .rename, "the default stays rename")
+        #expect(base.quarantineFor == 24 * 3600)
+        let policy = try Policy.parse("retire_source: quarantine\nquarantine_for: 30m", source: "p.yaml", base: base)
+        #expect(policy.retireSource == .quarantine && policy.quarantineFor == 1800)
+        // A policy stored before the key existed reads as 24 hours; one stored with it, as stored.
+        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(policy)) as? [String: Any] ?? [:]
+        #expect(json["quarantine_for"] as? Double == 1800)
+        json["quarantine_for"] = nil
+        let stored = try JSONDecoder().decode(Policy.self, from: JSONSerialization.data(withJSONObject: json))
+        #expect(stored.quarantineFor == 24 * 3600 && stored.retireSource == .quarantine)
+    }
+
     @Test func aReferenceWithASlashIsAFile() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("lc-policy-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -75,6 +89,9 @@ struct PolicyTests {
         ("command_timeout: soon", "command_timeout", "soon"),
         ("strategy: copy", "strategy", "copy"),
         ("copy_mode: sync", "copy_mode", "sync"),
+        ("quarantine_for: 0s", "quarantine_for", "0s"),
+        ("quarantine_for: abc", "quarantine_for", "abc"),
+        ("quarantine_for: -1h", "quarantine_for", "-1h"),
     ])
     func invalidValuesNameTheKeyAndTheValue(text: String, key: String, value: String) {
         do {
