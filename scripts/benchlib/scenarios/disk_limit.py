@@ -41,7 +41,7 @@ class DiskLimit:
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
-        write_policy(policy, speed=0, retire_source="keep")
+        write_policy(policy, speed=0, retire_source="keep", verify="none")
         times = {tool: [] for tool in self.tools}
         syncs = {tool: [] for tool in self.tools}
         cp_times, verified = [], {}
@@ -158,7 +158,8 @@ class DiskLimit:
             "convert": "`qemu-img convert -O qcow2` (offline, default: 8 requests in flight)",
             "convert-m1": "`qemu-img convert -m 1` (offline, one request in flight)",
             "raw-stream": "raw client, `blockdev-snapshot-sync` + `block-stream` (live)",
-            "livecopy": "`livecopy submit` (live, stream recipe; flushes the destination before finalize)",
+            "livecopy": "`livecopy submit` (live, stream recipe; flushes the destination before finalize; policy `speed: 0`, "
+                        "`retire_source: keep`, `verify: none`)",
             "raw-mirror": "raw client, `drive-mirror sync=full` + `block-job-complete` (live)",
         }
         chunks = self.size // (512 * 1024)

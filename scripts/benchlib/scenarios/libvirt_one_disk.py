@@ -154,7 +154,7 @@ class LibvirtOneDisk:
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
-        write_policy(policy, speed=f"{self.bandwidth_mib}M", retire_source="keep")
+        write_policy(policy, speed=f"{self.bandwidth_mib}M", retire_source="keep", verify="none")
         warmups = warm_up(ctx, self.name, ("virsh", "livecopy"),
                           lambda tool: self._one_run(ctx, directory, pristine, db, policy, 0, tool, False)["seconds"])
 
@@ -331,7 +331,7 @@ class LibvirtOneDisk:
             f"{size_text(self.size)} qcow2 image holding {size_text(self.data)} of data (pattern {self.pattern}), "
             f"and copies vda to a new qcow2 image at {self.bandwidth_mib} MiB/s; {n} pairs in ABBA order.", "",
             f"- A = `livecopy submit` (plan `libvirt: {{uri: \"{URI}\", domain: …}}`, policy "
-            f"`speed: {self.bandwidth_mib}M`, `retire_source: keep`): libvirt snapshot, a held QEMU stream, the "
+            f"`speed: {self.bandwidth_mib}M`, `retire_source: keep`, `verify: none`): libvirt snapshot, a held QEMU stream, the "
             "destination flushed with QEMU's confirmation before its header is rewritten, then libvirt's pull "
             "(which has nothing left to copy) updates the domain's definitions ([docs/libvirt.md](docs/libvirt.md)).",
             f"- B = four commands, each timed from spawn to exit, summed: `qemu-img create -f qcow2 -b SRC -F qcow2 "

@@ -51,7 +51,7 @@ class ManyDisks:
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
-        write_policy(policy, speed=0, retire_source="keep", max_parallel_disks=self.parallel, **self.policy_settings)
+        write_policy(policy, speed=0, retire_source="keep", verify="none", max_parallel_disks=self.parallel, **self.policy_settings)
         warm, _ = self._one(ctx, images, template, db, policy, 0, "raw", False)
         log(f"[{self.name}] warm-up raw: {warm['seconds']:.3f} s (discarded)")
         results, verified = [], []
@@ -219,7 +219,7 @@ class ManyDisks:
             f"Images and sockets on {fs} ({images}), so that disk noise does not drown per-disk milliseconds "
             f"(the flush livecopy sends before each finalize is therefore nearly free here); the database stays "
             f"on the work dir's file system (its fsyncs count). A = `livecopy submit` (`speed: 0`, "
-            f"`max_parallel_disks: {self.parallel}`, `retire_source: keep`), B = `raw_qmp_copy.py --many "
+            f"`max_parallel_disks: {self.parallel}`, `retire_source: keep`, `verify: none`), B = `raw_qmp_copy.py --many "
             f"--parallel {self.parallel}`: the same 100 disks in the same order, at most {self.parallel} at a "
             "time (the engine's task group takes the plan's disks in order and starts the next one as soon as "
             "one ends; asyncio.Semaphore does the same), one QMP connection per VM shared by its disks. "

@@ -130,7 +130,7 @@ class SingleDisk:
             for arm in self.arms:
                 if arm.kind == "livecopy":
                     path = os.path.join(directory, f"policy-{arm.key}.yaml")
-                    write_policy(path, speed=0, retire_source="keep", **arm.settings)
+                    write_policy(path, speed=0, retire_source="keep", verify="none", **arm.settings)
                     self.policies[arm.key] = path
         return self._run(ctx, directory)
 
@@ -224,7 +224,10 @@ def guest_io_held_ms(db):
 
 
 def describe_arms_line(arms):
-    return "; ".join(f"**{arm.key}** = {arm.label}" for arm in arms)
+    line = "; ".join(f"**{arm.key}** = {arm.label}" for arm in arms)
+    if any(arm.kind == "livecopy" for arm in arms):
+        line += " (every livecopy arm's policy also sets `speed: 0`, `retire_source: keep`, `verify: none`)"
+    return line
 
 
 def median_or_dash(values, fmt="{:.3f}"):
@@ -804,7 +807,7 @@ class ManyDisksMirror(ManyDisks):
             f"{disks} disks, each a qcow2 overlay over one shared base with {size_text(self.size)} allocated "
             f"(pattern {self.pattern}), on tmpfs ({images}); the database on the work dir's file system. "
             f"A = `livecopy submit` (`strategy: mirror`, `speed: 0`, `max_parallel_disks: {self.parallel}`, "
-            f"`retire_source: keep`), B = `raw_qmp_copy.py --many --parallel {self.parallel} --blockdev-mirror` "
+            f"`retire_source: keep`, `verify: none`), B = `raw_qmp_copy.py --many --parallel {self.parallel} --blockdev-mirror` "
             "(per disk: query-block, `qemu-img create` of the destination, blockdev-add, blockdev-mirror, READY, "
             "flush by HMP `qemu-io NODE \"reopen\"`, block-job-complete, job-finalize, job-dismiss; one QMP "
             f"connection per VM). {len(results)} pairs in ABBA order after one discarded raw warm-up.", "",

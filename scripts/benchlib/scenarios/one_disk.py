@@ -55,7 +55,7 @@ class OneDiskCopy:
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)  # create and migrate it once, untimed
         policy = os.path.join(directory, "policy.yaml")
-        write_policy(policy, speed=self.speed_text, retire_source="keep")
+        write_policy(policy, speed=self.speed_text, retire_source="keep", verify="none")
         warmups = warm_up(ctx, self.name, ("raw", "livecopy"),
                           lambda tool: self._one_run(ctx, directory, pristine, db, policy, 0, tool, False)[0])
 
@@ -153,7 +153,7 @@ class OneDiskCopy:
             f"(pattern {self.pattern}), copied at speed {self.speed_text}"
             f"{' (unlimited)' if self.speed_bytes == 0 else f' ({self.speed_bytes} B/s)'}; "
             f"{n} pairs in ABBA order; A = `livecopy submit` (policy `speed: {self.speed_text}`, "
-            f"`retire_source: keep`), B = `scripts/raw_qmp_copy.py`"
+            f"`retire_source: keep`, `verify: none`), B = `scripts/raw_qmp_copy.py`"
             + (" --flush`: the raw recipe plus what livecopy does for durability — `auto-finalize: false`, "
                "at `pending` an HMP `qemu-io drive0 \"flush\"`, then `job-finalize` — so that A − B is what "
                "livecopy adds besides that flush." if self.raw_flush else "."), "",

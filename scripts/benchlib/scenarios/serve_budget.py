@@ -44,7 +44,7 @@ class ServeBudget:
         db = os.path.join(directory, "livecopy.db")
         create_database(ctx, db)
         policy = os.path.join(directory, "policy.yaml")
-        write_policy(policy, speed=0, retire_source="keep", progress_interval="200ms")
+        write_policy(policy, speed=0, retire_source="keep", verify="none", progress_interval="200ms")
         settings = os.path.join(directory, "serve.yaml")
         with open(settings, "w") as f:
             f.write(f"bandwidth: {self.budget // MIB}M\npoll_interval: 100ms\n")
@@ -122,7 +122,7 @@ class ServeBudget:
             f"Two VMs with one qcow2 disk of {size_text(self.size)} allocated each (patterns "
             f"{', '.join(self.patterns)}). A = `livecopy serve --config serve.yaml` with `bandwidth: "
             f"{self.budget // MIB}M` (started once, untimed), two plans submitted with `--detach` one after "
-            "the other, each with an unthrottled policy (`speed: 0`, `retire_source: keep`), timed from the first "
+            "the other, each with an unthrottled policy (`speed: 0`, `retire_source: keep`, `verify: none`), timed from the first "
             "submit until both plans are `completed` in the store (polled every 20 ms). B = `raw_qmp_copy.py --many "
             f"--parallel 2 --speed {self.budget // 2}` (each stream at half the budget, the split serve reaches once "
             "both jobs run), then `sync -f` of the destinations' filesystem, as livecopy confirms a flush before "
