@@ -39,6 +39,20 @@ final class BackgroundProcess: Sendable {
     private let shared = Shared()
     private let task: Task<Void, Never>
 
+    /// `program` found on PATH once, here, as an absolute path: swift-subprocess's own
+    /// lookup tried each PATH directory with a child of its own (seen with strace, about
+    /// 2 ms each), which `scripts/bench verify` measured in every comparison. Not found:
+    /// the name, for swift-subprocess to report.
+    static func locate(_ program: String) -> Executable {
+        guard !program.contains("/") else { return .path(FilePath(program)) }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for directory in path.split(separator: ":") where directory.hasPrefix("/") {
+            let candidate = "\(directory)/\(program)"
+            if access(candidate, X_OK) == 0 { return .path(FilePath(candidate)) }
+        }
+        return .name(program)
+    }
+
     /// Starts `program` (looked up on PATH) with `arguments`; returns at once. A program
     /// that cannot be started shows as ended, with the reason, in `ending`.
     init(program: String, arguments: [String]) {
@@ -46,7 +60,7 @@ final class BackgroundProcess: Sendable {
         var options = PlatformOptions()
         options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: Self.gracePeriod)]
         let configuration = Configuration(
-            executable: .name(program), arguments: Arguments(arguments), environment: .inherit, platformOptions: options)
+            executable: Self.locate(program), arguments: Arguments(arguments), environment: .inherit, platformOptions: options)
         task = Task { [shared] in
             let ending: String
             do {

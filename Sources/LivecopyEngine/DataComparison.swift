@@ -3,6 +3,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 import LivecopyModel
 
 /// What a comparison found: how much was compared, and which clusters differ.
@@ -70,8 +71,7 @@ enum DataComparison {
                 let count = Int(min(Int64(chunkSize), range.end - offset))
                 let a = UnsafeMutableRawBufferPointer(rebasing: left[0 ..< count])
                 let b = UnsafeMutableRawBufferPointer(rebasing: right[0 ..< count])
-                try source.read(offset: offset, into: a)
-                try destination.read(offset: offset, into: b)
+                try readBoth(source, into: a, destination, into: b, at: offset)
                 result.bytesCompared += Int64(count)
                 if memcmp(a.baseAddress!, b.baseAddress!, count) != 0 {
                     findMismatches(a, b, at: offset, clusterSize: clusterSize, keeping: firstMismatches,
@@ -105,6 +105,40 @@ enum DataComparison {
 
     /// The differing clusters of a chunk read at `offset`: each counted once (a cluster
     /// cut between chunks or ranges is the same cluster), the first ones kept.
+    /// Reads the same range from both sides at once, each on its own thread: the NBD
+    /// round trips, not the comparison, set the pace (`scripts/bench verify`).
+    private static func readBoth(
+        _ source: NBDReader, into a: UnsafeMutableRawBufferPointer, _ destination: NBDReader,
+        into b: UnsafeMutableRawBufferPointer, at offset: Int64
+    ) throws(VerificationError) {
+        /// Each thread touches only its own reader, buffer and slot, and both are done when
+        /// `concurrentPerform` returns.
+        struct Sides: @unchecked Sendable {
+            let readers: (NBDReader, NBDReader)
+            let buffers: (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer)
+            let failures: UnsafeMutableBufferPointer<VerificationError?>
+        }
+        let failures = UnsafeMutableBufferPointer<VerificationError?>.allocate(capacity: 2)
+        failures.initialize(repeating: nil)
+        defer {
+            _ = failures.deinitialize()
+            failures.deallocate()
+        }
+        let sides = Sides(readers: (source, destination), buffers: (a, b), failures: failures)
+        DispatchQueue.concurrentPerform(iterations: 2) { side in
+            do throws(VerificationError) {
+                if side == 0 {
+                    try sides.readers.0.read(offset: offset, into: sides.buffers.0)
+                } else {
+                    try sides.readers.1.read(offset: offset, into: sides.buffers.1)
+                }
+            } catch {
+                sides.failures[side] = error
+            }
+        }
+        if let failure = failures.compactMap({ $0 }).first { throw failure }
+    }
+
     private static func findMismatches(
         _ a: UnsafeMutableRawBufferPointer, _ b: UnsafeMutableRawBufferPointer, at offset: Int64, clusterSize: Int64,
         keeping limit: Int, lastMismatch: inout Int64, into result: inout ComparisonResult

@@ -98,8 +98,10 @@ extension DiskWorkflow {
                          seed: UInt64) async throws -> VerificationVerdict {
         let cluster = Self.verificationCluster
         let endpoint = try await session.openVerificationExport(export)
-        let dirty = try await DirtyMap.read(socketPath: endpoint.socketPath, export: endpoint.exportName, bitmap: endpoint.frozenBitmap)
+        // The two maps at once (each a qemu-img of its own).
+        async let dirtyMap = DirtyMap.read(socketPath: endpoint.socketPath, export: endpoint.exportName, bitmap: endpoint.frozenBitmap)
         let allocated = try await inspector.allocationMap(of: source, format: disk.sourceFormat ?? "qcow2")
+        let dirty = try await dirtyMap
         let plan = ComparisonPlan(sourceAllocation: allocated, dirty: dirty, clusterSize: cluster, selection: selection, seed: seed)
         let first = try await Self.readBoth(source: source, format: disk.sourceFormat ?? "qcow2", endpoint: endpoint) { readers in
             try DataComparison.compare(ranges: plan.ranges, source: readers.source, destination: readers.destination,

@@ -23,7 +23,7 @@ final class SourceExport {
     /// How long `start` waits for `qemu-nbd` to listen.
     static let startTimeout: Duration = .seconds(30)
     /// How often `start` tries to connect meanwhile.
-    static let retryInterval: Duration = .milliseconds(50)
+    static let retryInterval: Duration = .milliseconds(2)
 
     /// The image served.
     let image: String
