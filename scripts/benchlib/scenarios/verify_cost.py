@@ -350,15 +350,15 @@ class VerifyCost:
             "allocates and the guest left alone since the switch (here all of them, as nothing writes), reading "
             "the destination live through a read-only NBD export from the running QEMU (a frozen copy of the "
             "dirty bitmap, `qemu-img map` of its dirty ranges through NBD) and the source through a `qemu-nbd` of "
-            "its own, one request at a time on one thread (each range in chunks of at most 4 MiB, the source's "
-            "then the destination's; a sampled cluster alone is one 64 KiB request to each side); `qemu-img "
+            "its own, both sides at once, each on a thread of its own (each range in chunks of at most 4 MiB; "
+            "a sampled cluster alone is one 64 KiB request to each side); `qemu-img "
             "compare` opens both files itself, offline, and reads every byte of both images in 2 MiB requests. Both read from the page cache here: the copy has just read the "
             "source and written the destination, and the machine has room for both.", "",
             "Fixed costs a comparison pays whatever it reads (measured offline on a copy of the source, median of "
             f"5): `qemu-img map --output=json` of the image {floors['map']:.0f} ms (livecopy spawns `qemu-img map` "
             "twice: the source's allocation and the destination's dirty ranges through NBD); `qemu-nbd --read-only` "
-            f"from spawn until its socket exists {floors['nbd_up']:.0f} ms (livecopy tries to connect every 50 ms, "
-            f"so its wait is rounded up to a multiple of 50 ms), a `qemu-io` client reading one cluster through it "
+            f"from spawn until its socket exists {floors['nbd_up']:.0f} ms (livecopy tries to connect every 2 ms), "
+            f"a `qemu-io` client reading one cluster through it "
             f"{floors['nbd_client']:.0f} ms, and qemu-nbd's own exit after its client left "
             f"{floors['nbd_down']:.1f} ms.", "",
             "Where a disk's time goes (medians over the rounds, ms since spawn unless Δ):", "",
