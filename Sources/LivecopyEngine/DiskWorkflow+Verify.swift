@@ -52,15 +52,19 @@ extension DiskWorkflow {
         do {
             verdict = try await compare(source, export: export, selection: selection, seed: seed)
             ledger.sent()  // the export still open: recover must clear it away
+        } catch let error as VerificationError {
+            try await comparisonFailed(export, source, error)
+        } catch let error as BackendError where !error.isAboutTheSession {
+            try await comparisonFailed(export, source, error)
         } catch {
+            // A lost session, a halt or a cancellation: the intent stays open, and the
+            // next run compares again.
             try? await session.closeVerificationExport(export)
-            try await ledger.outcome("failed: \(describe(error))")
-            throw VerificationFailed(
-                description: "the comparison of \(disk.destination) with \(source) could not run: \(describe(error)); nothing was touched; livecopy recover tries again")
+            throw error
         }
         try? await session.closeVerificationExport(export)
-        let took = String(format: "%.2f s", Double((ContinuousClock.now - started).components.seconds)
-            + Double((ContinuousClock.now - started).components.attoseconds) / 1e18)
+        let elapsed = ContinuousClock.now - started
+        let took = String(format: "%.2f s", Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
         switch verdict {
         case .identical(let summary):
             try await ledger.outcome("identical: \(summary), in \(took)")
@@ -68,8 +72,17 @@ extension DiskWorkflow {
         case .different(let summary, let offsets):
             try await ledger.outcome("different: \(summary)")
             throw NeedsAttention(
-                description: "\(disk.destination) differs from the source \(source) at \(offsets) that the guest never wrote since the switch: the copy cannot be trusted, and neither image was touched; compare them (qemu-img compare), find which holds the VM's data, then decide (docs/retirement.md#a-mismatch)")
+                description: "\(disk.destination) differs from the source \(source) at \(offsets) that the guest never wrote since the switch: the copy cannot be trusted, and neither image was touched; compare them (qemu-img compare), find which holds the VM's data, then decide (docs/retirement.md#what-happens)")
         }
+    }
+
+    /// The comparison could not run (the export, qemu-nbd or a read failed): closes the
+    /// export, records why as the outcome, and fails the disk (nothing was touched).
+    private func comparisonFailed(_ export: VerificationExport, _ source: String, _ error: Error) async throws -> Never {
+        try? await session.closeVerificationExport(export)
+        try await ledger.outcome("failed: \(describe(error))")
+        throw VerificationFailed(
+            description: "the comparison of \(disk.destination) with \(source) could not run: \(describe(error)); nothing was touched; livecopy recover tries again")
     }
 
     /// What the comparison found.

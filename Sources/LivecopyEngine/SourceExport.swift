@@ -91,6 +91,9 @@ final class SourceExport {
                     let reader = try NBDReader(connected: connected, socketPath: socket, export: exportName)
                     return SourceExport(image: image, directory: directory, reader: reader, server: server)
                 } catch {
+                    // qemu-nbd listens before it opens the image, and may end right after
+                    // accepting: its stderr is complete once it is stopped and reaped.
+                    await server.stop()
                     throw await failing(VerificationError("\(error.description) (qemu-nbd serving \(image); its stderr: \(server.errorText))"))
                 }
             case .notListening(let reason):
