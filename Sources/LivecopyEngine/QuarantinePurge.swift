@@ -92,33 +92,22 @@ public struct QuarantinePurge: Sendable {
                 }
             }
         }
-        let state = disk?.state.rawValue
+        let ledger = QuarantineLedger(action: "purge", store: store, image: image, diskState: disk?.state.rawValue)
         if !resuming {
-            try await store.saveQuarantine(
-                id: image.id, state: .purging, expecting: .held,
-                event: NewEvent(kind: .intent, from: state, to: state,
-                                detail: "purge: \(path) (quarantined from \(image.originalPath) at \(ISO8601.string(image.quarantinedAt)), expires \(ISO8601.string(image.expiresAt)); device \(image.device), inode \(image.inode))"),
-                at: Date())
-            CrashPoint.reach("intent:purge")
-        }
-        func finish(_ detail: String) async throws {
-            try await store.saveQuarantine(id: image.id, state: .purged, expecting: .purging,
-                                           event: NewEvent(kind: .outcome, from: state, to: state, detail: "purge: \(detail)"),
-                                           at: Date())
+            try await ledger.intend(
+                "\(path) (quarantined from \(image.originalPath) at \(ISO8601.string(image.quarantinedAt)), expires \(ISO8601.string(image.expiresAt)); device \(image.device), inode \(image.inode))")
         }
         func refuse(_ problem: String) async throws -> Outcome {
-            try await store.saveQuarantine(id: image.id, state: .held, expecting: .purging,
-                                           event: NewEvent(kind: .outcome, from: state, to: state, detail: "purge: refused: \(problem)"),
-                                           at: Date())
+            try await ledger.refuse(problem)
             return Outcome(image: image, kind: .refused, message: "not purging \(path): \(problem)")
         }
         func gone() async throws -> Outcome {
             if resuming {
-                try await finish("already purged by the interrupted attempt: \(path) is gone")
+                try await ledger.finish("already purged by the interrupted attempt: \(path) is gone")
                 return Outcome(image: image, kind: .alreadyPurged, message: "purged \(path) (the interrupted purge had deleted it)")
             }
             let truth = "\(path) was gone before livecopy purged it: livecopy deleted nothing"
-            try await finish(truth)
+            try await ledger.finish(truth)
             return Outcome(image: image, kind: .goneBefore, message: "warning: \(truth); recorded as ended")
         }
         // Right before the unlink: reality again.
@@ -134,7 +123,7 @@ public struct QuarantinePurge: Sendable {
         }
         CrashPoint.reach("sent:purge")
         Quarantine.syncDirectory((path as NSString).deletingLastPathComponent)
-        try await finish("deleted \(path) (\(ByteSize.format(image.sizeBytes)) freed), quarantined from \(image.originalPath) at \(ISO8601.string(image.quarantinedAt))")
+        try await ledger.finish("deleted \(path) (\(ByteSize.format(image.sizeBytes)) freed), quarantined from \(image.originalPath) at \(ISO8601.string(image.quarantinedAt))")
         return Outcome(image: image, kind: .purged, message: "purged \(path) (\(ByteSize.format(image.sizeBytes)))")
     }
 

@@ -116,32 +116,20 @@ public struct QuarantineRestore: Sendable {
             break
         }
         let resuming = image.state == .restoring
-        let state = disk.state.rawValue
+        let ledger = QuarantineLedger(action: "restore", store: store, image: image, diskState: disk.state.rawValue)
         if !resuming, let problem = await problem(image, disk: disk) {
             return Outcome(kind: .refused, message: "not restoring \(path) to \(original): \(problem)")
         }
         if !resuming {
-            try await store.saveQuarantine(
-                id: image.id, state: .restoring, expecting: .held,
-                event: NewEvent(kind: .intent, from: state, to: state,
-                                detail: "restore: \(path) → \(original) (device \(image.device), inode \(image.inode))"),
-                at: Date())
-            CrashPoint.reach("intent:restore")
-        }
-        func finish(_ detail: String) async throws {
-            try await store.saveQuarantine(id: image.id, state: .restored, expecting: .restoring,
-                                           event: NewEvent(kind: .outcome, from: state, to: state, detail: "restore: \(detail)"),
-                                           at: Date())
+            try await ledger.intend("\(path) → \(original) (device \(image.device), inode \(image.inode))")
         }
         func refuse(_ problem: String) async throws -> Outcome {
-            try await store.saveQuarantine(id: image.id, state: .held, expecting: .restoring,
-                                           event: NewEvent(kind: .outcome, from: state, to: state, detail: "restore: refused: \(problem)"),
-                                           at: Date())
+            try await ledger.refuse(problem)
             return Outcome(kind: .refused, message: "not restoring \(path) to \(original): \(problem)")
         }
         let advice = bootAdvice(disk, image: image)
         if resuming, case .absent = Quarantine.lookUp(path), case .file(let there) = Quarantine.lookUp(original), there.matches(image) {
-            try await finish("already restored by the interrupted attempt: \(original) is the quarantined file; \(advice)")
+            try await ledger.finish("already restored by the interrupted attempt: \(original) is the quarantined file; \(advice)")
             return Outcome(kind: .alreadyRestored, message: "restored \(original) (the interrupted restore had moved it back); \(advice)")
         }
         // Right before the rename: reality again.
@@ -154,7 +142,7 @@ public struct QuarantineRestore: Sendable {
         CrashPoint.reach("sent:restore")
         Quarantine.syncDirectory((original as NSString).deletingLastPathComponent)
         Quarantine.syncDirectory((path as NSString).deletingLastPathComponent)
-        try await finish("moved \(path) back to \(original); \(advice)")
+        try await ledger.finish("moved \(path) back to \(original); \(advice)")
         return Outcome(kind: .restored, message: "restored \(path) to \(original); \(advice)")
     }
 
