@@ -96,7 +96,7 @@ extension DiskWorkflow {
     /// The comparison could not run (the export, the source's server, a read failed).
     struct VerificationFailed: Error, CustomStringConvertible { let description: String }
 
-    /// The policy's choice of clusters.
+    /// The policy's choice of clusters (never asked with `verify: none`, which compares nothing).
     var comparisonSelection: ComparisonPlan.Selection {
         switch (policy.verify, policy.verifySample) {
         case (.full, _), (.none, _): return .full
@@ -202,17 +202,5 @@ extension DiskWorkflow {
     func dropDirtyBitmap() async {
         guard tracksGuestWrites, let node = try? await locateDevice().medium?.nodeName else { return }
         try? await session.removeDirtyBitmap(nodeName: node, name: disk.dirtyBitmapName)
-    }
-}
-
-extension ComparisonPlan.Selection {
-    /// For the record: what is compared, with the sample's seed.
-    func summary(seed: UInt64) -> String {
-        switch self {
-        case .full: return "verify: full"
-        case .sample(let count): return "verify: sample of \(count) clusters plus each extent's first and last, seed \(seed)"
-        case .sampleFraction(let share):
-            return "verify: sample of \(VerifySample.fraction(share)) of the clusters plus each extent's first and last, seed \(seed)"
-        }
     }
 }

@@ -81,19 +81,6 @@ public struct ComparisonPlan: Sendable, Equatable {
         chosenBytes = ranges.reduce(0) { $0 + $1.length }
     }
 
-    /// The choice in a few words, for an event: "sample: 130 of 16384 clean clusters
-    /// (8.1 MiB; 64 KiB clusters), 2 dirty skipped, seed 42".
-    public var summary: String {
-        let kind: String
-        switch selection {
-        case .full: kind = "full"
-        case .sample(let count): kind = "sample of \(count)"
-        case .sampleFraction(let fraction): kind = "sample of \(fraction * 100)%"
-        }
-        return "\(kind): \(chosenClusters) of \(cleanClusters) clean clusters (\(ByteSize.format(chosenBytes)); "
-            + "\(ByteSize.format(clusterSize)) clusters), \(dirtyClusters) dirty skipped, seed \(seed)"
-    }
-
     /// Each extent's first and last clean cluster, and `wanted` more clean clusters (or
     /// all there are) drawn at random.
     private static func sample(clean: [ClusterSpan], extents: [ClusterSpan], wanted: Int64, seed: UInt64) -> [ClusterSpan] {
@@ -107,5 +94,17 @@ public struct ComparisonPlan: Sendable, Equatable {
         var generator = SplitMix64(seed: seed)
         let drawn = ClusterDraw.choose(min(wanted, ClusterSpan.count(pool)), from: pool, using: &generator)
         return ClusterSpan.union(mandatory + drawn)
+    }
+}
+
+extension ComparisonPlan.Selection {
+    /// For the record: what is compared, with the sample's seed.
+    public func summary(seed: UInt64) -> String {
+        switch self {
+        case .full: return "verify: full"
+        case .sample(let count): return "verify: sample of \(count) clusters plus each extent's first and last, seed \(seed)"
+        case .sampleFraction(let share):
+            return "verify: sample of \(VerifySample.fraction(share)) of the clusters plus each extent's first and last, seed \(seed)"
+        }
     }
 }

@@ -190,7 +190,8 @@ import Testing
                                   clusterSize: 4096, selection: .sample(count: 3), seed: 42)
         // Selection sampling (3 of a pool of 98) between the extent's ends.
         #expect(Self.clusters(plan, 4096) == [0, 55, 60, 81, 99], "\(Self.clusters(plan, 4096))")
-        #expect(plan.summary == "sample of 3: 5 of 100 clean clusters (20.0 KiB; 4.0 KiB clusters), 0 dirty skipped, seed 42")
+        #expect(plan.chosenClusters == 5 && plan.cleanClusters == 100 && plan.chosenBytes == 20480 && plan.dirtyClusters == 0)
+        #expect(plan.selection.summary(seed: plan.seed) == "verify: sample of 3 clusters plus each extent's first and last, seed 42")
         // Floyd's algorithm (5 of a pool of 9998).
         let large = AllocationMap(extents: [.init(start: 0, length: 10_000 * 4096)], diskSize: 10_000 * 4096)
         let sparse = ComparisonPlan(sourceAllocation: large, dirty: AllocationMap(extents: [], diskSize: large.diskSize),
