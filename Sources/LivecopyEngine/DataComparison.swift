@@ -4,6 +4,7 @@
 import Glibc
 #endif
 import Dispatch
+import Synchronization
 import LivecopyModel
 
 /// What a comparison found: how much was compared, and which clusters differ.
@@ -42,7 +43,8 @@ enum DataComparison {
     /// `destination`; clusters are `clusterSize` bytes, aligned. Records up to
     /// `firstMismatches` differing clusters, and counts them all.
     static func compare(
-        ranges: [AllocationMap.Extent], source: NBDReader, destination: NBDReader, clusterSize: Int64, firstMismatches: Int = 8
+        ranges: [AllocationMap.Extent], source: NBDReader, destination: NBDReader, clusterSize: Int64, firstMismatches: Int = 8,
+        stop: StopRequest? = nil
     ) throws(VerificationError) -> ComparisonResult {
         guard clusterSize > 0 else {
             throw VerificationError("comparing \(source.socketPath) with \(destination.socketPath): invalid cluster size \(clusterSize)")
@@ -68,6 +70,9 @@ enum DataComparison {
             lastCounted = last
             var offset = range.start
             while offset < range.end {
+                if stop?.isRequested == true {
+                    throw VerificationError("the comparison was stopped at offset \(offset) (\(result.bytesCompared) bytes compared)")
+                }
                 let count = Int(min(Int64(chunkSize), range.end - offset))
                 let a = UnsafeMutableRawBufferPointer(rebasing: left[0 ..< count])
                 let b = UnsafeMutableRawBufferPointer(rebasing: right[0 ..< count])
@@ -88,7 +93,8 @@ enum DataComparison {
     /// while the guest wrote is re-checked once a later frozen bitmap says which of those
     /// clusters it has written since (the caller leaves those out).
     static func recheck(
-        clusters: [Int64], source: NBDReader, destination: NBDReader, clusterSize: Int64, firstMismatches: Int = 8
+        clusters: [Int64], source: NBDReader, destination: NBDReader, clusterSize: Int64, firstMismatches: Int = 8,
+        stop: StopRequest? = nil
     ) throws(VerificationError) -> ComparisonResult {
         guard clusterSize > 0 else {
             throw VerificationError("re-checking \(source.socketPath) against \(destination.socketPath): invalid cluster size \(clusterSize)")
@@ -100,7 +106,7 @@ enum DataComparison {
             AllocationMap.Extent(start: start, length: max(0, min(clusterSize, source.size - start)))
         }
         return try compare(ranges: ranges, source: source, destination: destination, clusterSize: clusterSize,
-                           firstMismatches: firstMismatches)
+                           firstMismatches: firstMismatches, stop: stop)
     }
 
     /// The differing clusters of a chunk read at `offset`: each counted once (a cluster
@@ -159,4 +165,15 @@ enum DataComparison {
             start = end
         }
     }
+}
+
+/// A request to stop a comparison running on a thread of its own, set from another
+/// (the engine's task was cancelled: `livecopy serve` stopping, a plan cancelled). The
+/// comparison looks at it before each chunk it reads, so it stops within one chunk.
+final class StopRequest: Sendable {
+    private let requested = Atomic<Bool>(false)
+
+    var isRequested: Bool { requested.load(ordering: .acquiring) }
+
+    func request() { requested.store(true, ordering: .releasing) }
 }

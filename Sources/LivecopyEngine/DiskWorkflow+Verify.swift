@@ -52,6 +52,10 @@ extension DiskWorkflow {
         do {
             verdict = try await compare(source, export: export, selection: selection, seed: seed)
             ledger.sent()  // the export still open: recover must clear it away
+        } catch _ where Task.isCancelled {
+            // Stopped on purpose: the intent stays open, and the next run compares again.
+            try? await session.closeVerificationExport(export)
+            throw CancellationError()
         } catch let error as VerificationError {
             try await comparisonFailed(export, source, error)
         } catch let error as BackendError where !error.isAboutTheSession {
@@ -116,9 +120,9 @@ extension DiskWorkflow {
         let allocated = try await inspector.allocationMap(of: source, format: disk.sourceFormat ?? "qcow2")
         let dirty = try await dirtyMap
         let plan = ComparisonPlan(sourceAllocation: allocated, dirty: dirty, clusterSize: cluster, selection: selection, seed: seed)
-        let first = try await Self.readBoth(source: source, format: disk.sourceFormat ?? "qcow2", endpoint: endpoint) { readers in
+        let first = try await Self.readBoth(source: source, format: disk.sourceFormat ?? "qcow2", endpoint: endpoint) { readers, stop in
             try DataComparison.compare(ranges: plan.ranges, source: readers.source, destination: readers.destination,
-                                       clusterSize: cluster)
+                                       clusterSize: cluster, stop: stop)
         }
         let compared = "\(first.clustersCompared) of \(plan.cleanClusters) clusters the guest left alone (\(ByteSize.format(first.bytesCompared))), \(plan.dirtyClusters) written by the guest skipped, \(selection.summary(seed: seed))"
         guard first.mismatchedClusters > 0 else { return .identical(compared) }
@@ -130,9 +134,9 @@ extension DiskWorkflow {
             ? first.firstMismatches.map(\.clusterOffset)
             : plan.ranges.flatMap { range in stride(from: range.start - range.start % cluster, to: range.end, by: Int(cluster)).map { $0 } }
         let stillClean = suspects.filter { !dirtyLater.overlaps(start: $0, length: cluster) }
-        let confirmed = try await Self.readBoth(source: source, format: disk.sourceFormat ?? "qcow2", endpoint: again) { readers in
+        let confirmed = try await Self.readBoth(source: source, format: disk.sourceFormat ?? "qcow2", endpoint: again) { readers, stop in
             try DataComparison.recheck(clusters: stillClean, source: readers.source, destination: readers.destination,
-                                       clusterSize: cluster)
+                                       clusterSize: cluster, stop: stop)
         }
         guard confirmed.mismatchedClusters > 0 else {
             return .identical(compared + "; \(first.mismatchedClusters) differing clusters were written by the guest meanwhile (a later frozen bitmap shows them dirty)")
@@ -153,13 +157,13 @@ extension DiskWorkflow {
     /// Serves the source read-only (qemu-nbd) and connects to the destination's export,
     /// runs `body` with both readers on a thread of its own, then lets go of both.
     private static func readBoth<T: Sendable>(source: String, format: String, endpoint: VerificationEndpoint,
-                                              _ body: @escaping @Sendable (Readers) throws -> T) async throws -> T {
+                                              _ body: @escaping @Sendable (Readers, StopRequest) throws -> T) async throws -> T {
         let served = try await SourceExport.start(image: source, format: format, in: NSTemporaryDirectory())
         do {
             let destination = try NBDReader(socketPath: endpoint.socketPath, export: endpoint.exportName)
             defer { destination.close() }
             let readers = Readers(source: served.reader, destination: destination)
-            let result = try await offThePool { try body(readers) }
+            let result = try await offThePool { stop in try body(readers, stop) }
             await served.stop()
             return result
         } catch {
@@ -169,15 +173,24 @@ extension DiskWorkflow {
     }
 
     /// Runs blocking reads on a thread of their own, never on one of the concurrency
-    /// pool's few threads (the job watchers and the lease's heartbeat run there).
-    static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread {
-                continuation.resume(with: Result { try body() })
+    /// pool's few threads (the job watchers and the lease's heartbeat run there). When the
+    /// task is cancelled (serve stopping, a plan cancelled), `body`'s `StopRequest` is set,
+    /// and the reads stop within a chunk; the task then throws `CancellationError`.
+    static func offThePool<T: Sendable>(_ body: @escaping @Sendable (StopRequest) throws -> T) async throws -> T {
+        let stop = StopRequest()
+        let result = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let thread = Thread {
+                    continuation.resume(with: Result { try body(stop) })
+                }
+                thread.name = "livecopy-verify"
+                thread.start()
             }
-            thread.name = "livecopy-verify"
-            thread.start()
+        } onCancel: {
+            stop.request()
         }
+        try Task.checkCancellation()
+        return result
     }
 
     /// The data cannot be compared exactly: `on_unverifiable` decides. Returns true when

@@ -119,4 +119,44 @@ struct DataComparisonTests {
             }
         }
     }
+
+    /// A stop request is looked at before each chunk: requested before the first, nothing
+    /// is read and the comparison says where it stopped.
+    @Test func aStopRequestStopsTheComparisonBeforeItsNextChunk() async throws {
+        let scratch = try TemporaryDirectory(prefix: "lc-compare-stop")
+        defer { scratch.remove() }
+        let images = try Self.twins(in: scratch)
+        let plan = try await Self.fullPlan(of: images.source)
+        let stop = StopRequest()
+        stop.request()
+        let outcome = try await Self.withExports(images, in: scratch) { source, destination in
+            Result { () throws(VerificationError) in
+                try DataComparison.compare(ranges: plan.ranges, source: source, destination: destination,
+                                           clusterSize: 64 * KiB, stop: stop)
+            }
+        }
+        #expect(throws: VerificationError.self) { try outcome.get() }
+        if case .failure(let error) = outcome {
+            #expect(error.description == "the comparison was stopped at offset 0 (0 bytes compared)", "\(error)")
+        }
+    }
+
+    /// Cancelling the task that waits for reads on their own thread reaches that thread
+    /// (its `StopRequest`), and the task throws `CancellationError`. Without that, the body
+    /// below would spin until the suite's time limit.
+    @Test func cancellingTheTaskStopsTheReadsOnTheirOwnThread() async throws {
+        let task = Task {
+            try await DiskWorkflow.offThePool { stop -> Int in
+                var spins = 0
+                while !stop.isRequested {
+                    usleep(1000)
+                    spins += 1
+                }
+                return spins
+            }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        task.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await task.value }
+    }
 }
