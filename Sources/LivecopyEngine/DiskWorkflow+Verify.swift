@@ -26,8 +26,7 @@ extension DiskWorkflow {
         if let intent = disk.intent, intent.belongsToRetirement, intent != .verify { return true }
         // A source already gone leaves nothing to compare, and nothing to destroy: the
         // retirement records how it found it.
-        var info = stat()
-        if lstat(source, &info) != 0 && errno == ENOENT {
+        if !exists(source) {
             try await ledger.note("nothing to verify against: the source \(source) is gone")
             return true
         }

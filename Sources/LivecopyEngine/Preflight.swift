@@ -96,8 +96,7 @@ struct Preflight {
                     report.disks.append(entry)
                 }
                 report.problems += await activityProblems(vmName: vm.name, vmAddress: vm.address, session: session,
-                                                          devices: devices, planDevices: planDevices, strategy: policy.strategy,
-                                                          verify: policy.verify)
+                                                          devices: devices, planDevices: planDevices, policy: policy)
             }
         }
 
@@ -184,11 +183,11 @@ struct Preflight {
         }
     }
 
-    /// For one VM of the plan: its backend can do what the policy's strategy needs, and
-    /// `VMActivityCheck` (no foreign job, no migration).
+    /// For one VM of the plan: its backend can do what the policy's strategy and `verify`
+    /// need, and `VMActivityCheck` (no foreign job, no migration).
     func activityProblems(vmName: String, vmAddress: String, session: any VMSession, devices: [VMDisk],
-                          planDevices: Set<String>, strategy: CopyStrategy, verify: VerifyMode) async -> [String] {
-        switch strategy {
+                          planDevices: Set<String>, policy: Policy) async -> [String] {
+        switch policy.strategy {
         case .stream:
             let missing = BackendCapability.neededToStream.subtracting(session.capabilities)
             if !missing.isEmpty {
@@ -200,11 +199,11 @@ struct Preflight {
                 return ["VM '\(vmName)': its hypervisor backend cannot \(missing.map(\.rawValue).sorted().joined(separator: ", ")), which strategy: mirror needs; use strategy: stream for this VM; nothing was touched"]
             }
         }
-        switch verify {
+        switch policy.verify {
         case .none: break
         case .sample, .full:
             if !session.capabilities.contains(.dirtyTracking) {
-                return ["VM '\(vmName)': its hypervisor backend cannot track the guest's writes with a dirty bitmap in the switch's transaction, which verify: \(verify.rawValue) needs to compare the copy with its source; set verify: none in the policy for this VM (docs/retirement.md#libvirt); nothing was touched"]
+                return ["VM '\(vmName)': its hypervisor backend cannot track the guest's writes with a dirty bitmap in the switch's transaction, which verify: \(policy.verify.rawValue) needs to compare the copy with its source; set verify: none in the policy for this VM (docs/retirement.md#libvirt); nothing was touched"]
             }
         }
         let store = self.store

@@ -24,7 +24,7 @@ extension DiskWorkflow {
         let named = identity.map { (device: $0.device, inode: $0.inode) } ?? earlier
         let namedText = named.map { "(device \($0.device), inode \($0.inode))" } ?? Quarantine.identityText(nil)
         try await ledger.intend(.quarantineSource, "\(source) → \(target) \(namedText)")
-        try await refuseQuarantineUnlessRetirable(source)
+        try await refuseUnlessRetirable(source, action: "quarantine")
         if let problem = Quarantine.prepareDirectory(directory) {
             try await ledger.outcome("refused: \(problem)")
             throw NeedsAttention(description: "cannot quarantine \(source): \(problem). Neither \(source) nor \(disk.destination) was touched; fix the directory, then run livecopy recover")
@@ -37,7 +37,7 @@ extension DiskWorkflow {
         let code = errno
         let found = Quarantine.lookUp(target)
         switch code {
-        case ENOENT where !quarantineFileExists(source):
+        case ENOENT where !exists(source):
             if earlierAttempt, case .file(let moved) = found, let earlier, moved.device == earlier.device, moved.inode == earlier.inode {
                 // One write: the interrupted attempt's outcome is the move to `completed`.
                 try await recordQuarantined(source, at: target, identity: moved,
@@ -98,19 +98,5 @@ extension DiskWorkflow {
         let prefix = "\(DiskIntent.quarantineSource.rawValue): "
         guard let intent = try ledger.events().last(where: { $0.kind == .intent && $0.detail.hasPrefix(prefix) }) else { return nil }
         return Quarantine.identity(in: intent.detail)
-    }
-
-    /// `sourceRetirementProblem()` right before the move; a problem closes the intent
-    /// (nothing was done) and stops with a message naming both images.
-    private func refuseQuarantineUnlessRetirable(_ source: String) async throws {
-        guard let problem = try await sourceRetirementProblem() else { return }
-        try await ledger.outcome("refused: \(problem)")
-        throw NeedsAttention(
-            description: "refusing to quarantine the source \(source): \(problem). Neither \(source) nor \(disk.destination) was touched; find out which image holds the VM's newest writes, then run livecopy recover")
-    }
-
-    private func quarantineFileExists(_ path: String) -> Bool {
-        var info = stat()
-        return lstat(path, &info) == 0
     }
 }

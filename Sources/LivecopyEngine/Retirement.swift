@@ -93,14 +93,15 @@ extension DiskWorkflow {
     /// Right before the rename or unlink: if reality says the source may still be needed,
     /// records the refusal (closing the intent: nothing was done) and stops with a
     /// message naming both images.
-    private func refuseUnlessRetirable(_ source: String, action: String) async throws {
+    func refuseUnlessRetirable(_ source: String, action: String) async throws {
         guard let problem = try await sourceRetirementProblem() else { return }
         try await ledger.outcome("refused: \(problem)")
         throw NeedsAttention(
             description: "refusing to \(action) the source \(source): \(problem). Neither \(source) nor \(disk.destination) was touched; find out which image holds the VM's newest writes, then run livecopy recover")
     }
 
-    private func exists(_ path: String) -> Bool {
+    /// Whether anything (a file, a link) is at `path`.
+    func exists(_ path: String) -> Bool {
         var info = stat()
         return lstat(path, &info) == 0
     }

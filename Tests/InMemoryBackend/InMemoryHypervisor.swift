@@ -84,18 +84,18 @@ final class InMemoryVMSession: VMSession {
     func startMirror(disk: String, jobId: String, target: String, format: String) async throws {
         try perform("startMirror") { try vm.startJob(.mirror(target: target, format: format), disk: disk, jobId: jobId) }
     }
-    func openImage(_ image: ImageToOpen) async throws { throw Self.noMirrorStrategy("openImage") }
-    func closeImage(nodeName: String) async throws { throw Self.noMirrorStrategy("closeImage") }
-    func startMirror(_ request: MirrorRequest) async throws { throw Self.noMirrorStrategy("startMirror") }
-    func addDirtyBitmap(nodeName: String, name: String) async throws { throw Self.noMirrorStrategy("addDirtyBitmap") }
-    func removeDirtyBitmap(nodeName: String, name: String) async throws { throw Self.noMirrorStrategy("removeDirtyBitmap") }
+    func openImage(_ image: ImageToOpen) async throws { throw Self.realQEMUOnly("openImage") }
+    func closeImage(nodeName: String) async throws { throw Self.realQEMUOnly("closeImage") }
+    func startMirror(_ request: MirrorRequest) async throws { throw Self.realQEMUOnly("startMirror") }
+    func addDirtyBitmap(nodeName: String, name: String) async throws { throw Self.realQEMUOnly("addDirtyBitmap") }
+    func removeDirtyBitmap(nodeName: String, name: String) async throws { throw Self.realQEMUOnly("removeDirtyBitmap") }
     func openVerificationExport(_ export: VerificationExport) async throws -> VerificationEndpoint {
-        throw Self.noMirrorStrategy("openVerificationExport")
+        throw Self.realQEMUOnly("openVerificationExport")
     }
-    func closeVerificationExport(_ export: VerificationExport) async throws { throw Self.noMirrorStrategy("closeVerificationExport") }
+    func closeVerificationExport(_ export: VerificationExport) async throws { throw Self.realQEMUOnly("closeVerificationExport") }
     /// The mirror strategy and data verification are tested against real QEMU only.
-    private static func noMirrorStrategy(_ operation: String) -> BackendError {
-        BackendError(.unsupported, operation: operation, reason: "the in-memory backend has no mirror strategy")
+    private static func realQEMUOnly(_ operation: String) -> BackendError {
+        BackendError(.unsupported, operation: operation, reason: "the in-memory backend has no mirror strategy and no data verification")
     }
     func complete(jobId: String) async throws { try perform("complete") { try vm.complete(jobId) } }
     func cancel(jobId: String, force: Bool) async throws { try perform("cancel") { try vm.cancel(jobId) } }
