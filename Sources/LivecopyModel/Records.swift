@@ -13,11 +13,14 @@ public struct PlanRecord: Sendable, Equatable {
     public var finishedAt: Date?
     /// Why the plan was refused or did not complete, in one line.
     public var error: String?
+    /// Fleet store: the host whose agent drives the plan (nil: a single-host store).
+    public var host: String?
 
     public init(
         id: Int64, name: String?, policyReference: String?, policy: Policy, state: PlanState,
-        createdAt: Date, finishedAt: Date?, error: String?
+        createdAt: Date, finishedAt: Date?, error: String?, host: String? = nil
     ) {
+        self.host = host
         self.id = id
         self.name = name
         self.policyReference = policyReference
@@ -270,8 +273,12 @@ public struct NewPlan: Sendable {
     public var state: PlanState
     public var error: String?
     public var disks: [Disk]
+    /// Fleet store: the host whose agent drives the plan (nil: a single-host store).
+    public var host: String?
 
-    public init(name: String?, policyReference: String?, policy: Policy, state: PlanState, error: String? = nil, disks: [Disk]) {
+    public init(name: String?, policyReference: String?, policy: Policy, state: PlanState, error: String? = nil, disks: [Disk],
+                host: String? = nil) {
+        self.host = host
         self.name = name
         self.policyReference = policyReference
         self.policy = policy

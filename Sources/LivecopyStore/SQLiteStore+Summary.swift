@@ -1,28 +1,11 @@
-// Which plans `history` selects (`PlanFilter`), and their totals in one SQL query
-// (`PlanSummary`, `SQLiteStore.summary`).
+// `history`'s plan filter as SQL, and the selected plans' totals in one SQL query
+// (`SQLiteStore.summary`).
 
 import Foundation
 import GRDB
 import LivecopyModel
 
-/// Which plans a listing selects: by state, by VM, by creation time.
-public struct PlanFilter: Sendable, Equatable {
-    /// Only plans in these states; nil: any.
-    public var states: Set<PlanState>?
-    /// Only plans with a disk of this VM.
-    public var vm: String?
-    /// Only plans created at or after this.
-    public var createdFrom: Date?
-    /// Only plans created before this.
-    public var createdBefore: Date?
-
-    public init(states: Set<PlanState>? = nil, vm: String? = nil, createdFrom: Date? = nil, createdBefore: Date? = nil) {
-        self.states = states
-        self.vm = vm
-        self.createdFrom = createdFrom
-        self.createdBefore = createdBefore
-    }
-
+extension PlanFilter {
     /// The SQL condition on `table`'s rows (the plans table or its alias), "" for none,
     /// and its arguments. With a time range, the state is named with a unary `+`: SQLite
     /// then walks the creation-time index (`plans_by_created_at`, migration 0008) over
@@ -48,39 +31,6 @@ public struct PlanFilter: Sendable, Equatable {
             _ = arguments.append(contentsOf: [createdBefore.timeIntervalSince1970])
         }
         return (clauses.joined(separator: " AND "), arguments)
-    }
-}
-
-/// The totals of the plans a `PlanFilter` selects (`history`'s summary line):
-///
-/// - `plans`: the plans selected; `disks`: all their disks; `completedDisks`: those `completed`;
-/// - `bytes`: the allocated bytes of the completed disks (what their copy jobs copied, as
-///   preflight measured it; a disk recorded without it, by a release before schema 0007
-///   or detached, counts 0);
-/// - `timedBytes` over `copySeconds`: the completed disks with allocated bytes and a copy
-///   time, whose copy time is from the disk's first transition into `streaming` or
-///   `mirroring` to its last into `retiring` (an interruption, a pause included);
-///   `meanRate` is their quotient, nil when no disk is timed.
-public struct PlanSummary: Sendable, Equatable {
-    public var plans: Int
-    public var disks: Int
-    public var completedDisks: Int
-    public var bytes: Int64
-    public var timedBytes: Int64
-    public var copySeconds: Double
-
-    public init(plans: Int, disks: Int, completedDisks: Int, bytes: Int64, timedBytes: Int64, copySeconds: Double) {
-        self.plans = plans
-        self.disks = disks
-        self.completedDisks = completedDisks
-        self.bytes = bytes
-        self.timedBytes = timedBytes
-        self.copySeconds = copySeconds
-    }
-
-    /// Bytes per second: `timedBytes` over `copySeconds`; nil when no copy was timed.
-    public var meanRate: Double? {
-        copySeconds > 0 ? Double(timedBytes) / copySeconds : nil
     }
 }
 

@@ -15,9 +15,11 @@ import Synchronization
 /// are awaited, so the commit's `fsync` never holds a thread of the concurrency pool. The
 /// same writes also exist synchronously, for `batch` and for tools (the benchmark's
 /// synthesiser) that write many records from one thread.
-public final class SQLiteStore: WorkflowStore, Sendable {
+public final class SQLiteStore: PlanStore, Sendable {
     private let queue: DatabaseQueue
     public let path: String
+    /// `PlanStore.location`: the database file.
+    public var location: String { path }
     /// Opened to read only (`readingOnly`): every write is refused.
     private let readOnly: Bool
     /// A copy in memory (`readingOnly` of an older schema, or of no database): it does not
