@@ -32,7 +32,11 @@ struct Cancel: AsyncParsableCommand {
             try store.requestCancel(planId: id, at: Date())
             let display = ProgressDisplay()
             let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
-                                commandTimeout: plan.policy.commandTimeout)
+                                commandTimeout: plan.policy.commandTimeout, host: Engine.askingHost(for: plan))
+            if let host = plan.host {
+                // A fleet plan: only its host's agent can reach its VMs and files.
+                return try await awaitRollback(by: host, store: store)
+            }
             if let owner = try engine.liveOwner(ofPlan: id) {
                 printStderr("livecopy: cancel of plan \(id) requested; its owner (\(owner)) rolls it back")
                 let deadline = Date().addingTimeInterval(timeout)
@@ -54,5 +58,21 @@ struct Cancel: AsyncParsableCommand {
             _ = try report(final, store: store, json: false)
             return final.state == .rolledBack ? ExitStatus.success : ExitStatus.planNotCompleted
         }
+    }
+
+    /// A fleet plan's cancel: the request is recorded; the host's agent rolls the plan back
+    /// (now if it drives it, else when it next claims it). Waits `timeout` for that.
+    private func awaitRollback(by host: String, store: any PlanStore) async throws -> Int32 {
+        printStderr("livecopy: cancel of plan \(id) requested; host \(host)'s agent rolls it back")
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            guard let current = try store.plan(id: id) else { break }
+            if current.state.isFinal {
+                _ = try report(current, store: store, json: false)
+                return current.state == .rolledBack ? ExitStatus.success : ExitStatus.planNotCompleted
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw InputError("plan \(id) was not rolled back within \(Int(timeout)) s; the cancel stays recorded for host \(host)'s agent")
     }
 }

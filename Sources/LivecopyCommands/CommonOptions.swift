@@ -56,7 +56,7 @@ struct CommonOptions: ParsableArguments {
 
     /// Opens the store (creating it and its directory if missing): for the commands that
     /// record plans.
-    func openStore() throws -> SQLiteStore {
+    func openStore() throws -> any PlanStore {
         try SQLiteStore(path: absoluteDatabasePath)
     }
 
@@ -69,7 +69,7 @@ struct CommonOptions: ParsableArguments {
     /// Opens an existing store, for the commands that only read (`status`, `history`,
     /// `show`) or act on a recorded plan: a mistyped `--db` must not create an empty
     /// database that answers "no plans".
-    func openExistingStore() throws -> SQLiteStore {
+    func openExistingStore() throws -> any PlanStore {
         let path = absoluteDatabasePath
         guard FileManager.default.fileExists(atPath: path) else { throw missingDatabase(at: path) }
         return try SQLiteStore(path: path)
@@ -171,7 +171,7 @@ func printStderr(_ message: String, asError: Bool = false) {
 
 
 /// A plan id argument, validated.
-func requirePlan(_ id: Int64, in store: SQLiteStore) throws -> PlanRecord {
+func requirePlan(_ id: Int64, in store: any PlanStore) throws -> PlanRecord {
     guard let plan = try store.plan(id: id) else { throw InputError("no plan with id \(id)") }
     return plan
 }
@@ -188,5 +188,25 @@ func drive(_ engine: Engine, planId: Int64, mode: RunMode = .resume, display: Pr
     } catch {
         await engine.shutdown()
         throw error
+    }
+}
+
+/// `run`, `recover`, `purge` and `restore` act on this host's VMs and files: over a fleet
+/// store they are refused, since each host's agent drives that host's plans.
+func refuseFleetStore(_ store: any PlanStore, command: String) throws {
+    guard store is any FleetStore else { return }
+    throw InputError("livecopy \(command) acts on this host's own store; in a fleet store (\(store.location)) each host's agent drives its plans (livecopy agent --host NAME)")
+}
+
+extension Engine {
+    /// The host name an engine of a command that only reads or asks (`cancel`, `throttle`…)
+    /// uses for a fleet plan: no host is named so (`Plan.isHostName` refuses the spaces),
+    /// so every owner's liveness is judged by its heartbeat, never by a pid of this machine.
+    static let fleetClientHost = "(fleet client)"
+
+    /// The host an asking command's engine names for `plan`: this machine's, or for a fleet
+    /// plan `fleetClientHost`.
+    static func askingHost(for plan: PlanRecord) -> String {
+        plan.host == nil ? thisHost : fleetClientHost
     }
 }

@@ -13,7 +13,8 @@ public struct LivecopyCommand: AsyncParsableCommand {
             in SQLite, so an interrupted plan can be resumed or rolled back (livecopy recover, livecopy cancel).
             """,
         subcommands: [Submit.self, Validate.self, Run.self, Recover.self, Cancel.self, Throttle.self, Pause.self, Resume.self,
-                      Status.self, Watch.self, History.self, Show.self, Purge.self, Restore.self, Serve.self])
+                      Status.self, Watch.self, History.self, Show.self, Purge.self, Restore.self, Serve.self, Agent.self,
+                      Limits.self])
 
     public init() {}
 }

@@ -33,7 +33,7 @@ struct MetricsOptions: ParsableArguments {
 
     /// Starts the endpoint when `--metrics` was given (printing its address on stderr), an
     /// inert `ServedMetrics` otherwise. A port that cannot be listened on is bad input.
-    func start(store: SQLiteStore) async throws -> ServedMetrics {
+    func start(store: any PlanStore) async throws -> ServedMetrics {
         guard let address = try address else { return ServedMetrics(endpoint: nil) }
         do {
             let endpoint = try await MetricsEndpoint.start(address) { try store.stateCounts() }

@@ -17,7 +17,7 @@ import UnixSignals
 /// every engine (`Engine.halt`): each records that it stopped with QEMU's jobs running
 /// and releases its lease, and the next start of serve re-attaches.
 final class PlanService: Service, Sendable {
-    let store: SQLiteStore
+    let store: any PlanStore
     let limits: HostLimits
     let sessions: VMSessions
     let notifier = SystemdNotifier()
@@ -27,6 +27,8 @@ final class PlanService: Service, Sendable {
     let commandLineLogLevel: Logger.Level
     /// What the engines tell: the journal's lines, and the metrics when served.
     let observer: any EngineObserver
+    /// `livecopy agent --host`: the fleet host this service drives (nil: `serve`, this host's own store).
+    let fleet: FleetRole?
     private let state: Mutex<State>
 
     /// What changes while serve runs.
@@ -38,13 +40,18 @@ final class PlanService: Service, Sendable {
         /// tried again every `retryInterval`).
         var lastTried: [Int64: Date] = [:]
         var stopping = false
+        /// Fleet mode: whether this agent holds its host's lease (else it stands by).
+        var holdsHost = false
+        /// Fleet mode: the agent holding the host's lease when this one last stood by.
+        var standingBehind: AgentIdentity?
     }
 
     /// How long an interrupted plan (its VM unreachable, say) waits before serve tries it again.
     static let retryInterval: Double = 60
 
-    init(store: SQLiteStore, settings: ServeSettings, reload: @escaping @Sendable () throws -> ServeSettings,
-         commandLineLogLevel: Logger.Level, observer: any EngineObserver) {
+    init(store: any PlanStore, settings: ServeSettings, reload: @escaping @Sendable () throws -> ServeSettings,
+         commandLineLogLevel: Logger.Level, observer: any EngineObserver, fleet: FleetRole? = nil) {
+        self.fleet = fleet
         self.observer = observer
         self.store = store
         self.limits = HostLimits(settings)
@@ -57,14 +64,23 @@ final class PlanService: Service, Sendable {
 
     func run() async throws {
         let settings = state.withLock { $0.settings }
-        say("started (pid \(getpid()), database \(store.path)): \(settings.summary)")
+        let role = fleet.map { " as fleet agent \($0.agent.instance) for host \($0.host)" } ?? ""
+        say("started (pid \(getpid()), database \(store.location))\(role): \(settings.summary)")
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.reloadOnHangup() }
             await withGracefulShutdownHandler {
-                await recoverAtStart(&group)
+                await holdHostOrStandBy()
+                if !isStopping { await recoverAtStart(&group) }
                 notifier.ready(status: "serving: \(settings.summary)")
                 while !isStopping {
-                    startWaitingPlans(&group)
+                    if await keepsHost() {
+                        await startWaitingPlans(&group)
+                    } else {
+                        // The host's lease went to another agent (this one was silent too long): stop driving.
+                        await haltDriving(reason: "host \(fleet?.host ?? "") is driven by another agent now")
+                        await holdHostOrStandBy()
+                        if !isStopping { await recoverAtStart(&group) }
+                    }
                     await sleepUntilNextPoll()
                 }
             } onGracefulShutdown: {
@@ -88,11 +104,15 @@ final class PlanService: Service, Sendable {
     /// re-attaches or ends.
     private func recoverAtStart(_ group: inout TaskGroup<Void>) async {
         let interrupted: [PlanRecord]
-        do {
-            interrupted = try store.plans(states: [.running, .failed, .needsAttention], vm: nil, limit: nil).reversed()
-        } catch {
-            say("cannot read the interrupted plans: \(describe(error))")
-            return
+        if let fleet {
+            interrupted = await fleet.claimPlans(in: [.running, .failed, .needsAttention], excluding: drivingNow, say: say)
+        } else {
+            do {
+                interrupted = try store.plans(states: [.running, .failed, .needsAttention], vm: nil, limit: nil).reversed()
+            } catch {
+                say("cannot read the interrupted plans: \(describe(error))")
+                return
+            }
         }
         for plan in interrupted {
             let copying = ((try? store.disks(ofPlan: plan.id)) ?? []).filter { $0.state == .streaming || $0.state == .mirroring }
@@ -105,13 +125,18 @@ final class PlanService: Service, Sendable {
 
     /// Starts every detached plan waiting (`pending`), and every interrupted (`running`)
     /// plan no one drives; a plan serve tried already waits `retryInterval` after that try.
-    private func startWaitingPlans(_ group: inout TaskGroup<Void>) {
+    private func startWaitingPlans(_ group: inout TaskGroup<Void>) async {
         let waiting: [PlanRecord]
-        do {
-            waiting = try store.plans(states: [.pending, .running], vm: nil, limit: nil).reversed()
-        } catch {
-            say("cannot read the waiting plans: \(describe(error))")
-            return
+        if let fleet {
+            // Claimed for this host: each plan's lease is this agent's from the claim on.
+            waiting = await fleet.claimPlans(in: [.pending, .running], excluding: drivingNow.union(triedRecently), say: say)
+        } else {
+            do {
+                waiting = try store.plans(states: [.pending, .running], vm: nil, limit: nil).reversed()
+            } catch {
+                say("cannot read the waiting plans: \(describe(error))")
+                return
+            }
         }
         let now = Date()
         for plan in waiting {
@@ -124,12 +149,65 @@ final class PlanService: Service, Sendable {
         }
     }
 
+    /// The plans being driven now.
+    private var drivingNow: Set<Int64> { state.withLock { Set($0.driving.keys) } }
+
+    /// The plans tried less than `retryInterval` ago and not being driven.
+    private var triedRecently: Set<Int64> {
+        let now = Date()
+        return state.withLock { state in
+            Set(state.lastTried.filter { now.timeIntervalSince($0.value) < Self.retryInterval }.keys)
+        }
+    }
+
+    // MARK: - Fleet mode: the host's lease
+
+    /// Fleet mode: waits until this agent holds its host's lease (another live agent of the
+    /// same host drives it meanwhile), or serve stops. Returns at once without a fleet.
+    private func holdHostOrStandBy() async {
+        guard let fleet else { return }
+        while !isStopping {
+            switch await fleet.holdHostLease(say: say) {
+            case .held?:
+                state.withLock { $0.holdsHost = true; $0.standingBehind = nil }
+                say("driving host \(fleet.host)")
+                return
+            case .heldBy(let other, let heartbeat)?:
+                let first = state.withLock { state -> Bool in
+                    defer { state.standingBehind = other }
+                    return state.standingBehind != other
+                }
+                if first {
+                    let age = String(format: "%.1f", Date().timeIntervalSince(heartbeat))
+                    say("host \(fleet.host) is driven by \(other) (heartbeat \(age) s ago); standing by until its lease expires")
+                }
+            case nil:
+                break
+            }
+            await sleepUntilNextPoll()
+        }
+    }
+
+    /// Fleet mode: renews the host's lease; false when another agent holds it now. A store
+    /// that cannot be reached keeps the engines driving (QEMU's jobs run on; the store
+    /// retries), so only a lease seen held by another agent stops them.
+    private func keepsHost() async -> Bool {
+        guard let fleet else { return true }
+        switch await fleet.holdHostLease(say: say) {
+        case .held?, nil: return true
+        case .heldBy?:
+            state.withLock { $0.holdsHost = false }
+            return false
+        }
+    }
+
     /// Drives `plan` on a task of the group, unless a live livecopy drives it already;
     /// returns whether it started.
     @discardableResult
     private func start(_ plan: PlanRecord, mode: RunMode, why: String, _ group: inout TaskGroup<Void>) -> Bool {
         let engine = Engine(store: store, hypervisor: sessions.hypervisor, observer: observer,
-                            commandTimeout: plan.policy.commandTimeout, sessions: sessions, hostLimits: limits)
+                            commandTimeout: plan.policy.commandTimeout, host: fleet?.host ?? Engine.thisHost,
+                            sessions: sessions, hostLimits: limits, admission: fleet?.admission)
         let owner: PlanOwner?
         do {
             owner = try engine.liveOwner(ofPlan: plan.id)
@@ -185,14 +263,23 @@ final class PlanService: Service, Sendable {
 
     /// SIGTERM: no job's speed changes any more, and every engine stops where it stands.
     private func stopDriving() async {
-        let engines = state.withLock { state -> [Engine] in
+        let count = state.withLock { state -> Int in
             state.stopping = true
-            return Array(state.driving.values)
+            return state.driving.count
         }
-        notifier.stopping(status: "stopping: \(engines.count) plan(s) left running in QEMU")
-        say("stopping: \(engines.count) plan(s) being driven; their QEMU jobs run on, and the next start re-attaches")
+        notifier.stopping(status: "stopping: \(count) plan(s) left running in QEMU")
+        say("stopping: \(count) plan(s) being driven; their QEMU jobs run on, and the next start re-attaches")
         await limits.budget.freeze()
-        for engine in engines { engine.halt(reason: "livecopy serve stopped") }
+        await haltDriving(reason: "livecopy serve stopped")
+        if let fleet, state.withLock({ $0.holdsHost }) {
+            try? await fleet.store.releaseHostLease(host: fleet.host, agent: fleet.agent)
+        }
+    }
+
+    /// Every engine stops where it stands, leaving QEMU's jobs running.
+    private func haltDriving(reason: String) async {
+        let engines = state.withLock { Array($0.driving.values) }
+        for engine in engines { engine.halt(reason: reason) }
     }
 
     /// Reads the settings again at each SIGHUP; a bad file keeps the settings in force.

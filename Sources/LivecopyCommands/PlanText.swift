@@ -16,7 +16,7 @@ enum PlanText {
         let completed = disks.filter { $0.state == .completed }.count
         let vms = Set(disks.map(\.vmName)).sorted().joined(separator: ",")
         return column(String(plan.id), 7) + column(plan.state.rawValue, 17) + column("\(completed)/\(disks.count)", 10)
-            + column(time(plan.createdAt), 26) + "\(plan.name ?? "-")  [\(vms)]"
+            + column(time(plan.createdAt), 26) + "\(plan.name ?? "-")\(plan.host.map { " on host \($0)" } ?? "")  [\(vms)]"
             + (plan.error.map { "  error: \($0)" } ?? "")
     }
 
@@ -29,6 +29,13 @@ enum PlanText {
     /// `text` padded to `width` (at least one space after it).
     private static func column(_ text: String, _ width: Int) -> String {
         text.count < width ? text.padding(toLength: width, withPad: " ", startingAt: 0) : text + " "
+    }
+
+    /// For a pending disk waiting for its turn to copy (serve's or the fleet's limits):
+    /// the reason, as its latest event says it; nil otherwise.
+    static func waiting(_ disk: DiskRecord, latest: EventRecord?) -> String? {
+        guard disk.state == .pending, let detail = latest?.detail, detail.hasPrefix("waiting for a copy slot") else { return nil }
+        return "    \(detail)"
     }
 
     /// The operator's settings (`livecopy throttle`, `pause`), or nil when none is set.

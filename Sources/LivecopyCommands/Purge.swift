@@ -26,6 +26,7 @@ struct Purge: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let store = try common.openExistingStore()
+            try refuseFleetStore(store, command: "purge")
             let outcomes = try await QuarantinePurge(store: store).run(all: all, dryRun: dryRun)
             if outcomes.isEmpty {
                 let summary = try store.quarantineSummary()

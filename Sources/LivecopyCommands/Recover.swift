@@ -31,6 +31,7 @@ struct Recover: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let store = try common.openStore()
+            try refuseFleetStore(store, command: "recover")
             let candidates: [PlanRecord]
             if let plan {
                 let record = try requirePlan(plan, in: store)

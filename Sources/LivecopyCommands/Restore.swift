@@ -26,6 +26,7 @@ struct Restore: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let store = try common.openExistingStore()
+            try refuseFleetStore(store, command: "restore")
             let outcome = try await QuarantineRestore(store: store, power: Self.power).restore(diskId: disk)
             switch outcome.kind {
             case .refused:

@@ -18,6 +18,7 @@ struct Run: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let store = try common.openStore()
+            try refuseFleetStore(store, command: "run")
             let plans: [PlanRecord]
             if let plan {
                 plans = [try requirePlan(plan, in: store)]

@@ -19,6 +19,17 @@ struct Serve: AsyncParsableCommand {
             Under systemd (Type=notify) it reports ready, reloading and stopping. See docs/serve.md.
             """)
 
+    @OptionGroup var daemon: DaemonOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            try await daemon.run(fleet: nil)
+        }
+    }
+}
+
+/// The options of the daemon `serve` and `agent` run, and the daemon itself.
+struct DaemonOptions: ParsableArguments {
     @OptionGroup var common: CommonOptions
     @OptionGroup var metrics: MetricsOptions
 
@@ -65,26 +76,27 @@ struct Serve: AsyncParsableCommand {
         return ExitCode(ExitStatus.refused)
     }
 
-    func run() async throws {
-        try await reportingErrors {
-            let store = try common.openStore()
-            let initial = try settings()
-            let served = try await metrics.start(store: store)
-            let service = PlanService(store: store, settings: initial, reload: { try self.settings() },
-                                      commandLineLogLevel: common.logLevelInForce ?? .warning,
-                                      observer: served.observing(ServeLog()))
-            var logger = Logger(label: "livecopy.serve")
-            logger.logLevel = .warning
-            let group = ServiceGroup(configuration: .init(
-                services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            do {
-                try await group.run()
-            } catch {
-                await served.stop()
-                throw error
-            }
+    /// Runs the daemon until SIGTERM: over this host's store (`fleet` nil), or as a fleet
+    /// agent (`fleet` makes its role from the store opened).
+    func run(fleet makeRole: ((any PlanStore) throws -> FleetRole)?) async throws -> Int32 {
+        let store = try common.openStore()
+        let fleet = try makeRole?(store)
+        let initial = try settings()
+        let served = try await metrics.start(store: store)
+        let service = PlanService(store: store, settings: initial, reload: { try self.settings() },
+                                  commandLineLogLevel: common.logLevelInForce ?? .warning,
+                                  observer: served.observing(ServeLog()), fleet: fleet)
+        var logger = Logger(label: "livecopy.serve")
+        logger.logLevel = .warning
+        let group = ServiceGroup(configuration: .init(
+            services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch {
             await served.stop()
-            return ExitStatus.success
+            throw error
         }
+        await served.stop()
+        return ExitStatus.success
     }
 }

@@ -49,7 +49,11 @@ struct Status: AsyncParsableCommand {
                 if let orphan = try Self.orphanNote(plan, store: store) { print(orphan) }
                 if let controls = PlanText.controls(try store.controls(ofPlan: plan.id), planId: plan.id) { print(controls) }
                 print(PlanText.diskHeader)
-                for disk in disks { print(PlanText.disk(disk, bootImage: .some(bootImages[plan.id]?[disk.id]), planState: plan.state)) }
+                let latest = try store.latestDiskEvents(ofPlan: plan.id)
+                for disk in disks {
+                    print(PlanText.disk(disk, bootImage: .some(bootImages[plan.id]?[disk.id]), planState: plan.state))
+                    if let waiting = PlanText.waiting(disk, latest: latest[disk.id]) { print(waiting) }
+                }
             }
             if let quarantine { print(quarantine) }
             return ExitStatus.success
@@ -61,8 +65,9 @@ struct Status: AsyncParsableCommand {
     static func orphanNote(_ plan: PlanRecord, store: any WorkflowStore) throws -> String? {
         guard plan.state == .running else { return nil }
         let owner = try store.owner(ofPlan: plan.id)
-        if let owner, !Engine.isGone(owner) { return nil }
+        if let owner, !Engine.isGone(owner, host: Engine.askingHost(for: plan)) { return nil }
         let who = owner.map { "its owner (\($0), last heartbeat \(PlanText.time($0.heartbeat))) is gone" } ?? "no process owns it"
-        return "  NOT RUNNING: \(who); the progress below is as last recorded; livecopy recover --plan \(plan.id) picks the plan up"
+        let next = plan.host.map { "host \($0)'s agent picks the plan up when it runs" } ?? "livecopy recover --plan \(plan.id) picks the plan up"
+        return "  NOT RUNNING: \(who); the progress below is as last recorded; \(next)"
     }
 }

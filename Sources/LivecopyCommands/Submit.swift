@@ -26,6 +26,12 @@ struct Submit: AsyncParsableCommand {
             let planDirectory = URL(fileURLWithPath: planPath).deletingLastPathComponent()
             let policy = try Policy.resolve(plan.policyReference, relativeTo: planDirectory)
             let store = try common.openStore()
+            if store is any FleetStore {
+                return try recordForFleet(plan, policy: policy, store: store)
+            }
+            if let vm = plan.vms.first(where: { $0.host != nil }) {
+                throw InputError("\(planPath): VM '\(vm.name)' names a host; host: is for a fleet store (--db postgres://…), and \(store.location) is this host's own")
+            }
 
             if detach {
                 let engine = Engine(store: store, hypervisor: makeHypervisor(), commandTimeout: policy.commandTimeout)
@@ -66,6 +72,37 @@ struct Submit: AsyncParsableCommand {
             let final = try await drive(engine, planId: record.id, display: display)
             return try report(final, store: store, json: json)
         }
+    }
+}
+
+extension Submit {
+    /// A fleet store: the plan is split by `host:`, each host's part checked against the
+    /// store and recorded as a plan of its own, pending until that host's agent claims it.
+    /// Every part is checked before any is recorded; prints the ids, one a line.
+    func recordForFleet(_ plan: Plan, policy: Policy, store: any PlanStore) throws -> Int32 {
+        guard detach else {
+            throw InputError("a fleet store's plans run on their hosts' agents (livecopy agent --host NAME): submit them with --detach")
+        }
+        guard let parts = plan.byHost else {
+            let vm = plan.vms.first { $0.host == nil }?.name ?? ""
+            throw InputError("\(planPath): VM '\(vm)' names no host; in a fleet store every VM needs host: (the agent that drives it)")
+        }
+        let engine = Engine(store: store, hypervisor: makeHypervisor(), commandTimeout: policy.commandTimeout)
+        for part in parts { try engine.checkClaims(part.plan) }
+        var documents: [PlanDocument] = []
+        for part in parts {
+            let record = try engine.record(part.plan, policy: policy, disks: part.plan.allDisks.map {
+                NewPlan.Disk(vm: $0.vm, disk: $0.disk, strategy: policy.strategy)
+            }, host: part.host)
+            printStderr("livecopy: plan \(record.id)\(plan.name.map { " (\($0))" } ?? ""): host \(part.host), \(part.plan.allDisks.count) disk(s); its agent drives it")
+            if json {
+                documents.append(PlanDocument(plan: record, disks: try store.disks(ofPlan: record.id)))
+            } else {
+                print(record.id)
+            }
+        }
+        for document in documents { print(try PlanDocument.json(document)) }
+        return ExitStatus.success
     }
 }
 

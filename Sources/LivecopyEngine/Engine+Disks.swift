@@ -53,15 +53,13 @@ extension Engine {
             try await HookCall(ledger: ledger).runPending()
             let disk = ledger.disk
             if disk.state.isFinal { return nil }
-            // Under `serve`: a slot of the host's, held until this disk's drive ends.
-            guard let hostLimits else { return await drive(ledger, policy: policy, snapshots: snapshots, pivots: pivots, step) }
-            if let limit = await hostLimits.slots.fullAt {
-                try await ledger.note("waiting for a copy slot: \(limit) disk(s) copy at once on this host (livecopy serve's max_parallel_disks)")
+            // Under `serve` or a fleet agent: a turn to copy, held until this disk's drive ends.
+            guard let admission else { return await drive(ledger, policy: policy, snapshots: snapshots, pivots: pivots, step) }
+            guard case .granted(let speedCap)? = await admission.admit(disk, note: { text in try? await ledger.note(text) }) else {
+                return nil
             }
-            guard await hostLimits.slots.acquire() else { return nil }
-            let error = await drive(ledger, policy: policy, snapshots: snapshots, pivots: pivots, step)
-            await hostLimits.budget.release(diskId: disk.id)
-            await hostLimits.slots.release()
+            let error = await drive(ledger, policy: policy, snapshots: snapshots, pivots: pivots, speedCap: speedCap, step)
+            await admission.release(disk)
             return error
         } catch is CancellationError {
             return nil
@@ -71,8 +69,9 @@ extension Engine {
     }
 
     /// Connects to the disk's VM and runs its step (after its VM's snapshot phase).
+    /// `speedCap`: the most its copy job may run at (a fleet target's bandwidth share).
     private func drive(_ ledger: DiskLedger, policy: Policy, snapshots: VMSnapshotBarrier?, pivots: MirrorPivots?,
-                       _ step: (DiskWorkflow, Bool) async throws -> Void) async -> Error? {
+                       speedCap: Int64? = nil, _ step: (DiskWorkflow, Bool) async throws -> Void) async -> Error? {
         do {
             let disk = ledger.disk
             do {
@@ -106,7 +105,7 @@ extension Engine {
                 try ledger.reload()
                 settledBySnapshot = try phase.get().contains(disk.id)
             }
-            try await step(workflow(ledger, session: session, policy: policy, pivots: pivots), settledBySnapshot)
+            try await step(workflow(ledger, session: session, policy: policy, pivots: pivots, speedCap: speedCap), settledBySnapshot)
             return nil
         } catch is CancellationError {
             return nil
@@ -116,10 +115,14 @@ extension Engine {
     }
 
     /// A disk's workflow over `session`, retrying QEMU's transient refusals per policy.
-    private func workflow(_ ledger: DiskLedger, session: any VMSession, policy: Policy, pivots: MirrorPivots? = nil) -> DiskWorkflow {
+    private func workflow(_ ledger: DiskLedger, session: any VMSession, policy: Policy, pivots: MirrorPivots? = nil,
+                          speedCap: Int64? = nil) -> DiskWorkflow {
         let store = self.store
         let planId = ledger.disk.planId
-        let controls: @Sendable () -> PlanControls = { (try? store.controls(ofPlan: planId)) ?? PlanControls() }
+        let policySpeed = policy.speed
+        let controls: @Sendable () -> PlanControls = {
+            ((try? store.controls(ofPlan: planId)) ?? PlanControls()).capped(at: speedCap, policySpeed: policySpeed)
+        }
         let retrying = RetryingVMSession(session, policy: policy) { message in try? await ledger.note(message) }
         return DiskWorkflow(ledger: ledger, session: retrying, policy: policy, inspector: inspector, creator: creator,
                             controls: controls, pivots: pivots, budget: hostLimits?.budget)

@@ -56,6 +56,11 @@ extension Engine {
                             // Under serve's host budget: the job's own speed, within its share.
                             await budget.change(diskId: disk.id, wanted: speed)
                             applied.append("job \(job.id) speed \(OperatorAction.speedText(speed)) within the host's bandwidth budget")
+                        } else if let disk = disks.first(where: { $0.copyJobId == job.id }),
+                                  let cap = await admission?.speedCap(diskId: disk.id), speed == 0 || speed > cap {
+                            // A fleet target's bandwidth share caps the operator's speed.
+                            try await session.setSpeed(jobId: job.id, speed: cap)
+                            applied.append("job \(job.id) speed \(OperatorAction.speedText(cap)) (its storage target's share, below \(OperatorAction.speedText(speed)))")
                         } else {
                             try await session.setSpeed(jobId: job.id, speed: speed)
                             applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")

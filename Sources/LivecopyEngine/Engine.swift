@@ -33,6 +33,9 @@ public final class Engine: Sendable {
     let lease: LeaseTiming
     /// `livecopy serve`'s host-wide limits (nil: only each plan's policy bounds it).
     let hostLimits: HostLimits?
+    /// Where each disk waits for its turn to copy: serve's host slots (`hostLimits`), a
+    /// fleet agent's copy slots (`FleetAdmission`), or nil: only the plan's policy bounds it.
+    let admission: (any CopyAdmission)?
     /// How long a command to a VM may take (the plan's `command_timeout`).
     let commandTimeout: Double
     /// Set by `halt`: every run of this engine stops at once, leaving QEMU's jobs running.
@@ -48,11 +51,13 @@ public final class Engine: Sendable {
     ///
     /// `sessions` shares VM connections with other engines of the process (`serve`, which
     /// runs one engine per plan: QEMU serves one client per monitor); `hostLimits` bounds
-    /// the disks copying and their bandwidth over every plan `serve` runs.
+    /// the disks copying and their bandwidth over every plan `serve` runs; `admission`, a
+    /// fleet agent's copy slots, replaces its slots.
     public init(store: any WorkflowStore, hypervisor: any Hypervisor, observer: any EngineObserver = SilentObserver(),
                 inspector: any ImageInspector = QemuImgInspector(), creator: any DestinationCreator = ExclusiveOverlayCreator(),
                 commandTimeout: Double = 30, lease: LeaseTiming = LeaseTiming(), host: String = Engine.thisHost,
-                sessions: VMSessions? = nil, hostLimits: HostLimits? = nil) {
+                sessions: VMSessions? = nil, hostLimits: HostLimits? = nil, admission: (any CopyAdmission)? = nil) {
+        self.admission = admission ?? hostLimits
         self.store = store
         self.observer = observer
         self.inspector = inspector
@@ -96,9 +101,16 @@ public final class Engine: Sendable {
         Preflight(sessions: sessions, store: store, inspector: inspector)
     }
 
-    /// Records a checked plan as `pending` (to be run later or now).
-    public func record(_ plan: Plan, policy: Policy, disks: [NewPlan.Disk]) throws -> PlanRecord {
-        let new = NewPlan(name: plan.name, policyReference: plan.policyReference, policy: policy, state: .pending, disks: disks)
+    /// A fleet's submit: checks what the store can tell of `plan` (one host's part), away from its host.
+    public func checkClaims(_ plan: Plan) throws {
+        try makePreflight().checkClaims(plan)
+    }
+
+    /// Records a checked plan as `pending` (to be run later or now; in a fleet store, by
+    /// `host`'s agent).
+    public func record(_ plan: Plan, policy: Policy, disks: [NewPlan.Disk], host: String? = nil) throws -> PlanRecord {
+        let new = NewPlan(name: plan.name, policyReference: plan.policyReference, policy: policy, state: .pending, disks: disks,
+                          host: host)
         return try store.insertPlan(new, at: Date()).0
     }
 

@@ -317,6 +317,13 @@ struct Preflight {
     }
 
     /// The checks that need no VM.
+    /// A fleet's submit, away from the plan's hosts: only what the store can tell (another
+    /// plan not yet final claims a disk or destination); each host's agent runs the full
+    /// preflight when it claims its plan.
+    func checkClaims(_ plan: Plan) throws {
+        if let first = try otherPlanClaims(VMEntry.of(plan)).first { throw PreflightError(first) }
+    }
+
     func checkOffline(_ plan: Plan, policy: Policy) throws {
         if let first = try otherPlanClaims(VMEntry.of(plan)).first { throw PreflightError(first) }
         if let hook = HookProgramCheck.problems(policy.hooks).first { throw PreflightError(hook) }

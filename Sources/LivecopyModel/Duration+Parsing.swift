@@ -4,7 +4,7 @@ import Foundation
 
 extension Duration {
     /// Parses `500ms`, `30s`, `5m`, `1h` or a plain number of seconds into seconds.
-    static func seconds(parsing text: String) -> Double? {
+    public static func seconds(parsing text: String) -> Double? {
         let raw = text.trimmingCharacters(in: .whitespaces).lowercased()
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
         for (suffix, scale) in units where raw.hasSuffix(suffix) {

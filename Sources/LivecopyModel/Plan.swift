@@ -27,8 +27,11 @@ public struct Plan: Sendable, Equatable {
         /// libvirt domain (`libvirt:`).
         public var address: VMAddress
         public var disks: [Disk]
+        /// Fleet mode: the host whose agent drives this VM (`host:`); nil in a single-host plan.
+        public var host: String?
 
-        public init(name: String, address: VMAddress, disks: [Disk]) {
+        public init(name: String, address: VMAddress, disks: [Disk], host: String? = nil) {
+            self.host = host
             self.name = name
             self.address = address
             self.disks = disks
@@ -98,8 +101,15 @@ extension Plan {
 
         var vms: [VM] = []
         for vmNode in vmNodes {
-            let members = try vmNode.mapping(allowed: ["name", "qmp", "libvirt", "disks"])
+            let members = try vmNode.mapping(allowed: ["name", "host", "qmp", "libvirt", "disks"])
             guard let name = try members["name"]?.string() else { throw vmNode.fail("has no 'name'") }
+            let host = try members["host"].map { node in
+                let host = try node.string()
+                guard Self.isHostName(host) else {
+                    throw node.fail("has invalid value '\(host)' (expected a host name: letters, digits, '.', '-' and '_')")
+                }
+                return host
+            }
             let address = try address(of: vmNode, members, name: name)
             guard let disksNode = members["disks"] else { throw vmNode.fail("(VM '\(name)') has no 'disks' list") }
             let diskNodes = try disksNode.sequence()
@@ -118,12 +128,31 @@ extension Plan {
                 let format = try fields["format"]?.choice(DestinationFormat.self)
                 disks.append(Disk(device: device, destination: normalize(destination), format: format))
             }
-            vms.append(VM(name: name, address: address, disks: disks))
+            vms.append(VM(name: name, address: address, disks: disks, host: host))
         }
 
         let plan = Plan(name: try top["name"]?.string(), policyReference: try top["policy"]?.string(), vms: vms)
         try plan.checkDuplicates(source: source)
         return plan
+    }
+
+    /// A host name as `host:` and `livecopy agent --host` take it: 1 to 253 letters, digits, '.', '-', '_'.
+    public static func isHostName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 253
+            && name.unicodeScalars.allSatisfy { ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || ".-_".unicodeScalars.contains($0) }
+    }
+
+    /// Fleet mode: the plan split by `host:`, one plan per host in the order the hosts first
+    /// appear, each with the same name and policy. nil when some VM names no host (or none does).
+    public var byHost: [(host: String, plan: Plan)]? {
+        var order: [String] = []
+        var vmsOf: [String: [VM]] = [:]
+        for vm in vms {
+            guard let host = vm.host else { return nil }
+            if vmsOf[host] == nil { order.append(host) }
+            vmsOf[host, default: []].append(vm)
+        }
+        return order.map { host in (host, Plan(name: name, policyReference: policyReference, vms: vmsOf[host] ?? [])) }
     }
 
     /// The VM's address: its `qmp:` socket (an absolute path) or its `libvirt:` domain
