@@ -78,7 +78,7 @@ struct CommonOptions: ParsableArguments {
     /// Opens an existing store to read only (`watch`): never created, migrated nor
     /// written, not even checkpointed as it closes; no database is the same one-line error
     /// as for `openExistingStore`.
-    func openExistingStoreReadingOnly() throws -> SQLiteStore {
+    func openExistingStoreReadingOnly() throws -> any PlanStore {
         let path = absoluteDatabasePath
         guard FileManager.default.fileExists(atPath: path) else { throw missingDatabase(at: path) }
         return try SQLiteStore.readingOnly(at: path, neverCheckpointing: true)

@@ -50,9 +50,10 @@ struct Watch: AsyncParsableCommand {
             var reader = WatchReader(planId: plan)
             // Opened once: each read sees the owner's latest commit. A copy in memory (an
             // older schema) does not, so it is read afresh at every refresh.
-            var opened: SQLiteStore?
+            var opened: (any PlanStore)?
             while true {
-                let store = try opened.flatMap { $0.isCopy ? nil : $0 } ?? common.openExistingStoreReadingOnly()
+                let store = try opened.flatMap { ($0 as? SQLiteStore)?.isCopy == true ? nil : $0 }
+                    ?? common.openExistingStoreReadingOnly()
                 opened = store
                 let frame = try reader.read(store, at: Date())
                 try output.write(frame)

@@ -74,7 +74,7 @@ struct WatchReader {
     }
 
     /// The frame the store holds now.
-    mutating func read(_ store: SQLiteStore, at now: Date) throws -> WatchFrame {
+    mutating func read(_ store: any PlanStore, at now: Date) throws -> WatchFrame {
         let records = try planId.map { [try requirePlan($0, in: store)] }
             ?? store.plans(states: Self.watchedStates, vm: nil, limit: nil).reversed()
         var plans: [WatchFrame.Plan] = []
