@@ -12,7 +12,8 @@ import PackageDescription
 /// - `LibvirtBackend`: that boundary over libvirt's C API (`CLibvirt`), for libvirt's domains.
 /// - `LivecopyModel`: plans, policies, states, the transition table and the store protocol.
 /// - `LivecopyStore`: the SQLite store (GRDB) and the migration runner.
-/// - `EmbeddedFiles`: `Migrations/` and `Policies/` compiled into the binary by a build-tool plugin.
+/// - `LivecopyPostgresStore`: the fleet store on PostgreSQL (postgres-nio), its pool, reconnection and migrations.
+/// - `EmbeddedFiles`: `Migrations/`, `Migrations/postgres/` and `Policies/` compiled into the binary by a build-tool plugin.
 /// - `CSystemExtras`: Linux calls Swift's Glibc module does not import (`sync_file_range`, write leases, `renameat2`).
 /// - `LivecopyEngine`: the workflow engine; it sees the hypervisor and the store through protocols,
 ///   and runs `qemu-img` through swift-subprocess (awaited, never blocking a thread).
@@ -38,6 +39,11 @@ let package = Package(
         // `livecopy serve`: graceful shutdown on SIGTERM, SIGHUP.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        // The fleet store: PostgreSQL's wire protocol on SwiftNIO (no ORM).
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        // The fleet store's TLS (sslmode) and its migrations' checksums (SHA-256); postgres-nio builds both already.
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // Tests only: property-based tests (generators, seeds to replay, shrinking) on Swift Testing.
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
@@ -76,6 +82,18 @@ let package = Package(
                 "LivecopyModel",
                 "EmbeddedFiles",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "LivecopyPostgresStore",
+            dependencies: [
+                "LivecopyModel",
+                "EmbeddedFiles",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         /// Linux system calls Swift's Glibc module does not import (`sync_file_range`).
@@ -137,7 +155,12 @@ let package = Package(
             ]),
         .testTarget(
             name: "LivecopyStoreTests",
-            dependencies: ["LivecopyStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift")]),
+            dependencies: [
+                "LivecopyStore", "LivecopyPostgresStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "LivecopyEngineTests",
             dependencies: ["LivecopyEngine", "LivecopyStore", "LivecopyModel", "LivecopyBackend", "QMPBackend", "QMP",

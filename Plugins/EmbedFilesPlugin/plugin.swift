@@ -1,7 +1,8 @@
 import Foundation
 import PackagePlugin
 
-/// Compiles the package's top-level `Migrations/*.sql` and `Policies/*.yaml` into the
+/// Compiles the package's top-level `Migrations/*.sql`, `Migrations/postgres/*.sql` (the
+/// fleet store's, kept apart from SQLite's list) and `Policies/*.yaml` into the
 /// target it is applied to (EmbeddedFiles), so a lone copied binary still has them.
 ///
 /// How the build notices changes (checked with Swift 6.3.1): SwiftPM runs this plugin
@@ -22,6 +23,7 @@ struct EmbedFilesPlugin: BuildToolPlugin {
         let root = context.package.directoryURL
         let folders = [
             (flag: "--migrations", url: root.appendingPathComponent("Migrations"), ext: "sql"),
+            (flag: "--postgres-migrations", url: root.appendingPathComponent("Migrations/postgres"), ext: "sql"),
             (flag: "--policies", url: root.appendingPathComponent("Policies"), ext: "yaml"),
         ]
         let output = context.pluginWorkDirectoryURL.appendingPathComponent("EmbeddedFilesData.swift")
@@ -43,7 +45,7 @@ struct EmbedFilesPlugin: BuildToolPlugin {
 
         return [
             .buildCommand(
-                displayName: "Embedding \(counts[0]) migration(s) and \(counts[1]) policy file(s)",
+                displayName: "Embedding \(counts[0]) migration(s), \(counts[1]) PostgreSQL migration(s) and \(counts[2]) policy file(s)",
                 executable: try context.tool(named: "EmbedFilesTool").url,
                 arguments: arguments,
                 inputFiles: inputs,

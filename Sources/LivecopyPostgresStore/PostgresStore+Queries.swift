@@ -1,0 +1,148 @@
+// Reading plans, disks and events; `history`'s filter as SQL with its bindings.
+
+import Foundation
+import LivecopyModel
+import PostgresNIO
+
+/// SQL built piece by piece with its bindings numbered as they are added (`$1`, `$2`, …).
+struct QueryBuilder {
+    var sql = ""
+    var binds = PostgresBindings()
+
+    /// Binds `value` and returns its placeholder.
+    mutating func bind<Value: PostgresDynamicTypeEncodable>(_ value: Value) -> String {
+        binds.append(value)
+        return "$\(binds.count)"
+    }
+
+    var query: PostgresQuery { PostgresQuery(unsafeSQL: sql, binds: binds) }
+}
+
+extension PlanFilter {
+    /// The condition on the plans aliased `table`, "" for none, its values bound in `builder`.
+    func condition(table: String, _ builder: inout QueryBuilder) -> String {
+        var clauses: [String] = []
+        if let states {
+            clauses.append("\(table).state = ANY(\(builder.bind(states.map(\.rawValue).sorted())))")
+        }
+        if let vm {
+            clauses.append("\(table).id IN (SELECT plan_id FROM disks WHERE vm_name = \(builder.bind(vm)))")
+        }
+        if let createdFrom {
+            clauses.append("\(table).created_at >= \(builder.bind(createdFrom.timeIntervalSince1970))")
+        }
+        if let createdBefore {
+            clauses.append("\(table).created_at < \(builder.bind(createdBefore.timeIntervalSince1970))")
+        }
+        return clauses.joined(separator: " AND ")
+    }
+}
+
+extension PostgresStore {
+    public func plan(id: Int64) throws -> PlanRecord? {
+        try read { statements in try statements.row("SELECT * FROM plans WHERE id = \(id)").map(Self.planRecord) }
+    }
+
+    public func disks(ofPlan planId: Int64) throws -> [DiskRecord] {
+        try read { statements in
+            try statements.query("SELECT * FROM disks WHERE plan_id = \(planId) ORDER BY id").map(Self.diskRecord)
+        }
+    }
+
+    public func disk(id: Int64) throws -> DiskRecord? {
+        try read { statements in try statements.row("SELECT * FROM disks WHERE id = \(id)").map(Self.diskRecord) }
+    }
+
+    public func events(ofPlan planId: Int64) throws -> [EventRecord] {
+        try read { statements in
+            try statements.query("SELECT * FROM events WHERE plan_id = \(planId) ORDER BY id").map(Self.eventRecord)
+        }
+    }
+
+    public func events(ofDisk diskId: Int64, planId: Int64) throws -> [EventRecord] {
+        try read { statements in
+            try statements.query("SELECT * FROM events WHERE disk_id = \(diskId) AND plan_id = \(planId) ORDER BY id")
+                .map(Self.eventRecord)
+        }
+    }
+
+    public func plans(states: Set<PlanState>?, vm: String?, limit: Int?) throws -> [PlanRecord] {
+        try plans(PlanFilter(states: states, vm: vm), limit: limit)
+    }
+
+    public func plans(_ filter: PlanFilter, limit: Int?) throws -> [PlanRecord] {
+        var builder = QueryBuilder()
+        let condition = filter.condition(table: "plans", &builder)
+        builder.sql = "SELECT * FROM plans" + (condition.isEmpty ? "" : " WHERE " + condition) + " ORDER BY id DESC"
+        if let limit { builder.sql += " LIMIT \(builder.bind(limit))" }
+        let query = builder.query
+        return try read { statements in try statements.query(query).map(Self.planRecord) }
+    }
+
+    /// The newest event of each disk of plan `planId`, by disk id (one query through
+    /// `events_by_plan`); the plan's own events, with no disk, are left out.
+    public func latestDiskEvents(ofPlan planId: Int64) throws -> [Int64: EventRecord] {
+        let events = try read { statements in
+            try statements.query("""
+                SELECT DISTINCT ON (disk_id) * FROM events WHERE plan_id = \(planId) AND disk_id IS NOT NULL
+                ORDER BY disk_id, id DESC
+                """).map(Self.eventRecord)
+        }
+        return Dictionary(events.compactMap { event in event.diskId.map { ($0, event) } }, uniquingKeysWith: { $1 })
+    }
+
+    /// Plans and disks by state: two aggregate queries. A state this release does not know
+    /// (written by a newer one) is left out.
+    public func stateCounts() throws -> StateCounts {
+        try read { statements in
+            var plans: [PlanState: Int] = [:]
+            for row in try statements.query("SELECT state, COUNT(*) FROM plans GROUP BY state") {
+                let (state, count) = try row.decode((String, Int64).self)
+                if let known = PlanState(rawValue: state) { plans[known] = Int(count) }
+            }
+            var disks: [DiskState: Int] = [:]
+            for row in try statements.query("SELECT state, COUNT(*) FROM disks GROUP BY state") {
+                let (state, count) = try row.decode((String, Int64).self)
+                if let known = DiskState(rawValue: state) { disks[known] = Int(count) }
+            }
+            return StateCounts(plans: plans, disks: disks)
+        }
+    }
+
+    /// The totals of the plans `filter` selects, in one query of SQL aggregates: each
+    /// completed disk's copy time from two lookups of its events (`events_by_disk`).
+    public func summary(_ filter: PlanFilter) throws -> PlanSummary {
+        var builder = QueryBuilder()
+        let condition = filter.condition(table: "p", &builder)
+        let copyTime = """
+            (SELECT MAX(e.at) FROM events e WHERE e.disk_id = d.id AND e.kind = 'transition' AND e.to_state = 'retiring')
+            - (SELECT MIN(e.at) FROM events e WHERE e.disk_id = d.id
+                AND e.kind = 'transition' AND e.to_state IN ('streaming', 'mirroring'))
+            """
+        builder.sql = """
+            SELECT COUNT(DISTINCT plan_id) AS plans, COUNT(disk_id) AS disks,
+                   COUNT(CASE WHEN completed THEN 1 END) AS completed_disks,
+                   COALESCE(SUM(CASE WHEN completed THEN allocated END), 0)::bigint AS bytes,
+                   COALESCE(SUM(CASE WHEN timed THEN allocated END), 0)::bigint AS timed_bytes,
+                   COALESCE(SUM(CASE WHEN timed THEN seconds END), 0)::double precision AS copy_seconds
+            FROM (SELECT plan_id, disk_id, allocated, seconds, completed,
+                         COALESCE(completed AND allocated IS NOT NULL AND seconds > 0, FALSE) AS timed
+                  FROM (SELECT p.id AS plan_id, d.id AS disk_id, d.allocated_bytes AS allocated,
+                               COALESCE(d.state = 'completed', FALSE) AS completed,
+                               CASE WHEN d.state = 'completed' THEN \(copyTime) END AS seconds
+                        FROM plans p LEFT JOIN disks d ON d.plan_id = p.id
+                        \(condition.isEmpty ? "" : "WHERE " + condition)) AS selected_disks) AS timed_disks
+            """
+        let query = builder.query
+        return try read { statements in
+            guard let row = try statements.row(query) else {
+                return PlanSummary(plans: 0, disks: 0, completedDisks: 0, bytes: 0, timedBytes: 0, copySeconds: 0)
+            }
+            let columns = Columns(row, of: "plans")
+            return PlanSummary(plans: Int(try columns.value("plans", as: Int64.self)), disks: Int(try columns.value("disks", as: Int64.self)),
+                               completedDisks: Int(try columns.value("completed_disks", as: Int64.self)),
+                               bytes: try columns.value("bytes"), timedBytes: try columns.value("timed_bytes"),
+                               copySeconds: try columns.value("copy_seconds"))
+        }
+    }
+}
