@@ -120,8 +120,8 @@ let package = Package(
         .target(
             name: "LivecopyCommands",
             dependencies: [
-                "LivecopyModel", "LivecopyStore", "LivecopyEngine", "LivecopyBackend", "QMPBackend", "LibvirtBackend",
-                "LivecopyMetrics",
+                "LivecopyModel", "LivecopyStore", "LivecopyPostgresStore", "LivecopyEngine", "LivecopyBackend", "QMPBackend",
+                "LibvirtBackend", "LivecopyMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -183,7 +183,8 @@ let package = Package(
         .testTarget(
             name: "LivecopyCommandsTests",
             dependencies: [
-                "LivecopyCommands", "LivecopyEngine", "LivecopyStore", "LivecopyModel", "LivecopyBackend", "QMPBackend", "QMP",
+                "LivecopyCommands", "LivecopyEngine", "LivecopyStore", "LivecopyPostgresStore", "LivecopyModel", "LivecopyBackend",
+                "QMPBackend", "QMP",
                 "InMemoryBackend", "TestSupport", "livecopy",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]),

@@ -2,15 +2,25 @@ import ArgumentParser
 import Foundation
 import LivecopyModel
 import LivecopyEngine
+import LivecopyPostgresStore
 import LivecopyStore
 import Logging
 
 /// Options every subcommand takes.
 struct CommonOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "The state database.", discussion: "Default: $LIVECOPY_DB, else /var/lib/livecopy/livecopy.db.",
-        valueName: "path"))
+        "The state database: a SQLite file, or a fleet store's postgres://USER@HOST[:PORT]/DATABASE URL.",
+        discussion: "Default: $LIVECOPY_DB, else /var/lib/livecopy/livecopy.db. See docs/fleet.md.",
+        valueName: "path|url"))
     var db: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "A fleet store's password, read from this file.",
+        discussion: "Default: $LIVECOPY_DB_PASSWORD_FILE, else $LIVECOPY_DB_PASSWORD.", valueName: "path"))
+    var dbPasswordFile: String?
+
+    /// Whether the database in force is a fleet store (a PostgreSQL URL).
+    var isFleetStore: Bool { PostgresLocation.isPostgresURL(database.path) }
 
     /// The database path in force, and where it comes from (for messages).
     var database: (path: String, source: String) {
@@ -38,6 +48,10 @@ struct CommonOptions: ParsableArguments {
 
     func validate() throws {
         if let db, db.isEmpty { throw ValidationError("--db must not be empty") }
+        if dbPasswordFile != nil && !isFleetStore {
+            printStderr("--db-password-file is for a fleet store (--db postgres://…); \(database.path) is a SQLite file", asError: true)
+            throw ExitCode(ExitStatus.refused)
+        }
         if logLevelInForce == nil {
             // One line and exit 2, as for bad input (a ValidationError adds the usage, exit 64).
             let (source, value) = logLevel.map { ("--log-level", $0) }
@@ -57,19 +71,29 @@ struct CommonOptions: ParsableArguments {
     /// Opens the store (creating it and its directory if missing): for the commands that
     /// record plans.
     func openStore() throws -> any PlanStore {
-        try SQLiteStore(path: absoluteDatabasePath)
+        if isFleetStore { return try openFleetStore() }
+        return try SQLiteStore(path: absoluteDatabasePath)
+    }
+
+    /// The fleet store the URL in force names, connected and its schema up to date.
+    private func openFleetStore() throws -> PostgresStore {
+        let location = try PostgresLocation(url: database.path, passwordFile: dbPasswordFile,
+                                            environment: ProcessInfo.processInfo.environment)
+        return try PostgresStore(location)
     }
 
     /// The store to read only (`validate`): never created nor migrated, nothing written;
     /// an empty one in memory when there is no database (`SQLiteStore.readingOnly`).
-    func openStoreReadingOnly() throws -> SQLiteStore {
-        try SQLiteStore.readingOnly(at: absoluteDatabasePath)
+    func openStoreReadingOnly() throws -> any PlanStore {
+        if isFleetStore { return try openFleetStore() }
+        return try SQLiteStore.readingOnly(at: absoluteDatabasePath)
     }
 
     /// Opens an existing store, for the commands that only read (`status`, `history`,
     /// `show`) or act on a recorded plan: a mistyped `--db` must not create an empty
     /// database that answers "no plans".
     func openExistingStore() throws -> any PlanStore {
+        if isFleetStore { return try openFleetStore() }
         let path = absoluteDatabasePath
         guard FileManager.default.fileExists(atPath: path) else { throw missingDatabase(at: path) }
         return try SQLiteStore(path: path)
@@ -79,6 +103,7 @@ struct CommonOptions: ParsableArguments {
     /// written, not even checkpointed as it closes; no database is the same one-line error
     /// as for `openExistingStore`.
     func openExistingStoreReadingOnly() throws -> any PlanStore {
+        if isFleetStore { return try openFleetStore() }
         let path = absoluteDatabasePath
         guard FileManager.default.fileExists(atPath: path) else { throw missingDatabase(at: path) }
         return try SQLiteStore.readingOnly(at: path, neverCheckpointing: true)
@@ -93,7 +118,7 @@ struct CommonOptions: ParsableArguments {
 /// subcommand's (`CommonOptions`), so given before the subcommand's name they are moved
 /// after it.
 func hoistingCommonOptions(_ arguments: [String]) -> [String] {
-    let names = ["--db", "--log-level"]
+    let names = ["--db", "--db-password-file", "--log-level"]
     var leading: [String] = []
     var rest = arguments[...]
     while let first = rest.first {
