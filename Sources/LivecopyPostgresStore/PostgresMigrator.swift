@@ -99,7 +99,7 @@ struct PostgresMigrator {
     static let migrationLockKey: Int64 = 0x6c69_7665_636f_7079
 
     func migrate(_ store: PostgresStore) throws {
-        try store.transaction { statements in
+        try store.transaction(receipt: false) { statements in
             try statements.execute("SELECT pg_advisory_xact_lock(\(Self.migrationLockKey))")
             try statements.execute("""
                 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -110,7 +110,7 @@ struct PostgresMigrator {
                 """)
         }
         for migration in migrations {
-            try store.transaction { statements in
+            try store.transaction(receipt: false) { statements in
                 try statements.execute("SELECT pg_advisory_xact_lock(\(Self.migrationLockKey))")
                 let applied = try checkApplied(statements)
                 guard !applied.contains(migration.version) else { return }

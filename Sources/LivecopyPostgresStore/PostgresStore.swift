@@ -86,14 +86,16 @@ public final class PostgresStore: FleetStore, Sendable {
     /// leased connection. When the connection is lost the whole transaction runs again on
     /// a new one; when it was lost after COMMIT was sent, the receipt says whether it
     /// committed, and a committed one returns the result `body` gave. An error `body`
-    /// throws rolls the transaction back and is rethrown.
+    /// throws rolls the transaction back and is rethrown. Without `receipt` (the migrations,
+    /// which run before `write_receipts` exists and are idempotent on their own) a lost
+    /// COMMIT runs the transaction again.
     @discardableResult
-    func transaction<T>(_ body: (Statements) throws -> T) throws -> T {
+    func transaction<T>(receipt withReceipt: Bool = true, _ body: (Statements) throws -> T) throws -> T {
         let receipt = UUID()
         var committedResult: T?   // what `body` returned, once COMMIT was sent
         return try retryingConnection { connection in
             let statements = Statements(connection: connection, logger: logger, roundTrips: counter)
-            if let result = committedResult {
+            if let result = committedResult, withReceipt {
                 // The reply to the last COMMIT was lost: did it commit?
                 if try statements.row("SELECT 1 FROM write_receipts WHERE id = \(receipt)") != nil {
                     logger.debug("a lost COMMIT had committed", metadata: ["receipt": "\(receipt)"])
@@ -104,7 +106,9 @@ public final class PostgresStore: FleetStore, Sendable {
             try statements.execute("BEGIN")
             let result: T
             do {
-                try statements.execute("INSERT INTO write_receipts (id, at) VALUES (\(receipt), \(Date().timeIntervalSince1970))")
+                if withReceipt {
+                    try statements.execute("INSERT INTO write_receipts (id, at) VALUES (\(receipt), \(Date().timeIntervalSince1970))")
+                }
                 result = try body(statements)
             } catch {
                 if !PostgresFailure.isConnectionLost(error) { _ = try? statements.execute("ROLLBACK") }

@@ -6,6 +6,7 @@ import Testing
 
 /// A plan not yet final claims its destinations and VM disks. The store checks the claims
 /// in the transaction that records a plan, so two submits at once never both win.
+@Suite(.serialized)
 struct ClaimConflictTests {
     /// A pending plan of one disk.
     static func plan(vm: String, device: String = "drive0", destination: String, state: PlanState = .pending) throws -> NewPlan {
@@ -16,7 +17,7 @@ struct ClaimConflictTests {
 
     /// Inserts `plans` at the same moment from as many threads, each through its own store
     /// (as separate processes would), and returns what each got.
-    static func race(_ stores: [SQLiteStore], _ plans: [NewPlan]) -> [Result<Int64, Error>] {
+    static func race(_ stores: [any PlanStore], _ plans: [NewPlan]) -> [Result<Int64, Error>] {
         let results = ResultsBox(count: plans.count)
         let start = DispatchSemaphore(value: 0)
         let group = DispatchGroup()
@@ -41,11 +42,11 @@ struct ClaimConflictTests {
         var values: [Result<Int64, Error>] { storage.withLock { $0.map { $0! } } }
     }
 
-    @Test(arguments: ["destination", "vm disk"])
-    func ofTwoConcurrentPlansClaimingTheSameThingExactlyOneIsRecorded(claim: String) throws {
-        let scratch = try Scratch()
-        let path = scratch.path + "/livecopy.db"
-        let stores = [try SQLiteStore(path: path), try SQLiteStore(path: path)]
+    @Test(arguments: StoreBackend.allCases, ["destination", "vm disk"])
+    func ofTwoConcurrentPlansClaimingTheSameThingExactlyOneIsRecorded(backend: StoreBackend, claim: String) throws {
+        guard let opened = try backend.open() else { return }
+        defer { opened.close() }
+        let stores = [opened.store, try opened.another()]
         let rounds = 60
         for round in 0..<rounds {
             let plans: [NewPlan]
@@ -72,9 +73,11 @@ struct ClaimConflictTests {
         #expect(try recorded.allSatisfy { try stores[0].disks(ofPlan: $0.id).count == 1 })
     }
 
-    @Test func theRefusalNamesTheDiskAndTheOtherPlanInOneLine() throws {
-        let scratch = try Scratch()
-        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+    @Test(arguments: StoreBackend.allCases)
+    func theRefusalNamesTheDiskAndTheOtherPlanInOneLine(backend: StoreBackend) throws {
+        guard let opened = try backend.open() else { return }
+        defer { opened.close() }
+        let store = opened.store
         let first = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2"), at: Date()).0
         do {
             _ = try store.insertPlan(try Self.plan(vm: "db", destination: "/dst/web.qcow2"), at: Date())
@@ -93,9 +96,11 @@ struct ClaimConflictTests {
         #expect(try store.plans(states: nil, vm: nil, limit: nil).count == 1)
     }
 
-    @Test func onlyDisksNotFinalOfPlansNotFinalClaim() throws {
-        let scratch = try Scratch()
-        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
+    @Test(arguments: StoreBackend.allCases)
+    func onlyDisksNotFinalOfPlansNotFinalClaim(backend: StoreBackend) async throws {
+        guard let opened = try backend.open() else { return }
+        defer { opened.close() }
+        let store = opened.store
         // A refused plan claims nothing, and recording one is never refused.
         _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2", state: .refused), at: Date())
         _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2", state: .refused), at: Date())
@@ -107,24 +112,24 @@ struct ClaimConflictTests {
         #expect(claimed?.kind.claim != nil)
         var disk = disks[0]
         disk.state = .rolledBack
-        try store.save(disk: disk, expecting: .pending, event: nil, at: Date())
+        try await store.save(disk: disk, expecting: .pending, event: nil, at: Date())
         // The plan is not final yet, but its only disk is: nothing is claimed.
         _ = try store.insertPlan(try Self.plan(vm: "web", destination: "/dst/web.qcow2"), at: Date())
         var failed = plan
         failed.state = .running
-        try store.save(plan: failed, expecting: .pending, event: nil, at: Date())
+        try await store.save(plan: failed, expecting: .pending, event: nil, at: Date())
         failed.state = .failed
-        try store.save(plan: failed, expecting: .running, event: nil, at: Date())
+        try await store.save(plan: failed, expecting: .running, event: nil, at: Date())
         // A failed plan's disks that are not final still claim.
         let (_, others) = try store.insertPlan(try Self.plan(vm: "db", destination: "/dst/db.qcow2"), at: Date())
         var stopped = try #require(try store.plans(states: [.pending], vm: "db", limit: 1).first)
         stopped.state = .running
-        try store.save(plan: stopped, expecting: .pending, event: nil, at: Date())
+        try await store.save(plan: stopped, expecting: .pending, event: nil, at: Date())
         stopped.state = .failed
-        try store.save(plan: stopped, expecting: .running, event: nil, at: Date())
+        try await store.save(plan: stopped, expecting: .running, event: nil, at: Date())
         var failedDisk = others[0]
         failedDisk.state = .failed
-        try store.save(disk: failedDisk, expecting: .pending, event: nil, at: Date())
+        try await store.save(disk: failedDisk, expecting: .pending, event: nil, at: Date())
         let stillClaimed = #expect(throws: StoreError.self) {
             try store.insertPlan(try Self.plan(vm: "db", device: "drive0", destination: "/dst/db2.qcow2"), at: Date())
         }

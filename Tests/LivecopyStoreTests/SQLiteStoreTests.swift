@@ -95,13 +95,9 @@ struct MigrationTests {
 }
 
 struct SQLiteStoreTests {
-    /// A pending plan of `disks` disks of VM `vm` (its socket and destinations named after it).
+    /// A pending plan of `disks` disks of VM `vm` (the contract suite's).
     static func newPlan(disks: Int = 2, vm: String = "vm") throws -> NewPlan {
-        NewPlan(name: "t", policyReference: nil, policy: try Policy.resolve(nil), state: .pending,
-                disks: (0..<disks).map {
-                    NewPlan.Disk(vmName: vm, vmAddress: "/\(vm).qmp", device: "drive\($0)", destination: "/\(vm)-d\($0).qcow2",
-                                 source: "/s\($0).qcow2", sourceFormat: "qcow2", qmpDevice: "drive\($0)")
-                })
+        try StoreContractTests.newPlan(disks: disks, vm: vm)
     }
 
     @Test func usesWALFullSyncAndOwnerOnlyPermissions() throws {
@@ -117,28 +113,6 @@ struct SQLiteStoreTests {
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
         let directory = try FileManager.default.attributesOfItem(atPath: scratch.path + "/new")
         #expect((directory[.posixPermissions] as? Int) == 0o700)
-    }
-
-    @Test func recordsPlansDisksAndEvents() throws {
-        let scratch = try Scratch()
-        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
-        let (plan, disks) = try store.insertPlan(try Self.newPlan(), at: Date())
-        #expect(plan.state == .pending)
-        #expect(disks.count == 2)
-        #expect(disks.allSatisfy { $0.state == .pending })
-        var disk = disks[0]
-        disk.state = .snapshotting
-        try store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, from: "pending", to: "snapshotting", detail: "go"), at: Date())
-        #expect(try store.disks(ofPlan: plan.id)[0].state == .snapshotting)
-        #expect(try store.disk(id: disk.id)?.state == .snapshotting)
-        #expect(try store.disk(id: disks[1].id)?.device == "drive1")
-        #expect(try store.disk(id: disks[1].id + 1000) == nil)
-        let events = try store.events(ofPlan: plan.id)
-        #expect(events.count == 2)
-        #expect(events.last?.from == "pending")
-        #expect(events.last?.to == "snapshotting")
-        #expect(events.last?.diskId == disk.id)
-        #expect(try store.plan(id: plan.id)?.policy == (try Policy.resolve(nil)))
     }
 
     @Test func aBatchCommitsEveryCallTogetherAndAConflictInsideItChangesNothing() throws {
@@ -170,76 +144,6 @@ struct SQLiteStoreTests {
         #expect(try store.plans(states: nil, vm: nil, limit: nil).count == 1)
     }
 
-    @Test func aWriteExpectingAnotherStateIsRefusedAndChangesNothing() throws {
-        let scratch = try Scratch()
-        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
-        let (plan, disks) = try store.insertPlan(try Self.newPlan(), at: Date())
-        var disk = disks[0]
-        disk.state = .streaming
-        let conflict = #expect(throws: StoreError.self) {
-            try store.save(disk: disk, expecting: .snapshotting, event: NewEvent(kind: .transition, detail: "x"), at: Date())
-        }
-        #expect(conflict?.kind.name == "conflict")
-        #expect(conflict?.description == "record changed concurrently: disk \(disk.id) is no longer snapshotting")
-        #expect(try store.disks(ofPlan: plan.id)[0].state == .pending)
-        #expect(try store.events(ofPlan: plan.id).count == 1)
-    }
-
-    /// The engine's writes, awaited through the protocol: the same rules as the synchronous
-    /// ones, and a write asked for by a cancelled task still completes.
-    @Test func awaitedWritesKeepTheirRulesAndSurviveCancellation() async throws {
-        let scratch = try Scratch()
-        let concrete = try SQLiteStore(path: scratch.path + "/livecopy.db")
-        let store: any WorkflowStore = concrete
-        let (plan, disks) = try concrete.insertPlan(try Self.newPlan(), at: Date())
-        var disk = disks[0]
-        disk.state = .snapshotting
-        try await store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, detail: "go"), at: Date())
-        let conflict = await #expect(throws: StoreError.self) {
-            try await store.save(disk: disk, expecting: .pending, event: NewEvent(kind: .transition, detail: "again"), at: Date())
-        }
-        #expect(conflict?.kind.name == "conflict")
-        try await store.saveProgress(diskId: disk.id, bytesDone: 5, bytesTotal: 10, at: Date())
-        #expect(try concrete.disk(id: disk.id).map { [$0.bytesDone, $0.bytesTotal] } == [5, 10])
-        try await store.appendEvent(planId: plan.id, diskId: disk.id, event: NewEvent(kind: .note, detail: "noted"), at: Date())
-        let owner = PlanOwner(pid: 42, host: "elsewhere", heartbeat: Date())
-        #expect(try await store.acquireLease(planId: plan.id, owner: owner, isGone: { _ in false }) == nil)
-        #expect(try await store.renewLease(planId: plan.id, owner: owner, at: Date()))
-        let other = PlanOwner(pid: 43, host: "elsewhere", heartbeat: Date())
-        let held = await #expect(throws: StoreError.self) { try await store.acquireLease(planId: plan.id, owner: other, isGone: { _ in false }) }
-        #expect(held?.kind.name == "leaseHeld")
-        #expect(held?.description.hasPrefix("plan \(plan.id) is owned by a live livecopy (") == true)
-        #expect(try await store.renewLease(planId: plan.id, owner: other, at: Date()) == false)
-
-        // A cancelled task's write is not abandoned: the ledger records each step it asked for.
-        var next = disk
-        next.state = .streaming
-        let cancelled = Task {
-            withUnsafeCurrentTask { $0?.cancel() }
-            try await store.save(disk: next, expecting: .snapshotting, event: NewEvent(kind: .transition, detail: "cancelled"), at: Date())
-        }
-        try await cancelled.value
-        try await store.releaseLease(planId: plan.id, owner: owner)
-
-        let saved = try #require(try concrete.disk(id: disk.id))
-        #expect(saved.state == .streaming)
-        #expect(try concrete.owner(ofPlan: plan.id) == nil)
-        #expect(try concrete.events(ofPlan: plan.id).map(\.detail).filter { ["go", "again", "noted", "cancelled"].contains($0) }
-                == ["go", "noted", "cancelled"])
-    }
-
-    @Test func listsPlansNewestFirstWithFilters() throws {
-        let scratch = try Scratch()
-        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
-        let first = try store.insertPlan(try Self.newPlan(), at: Date()).0
-        let other = try Self.newPlan(disks: 1, vm: "other")
-        let second = try store.insertPlan(other, at: Date()).0
-        #expect(try store.plans(states: nil, vm: nil, limit: nil).map(\.id) == [second.id, first.id])
-        #expect(try store.plans(states: nil, vm: "other", limit: nil).map(\.id) == [second.id])
-        #expect(try store.plans(states: nil, vm: nil, limit: 1).map(\.id) == [second.id])
-        #expect(try store.plans(states: [.completed], vm: nil, limit: nil).isEmpty)
-    }
-
     @Test func aFileThatIsNotSQLiteGetsAOneLineError() throws {
         let scratch = try Scratch()
         let path = scratch.path + "/junk.db"
@@ -251,39 +155,6 @@ struct SQLiteStoreTests {
             #expect(error.description.contains("not an SQLite database"), "\(error.description)")
             #expect(!error.description.contains("\n"))
         }
-    }
-}
-
-/// Operator controls (migration 0003): a request changes the plan's setting at once and
-/// stays open until finished, once.
-struct OperatorControlStoreTests {
-    @Test func requestsChangeTheSettingAndAreFinishedOnce() throws {
-        let scratch = try Scratch()
-        let store = try SQLiteStore(path: scratch.path + "/livecopy.db")
-        let (plan, _) = try store.insertPlan(try SQLiteStoreTests.newPlan(), at: Date())
-        #expect(try store.controls(ofPlan: plan.id) == PlanControls())
-
-        let throttle = try store.requestControl(planId: plan.id, .throttle(speed: 20 << 20), by: "pid 1", at: Date())
-        let pause = try store.requestControl(planId: plan.id, .pause, by: "pid 2", at: Date())
-        #expect(try store.controls(ofPlan: plan.id) == PlanControls(speedOverride: 20 << 20, paused: true))
-        #expect(try store.openControlRequests(planId: plan.id).map(\.id) == [throttle.id, pause.id])
-        #expect(try store.openControlRequests(planId: plan.id).first?.action == .throttle(speed: 20 << 20))
-
-        try store.finishControlRequest(id: throttle.id, planId: plan.id, ok: true, outcome: "applied", at: Date())
-        try store.finishControlRequest(id: throttle.id, planId: plan.id, ok: false, outcome: "again", at: Date())
-        let finished = try store.controlRequest(id: throttle.id)
-        #expect(finished?.ok == true)
-        #expect(finished?.outcome == "applied")
-        #expect(try store.openControlRequests(planId: plan.id).map(\.id) == [pause.id])
-
-        _ = try store.requestControl(planId: plan.id, .resume, by: "pid 3", at: Date())
-        _ = try store.requestControl(planId: plan.id, .throttle(speed: 0), by: "pid 3", at: Date())
-        #expect(try store.controls(ofPlan: plan.id) == PlanControls(speedOverride: 0, paused: false))
-        let details = try store.events(ofPlan: plan.id).map(\.detail)
-        #expect(details.contains { $0.hasPrefix("throttle to 20.0 MiB/s requested by pid 1") })
-        #expect(details.filter { $0.contains("request \(throttle.id): ") } == ["request \(throttle.id): applied"])
-        let missing = #expect(throws: StoreError.self) { try store.requestControl(planId: 999, .pause, by: "pid 4", at: Date()) }
-        #expect(missing?.kind.name == "database")
     }
 }
 
