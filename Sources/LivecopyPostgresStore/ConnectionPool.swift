@@ -85,12 +85,14 @@ final class ConnectionPool: Sendable {
             connections.append(connection)
             return true
         }
-        if !kept { connection.close().whenComplete { _ in } }
+        if !kept { discard(connection) }
     }
 
     /// Closes a connection whose state is unknown (it failed mid-way).
+    /// The connection is kept alive until its close completes (postgres-nio asserts that a
+    /// connection is closed before it is deinitialized).
     func discard(_ connection: PostgresConnection) {
-        connection.close().whenComplete { _ in }
+        connection.close().whenComplete { _ in withExtendedLifetime(connection) {} }
     }
 
     /// Closes every idle connection and stops the event loops (blocking).
