@@ -4,6 +4,7 @@
 import Foundation
 import LivecopyEngine
 import LivecopyModel
+import LivecopyPostgresStore
 import LivecopyStore
 import Logging
 import ServiceLifecycle
@@ -91,7 +92,8 @@ final class PlanService: Service, Sendable {
             await group.waitForAll()
         }
         await sessions.closeAll()
-        say("stopped")
+        // A fleet store counts the statements it sent (the benchmark's round trips per disk).
+        say("stopped" + ((store as? PostgresStore).map { " (fleet store round trips: \($0.roundTrips))" } ?? ""))
     }
 
     private var isStopping: Bool { state.withLock { $0.stopping } }
@@ -306,6 +308,6 @@ final class PlanService: Service, Sendable {
     }
 
     private func say(_ message: String) {
-        printStderr("livecopy serve: \(message)")
+        printStderr("livecopy \(fleet == nil ? "serve" : "agent"): \(message)")
     }
 }

@@ -134,7 +134,9 @@ public final class Engine: Sendable {
         guard !plan.state.isFinal else { throw PreflightError("plan \(planId) is \(plan.state.rawValue) already") }
         if let reason = halting.reason { throw DrivingHalted(planId: planId, reason: reason) }
         let claim = PlanOwner(pid: me.pid, host: me.host, heartbeat: Date())
-        if let previous = try await store.acquireLease(planId: planId, owner: claim, isGone: isGoneHere) {
+        // A fleet agent's claim gave the lease to this process already: no takeover then.
+        if let previous = try await store.acquireLease(planId: planId, owner: claim, isGone: isGoneHere),
+           previous.pid != claim.pid || previous.host != claim.host {
             observer.note(nil, "plan \(planId): took over from \(previous), which is gone")
         }
         logger.debug("lease acquired", metadata: ["plan": "\(planId)", "owner": "\(claim)"])

@@ -66,6 +66,12 @@ public final class PostgresStore: FleetStore, Sendable {
         }
     }
 
+    /// A store let go without `shutdown` (a command's, at its end) closes its connections
+    /// itself: PostgresNIO requires every connection closed before it is freed.
+    deinit {
+        shutdown()
+    }
+
     /// Closes the connections and stops the store's threads. The store is unusable afterwards.
     public func shutdown() {
         pool.shutdown()

@@ -18,6 +18,9 @@ public enum Requirement: Sendable, CustomStringConvertible {
     case loopDevice
     /// `python3` on PATH (the hooks of contrib/hooks are Python scripts).
     case python3
+    /// A PostgreSQL server for the fleet store: `LIVECOPY_TEST_POSTGRES` names it (scripts/test
+    /// starts one with scripts/postgres) and `psql` reaches it.
+    case postgres
 
     public var description: String {
         switch self {
@@ -27,6 +30,7 @@ public enum Requirement: Sendable, CustomStringConvertible {
         case .libvirt: return "libvirt (root, and libvirtd answering virsh -c \(Virsh.uri) version)"
         case .loopDevice: return "a loop device (root, and losetup)"
         case .python3: return "python3 (for contrib/hooks)"
+        case .postgres: return "a PostgreSQL server (LIVECOPY_TEST_POSTGRES, as scripts/postgres start prints it)"
         }
     }
 
@@ -50,8 +54,12 @@ public enum Requirement: Sendable, CustomStringConvertible {
         case .python3:
             let found = ["/usr/bin/python3", "/usr/local/bin/python3"].contains { FileManager.default.isExecutableFile(atPath: $0) }
             return found ? nil : "python3 is neither /usr/bin/python3 nor /usr/local/bin/python3 (the PATH hooks run with)"
+        case .postgres:
+            return Self.postgresMissing
         }
     }
+
+    private static let postgresMissing: String? = PostgresServer.missing
 
     private static let chattrWorks: Bool = {
         guard let scratch = try? TemporaryDirectory(prefix: "lc-chattr-probe") else { return false }
