@@ -156,7 +156,7 @@ let package = Package(
         .testTarget(
             name: "LivecopyStoreTests",
             dependencies: [
-                "LivecopyStore", "LivecopyPostgresStore", "LivecopyModel", .product(name: "GRDB", package: "GRDB.swift"),
+                "LivecopyStore", "LivecopyPostgresStore", "LivecopyModel", "TestSupport", .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

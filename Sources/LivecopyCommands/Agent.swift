@@ -40,9 +40,12 @@ struct Agent: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let timeout = Duration.seconds(parsing: leaseTimeout) ?? 15
+            guard daemon.common.isFleetStore else {
+                throw InputError("livecopy agent needs a fleet store: give --db postgres://USER@HOST/DATABASE (or LIVECOPY_DB); \(daemon.common.database.path) is this host's own")
+            }
             return try await daemon.run(fleet: { store in
                 guard let fleetStore = store as? any FleetStore else {
-                    throw InputError("livecopy agent needs a fleet store: give --db postgres://USER@HOST/DATABASE (or LIVECOPY_DB); \(store.location) is this host's own")
+                    throw InputError("livecopy agent needs a fleet store; \(store.location) is not one")
                 }
                 return FleetRole(store: fleetStore, host: host, leaseTimeout: timeout)
             })

@@ -151,9 +151,7 @@ struct Limits: AsyncParsableCommand {
 
 /// The fleet store `--db` names, or a one-line error when it is a single host's store.
 func fleetStore(_ common: CommonOptions) throws -> any FleetStore {
-    let store = try common.openExistingStore()
-    guard let fleet = store as? any FleetStore else {
-        throw InputError("fleet limits live in a fleet store: give --db postgres://USER@HOST/DATABASE (or LIVECOPY_DB); \(store.location) is this host's own")
-    }
+    let refusal = InputError("fleet limits live in a fleet store: give --db postgres://USER@HOST/DATABASE (or LIVECOPY_DB); \(common.database.path) is this host's own")
+    guard common.isFleetStore, let fleet = try common.openExistingStore() as? any FleetStore else { throw refusal }
     return fleet
 }

@@ -25,12 +25,12 @@ struct Submit: AsyncParsableCommand {
             let plan = try Plan.load(path: planPath)
             let planDirectory = URL(fileURLWithPath: planPath).deletingLastPathComponent()
             let policy = try Policy.resolve(plan.policyReference, relativeTo: planDirectory)
+            if !common.isFleetStore, let vm = plan.vms.first(where: { $0.host != nil }) {
+                throw InputError("\(planPath): VM '\(vm.name)' names a host; host: is for a fleet store (--db postgres://…), and \(common.database.path) is this host's own")
+            }
             let store = try common.openStore()
             if store is any FleetStore {
                 return try recordForFleet(plan, policy: policy, store: store)
-            }
-            if let vm = plan.vms.first(where: { $0.host != nil }) {
-                throw InputError("\(planPath): VM '\(vm.name)' names a host; host: is for a fleet store (--db postgres://…), and \(store.location) is this host's own")
             }
 
             if detach {

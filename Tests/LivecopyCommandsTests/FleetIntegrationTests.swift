@@ -152,6 +152,7 @@ struct FleetIntegrationTests {
         let refused = try await fleet.run(["limits", "set", "--host", "beta", "--bandwidth", "4M"])
         #expect(refused.status == 2 && refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
 
+        for host in fleet.hosts { try await host.guestWrite(0x22) }
         let plans = try await fleet.submit()
         for host in fleet.hosts { try fleet.startAgent(host) }
         // While disks wait, status says why; the jobs run at the target's share.
@@ -199,7 +200,7 @@ struct FleetIntegrationTests {
         #expect(perHost.values.allSatisfy { $0 == 0 } && slotsLeft.isEmpty, "every slot was given back: \(slotsLeft)")
         for host in fleet.hosts {
             for vm in host.vms { await vm.stop() }
-            try host.expectDestinationsHoldEverything(written: 0x11)
+            try host.expectDestinationsHoldEverything(written: 0x22)
         }
         try await fleet.stopAgents()
     }

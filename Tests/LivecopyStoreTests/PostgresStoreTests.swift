@@ -4,6 +4,7 @@ import LivecopyPostgresStore
 @testable import LivecopyPostgresStore
 import PostgresNIO
 import Synchronization
+import TestSupport
 import Testing
 
 /// What only the PostgreSQL store does: TLS, its migrations, host leases, claims of plans
@@ -260,17 +261,8 @@ struct PostgresStoreTests {
         let counts = Mutex<(host: Int, target: Int)>((0, 0))
     }
 
-    /// `scripts/postgres restart`, as the test's server was started.
+    /// `scripts/postgres restart` of the test's server (the cluster `scripts/test` started).
     static func restartServer() throws {
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("scripts/postgres").path
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: script)
-        process.arguments = ["restart"]
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw StoreError("scripts/postgres restart exited with \(process.terminationStatus)")
-        }
+        try PostgresServer.restart()
     }
 }

@@ -57,8 +57,25 @@ public enum PostgresServer {
         guard let directory = clusterDirectory else { throw PostgresServerError(message: "no cluster directory") }
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/postgres").path
-        let result = try QEMUTools.run(script, ["restart", directory])
-        guard result.status == 0 else { throw PostgresServerError(message: "scripts/postgres restart: \(result.stderr)") }
+        // Output to a file, not a pipe: the restarted server must hold nothing this process
+        // waits on (scripts/postgres closes what it inherits, and this keeps it so).
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("lc-pg-restart-\(UUID().uuidString)")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: log) }
+        let output = try FileHandle(forWritingTo: log)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: script)
+        process.arguments = ["restart", directory]
+        process.standardOutput = output
+        process.standardError = output
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        try? output.close()
+        guard process.terminationStatus == 0 else {
+            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            throw PostgresServerError(message: "scripts/postgres restart exited with \(process.terminationStatus): \(text)")
+        }
     }
 
     /// Runs one SQL command with psql against `url`; psql's output and status.
