@@ -28,15 +28,11 @@ public struct PostgresMigration: Sendable, Equatable {
         SHA256.hash(data: Data(sql.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 
-    /// Parses `0001_fleet.sql` into version 1, name `fleet`.
+    /// Parses the file `0001_fleet.sql` into version 1, name `fleet`.
     public init?(fileName: String, sql: String) {
-        guard fileName.hasSuffix(".sql") else { return nil }
-        let stem = fileName.dropLast(4)
-        guard let underscore = stem.firstIndex(of: "_"), let version = Int(stem[..<underscore]), version > 0 else {
-            return nil
-        }
-        self.version = version
-        self.name = String(stem[stem.index(after: underscore)...])
+        guard let parsed = MigrationFileName(fileName) else { return nil }
+        self.version = parsed.version
+        self.name = parsed.name
         self.sql = sql
     }
 

@@ -23,15 +23,11 @@ public struct Migration: Sendable, Equatable {
         return String(format: "%016llx", hash)
     }
 
-    /// Parses `0003_add_lease.sql` into version 3, name `add_lease`.
+    /// Parses the file `0003_add_lease.sql` into version 3, name `add_lease`.
     public init?(fileName: String, sql: String) {
-        guard fileName.hasSuffix(".sql") else { return nil }
-        let stem = fileName.dropLast(4)
-        guard let underscore = stem.firstIndex(of: "_"), let version = Int(stem[..<underscore]), version > 0 else {
-            return nil
-        }
-        self.version = version
-        self.name = String(stem[stem.index(after: underscore)...])
+        guard let parsed = MigrationFileName(fileName) else { return nil }
+        self.version = parsed.version
+        self.name = parsed.name
         self.sql = sql
     }
 

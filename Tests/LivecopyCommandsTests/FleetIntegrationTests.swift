@@ -231,6 +231,28 @@ struct FleetIntegrationTests {
         try await fleet.stopAgents()
     }
 
+    @Test(.timeLimit(.minutes(4)))
+    func aPlanItsHostRefusesIsRecordedRefusedWithTheReasonWhileTheOthersGoOn() async throws {
+        let fleet = try FleetRig("lc-fleet-refused", policy: "retire_source: rename\nverify: none\n")
+        let alpha = try fleet.addHost("alpha", vmCount: 1, dataMiB: 4)
+        let beta = try fleet.addHost("beta", vmCount: 1, dataMiB: 4)
+        defer { fleet.remove() }
+        // beta's destination exists already: only beta's own preflight, on its host, can tell.
+        try QEMUImage.create(beta.destinations[0], size: "1M")
+        let plans = try await fleet.submit()
+        for host in fleet.hosts { try fleet.startAgent(host) }
+        let betaPlan = try #require(plans["beta"])
+        try await fleet.waitForPlan(betaPlan, .refused)
+        try await fleet.waitForPlan(try #require(plans["alpha"]), .completed)
+        let refused = try #require(try fleet.store().plan(id: betaPlan))
+        #expect(refused.error?.contains(beta.destinations[0]) == true, "the reason names the destination: \(refused.error ?? "")")
+        let history = try await fleet.run(["history", "--state", "refused"])
+        #expect(history.stdout.contains("on host beta") && history.stdout.contains("error:"), "\(history.stdout)")
+        for vm in alpha.vms { await vm.stop() }
+        try alpha.expectDestinationsHoldEverything(written: 0x11, guestWrote: false)
+        try await fleet.stopAgents()
+    }
+
     /// The value of `name=VALUE` in a slot event's detail.
     static func token(_ name: String, in detail: String) -> String? {
         detail.split(separator: " ").first { $0.hasPrefix("\(name)=") }.map { String($0.dropFirst(name.count + 1)) }

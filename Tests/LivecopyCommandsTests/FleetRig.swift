@@ -70,10 +70,13 @@ final class FleetRig {
         }
 
         /// Every destination reads back the offline data and the guest's writes, and stands alone.
-        func expectDestinationsHoldEverything(written pattern: UInt8, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        /// `guestWrote: false`: no guest write was made (zeroes at 40 MiB).
+        func expectDestinationsHoldEverything(written pattern: UInt8, guestWrote: Bool = true,
+                                              sourceLocation: SourceLocation = #_sourceLocation) throws {
             for destination in destinations {
                 let checks: [(UInt8, String, String)] = [(0x11, "0", "1M"), (pattern, "1M", "64k"),
-                                                         (0x11, "1088k", "\(dataMiB * 1024 - 1088)k"), (pattern, "40M", "64k")]
+                                                         (0x11, "1088k", "\(dataMiB * 1024 - 1088)k"),
+                                                         (guestWrote ? pattern : 0, "40M", "64k")]
                 let result = try RecoveryIntegrationTests.verify(destination, checks)
                 #expect(result.ok, "host \(name): \(destination) lacks data:\n\(result.output)", sourceLocation: sourceLocation)
                 let info = try QEMUImage.info(destination)
@@ -206,15 +209,7 @@ final class FleetRig {
         let store = try self.store()
         for planId in plans {
             let events = try store.events(ofPlan: planId)
-            let transitions = events.filter { $0.kind == .transition }
-            for subject in Set(transitions.map(\.diskId)) {
-                let chain = transitions.filter { $0.diskId == subject }
-                let text = chain.map { "\($0.from ?? "∅")→\($0.to ?? "∅")" }.joined(separator: ", ")
-                for (previous, next) in zip(chain, chain.dropFirst()) {
-                    #expect(next.from == previous.to, "plan \(planId) \(subject.map { "disk \($0)" } ?? "plan"): \(text)",
-                            sourceLocation: sourceLocation)
-                }
-            }
+            RecoveryIntegrationTests.expectUnbrokenChains(events, "plan \(planId)", sourceLocation: sourceLocation)
             let intents = events.filter { $0.kind == .intent }.map { "\($0.diskId ?? 0) \($0.detail)" }
             #expect(Set(intents).count == intents.count, "plan \(planId): an intent recorded twice: \(intents)",
                     sourceLocation: sourceLocation)

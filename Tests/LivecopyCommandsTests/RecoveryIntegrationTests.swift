@@ -972,6 +972,20 @@ struct RecoveryIntegrationTests {
         return (ok, output)
     }
 
+    /// The transitions among `events`, of the plan and of each disk, form one unbroken chain
+    /// each (each starts where the previous ended).
+    static func expectUnbrokenChains(_ events: [EventRecord], _ context: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        let transitions = events.filter { $0.kind == .transition }
+        for subject in Set(transitions.map(\.diskId)) {
+            let chain = transitions.filter { $0.diskId == subject }
+            let text = chain.map { "\($0.from ?? "∅")→\($0.to ?? "∅")" }.joined(separator: ", ")
+            for (previous, next) in zip(chain, chain.dropFirst()) {
+                #expect(next.from == previous.to, "[\(context)] \(subject.map { "disk \($0)" } ?? "plan"): \(text)",
+                        sourceLocation: sourceLocation)
+            }
+        }
+    }
+
     static func hex(_ pattern: UInt8) -> String {
         let digits = String(pattern, radix: 16)
         return "0x" + (digits.count == 1 ? "0" + digits : digits)
@@ -1098,16 +1112,8 @@ struct RecoveryIntegrationTests {
         /// The timeline of the plan and of each disk is one unbroken chain of transitions
         /// (each starts where the previous ended): no step was recorded twice or skipped.
         func expectUnbrokenTimeline(_ context: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-            let planId = try planId()
-            let transitions = try store().events(ofPlan: planId).filter { $0.kind == .transition }
-            for subject in Set(transitions.map(\.diskId)) {
-                let chain = transitions.filter { $0.diskId == subject }
-                let text = chain.map { "\($0.from ?? "∅")→\($0.to ?? "∅")" }.joined(separator: ", ")
-                for (previous, next) in zip(chain, chain.dropFirst()) {
-                    #expect(next.from == previous.to, "[\(context)] \(subject.map { "disk \($0)" } ?? "plan"): \(text)",
-                            sourceLocation: sourceLocation)
-                }
-            }
+            RecoveryIntegrationTests.expectUnbrokenChains(try store().events(ofPlan: try planId()), context,
+                                                          sourceLocation: sourceLocation)
         }
 
         /// The id of the (only) plan.
