@@ -38,6 +38,14 @@ enum PlanText {
         return "    \(detail)"
     }
 
+    /// A fleet store's agents, one line a host: who holds its lease and how fresh it is.
+    static func agents(_ leases: [HostLeaseRecord], now: Date) -> [String] {
+        leases.map { lease in
+            let age = String(format: "%.1f", now.timeIntervalSince(lease.heartbeat))
+            return "agent of host \(lease.host): pid \(lease.agent.pid) on \(lease.agent.machine), heartbeat \(age) s ago"
+        }
+    }
+
     /// The operator's settings (`livecopy throttle`, `pause`), or nil when none is set.
     static func controls(_ controls: PlanControls, planId: Int64) -> String? {
         var parts: [String] = []

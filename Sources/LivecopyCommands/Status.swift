@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import LivecopyEngine
 import LivecopyModel
 
@@ -37,6 +38,8 @@ struct Status: AsyncParsableCommand {
                 return ExitStatus.success
             }
             let quarantine = PlanText.quarantine(try store.quarantineSummary())
+            let agents = try (store as? any FleetStore).map { PlanText.agents(try $0.hostLeases(), now: Date()) } ?? []
+            defer { for line in agents { print(line) } }
             if plans.isEmpty {
                 print("no plan in progress")
                 if let quarantine { print(quarantine) }

@@ -17,7 +17,7 @@ import Foundation
 ///   hold at every moment, across every agent.
 public protocol FleetStore: PlanStore {
     /// Takes host `host`'s agent lease for `agent`, or renews it if `agent` holds it. A lease
-    /// whose heartbeat is older than `timeout` is taken over (recorded in `agentEvents`).
+    /// whose heartbeat is older than `timeout` is taken over (logged at notice level).
     func holdHostLease(host: String, agent: AgentIdentity, timeout: TimeInterval, at: Date) async throws -> HostLease
 
     /// Gives host `host`'s lease up if `agent` holds it.

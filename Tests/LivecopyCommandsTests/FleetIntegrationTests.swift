@@ -45,6 +45,10 @@ struct FleetIntegrationTests {
         // status and history read the fleet store from any machine.
         let status = try await fleet.run(["status"])
         #expect(status.status == 0 && status.stdout.contains("no plan in progress"), "\(status.stdout)\n\(status.stderr)")
+        for host in hosts {
+            let pid = try #require(host.agents.first).process.processIdentifier
+            #expect(status.stdout.contains("agent of host \(host.name): pid \(pid) on "), "status names each host's agent:\n\(status.stdout)")
+        }
         let history = try await fleet.run(["history"])
         #expect(history.status == 0, "\(history.stderr)")
         for host in hosts { #expect(history.stdout.contains("on host \(host.name)"), "history:\n\(history.stdout)") }
