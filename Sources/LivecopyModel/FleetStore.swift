@@ -49,6 +49,51 @@ public protocol FleetStore: PlanStore {
 
     /// The slots held now.
     func copySlots() throws -> [CopySlot]
+
+    /// What may let a waiting disk fit, as it happens: a slot given back, a limit changed.
+    /// It tells every process listening, at once (PostgreSQL's LISTEN/NOTIFY), so a waiting
+    /// disk asks for its slot again when one may be free rather than on a timer. After a
+    /// lost connection it yields `.anything` (what happened meanwhile is not known). It ends
+    /// when the listening task is cancelled.
+    func copySlotChanges() -> AsyncStream<CopySlotChange>
+}
+
+/// What `copySlotChanges` tells.
+public enum CopySlotChange: Sendable, Equatable {
+    /// A slot of `host` was given back; it counted against `target`'s limit (nil: none).
+    case released(host: String, target: String?)
+    /// A limit changed, or the listener reconnected: any waiting disk may fit now.
+    case anything
+
+    /// The notification's text: `host=NAME target=PATH` (`target=-` for none), or `anything`.
+    public var payload: String {
+        switch self {
+        case .released(let host, let target): return "host=\(host) target=\(target ?? "-")"
+        case .anything: return "anything"
+        }
+    }
+
+    /// Parses `payload`; anything it cannot read is `.anything`.
+    public init(payload: String) {
+        let fields = Dictionary(payload.split(separator: " ").compactMap { field -> (String, String)? in
+            guard let equals = field.firstIndex(of: "=") else { return nil }
+            return (String(field[..<equals]), String(field[field.index(after: equals)...]))
+        }, uniquingKeysWith: { first, _ in first })
+        guard let host = fields["host"], let target = fields["target"] else {
+            self = .anything
+            return
+        }
+        self = .released(host: host, target: target == "-" ? nil : target)
+    }
+
+    /// Whether a disk of `host` copying to `destination`, waiting, may fit after this.
+    public func mayAdmit(host: String, destination: String) -> Bool {
+        switch self {
+        case .anything: return true
+        case .released(let releasedHost, let target):
+            return releasedHost == host || target.map { destination.hasPrefix($0 + "/") } == true
+        }
+    }
 }
 
 /// One agent process: the host it drives, and which process it is.

@@ -77,6 +77,14 @@ final class ConnectionPool: Sendable {
         return try PostgresConnection.connect(on: group.next(), configuration: configuration, id: id, logger: logger).wait()
     }
 
+    /// A connection of its own, never pooled (a listener holds it), connected without
+    /// blocking a thread. `discard` closes it.
+    func connectDedicated() async throws -> PostgresConnection {
+        if isShutDown.load(ordering: .relaxed) { throw StoreError("the PostgreSQL store is shut down") }
+        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        return try await PostgresConnection.connect(on: group.next(), configuration: configuration, id: id, logger: logger).get()
+    }
+
     /// Keeps a healthy connection for the next caller.
     func giveBack(_ connection: PostgresConnection) {
         guard !connection.isClosed else { return }

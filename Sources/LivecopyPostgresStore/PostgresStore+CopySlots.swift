@@ -21,6 +21,42 @@ extension PostgresStore {
                 SET max_disks = EXCLUDED.max_disks, bandwidth = EXCLUDED.bandwidth, updated_at = EXCLUDED.updated_at
                 """)
         }
+        try transaction { statements in try Self.notifySlotChange(statements, .anything) }
+    }
+
+    /// The channel of `copySlotChanges`.
+    static let slotChannel = "livecopy_copy_slots"
+
+    private static func notifySlotChange(_ statements: Statements, _ change: CopySlotChange) throws {
+        _ = try statements.row("SELECT pg_notify(\(slotChannel), \(change.payload))")
+    }
+
+    public func copySlotChanges() -> AsyncStream<CopySlotChange> {
+        AsyncStream { continuation in
+            let task = Task { [pool, logger] in
+                var delay = 0.1
+                while !Task.isCancelled {
+                    do {
+                        let connection = try await pool.connectDedicated()
+                        defer { pool.discard(connection) }
+                        // (Re)connected: what was released meanwhile is not known.
+                        continuation.yield(.anything)
+                        delay = 0.1
+                        for try await notification in try await connection.listen(Self.slotChannel) {
+                            continuation.yield(CopySlotChange(payload: notification.payload))
+                        }
+                    } catch {
+                        if Task.isCancelled { break }
+                        logger.debug("listening for copy slot changes failed; listening again",
+                                     metadata: ["reason": "\(PostgresFailure.reason(error))"])
+                    }
+                    try? await Task.sleep(for: .seconds(delay))
+                    delay = min(delay * 2, 2)
+                }
+                continuation.finish()
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
     }
 
     public func limits() throws -> [FleetLimit] {
@@ -96,6 +132,8 @@ extension PostgresStore {
             try Self.insertEvent(statements, planId: slot.planId, diskId: diskId,
                                  event: NewEvent(kind: .note, detail: "copy slot released: host=\(slot.host) target=\(slot.target ?? "-")"),
                                  at: at)
+            // Delivered at COMMIT to every listener (`copySlotChanges`).
+            try Self.notifySlotChange(statements, .released(host: slot.host, target: slot.target))
         }
     }
 

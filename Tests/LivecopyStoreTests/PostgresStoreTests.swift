@@ -219,6 +219,27 @@ struct PostgresStoreTests {
         #expect(notes == ["copy slot taken: host=a (1 of 1) target=-, no speed cap"])
     }
 
+    @Test(.timeLimit(.minutes(2)))
+    func listenersAreToldOfEachReleaseAndLimitChange() async throws {
+        guard let (database, store) = try Self.open() else { return }
+        defer { store.shutdown(); database.drop() }
+        let other = try PostgresStore(database.location)  // another agent's store
+        defer { other.shutdown() }
+        try store.setLimit(FleetLimit(scope: .target("/srv/b"), maxDisks: 1, bandwidth: nil), at: Date())
+        let (_, disks) = try store.insertPlan(try Self.plan(host: "a", vm: "vm", destinationDirectory: "/srv/b"), at: Date())
+        var changes = other.copySlotChanges().makeAsyncIterator()
+        #expect(await changes.next() == .anything, "connected: anything may have changed meanwhile")
+        let request = CopySlotRequest(diskId: disks[0].id, planId: disks[0].planId, host: "a", destination: disks[0].destination)
+        #expect(try await store.takeCopySlot(request, at: Date()) == .granted(speedCap: nil))
+        try await store.releaseCopySlot(diskId: disks[0].id, at: Date())
+        let released = await changes.next()
+        #expect(released == .released(host: "a", target: "/srv/b"))
+        #expect(released?.mayAdmit(host: "z", destination: "/srv/b/x.qcow2") == true, "a disk of the same target may fit")
+        #expect(released?.mayAdmit(host: "z", destination: "/srv/bb/x.qcow2") == false, "another target's may not")
+        try store.setLimit(FleetLimit(scope: .host("a"), maxDisks: 2, bandwidth: nil), at: Date())
+        #expect(await changes.next() == .anything, "a limit changed")
+    }
+
     /// Writes issued while the server restarts all succeed, each exactly once.
     @Test func writesAcrossAServerRestartSucceedExactlyOnce() async throws {
         guard let (database, store) = try Self.open(reconnectFor: 60) else { return }
