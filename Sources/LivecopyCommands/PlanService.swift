@@ -272,7 +272,7 @@ final class PlanService: Service, Sendable {
         notifier.stopping(status: "stopping: \(count) plan(s) left running in QEMU")
         say("stopping: \(count) plan(s) being driven; their QEMU jobs run on, and the next start re-attaches")
         await limits.budget.freeze()
-        await haltDriving(reason: "livecopy serve stopped")
+        await haltDriving(reason: "livecopy \(fleet == nil ? "serve" : "agent") stopped")
         if let fleet, state.withLock({ $0.holdsHost }) {
             try? await fleet.store.releaseHostLease(host: fleet.host, agent: fleet.agent)
         }
