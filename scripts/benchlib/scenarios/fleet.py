@@ -235,10 +235,11 @@ class FleetScenario:
         return result
 
     def _max_concurrent(self, cluster, id_list):
-        """The most slots any host held at once, replayed from the slot events."""
+        """The most slots any host held at once, replayed from the slot events in id order (the
+        order they were inserted under the host's lock; their `at` is read before the lock)."""
         rows = cluster.sql(
             f"SELECT at, detail FROM events WHERE plan_id IN ({id_list}) AND disk_id IS NOT NULL AND (detail LIKE 'copy slot taken:%' "
-            "OR detail LIKE 'copy slot released:%') ORDER BY at, id")
+            "OR detail LIKE 'copy slot released:%') ORDER BY id")
         held, most = {}, 0
         for _, detail in rows:
             match = re.search(r"host=(\S+)", detail)

@@ -17,16 +17,20 @@ from .shared import in_scratch
 
 DAY = 86_400.0
 SPAN_DAYS = 365
-POLICY_JSON = ('{"strategy":"stream","speed":0,"max_parallel_disks":4,"retire_source":"quarantine",'
-               '"quarantine_for":604800,"verify":"sample","verify_sample":0.01,"snapshot_dir":"same",'
-               '"progress_interval":5,"after_restart":"resume","on_error":"rollback"}')
+# A real policy_json (the default policy, as `submit` records it).
+POLICY_JSON = ('{"qmp_retry_backoff":0.5,"copy_mode":"background","on_unverifiable":"keep_source","on_error":"enospc",'
+               '"strategy":"stream","max_parallel_disks":4,"progress_interval":1,"qmp_retries":3,"command_timeout":30,'
+               '"speed":0,"retire_source":"rename","quarantine_for":86400,"allow_shared_socket":false,'
+               '"io_error_wait":300,"on_failure":"stop","after_restart":"resume","verify":"sample","space_margin":1.1,'
+               '"verify_sample":"1%","hooks":{"commands":{},"onSwitchFailure":"rollback","timeout":60}}')
 
 # Plans 1..N, created one after the other over SPAN_DAYS days up to `now`; the newest
 # `unfinished` plans are running, pending or failed (a third each), the rest completed but
 # for 1% rolled back and 0.1% refused. 4 disks each; a finished disk has the 8 events a
 # fleet agent's forward copy writes (slot taken, pending→snapshotting, intent and outcome of
 # the snapshot, snapshotting→streaming, streaming→retiring, retiring→completed, slot
-# released; a rolled-back one rolls back instead of retiring), a plan its 2 transitions.
+# released; a rolled-back one rolls back instead of retiring; the copy lasts its allocated
+# bytes at 200 MiB/s), a plan its 2 transitions.
 SYNTH_SQL = """
 SET maintenance_work_mem = '512MB';
 SET synchronous_commit = off;
@@ -34,8 +38,8 @@ BEGIN;
 INSERT INTO plans (id, name, policy_reference, policy_json, state, created_at, finished_at, error, host,
                    owner_pid, owner_host, owner_heartbeat)
 OVERRIDING SYSTEM VALUE
-SELECT g, 'evacuate-' || g, 'default', '{policy}', state, created,
-       CASE WHEN state IN ('running', 'pending') THEN NULL ELSE created + 180 END,
+SELECT g, 'evacuate-' || g, NULL, '{policy}', state, created,
+       CASE WHEN state IN ('running', 'pending') THEN NULL ELSE created + 600 END,
        CASE state WHEN 'failed' THEN 'disk drive0 failed: block-stream: Input/output error'
                   WHEN 'refused' THEN 'preflight: VM vm-' || g || ' is not running' END,
        'host-' || (g % 100),
@@ -65,7 +69,7 @@ SELECT (p.id - 1) * 4 + k + 1, p.id, 'vm-' || ((p.id * 4 + k) % 20000),
        CASE WHEN p.state = 'completed' THEN a.bytes WHEN p.state = 'running' AND k < 2 THEN a.bytes / 3 ELSE 0 END,
        a.bytes,
        CASE WHEN p.state = 'running' AND k < 2 THEN 'block-stream' END,
-       p.state NOT IN ('refused', 'pending'), p.created_at + 30 * k + 25, 'stream', 'qcow2', a.bytes
+       p.state NOT IN ('refused', 'pending'), p.created_at + 30 * k + 400, 'stream', 'qcow2', a.bytes
 FROM plans p CROSS JOIN generate_series(0, 3) AS k
      CROSS JOIN LATERAL (SELECT ((8 + (p.id * 4 + k) % 57)::bigint << 30) AS bytes) AS a;
 SELECT setval(pg_get_serial_sequence('disks', 'id'), {plans} * 4);
@@ -73,7 +77,9 @@ SELECT setval(pg_get_serial_sequence('disks', 'id'), {plans} * 4);
 DROP INDEX events_by_plan;
 DROP INDEX events_by_disk;
 INSERT INTO events (plan_id, disk_id, at, kind, from_state, to_state, detail)
-SELECT d.plan_id, d.id, p.created_at + 30 * ((d.id - 1) % 4) + 3 * s,
+SELECT d.plan_id, d.id,
+       p.created_at + 30 * ((d.id - 1) % 4)
+           + CASE WHEN s < 5 THEN 3 * s ELSE 12 + d.allocated_bytes / 209715200.0 + 3 * (s - 5) END,
        CASE WHEN s IN (0, 7) THEN 'note' WHEN s = 2 THEN 'intent' WHEN s = 3 THEN 'outcome' ELSE 'transition' END,
        CASE s WHEN 1 THEN 'pending' WHEN 4 THEN 'snapshotting' WHEN 5 THEN 'streaming'
               WHEN 6 THEN CASE WHEN d.state = 'rolled_back' THEN 'rolling_back' ELSE 'retiring' END END,
@@ -89,7 +95,7 @@ FROM disks d JOIN plans p ON p.id = d.plan_id CROSS JOIN generate_series(0, 7) A
 WHERE (d.state IN ('completed', 'rolled_back') AND p.state IN ('completed', 'rolled_back', 'failed'))
    OR (d.state IN ('streaming', 'failed') AND s < 5);
 INSERT INTO events (plan_id, disk_id, at, kind, from_state, to_state, detail)
-SELECT p.id, NULL, p.created_at + CASE WHEN s = 0 THEN 1 ELSE 180 END, 'transition',
+SELECT p.id, NULL, p.created_at + CASE WHEN s = 0 THEN 1 ELSE 600 END, 'transition',
        CASE WHEN s = 0 THEN 'pending' ELSE 'running' END, CASE WHEN s = 0 THEN 'running' ELSE p.state END, ''
 FROM plans p CROSS JOIN generate_series(0, 1) AS s
 WHERE p.state NOT IN ('pending', 'refused') AND (s = 0 OR p.state <> 'running');
@@ -241,11 +247,14 @@ class FleetStoreAtScale:
         """Runs each command once more with auto_explain logging every statement's plan with
         ANALYZE and BUFFERS; returns them, by command, from the server's log."""
         log_path = os.path.join(cluster.directory, "server.log")
-        for setting in ("session_preload_libraries = 'auto_explain'", "auto_explain.log_min_duration = 0",
-                        "auto_explain.log_analyze = on", "auto_explain.log_buffers = on",
-                        "auto_explain.log_timing = on", "auto_explain.log_nested_statements = on"):
-            cluster.psql_once(f"ALTER SYSTEM SET {setting}")
-        cluster.psql_once("SELECT pg_reload_conf()")
+        settings = ["session_preload_libraries = 'auto_explain'", "auto_explain.log_min_duration = 0",
+                    "auto_explain.log_analyze = on", "auto_explain.log_buffers = on",
+                    "auto_explain.log_timing = on", "auto_explain.log_nested_statements = on"]
+        # ALTER SYSTEM knows auto_explain's settings only once the module is loaded.
+        argv = cluster.psql_argv() + ["-q", "-v", "ON_ERROR_STOP=1", "-c", "LOAD 'auto_explain'"]
+        for setting in settings:
+            argv += ["-c", f"ALTER SYSTEM SET {setting}"]
+        run(argv + ["-c", "SELECT pg_reload_conf()"])
         time.sleep(0.5)
         sections = []
         for label, argv, _ in commands:
