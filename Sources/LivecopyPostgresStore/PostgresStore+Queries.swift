@@ -73,7 +73,16 @@ extension PostgresStore {
     public func plans(_ filter: PlanFilter, limit: Int?) throws -> [PlanRecord] {
         var builder = QueryBuilder()
         let condition = filter.condition(table: "plans", &builder)
-        builder.sql = "SELECT * FROM plans" + (condition.isEmpty ? "" : " WHERE " + condition) + " ORDER BY id DESC"
+        if filter.createdFrom != nil || filter.createdBefore != nil {
+            // A time range is selected first, through plans_by_created_at, then sorted. Given
+            // `ORDER BY id DESC LIMIT n` directly, the planner walks the primary key backwards
+            // and filters, not knowing that ids grow with created_at: a day in the middle of a
+            // 250,000-plan store read 124,000 plans (68 ms) to find 20.
+            builder.sql = "WITH selected AS MATERIALIZED (SELECT * FROM plans WHERE " + condition
+                + ") SELECT * FROM selected ORDER BY id DESC"
+        } else {
+            builder.sql = "SELECT * FROM plans" + (condition.isEmpty ? "" : " WHERE " + condition) + " ORDER BY id DESC"
+        }
         if let limit { builder.sql += " LIMIT \(builder.bind(limit))" }
         let query = builder.query
         return try read { statements in try statements.query(query).map(Self.planRecord) }
@@ -110,15 +119,13 @@ extension PostgresStore {
     }
 
     /// The totals of the plans `filter` selects, in one query of SQL aggregates: each
-    /// completed disk's copy time from two lookups of its events (`events_by_disk`).
+    /// completed disk's copy time from one lookup of its transitions, answered by the
+    /// partial index `events_disk_transitions` alone (migration 0002). The lookup is a
+    /// LATERAL join, so it runs once per disk: as a scalar subquery referenced by the outer
+    /// aggregates it was pulled up and evaluated once per reference (6 lookups a disk).
     public func summary(_ filter: PlanFilter) throws -> PlanSummary {
         var builder = QueryBuilder()
         let condition = filter.condition(table: "p", &builder)
-        let copyTime = """
-            (SELECT MAX(e.at) FROM events e WHERE e.disk_id = d.id AND e.kind = 'transition' AND e.to_state = 'retiring')
-            - (SELECT MIN(e.at) FROM events e WHERE e.disk_id = d.id
-                AND e.kind = 'transition' AND e.to_state IN ('streaming', 'mirroring'))
-            """
         builder.sql = """
             SELECT COUNT(DISTINCT plan_id) AS plans, COUNT(disk_id) AS disks,
                    COUNT(CASE WHEN completed THEN 1 END) AS completed_disks,
@@ -128,9 +135,14 @@ extension PostgresStore {
             FROM (SELECT plan_id, disk_id, allocated, seconds, completed,
                          COALESCE(completed AND allocated IS NOT NULL AND seconds > 0, FALSE) AS timed
                   FROM (SELECT p.id AS plan_id, d.id AS disk_id, d.allocated_bytes AS allocated,
-                               COALESCE(d.state = 'completed', FALSE) AS completed,
-                               CASE WHEN d.state = 'completed' THEN \(copyTime) END AS seconds
+                               COALESCE(d.state = 'completed', FALSE) AS completed, copy.seconds
                         FROM plans p LEFT JOIN disks d ON d.plan_id = p.id
+                        LEFT JOIN LATERAL (
+                            SELECT MAX(e.at) FILTER (WHERE e.to_state = 'retiring')
+                                   - MIN(e.at) FILTER (WHERE e.to_state IN ('streaming', 'mirroring')) AS seconds
+                            FROM events e
+                            WHERE e.disk_id = d.id AND e.kind = 'transition' AND d.state = 'completed'
+                                AND e.to_state IN ('retiring', 'streaming', 'mirroring')) AS copy ON TRUE
                         \(condition.isEmpty ? "" : "WHERE " + condition)) AS selected_disks) AS timed_disks
             """
         let query = builder.query

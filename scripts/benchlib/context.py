@@ -32,7 +32,7 @@ class Context:
         verdict = "—" if met is None else ("met" if met else "**missed**")
         self.summary.append((figure, measure, value, target, verdict))
 
-    def prepare(self):
+    def prepare(self, needs_benchkit=True):
         os.makedirs(self.work, exist_ok=True)
         # Unix socket paths are limited to 107 bytes.
         if len(os.path.join(self.work, "one-disk-uncapped", "p00-livecopy", "vm.admin.qmp")) > 100:
@@ -41,7 +41,8 @@ class Context:
             if not shutil.which(tool):
                 raise BenchError(f"{tool} is missing; run scripts/install-deps")
         self.livecopy, self.livecopy_origin = self._binary("livecopy", "BENCH_LIVECOPY")
-        self.benchkit, self.benchkit_origin = self._binary("livecopy-benchkit", "BENCH_BENCHKIT")
+        if needs_benchkit:  # only store-at-scale and recovery-at-scale use it
+            self.benchkit, self.benchkit_origin = self._binary("livecopy-benchkit", "BENCH_BENCHKIT")
 
     def _binary(self, product, variable):
         given = os.environ.get(variable)

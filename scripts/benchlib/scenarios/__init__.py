@@ -12,3 +12,5 @@ from . import mirror  # noqa: F401
 from . import validate_eta  # noqa: F401
 from . import serve_budget  # noqa: F401
 from . import verify_cost  # noqa: F401
+from . import fleet  # noqa: F401
+from . import fleet_store_at_scale  # noqa: F401
