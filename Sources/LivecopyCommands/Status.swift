@@ -21,14 +21,14 @@ struct Status: AsyncParsableCommand {
             let store = try common.openExistingStore()
             let plans = try id.map { [try requirePlan($0, in: store)] }
                 ?? store.plans(states: [.pending, .running, .failed, .needsAttention], vm: nil, limit: nil)
-            // Each plan's disks are read once (a fleet store answers every statement over the
-            // network: with a few hundred plans in progress, each repeated read cost ~0.2 ms a plan).
-            var disksByPlan: [Int64: [DiskRecord]] = [:]
+            // Each plan's disks, newest events and controls are read once, for all plans at
+            // once (a fleet store answers every statement over the network: with 300 plans in
+            // progress, a few statements a plan took 220 ms, at 1 million disks).
+            let planIds = plans.map(\.id)
+            let disksByPlan = try store.disks(ofPlans: planIds)
             var bootImages: [Int64: [Int64: String]] = [:]
             for plan in plans {
-                let disks = try store.disks(ofPlan: plan.id)
-                disksByPlan[plan.id] = disks
-                bootImages[plan.id] = await BootImages.of(plan, disks: disks, store: store)
+                bootImages[plan.id] = await BootImages.of(plan, disks: disksByPlan[plan.id] ?? [], store: store)
             }
             if json {
                 let documents = try plans.map {
@@ -50,14 +50,16 @@ struct Status: AsyncParsableCommand {
                 if let quarantine { print(quarantine) }
                 return ExitStatus.success
             }
+            let controls = try store.controls(ofPlans: planIds)
+            let latestEvents = try store.latestDiskEvents(ofPlans: planIds)
             for plan in plans {
                 let disks = disksByPlan[plan.id] ?? []
                 print(PlanText.summaryHeader)
                 print(PlanText.summary(plan, disks: disks))
                 if let orphan = try Self.orphanNote(plan, store: store) { print(orphan) }
-                if let controls = PlanText.controls(try store.controls(ofPlan: plan.id), planId: plan.id) { print(controls) }
+                if let controls = PlanText.controls(controls[plan.id] ?? PlanControls(), planId: plan.id) { print(controls) }
                 print(PlanText.diskHeader)
-                let latest = try store.latestDiskEvents(ofPlan: plan.id)
+                let latest = latestEvents[plan.id] ?? [:]
                 for disk in disks {
                     print(PlanText.disk(disk, bootImage: .some(bootImages[plan.id]?[disk.id]), planState: plan.state))
                     if let waiting = PlanText.waiting(disk, latest: latest[disk.id]) { print(waiting) }

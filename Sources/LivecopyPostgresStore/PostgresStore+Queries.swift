@@ -100,6 +100,46 @@ extension PostgresStore {
         return Dictionary(events.compactMap { event in event.diskId.map { ($0, event) } }, uniquingKeysWith: { $1 })
     }
 
+    /// The disks of `planIds` in one statement (`disks_by_plan`).
+    public func disks(ofPlans planIds: [Int64]) throws -> [Int64: [DiskRecord]] {
+        guard !planIds.isEmpty else { return [:] }
+        let disks = try read { statements in
+            try statements.query("SELECT * FROM disks WHERE plan_id = ANY(\(planIds)) ORDER BY plan_id, id")
+                .map(Self.diskRecord)
+        }
+        var result = Dictionary(uniqueKeysWithValues: planIds.map { ($0, [DiskRecord]()) })
+        for disk in disks { result[disk.planId, default: []].append(disk) }
+        return result
+    }
+
+    /// The newest event of each disk of `planIds` in one statement (`events_by_plan`).
+    public func latestDiskEvents(ofPlans planIds: [Int64]) throws -> [Int64: [Int64: EventRecord]] {
+        guard !planIds.isEmpty else { return [:] }
+        let events = try read { statements in
+            try statements.query("""
+                SELECT DISTINCT ON (disk_id) * FROM events WHERE plan_id = ANY(\(planIds)) AND disk_id IS NOT NULL
+                ORDER BY disk_id, id DESC
+                """).map(Self.eventRecord)
+        }
+        var result = Dictionary(uniqueKeysWithValues: planIds.map { ($0, [Int64: EventRecord]()) })
+        for event in events { if let diskId = event.diskId { result[event.planId, default: [:]][diskId] = event } }
+        return result
+    }
+
+    /// The controls of `planIds` in one statement.
+    public func controls(ofPlans planIds: [Int64]) throws -> [Int64: PlanControls] {
+        guard !planIds.isEmpty else { return [:] }
+        return try read { statements in
+            var result: [Int64: PlanControls] = [:]
+            for row in try statements.query("SELECT id, speed_override, paused FROM plans WHERE id = ANY(\(planIds))") {
+                let columns = Columns(row, of: "plans")
+                result[try columns.value("id")] = PlanControls(speedOverride: try columns.value("speed_override"),
+                                                               paused: try columns.value("paused"))
+            }
+            return result
+        }
+    }
+
     /// Plans and disks by state: two aggregate queries. A state this release does not know
     /// (written by a newer one) is left out.
     public func stateCounts() throws -> StateCounts {

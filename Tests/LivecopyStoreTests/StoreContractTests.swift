@@ -168,6 +168,32 @@ struct StoreContractTests {
         #expect(counts.disks[.completed] == 1 && counts.disks[.pending] == 1)
     }
 
+    /// The batched reads `status` uses answer what the per-plan reads answer.
+    @Test(arguments: StoreBackend.allCases)
+    func batchedReadsMatchThePerPlanReads(backend: StoreBackend) async throws {
+        guard let opened = try backend.open() else { return }
+        defer { opened.close() }
+        let store = opened.store
+        let (first, firstDisks) = try store.insertPlan(try Self.newPlan(disks: 2), at: Date())
+        let (second, _) = try store.insertPlan(try Self.newPlan(disks: 3, vm: "other"), at: Date())
+        let (empty, _) = try store.insertPlan(try Self.newPlan(disks: 0, vm: "none"), at: Date())
+        try await store.appendEvent(planId: first.id, diskId: firstDisks[1].id, event: NewEvent(kind: .note, detail: "one"), at: Date())
+        try await store.appendEvent(planId: first.id, diskId: firstDisks[1].id, event: NewEvent(kind: .note, detail: "two"), at: Date())
+        _ = try store.requestControl(planId: second.id, .pause, by: "pid 1", at: Date())
+        let ids = [second.id, first.id, empty.id]
+        let disks = try store.disks(ofPlans: ids)
+        let latest = try store.latestDiskEvents(ofPlans: ids)
+        let controls = try store.controls(ofPlans: ids)
+        for id in ids {
+            #expect(disks[id]?.map(\.id) == (try store.disks(ofPlan: id)).map(\.id))
+            #expect(latest[id]?.mapValues(\.detail) == (try store.latestDiskEvents(ofPlan: id)).mapValues(\.detail))
+            #expect(controls[id] == (try store.controls(ofPlan: id)))
+        }
+        #expect(latest[first.id]?[firstDisks[1].id]?.detail == "two")
+        #expect(controls[second.id]?.paused == true)
+        #expect(try store.disks(ofPlans: []).isEmpty)
+    }
+
     /// Operator controls: a request changes the plan's setting at once and stays open
     /// until finished, once.
     @Test(arguments: StoreBackend.allCases)

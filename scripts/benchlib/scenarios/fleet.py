@@ -215,7 +215,7 @@ class FleetScenario:
         if len(slots) != disks or len(streaming) != disks:
             raise BenchError(f"{len(slots)} slot events and {len(streaming)} streaming transitions for {disks} disks")
         waits = [(streaming[d] - slots[d]) * 1000 for d in slots]
-        held = self._max_concurrent(cluster, id_list)
+        held, handoffs = self._max_concurrent(cluster, id_list)
         total_trips = sum(round_trips)
         # What the same agents would have sent idle over their lifetimes (start-up included).
         idle_trips = sum(idle["startup"] + idle["rate"] * a.lifetime for a in agents)
@@ -227,26 +227,40 @@ class FleetScenario:
             "round_trips": total_trips, "idle_trips": idle_trips, "lifetimes": [a.lifetime for a in agents],
             "trips_per_disk": total_trips / disks, "work_trips_per_disk": (total_trips - idle_trips) / disks,
             "pg_cpu": pg_cpu, "agent_cpu": agent_cpu, "qemu_cpu": qemu_cpu, "max_per_host": held,
+            "handoff_p50": pct(handoffs, 0.5) if handoffs else 0.0, "handoff_max": max(handoffs, default=0.0),
+            "waited": len(handoffs),
         }
         log(f"[{self.name}] {hosts} agents, {disks} disks: {seconds:.2f} s, {disks / seconds:.1f} disks/s, "
             f"slot→streaming p50 {result['wait_p50']:.0f} ms p99 {result['wait_p99']:.0f} ms, "
             f"{result['trips_per_disk']:.1f} round trips/disk ({result['work_trips_per_disk']:.1f} over idle), "
-            f"PostgreSQL {pg_cpu:.2f} s CPU, agents {agent_cpu:.2f} s, QEMU {qemu_cpu:.2f} s")
+            f"PostgreSQL {pg_cpu:.2f} s CPU, agents {agent_cpu:.2f} s, QEMU {qemu_cpu:.2f} s; slot hand-off p50 "
+            f"{result['handoff_p50']:.0f} ms max {result['handoff_max']:.0f} ms over {len(handoffs)} queued disks")
         return result
 
     def _max_concurrent(self, cluster, id_list):
         """The most slots any host held at once, replayed from the slot events in id order (the
-        order they were inserted under the host's lock; their `at` is read before the lock)."""
+        order they were inserted under the host's lock; their `at` is read before the lock);
+        and for each disk that waited for a slot, the hand-off: from the release of a slot on
+        its host to its own take (the agents ask again every 0.5 s)."""
+        waited = {int(row[0]) for row in cluster.sql(
+            f"SELECT DISTINCT disk_id FROM events WHERE plan_id IN ({id_list}) "
+            "AND detail LIKE 'waiting for a copy slot%'")}
         rows = cluster.sql(
-            f"SELECT at, detail FROM events WHERE plan_id IN ({id_list}) AND disk_id IS NOT NULL AND (detail LIKE 'copy slot taken:%' "
+            f"SELECT at, disk_id, detail FROM events WHERE plan_id IN ({id_list}) AND (detail LIKE 'copy slot taken:%' "
             "OR detail LIKE 'copy slot released:%') ORDER BY id")
-        held, most = {}, 0
-        for _, detail in rows:
+        held, most, released, handoffs = {}, 0, {}, []
+        for at, disk_id, detail in rows:
             match = re.search(r"host=(\S+)", detail)
             host = match.group(1) if match else "?"
-            held[host] = held.get(host, 0) + (1 if detail.startswith("copy slot taken") else -1)
+            if detail.startswith("copy slot taken"):
+                held[host] = held.get(host, 0) + 1
+                if int(disk_id) in waited and released.get(host):
+                    handoffs.append((float(at) - released[host].pop(0)) * 1000)
+            else:
+                held[host] = held.get(host, 0) - 1
+                released.setdefault(host, []).append(float(at))
             most = max(most, held[host])
-        return most
+        return most, handoffs
 
     # ------------------------------------------------------------------ serve on SQLite
 
@@ -332,7 +346,7 @@ class FleetScenario:
             f"`livecopy serve` (`poll_interval: 200ms`) on a SQLite file in the work dir, one plan submitted "
             f"with `--detach`, policy `max_parallel_disks: 2N` (the fleet's total slots).", "",
             f"Command: `{command}`", "",
-            "Measures: *disks/s* = disks / wall; *slot → streaming* = per disk, from its `copy slot taken` "
+            "Measures: *disks/s* = disks / wall; *slot hand-off* = for each disk that waited for a slot, from a `copy slot released` on its host to its own `copy slot taken` (the agents ask again every 0.5 s); *slot → streaming* = per disk, from its `copy slot taken` "
             "event's `at` (it fits the limits) to its transition to `streaming` (snapshot taken, job started); "
             "*round trips/disk* = the statements the agents sent (each prints `fleet store round trips: N` on "
             "SIGTERM) / disks, and the same after subtracting what idle agents send over the same lifetimes "
@@ -341,16 +355,16 @@ class FleetScenario:
             "from /proc over the timed window: all the cluster's processes (the postmaster with its reaped "
             "backends, and every live child), all agents, all QEMUs.", "",
             "| agents | round | disks | wall (s) | disks/s | first slot after submit (s) | slot → streaming p50 / p99 / max (ms) "
-            "| most slots one host held | round trips/disk (over idle) | PostgreSQL CPU (s; % of a core) "
+            "| most slots one host held | queued disks: slot hand-off p50 / max (ms) | round trips/disk (over idle) | PostgreSQL CPU (s; % of a core) "
             "| agents' CPU (s; % of a core) | QEMU CPU (s) | serve on SQLite: wall (s), disks/s, CPU (s) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         results = sorted(results, key=lambda r: (r[1], r[0]))
         for round_number, hosts, f, b in results:
             lines.append(
                 f"| {hosts} | {round_number} | {f['disks']} | {f['seconds']:.2f} | {f['disks'] / f['seconds']:.1f} | "
                 f"{f['first_slot']:.2f} | {f['wait_p50']:.0f} / {f['wait_p99']:.0f} / {f['wait_max']:.0f} | "
-                f"{f['max_per_host']} of {self.max_disks} | {f['trips_per_disk']:.1f} ({f['work_trips_per_disk']:.1f}) | "
+                f"{f['max_per_host']} of {self.max_disks} | {f['waited']}: {f['handoff_p50']:.0f} / {f['handoff_max']:.0f} | {f['trips_per_disk']:.1f} ({f['work_trips_per_disk']:.1f}) | "
                 f"{f['pg_cpu']:.2f}; {f['pg_cpu'] / f['seconds'] * 100:.0f}% | "
                 f"{f['agent_cpu']:.2f}; {f['agent_cpu'] / f['seconds'] * 100:.0f}% | {f['qemu_cpu']:.2f} | "
                 f"{b['seconds']:.2f}, {b['disks'] / b['seconds']:.1f}, {b['cpu']:.2f} |")
