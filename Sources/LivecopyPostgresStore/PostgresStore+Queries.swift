@@ -158,32 +158,20 @@ extension PostgresStore {
         }
     }
 
-    /// The totals of the plans `filter` selects, in one query of SQL aggregates: each
-    /// completed disk's copy time from one lookup of its transitions, answered by the
-    /// partial index `events_disk_transitions` alone (migration 0002). The lookup is a
-    /// LATERAL join, so it runs once per disk: as a scalar subquery referenced by the outer
-    /// aggregates it was pulled up and evaluated once per reference (6 lookups a disk).
+    /// The totals of the plans `filter` selects, in one query of SQL aggregates over the
+    /// plans' own totals (migration 0003: kept by the store as each disk completes), read
+    /// from the index `plans_totals` alone: one entry a plan, no disk nor event looked up.
     public func summary(_ filter: PlanFilter) throws -> PlanSummary {
         var builder = QueryBuilder()
         let condition = filter.condition(table: "p", &builder)
         builder.sql = """
-            SELECT COUNT(DISTINCT plan_id) AS plans, COUNT(disk_id) AS disks,
-                   COUNT(CASE WHEN completed THEN 1 END) AS completed_disks,
-                   COALESCE(SUM(CASE WHEN completed THEN allocated END), 0)::bigint AS bytes,
-                   COALESCE(SUM(CASE WHEN timed THEN allocated END), 0)::bigint AS timed_bytes,
-                   COALESCE(SUM(CASE WHEN timed THEN seconds END), 0)::double precision AS copy_seconds
-            FROM (SELECT plan_id, disk_id, allocated, seconds, completed,
-                         COALESCE(completed AND allocated IS NOT NULL AND seconds > 0, FALSE) AS timed
-                  FROM (SELECT p.id AS plan_id, d.id AS disk_id, d.allocated_bytes AS allocated,
-                               COALESCE(d.state = 'completed', FALSE) AS completed, copy.seconds
-                        FROM plans p LEFT JOIN disks d ON d.plan_id = p.id
-                        LEFT JOIN LATERAL (
-                            SELECT MAX(e.at) FILTER (WHERE e.to_state = 'retiring')
-                                   - MIN(e.at) FILTER (WHERE e.to_state IN ('streaming', 'mirroring')) AS seconds
-                            FROM events e
-                            WHERE e.disk_id = d.id AND e.kind = 'transition' AND d.state = 'completed'
-                                AND e.to_state IN ('retiring', 'streaming', 'mirroring')) AS copy ON TRUE
-                        \(condition.isEmpty ? "" : "WHERE " + condition)) AS selected_disks) AS timed_disks
+            SELECT COUNT(*) AS plans, COALESCE(SUM(p.disk_count), 0)::bigint AS disks,
+                   COALESCE(SUM(p.completed_disks), 0)::bigint AS completed_disks,
+                   COALESCE(SUM(p.completed_bytes), 0)::bigint AS bytes,
+                   COALESCE(SUM(p.timed_bytes), 0)::bigint AS timed_bytes,
+                   COALESCE(SUM(p.copy_seconds), 0)::double precision AS copy_seconds
+            FROM plans p
+            \(condition.isEmpty ? "" : "WHERE " + condition)
             """
         let query = builder.query
         return try read { statements in

@@ -22,9 +22,9 @@ extension PostgresStore {
             let time = at.timeIntervalSince1970
             let finishedAt: Double? = plan.state.isFinal ? time : nil
             guard let inserted = try statements.row("""
-                INSERT INTO plans (name, policy_reference, policy_json, state, created_at, finished_at, error, host)
+                INSERT INTO plans (name, policy_reference, policy_json, state, created_at, finished_at, error, host, disk_count)
                 VALUES (\(plan.name), \(plan.policyReference), \(policyJSON), \(plan.state.rawValue), \(time), \(finishedAt),
-                        \(plan.error), \(plan.host))
+                        \(plan.error), \(plan.host), \(Int32(clamping: plan.disks.count)))
                 RETURNING *
                 """) else { throw StoreError("database \(location): the plan's insert returned no row") }
             let record = try Self.planRecord(inserted)
@@ -91,7 +91,26 @@ extension PostgresStore {
             WHERE id = \(disk.id) AND state = \(expecting.rawValue)
             """)
         guard changed == 1 else { throw StoreError(.conflict("disk \(disk.id) is no longer \(expecting.rawValue)")) }
+        if disk.state == .completed && expecting != .completed { try addToPlanTotals(statements, completed: disk) }
         if let event { try insertEvent(statements, planId: disk.planId, diskId: disk.id, event: event, at: at) }
+    }
+
+    /// A disk just completed: its plan's totals (migration 0003, history's summary) count it,
+    /// its allocated bytes, and its copy time from its transitions (an index-only lookup).
+    private static func addToPlanTotals(_ statements: Statements, completed disk: DiskRecord) throws {
+        try statements.execute("""
+            UPDATE plans SET completed_disks = completed_disks + 1,
+                completed_bytes = completed_bytes + COALESCE(\(disk.allocatedBytes)::bigint, 0),
+                timed_bytes = timed_bytes + CASE WHEN \(disk.allocatedBytes)::bigint IS NOT NULL AND copy.seconds > 0
+                                                 THEN \(disk.allocatedBytes)::bigint ELSE 0 END,
+                copy_seconds = copy_seconds + CASE WHEN \(disk.allocatedBytes)::bigint IS NOT NULL AND copy.seconds > 0
+                                                   THEN copy.seconds ELSE 0 END
+            FROM (SELECT MAX(at) FILTER (WHERE to_state = 'retiring')
+                         - MIN(at) FILTER (WHERE to_state IN ('streaming', 'mirroring')) AS seconds
+                  FROM events
+                  WHERE disk_id = \(disk.id) AND kind = 'transition' AND to_state IN ('retiring', 'streaming', 'mirroring')) AS copy
+            WHERE plans.id = \(disk.planId)
+            """)
     }
 
     public func save(plan: PlanRecord, expecting: PlanState, event: NewEvent?, at: Date) async throws {

@@ -8,7 +8,7 @@ import re
 import statistics
 import time
 
-from ..common import BenchError, log, run
+from ..common import REPO, BenchError, log, run
 from ..pgcluster import Cluster
 from ..process import read_output, timed
 from ..registry import scenario
@@ -101,9 +101,20 @@ FROM plans p CROSS JOIN generate_series(0, 1) AS s
 WHERE p.state NOT IN ('pending', 'refused') AND (s = 0 OR p.state <> 'running');
 CREATE INDEX events_by_plan ON events (plan_id, id);
 CREATE INDEX events_by_disk ON events (disk_id, id);
+{plan_totals}
 COMMIT;
 VACUUM ANALYZE;
 """
+
+
+def plan_totals_backfill():
+    """The plans' totals (migration 0003), filled in as the migration fills them for the
+    plans recorded before it: its own UPDATE statement, read from the migration."""
+    text = open(os.path.join(REPO, "Migrations", "postgres", "0003_plan_totals.sql")).read()
+    match = re.search(r"^UPDATE plans SET disk_count.*?;", text, re.S | re.M)
+    if not match:
+        raise BenchError("Migrations/postgres/0003_plan_totals.sql has no UPDATE of the plans' totals")
+    return match.group(0)
 
 
 def iso(epoch):
@@ -130,7 +141,8 @@ class FleetStoreAtScale:
     def synthesise(self, cluster, database, plans, now, directory):
         unfinished = min(300, max(3, plans // 800))
         sql = SYNTH_SQL.format(plans=plans, unfinished=unfinished, now=f"{now:.3f}",
-                               step=f"{SPAN_DAYS * DAY / plans:.6f}", policy=POLICY_JSON)
+                               step=f"{SPAN_DAYS * DAY / plans:.6f}", policy=POLICY_JSON,
+                               plan_totals=plan_totals_backfill())
         path = os.path.join(directory, f"synth-{database}.sql")
         with open(path, "w") as f:
             f.write(sql)
