@@ -240,6 +240,45 @@ struct PostgresStoreTests {
         #expect(await changes.next() == .anything, "a limit changed")
     }
 
+    /// Migration 0003 fills in the plans' totals for the plans recorded before it: its
+    /// backfill gives what the store keeps as disks complete, and the summary sums them.
+    @Test func theBackfilledPlanTotalsAreTheTotalsKeptAsDisksComplete() async throws {
+        guard let (database, store) = try Self.open() else { return }
+        defer { store.shutdown(); database.drop() }
+        for (index, seconds) in [10.0, 0, 25].enumerated() {
+            var newPlan = try StoreContractTests.newPlan(disks: 3, vm: "vm\(index)")
+            newPlan.disks[0].allocatedBytes = 1000
+            newPlan.disks[1].allocatedBytes = 2000
+            let (_, disks) = try store.insertPlan(newPlan, at: Date(timeIntervalSince1970: 100))
+            for var disk in disks.prefix(2) {
+                for (state, time) in [(DiskState.snapshotting, 100.0), (.streaming, 110), (.retiring, 110 + seconds), (.completed, 121 + seconds)] {
+                    let previous = disk.state
+                    disk.state = state
+                    try await store.save(disk: disk, expecting: previous,
+                                         event: NewEvent(kind: .transition, from: previous.rawValue, to: state.rawValue, detail: ""),
+                                         at: Date(timeIntervalSince1970: time))
+                }
+            }
+        }
+        let totals = "SELECT id, disk_count, completed_disks, completed_bytes, timed_bytes, copy_seconds FROM plans ORDER BY id"
+        func read() throws -> [String] {
+            try PostgresTestDatabase.query(database.location, totals).map { row in
+                let (id, count, completed, bytes, timed, seconds) = try row.decode((Int64, Int32, Int32, Int64, Int64, Double).self)
+                return "\(id): \(count) \(completed) \(bytes) \(timed) \(seconds)"
+            }
+        }
+        let kept = try read()
+        #expect(kept.count == 3 && kept[0].hasSuffix(" 3 2 3000 3000 20.0") && kept[1].hasSuffix(" 3 2 3000 0 0.0"), "\(kept)")
+        #expect(try store.summary(PlanFilter())
+                == PlanSummary(plans: 3, disks: 9, completedDisks: 6, bytes: 9000, timedBytes: 6000, copySeconds: 70))
+
+        let migration = try #require(PostgresMigration.embedded.first { $0.version == 3 })
+        let backfill = try #require(migration.statements.first { $0.hasPrefix("UPDATE plans SET disk_count") })
+        try PostgresTestDatabase.query(database.location, "UPDATE plans SET disk_count = 0, completed_disks = 0, completed_bytes = 0, timed_bytes = 0, copy_seconds = 0")
+        try PostgresTestDatabase.query(database.location, backfill)
+        #expect(try read() == kept, "the backfill gives the totals kept")
+    }
+
     /// Writes issued while the server restarts all succeed, each exactly once.
     @Test func writesAcrossAServerRestartSucceedExactlyOnce() async throws {
         guard let (database, store) = try Self.open(reconnectFor: 60) else { return }
