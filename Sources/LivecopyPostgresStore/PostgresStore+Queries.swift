@@ -161,8 +161,23 @@ extension PostgresStore {
     /// The totals of the plans `filter` selects, in one query of SQL aggregates over the
     /// plans' own totals (migration 0003: kept by the store as each disk completes), read
     /// from the index `plans_totals` alone: one entry a plan, no disk nor event looked up.
+    /// With no VM and no time range (what `history` prints under every listing), the totals
+    /// of the states asked for are summed instead (migration 0004): a few rows, whatever
+    /// the store holds.
     public func summary(_ filter: PlanFilter) throws -> PlanSummary {
         var builder = QueryBuilder()
+        if filter.vm == nil && filter.createdFrom == nil && filter.createdBefore == nil {
+            let states = (filter.states ?? Set(PlanState.allCases)).map(\.rawValue)
+            builder.sql = """
+                SELECT COALESCE(SUM(plans), 0)::bigint AS plans, COALESCE(SUM(disks), 0)::bigint AS disks,
+                       COALESCE(SUM(completed_disks), 0)::bigint AS completed_disks,
+                       COALESCE(SUM(completed_bytes), 0)::bigint AS bytes,
+                       COALESCE(SUM(timed_bytes), 0)::bigint AS timed_bytes,
+                       COALESCE(SUM(copy_seconds), 0)::double precision AS copy_seconds
+                FROM plan_state_totals WHERE state = ANY(\(builder.bind(states)))
+                """
+            return try summary(builder.query)
+        }
         let condition = filter.condition(table: "p", &builder)
         builder.sql = """
             SELECT COUNT(*) AS plans, COALESCE(SUM(p.disk_count), 0)::bigint AS disks,
@@ -173,8 +188,12 @@ extension PostgresStore {
             FROM plans p
             \(condition.isEmpty ? "" : "WHERE " + condition)
             """
-        let query = builder.query
-        return try read { statements in
+        return try summary(builder.query)
+    }
+
+    /// Runs a summary query: one row of the six totals.
+    private func summary(_ query: PostgresQuery) throws -> PlanSummary {
+        try read { statements in
             guard let row = try statements.row(query) else {
                 return PlanSummary(plans: 0, disks: 0, completedDisks: 0, bytes: 0, timedBytes: 0, copySeconds: 0)
             }

@@ -28,6 +28,10 @@ extension PostgresStore {
                 RETURNING *
                 """) else { throw StoreError("database \(location): the plan's insert returned no row") }
             let record = try Self.planRecord(inserted)
+            try statements.execute("""
+                UPDATE plan_state_totals SET plans = plans + 1, disks = disks + \(Int64(plan.disks.count))
+                WHERE state = \(plan.state.rawValue)
+                """)
             var disks: [DiskRecord] = []
             for disk in plan.disks {
                 guard let row = try statements.row("""
@@ -95,21 +99,54 @@ extension PostgresStore {
         if let event { try insertEvent(statements, planId: disk.planId, diskId: disk.id, event: event, at: at) }
     }
 
-    /// A disk just completed: its plan's totals (migration 0003, history's summary) count it,
-    /// its allocated bytes, and its copy time from its transitions (an index-only lookup).
+    /// A disk just completed: its plan's totals (migration 0003) and those of its plan's
+    /// state (0004) count it, its allocated bytes, and its copy time from its transitions
+    /// (an index-only lookup). One statement; the plan's row is locked before its state's.
     private static func addToPlanTotals(_ statements: Statements, completed disk: DiskRecord) throws {
         try statements.execute("""
-            UPDATE plans SET completed_disks = completed_disks + 1,
-                completed_bytes = completed_bytes + COALESCE(\(disk.allocatedBytes)::bigint, 0),
-                timed_bytes = timed_bytes + CASE WHEN \(disk.allocatedBytes)::bigint IS NOT NULL AND copy.seconds > 0
-                                                 THEN \(disk.allocatedBytes)::bigint ELSE 0 END,
-                copy_seconds = copy_seconds + CASE WHEN \(disk.allocatedBytes)::bigint IS NOT NULL AND copy.seconds > 0
-                                                   THEN copy.seconds ELSE 0 END
-            FROM (SELECT MAX(at) FILTER (WHERE to_state = 'retiring')
-                         - MIN(at) FILTER (WHERE to_state IN ('streaming', 'mirroring')) AS seconds
-                  FROM events
-                  WHERE disk_id = \(disk.id) AND kind = 'transition' AND to_state IN ('retiring', 'streaming', 'mirroring')) AS copy
-            WHERE plans.id = \(disk.planId)
+            WITH copy AS (
+                SELECT MAX(at) FILTER (WHERE to_state = 'retiring')
+                       - MIN(at) FILTER (WHERE to_state IN ('streaming', 'mirroring')) AS seconds
+                FROM events
+                WHERE disk_id = \(disk.id) AND kind = 'transition' AND to_state IN ('retiring', 'streaming', 'mirroring')),
+            delta AS (
+                SELECT COALESCE(\(disk.allocatedBytes)::bigint, 0) AS added_bytes,
+                       CASE WHEN \(disk.allocatedBytes)::bigint IS NOT NULL AND seconds > 0
+                            THEN \(disk.allocatedBytes)::bigint ELSE 0 END AS added_timed_bytes,
+                       CASE WHEN \(disk.allocatedBytes)::bigint IS NOT NULL AND seconds > 0 THEN seconds ELSE 0 END
+                           AS added_seconds
+                FROM copy),
+            plan AS (
+                UPDATE plans SET completed_disks = plans.completed_disks + 1,
+                    completed_bytes = plans.completed_bytes + delta.added_bytes,
+                    timed_bytes = plans.timed_bytes + delta.added_timed_bytes,
+                    copy_seconds = plans.copy_seconds + delta.added_seconds
+                FROM delta WHERE plans.id = \(disk.planId)
+                RETURNING plans.state, delta.added_bytes, delta.added_timed_bytes, delta.added_seconds)
+            UPDATE plan_state_totals totals SET completed_disks = totals.completed_disks + 1,
+                completed_bytes = totals.completed_bytes + plan.added_bytes,
+                timed_bytes = totals.timed_bytes + plan.added_timed_bytes,
+                copy_seconds = totals.copy_seconds + plan.added_seconds
+            FROM plan WHERE totals.state = plan.state
+            """)
+    }
+
+    /// A plan moved from `old` to `new`: its totals move from one state's row to the
+    /// other's, in one statement that locks the two rows in key order (never two writers
+    /// each holding one and waiting for the other).
+    private static func movePlanTotals(_ statements: Statements, planId: Int64, from old: PlanState, to new: PlanState) throws {
+        try statements.execute("""
+            UPDATE plan_state_totals totals SET
+                plans = totals.plans + sign.value,
+                disks = totals.disks + sign.value * plan.disk_count,
+                completed_disks = totals.completed_disks + sign.value * plan.completed_disks,
+                completed_bytes = totals.completed_bytes + sign.value * plan.completed_bytes,
+                timed_bytes = totals.timed_bytes + sign.value * plan.timed_bytes,
+                copy_seconds = totals.copy_seconds + sign.value * plan.copy_seconds
+            FROM (SELECT disk_count, completed_disks, completed_bytes, timed_bytes, copy_seconds FROM plans
+                  WHERE id = \(planId)) AS plan,
+                 (VALUES (\(old.rawValue), -1), (\(new.rawValue), 1)) AS sign (state, value)
+            WHERE totals.state = sign.state
             """)
     }
 
@@ -121,6 +158,7 @@ extension PostgresStore {
                 WHERE id = \(plan.id) AND state = \(expecting.rawValue)
                 """)
             guard changed == 1 else { throw StoreError(.conflict("plan \(plan.id) is no longer \(expecting.rawValue)")) }
+            if plan.state != expecting { try Self.movePlanTotals(statements, planId: plan.id, from: expecting, to: plan.state) }
             if let event { try Self.insertEvent(statements, planId: plan.id, diskId: nil, event: event, at: at) }
         }
     }

@@ -277,6 +277,37 @@ struct PostgresStoreTests {
         try PostgresTestDatabase.query(database.location, "UPDATE plans SET disk_count = 0, completed_disks = 0, completed_bytes = 0, timed_bytes = 0, copy_seconds = 0")
         try PostgresTestDatabase.query(database.location, backfill)
         #expect(try read() == kept, "the backfill gives the totals kept")
+
+        // The states' totals (0004) follow the plans through their moves, and sum as the plans do.
+        let plans = try store.plans(PlanFilter(), limit: nil)
+        let moves: [[PlanState]] = [[.running, .completed], [.running, .failed, .running, .needsAttention], [.running]]
+        for (plan, path) in zip(plans, moves) {
+            var record = plan
+            for state in path {
+                let previous = record.state
+                record.state = state
+                try await store.save(plan: record, expecting: previous, event: nil, at: Date())
+            }
+        }
+        let everyTime = PlanFilter(createdFrom: Date(timeIntervalSince1970: 0), createdBefore: Date(timeIntervalSince1970: 1e10))
+        for states in [nil, Set([PlanState.completed]), [.running, .needsAttention], [.pending]] as [Set<PlanState>?] {
+            var byPlans = everyTime
+            byPlans.states = states
+            #expect(try store.summary(PlanFilter(states: states)) == store.summary(byPlans), "states \(String(describing: states))")
+        }
+        let stateTotals = "SELECT state, plans, disks, completed_disks, completed_bytes, timed_bytes, copy_seconds FROM plan_state_totals ORDER BY state"
+        func readStates() throws -> [String] {
+            try PostgresTestDatabase.query(database.location, stateTotals).map { row in
+                let (state, count, disks, completed, bytes, timed, seconds) = try row.decode((String, Int64, Int64, Int64, Int64, Int64, Double).self)
+                return "\(state): \(count) \(disks) \(completed) \(bytes) \(timed) \(seconds)"
+            }
+        }
+        let keptStates = try readStates()
+        let stateMigration = try #require(PostgresMigration.embedded.first { $0.version == 4 })
+        let stateBackfill = try #require(stateMigration.statements.first { $0.hasPrefix("INSERT INTO plan_state_totals") })
+        try PostgresTestDatabase.query(database.location, "DELETE FROM plan_state_totals")
+        try PostgresTestDatabase.query(database.location, stateBackfill)
+        #expect(try readStates() == keptStates, "the backfill gives the states' totals kept")
     }
 
     /// Writes issued while the server restarts all succeed, each exactly once.

@@ -108,13 +108,18 @@ VACUUM ANALYZE;
 
 
 def plan_totals_backfill():
-    """The plans' totals (migration 0003), filled in as the migration fills them for the
-    plans recorded before it: its own UPDATE statement, read from the migration."""
-    text = open(os.path.join(REPO, "Migrations", "postgres", "0003_plan_totals.sql")).read()
-    match = re.search(r"^UPDATE plans SET disk_count.*?;", text, re.S | re.M)
-    if not match:
-        raise BenchError("Migrations/postgres/0003_plan_totals.sql has no UPDATE of the plans' totals")
-    return match.group(0)
+    """The plans' totals (migration 0003) and their states' totals (0004), filled in as
+    those migrations fill them for the plans recorded before them: their own statements,
+    read from the migrations."""
+    def statement(migration, pattern):
+        text = open(os.path.join(REPO, "Migrations", "postgres", migration)).read()
+        match = re.search(pattern, text, re.S | re.M)
+        if not match:
+            raise BenchError(f"Migrations/postgres/{migration} has no statement matching {pattern}")
+        return match.group(0)
+    return "\n".join([statement("0003_plan_totals.sql", r"^UPDATE plans SET disk_count.*?;"),
+                      "DELETE FROM plan_state_totals;",
+                      statement("0004_plan_state_totals.sql", r"^INSERT INTO plan_state_totals.*?;")])
 
 
 def iso(epoch):
