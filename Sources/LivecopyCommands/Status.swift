@@ -51,12 +51,13 @@ struct Status: AsyncParsableCommand {
                 return ExitStatus.success
             }
             let controls = try store.controls(ofPlans: planIds)
+            let owners = try store.owners(ofPlans: plans.filter { $0.state == .running }.map(\.id))
             let latestEvents = try store.latestDiskEvents(ofPlans: planIds)
             for plan in plans {
                 let disks = disksByPlan[plan.id] ?? []
                 print(PlanText.summaryHeader)
                 print(PlanText.summary(plan, disks: disks))
-                if let orphan = try Self.orphanNote(plan, store: store) { print(orphan) }
+                if let orphan = Self.orphanNote(plan, owner: owners[plan.id]) { print(orphan) }
                 if let controls = PlanText.controls(controls[plan.id] ?? PlanControls(), planId: plan.id) { print(controls) }
                 print(PlanText.diskHeader)
                 let latest = latestEvents[plan.id] ?? [:]
@@ -72,9 +73,8 @@ struct Status: AsyncParsableCommand {
 
     /// For a plan recorded `running` whose owner is gone (crashed, or the host rebooted):
     /// a line saying so, since its progress is only what was last recorded.
-    static func orphanNote(_ plan: PlanRecord, store: any WorkflowStore) throws -> String? {
+    static func orphanNote(_ plan: PlanRecord, owner: PlanOwner?) -> String? {
         guard plan.state == .running else { return nil }
-        let owner = try store.owner(ofPlan: plan.id)
         if let owner, !Engine.isGone(owner, host: Engine.askingHost(for: plan)) { return nil }
         let who = owner.map { "its owner (\($0), last heartbeat \(PlanText.time($0.heartbeat))) is gone" } ?? "no process owns it"
         let next = plan.host.map { "host \($0)'s agent picks the plan up when it runs" } ?? "livecopy recover --plan \(plan.id) picks the plan up"

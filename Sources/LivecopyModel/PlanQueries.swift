@@ -83,6 +83,9 @@ public protocol PlanStore: WorkflowStore {
 
     /// `controls(ofPlan:)` of each of `planIds`, by plan id.
     func controls(ofPlans planIds: [Int64]) throws -> [Int64: PlanControls]
+
+    /// `owner(ofPlan:)` of each of `planIds` that has one, by plan id.
+    func owners(ofPlans planIds: [Int64]) throws -> [Int64: PlanOwner]
 }
 
 extension PlanStore {
@@ -102,6 +105,12 @@ extension PlanStore {
     public func controls(ofPlans planIds: [Int64]) throws -> [Int64: PlanControls] {
         var result: [Int64: PlanControls] = [:]
         for id in planIds { result[id] = try controls(ofPlan: id) }
+        return result
+    }
+
+    public func owners(ofPlans planIds: [Int64]) throws -> [Int64: PlanOwner] {
+        var result: [Int64: PlanOwner] = [:]
+        for id in planIds { result[id] = try owner(ofPlan: id) }
         return result
     }
 }

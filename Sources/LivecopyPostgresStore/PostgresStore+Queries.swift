@@ -127,6 +127,18 @@ extension PostgresStore {
     }
 
     /// The controls of `planIds` in one statement.
+    public func owners(ofPlans planIds: [Int64]) throws -> [Int64: PlanOwner] {
+        guard !planIds.isEmpty else { return [:] }
+        return try read { statements in
+            var result: [Int64: PlanOwner] = [:]
+            let query: PostgresQuery = "SELECT id, owner_pid, owner_host, owner_heartbeat FROM plans WHERE id = ANY(\(planIds))"
+            for row in try statements.query(query) {
+                if let owner = try Self.owner(row) { result[try Columns(row, of: "plans").value("id")] = owner }
+            }
+            return result
+        }
+    }
+
     public func controls(ofPlans planIds: [Int64]) throws -> [Int64: PlanControls] {
         guard !planIds.isEmpty else { return [:] }
         return try read { statements in

@@ -184,10 +184,15 @@ struct StoreContractTests {
         let disks = try store.disks(ofPlans: ids)
         let latest = try store.latestDiskEvents(ofPlans: ids)
         let controls = try store.controls(ofPlans: ids)
+        try await store.acquireLease(planId: first.id, owner: PlanOwner(pid: 4242, host: "h", heartbeat: Date(timeIntervalSince1970: 500)),
+                                     isGone: { _ in true })
+        let owners = try store.owners(ofPlans: ids)
+        #expect(owners.count == 1)
         for id in ids {
             #expect(disks[id]?.map(\.id) == (try store.disks(ofPlan: id)).map(\.id))
             #expect(latest[id]?.mapValues(\.detail) == (try store.latestDiskEvents(ofPlan: id)).mapValues(\.detail))
             #expect(controls[id] == (try store.controls(ofPlan: id)))
+            #expect(owners[id] == (try store.owner(ofPlan: id)))
         }
         #expect(latest[first.id]?[firstDisks[1].id]?.detail == "two")
         #expect(controls[second.id]?.paused == true)

@@ -241,7 +241,7 @@ class FleetScenario:
         """The most slots any host held at once, replayed from the slot events in id order (the
         order they were inserted under the host's lock; their `at` is read before the lock);
         and for each disk that waited for a slot, the hand-off: from the release of a slot on
-        its host to its own take (the agents ask again every 0.5 s)."""
+        its host to its own take (the agent asks again when the store notifies it of the release)."""
         waited = {int(row[0]) for row in cluster.sql(
             f"SELECT DISTINCT disk_id FROM events WHERE plan_id IN ({id_list}) "
             "AND detail LIKE 'waiting for a copy slot%'")}
@@ -346,7 +346,7 @@ class FleetScenario:
             f"`livecopy serve` (`poll_interval: 200ms`) on a SQLite file in the work dir, one plan submitted "
             f"with `--detach`, policy `max_parallel_disks: 2N` (the fleet's total slots).", "",
             f"Command: `{command}`", "",
-            "Measures: *disks/s* = disks / wall; *slot hand-off* = for each disk that waited for a slot, from a `copy slot released` on its host to its own `copy slot taken` (the agents ask again every 0.5 s); *slot → streaming* = per disk, from its `copy slot taken` "
+            "Measures: *disks/s* = disks / wall; *slot hand-off* = for each disk that waited for a slot, from a `copy slot released` on its host to its own `copy slot taken` (the agent asks again when the store notifies it of the release: NOTIFY in the release's transaction, LISTEN in each agent); *slot → streaming* = per disk, from its `copy slot taken` "
             "event's `at` (it fits the limits) to its transition to `streaming` (snapshot taken, job started); "
             "*round trips/disk* = the statements the agents sent (each prints `fleet store round trips: N` on "
             "SIGTERM) / disks, and the same after subtracting what idle agents send over the same lifetimes "
