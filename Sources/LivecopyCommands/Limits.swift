@@ -9,7 +9,7 @@ struct Limits: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show or set the fleet's limits: disks copying per host and per storage target, and each target's bandwidth.",
         discussion: "Fleet stores only (--db postgres://…). Agents apply a change to the disks that start after it. See docs/fleet.md.",
-        subcommands: [Show.self, Set.self, Clear.self],
+        subcommands: [Show.self, SetLimits.self, Clear.self],
         defaultSubcommand: Show.self)
 
     /// Which scope a command names: exactly one of `--host` and `--target`.
@@ -82,9 +82,10 @@ struct Limits: AsyncParsableCommand {
         }
     }
 
-    /// `livecopy limits set`.
-    struct Set: AsyncParsableCommand {
+    /// `livecopy limits set` (not named `Set`, which would hide Swift's `Set` in here).
+    struct SetLimits: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "set",
             abstract: "Set a host's or a storage target's limits (values not given stay as they are).")
 
         @OptionGroup var common: CommonOptions
