@@ -32,7 +32,7 @@ struct Cancel: AsyncParsableCommand {
             try store.requestCancel(planId: id, at: Date())
             let display = ProgressDisplay()
             let engine = Engine(store: store, hypervisor: makeHypervisor(), observer: display,
-                                commandTimeout: plan.policy.commandTimeout, host: Engine.askingHost(for: plan))
+                                commandTimeout: plan.policy.commandTimeout)
             if let host = plan.host {
                 // A fleet plan: only its host's agent can reach its VMs and files.
                 return try await awaitRollback(by: host, store: store)

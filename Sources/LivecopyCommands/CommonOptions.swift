@@ -222,16 +222,3 @@ func refuseFleetStore(_ store: any PlanStore, command: String) throws {
     guard store is any FleetStore else { return }
     throw InputError("livecopy \(command) acts on this host's own store; in a fleet store (\(store.location)) each host's agent drives its plans (livecopy agent --host NAME)")
 }
-
-extension Engine {
-    /// The host name an engine of a command that only reads or asks (`cancel`, `throttle`…)
-    /// uses for a fleet plan: no host is named so (`Plan.isHostName` refuses the spaces),
-    /// so every owner's liveness is judged by its heartbeat, never by a pid of this machine.
-    static let fleetClientHost = "(fleet client)"
-
-    /// The host an asking command's engine names for `plan`: this machine's, or for a fleet
-    /// plan `fleetClientHost`.
-    static func askingHost(for plan: PlanRecord) -> String {
-        plan.host == nil ? thisHost : fleetClientHost
-    }
-}

@@ -78,7 +78,7 @@ private func sendControl(_ action: OperatorAction, planId: Int64, common: Common
     guard !plan.state.isFinal else {
         throw InputError("plan \(planId) is \(plan.state.rawValue); there is nothing to \(action.name)")
     }
-    let engine = Engine(store: store, hypervisor: makeHypervisor(), host: Engine.askingHost(for: plan))
+    let engine = Engine(store: store, hypervisor: makeHypervisor())
     let request = try store.requestControl(planId: planId, action, by: "pid \(getpid())", at: Date())
     let recorded = "\(action): recorded; no livecopy drives the plan now, so it applies when the plan next runs"
 

@@ -75,7 +75,7 @@ struct Status: AsyncParsableCommand {
     /// a line saying so, since its progress is only what was last recorded.
     static func orphanNote(_ plan: PlanRecord, owner: PlanOwner?) -> String? {
         guard plan.state == .running else { return nil }
-        if let owner, !Engine.isGone(owner, host: Engine.askingHost(for: plan)) { return nil }
+        if let owner, !Engine.isGone(owner) { return nil }
         let who = owner.map { "its owner (\($0), last heartbeat \(PlanText.time($0.heartbeat))) is gone" } ?? "no process owns it"
         let next = plan.host.map { "host \($0)'s agent picks the plan up when it runs" } ?? "livecopy recover --plan \(plan.id) picks the plan up"
         return "  NOT RUNNING: \(who); the progress below is as last recorded; \(next)"

@@ -36,14 +36,19 @@ extension HostLimits: CopyAdmission {
     public func speedCap(diskId: Int64) async -> Int64? { nil }
 }
 
+/// A job speed held at or below `cap` (nil: as it is): unlimited (0) becomes the cap.
+func speed(_ wanted: Int64, cappedAt cap: Int64?) -> Int64 {
+    guard let cap else { return wanted }
+    return wanted == 0 ? cap : min(wanted, cap)
+}
+
 extension PlanControls {
     /// These settings with the job's speed held at or below `cap` (nil: as they are): an
     /// unlimited speed (0, or none set over an unlimited policy) becomes the cap.
     func capped(at cap: Int64?, policySpeed: Int64) -> PlanControls {
-        guard let cap else { return self }
+        guard cap != nil else { return self }
         var capped = self
-        let wanted = speedOverride ?? policySpeed
-        capped.speedOverride = wanted == 0 ? cap : min(wanted, cap)
+        capped.speedOverride = speed(speedOverride ?? policySpeed, cappedAt: cap)
         return capped
     }
 }

@@ -51,16 +51,18 @@ extension Engine {
                 do {
                     switch action {
                     case .throttle(let speed):
-                        if let budget = hostLimits?.budget, let disk = disks.first(where: { $0.copyJobId == job.id }),
-                           await budget.holds(diskId: disk.id) {
+                        let disk = disks.first { $0.copyJobId == job.id }
+                        var cap: Int64?
+                        if let disk { cap = await admission?.speedCap(diskId: disk.id) }
+                        let allowed = LivecopyEngine.speed(speed, cappedAt: cap)
+                        if let budget = hostLimits?.budget, let disk, await budget.holds(diskId: disk.id) {
                             // Under serve's host budget: the job's own speed, within its share.
                             await budget.change(diskId: disk.id, wanted: speed)
                             applied.append("job \(job.id) speed \(OperatorAction.speedText(speed)) within the host's bandwidth budget")
-                        } else if let disk = disks.first(where: { $0.copyJobId == job.id }),
-                                  let cap = await admission?.speedCap(diskId: disk.id), speed == 0 || speed > cap {
+                        } else if allowed != speed {
                             // A fleet target's bandwidth share caps the operator's speed.
-                            try await session.setSpeed(jobId: job.id, speed: cap)
-                            applied.append("job \(job.id) speed \(OperatorAction.speedText(cap)) (its storage target's share, below \(OperatorAction.speedText(speed)))")
+                            try await session.setSpeed(jobId: job.id, speed: allowed)
+                            applied.append("job \(job.id) speed \(OperatorAction.speedText(allowed)) (its storage target's share, below \(OperatorAction.speedText(speed)))")
                         } else {
                             try await session.setSpeed(jobId: job.id, speed: speed)
                             applied.append("job \(job.id) speed \(OperatorAction.speedText(speed))")

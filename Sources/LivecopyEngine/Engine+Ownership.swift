@@ -15,7 +15,9 @@ extension Engine {
     /// Whether a lease holder is gone. On this host (same boot) the process itself is
     /// asked: a live owner keeps its plan even when stalled (stopped, swapped out), since
     /// taking over would make two processes drive one disk. A holder elsewhere, or from
-    /// before a reboot, is gone once its heartbeat is older than `leaseTimeout`.
+    /// before a reboot, is gone once its heartbeat is older than `leaseTimeout`. A fleet
+    /// agent's plans are owned under its host's name (`Plan.isHostName`: no spaces), which
+    /// never equals `thisHost` ("NAME boot ID"): from any other process, by heartbeat alone.
     public static func isGone(_ owner: PlanOwner, now: Date = Date(), host: String = thisHost,
                               leaseTimeout: Double = leaseTimeout) -> Bool {
         if owner.host == host {

@@ -12,16 +12,17 @@ extension PostgresStore {
         try transaction { statements in
             if limit.maxDisks == nil && limit.bandwidth == nil {
                 try statements.execute("DELETE FROM fleet_limits WHERE scope = \(scope) AND name = \(name)")
-                return
+            } else {
+                try statements.execute("""
+                    INSERT INTO fleet_limits (scope, name, max_disks, bandwidth, updated_at)
+                    VALUES (\(scope), \(name), \(maxDisks), \(limit.bandwidth), \(at.timeIntervalSince1970))
+                    ON CONFLICT (scope, name) DO UPDATE
+                    SET max_disks = EXCLUDED.max_disks, bandwidth = EXCLUDED.bandwidth, updated_at = EXCLUDED.updated_at
+                    """)
             }
-            try statements.execute("""
-                INSERT INTO fleet_limits (scope, name, max_disks, bandwidth, updated_at)
-                VALUES (\(scope), \(name), \(maxDisks), \(limit.bandwidth), \(at.timeIntervalSince1970))
-                ON CONFLICT (scope, name) DO UPDATE
-                SET max_disks = EXCLUDED.max_disks, bandwidth = EXCLUDED.bandwidth, updated_at = EXCLUDED.updated_at
-                """)
+            // Delivered at COMMIT, with the change: waiting disks may fit now.
+            try Self.notifySlotChange(statements, .anything)
         }
-        try transaction { statements in try Self.notifySlotChange(statements, .anything) }
     }
 
     /// The channel of `copySlotChanges`.

@@ -5,6 +5,7 @@ import LivecopyPostgresStore
 import LivecopyStore
 import NIOPosix
 import PostgresNIO
+import TestSupport
 import Testing
 
 /// The two stores the contract suite runs on.
@@ -58,43 +59,34 @@ final class OpenedStore: @unchecked Sendable {
 }
 
 /// A throwaway database on the server `LIVECOPY_TEST_POSTGRES` names (`scripts/postgres
-/// start`), created for one test and dropped by `drop()`.
+/// start`), made and dropped by TestSupport's `PostgresServer`, as the fleet tests do.
 final class PostgresTestDatabase: Sendable {
+    let url: String
     let location: PostgresLocation
-    let server: PostgresLocation
-    let name: String
+    var name: String { location.database }
 
     /// A new database, or nil (skipped) when `LIVECOPY_TEST_POSTGRES` is unset; under
     /// `CI=true` that is recorded as a failure, never a silent pass.
     static func make() throws -> PostgresTestDatabase? {
-        let environment = ProcessInfo.processInfo.environment
-        guard let url = environment["LIVECOPY_TEST_POSTGRES"], !url.isEmpty else {
-            if environment["CI"] == "true" {
+        guard PostgresServer.url != nil else {
+            if Requirement.isCI {
                 Issue.record("LIVECOPY_TEST_POSTGRES is unset under CI=true: run eval \"$(scripts/postgres start)\" first")
             }
             return nil
         }
-        let server = try PostgresLocation(url: url, passwordFile: environment["LIVECOPY_TEST_POSTGRES_PASSWORD_FILE"],
-                                          environment: environment)
-        let name = "lc_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(16)
-        try Self.administer(server, "CREATE DATABASE \(name)")
-        return PostgresTestDatabase(server: server, name: String(name))
+        let url = try PostgresServer.createDatabase(prefix: "lc")
+        return PostgresTestDatabase(
+            url: url, location: try PostgresLocation(url: url, passwordFile: PostgresServer.passwordFile, environment: [:]))
     }
 
-    private init(server: PostgresLocation, name: String) {
-        self.server = server
-        self.name = name
-        self.location = server.with(database: name)
+    private init(url: String, location: PostgresLocation) {
+        self.url = url
+        self.location = location
     }
 
     /// Drops the database (best effort: a server restarting may refuse).
     func drop() {
-        try? Self.administer(server, "DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
-    }
-
-    /// Runs one statement on the server's own database over a connection of its own.
-    static func administer(_ server: PostgresLocation, _ sql: String) throws {
-        try query(server, sql)
+        PostgresServer.dropDatabase(url)
     }
 
     /// Runs one statement on `location`'s database and returns its rows.
