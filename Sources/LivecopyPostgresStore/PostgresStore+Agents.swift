@@ -10,7 +10,8 @@ extension PostgresStore {
     /// notice; no event, there is no plan to record it on); otherwise `.heldBy`.
     public func holdHostLease(host: String, agent: AgentIdentity, timeout: TimeInterval, at: Date) async throws -> HostLease {
         let logger = self.logger
-        return try await writeAwaiting { statements in
+        return try await writeAwaiting { [self] statements in
+            try sweepReceiptsIfDue(statements, now: at)
             let now = at.timeIntervalSince1970
             let inserted = try statements.row("""
                 INSERT INTO host_leases (host, instance, machine, pid, heartbeat)
